@@ -1,0 +1,49 @@
+from django.contrib import admin, messages
+from django.contrib.auth.admin import UserAdmin as DjangoUserAdmin
+
+from accounts import services
+from accounts.models import ApiKey, ExpertProfile, User
+
+
+@admin.register(User)
+class UserAdmin(DjangoUserAdmin):
+    ordering = ["email"]
+    list_display = ["email", "display_name", "is_expert", "is_buyer", "is_staff", "is_active"]
+    list_filter = ["is_expert", "is_buyer", "is_staff", "is_active", "groups"]
+    search_fields = ["email", "display_name"]
+    fieldsets = (
+        (None, {"fields": ("email", "password", "display_name")}),
+        ("Roles", {"fields": ("is_expert", "is_buyer")}),
+        (
+            "Permissions",
+            {"fields": ("is_active", "is_staff", "is_superuser", "groups", "user_permissions")},
+        ),
+        ("Dates", {"fields": ("last_login", "date_joined")}),
+    )
+    add_fieldsets = ((None, {"classes": ("wide",), "fields": ("email", "password1", "password2")}),)
+
+
+@admin.register(ExpertProfile)
+class ExpertProfileAdmin(admin.ModelAdmin):
+    list_display = ["user", "headline", "verified", "verified_by", "verified_at"]
+    list_filter = ["verified"]
+    search_fields = ["user__email", "headline"]
+    readonly_fields = ["verified", "verified_by", "verified_at"]
+    actions = ["mark_verified"]
+
+    @admin.action(description="Mark verified (credentials checked)")
+    def mark_verified(self, request, queryset):
+        note = f"Verified from the admin console by {request.user.email}."
+        for profile in queryset:
+            services.expert_profile_verify(profile=profile, moderator=request.user, note=note)
+        messages.success(request, f"{queryset.count()} expert(s) marked verified.")
+
+
+@admin.register(ApiKey)
+class ApiKeyAdmin(admin.ModelAdmin):
+    list_display = ["name", "prefix", "user", "scopes", "created_at", "last_used_at", "revoked_at"]
+    search_fields = ["prefix", "user__email", "name"]
+    readonly_fields = [f.name for f in ApiKey._meta.fields]
+
+    def has_add_permission(self, request) -> bool:
+        return False  # keys are created by their owner, who alone sees the secret

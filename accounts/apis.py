@@ -1,0 +1,86 @@
+"""API of the accounts context: /me and API keys."""
+
+from drf_spectacular.utils import extend_schema
+from rest_framework import serializers
+from rest_framework.response import Response
+
+from accounts import selectors, services
+from accounts.models import ApiKeyScope
+from marketplace.api import BaseApi
+from marketplace.pagination import CursorIdPagination
+
+
+class ApiKeyOutput(serializers.Serializer):
+    id = serializers.UUIDField()
+    object = serializers.SerializerMethodField()
+    name = serializers.CharField()
+    prefix = serializers.CharField()
+    scopes = serializers.ListField(child=serializers.CharField())
+    created_at = serializers.DateTimeField()
+    last_used_at = serializers.DateTimeField(allow_null=True)
+    revoked_at = serializers.DateTimeField(allow_null=True)
+
+    def get_object(self, _key) -> str:
+        return "api_key"
+
+
+class MeApi(BaseApi):
+    required_scope = "read"
+
+    class Output(serializers.Serializer):
+        id = serializers.IntegerField()
+        email = serializers.EmailField()
+        display_name = serializers.CharField()
+        is_expert = serializers.BooleanField()
+        is_buyer = serializers.BooleanField()
+        is_moderator = serializers.BooleanField()
+        expert_verified = serializers.SerializerMethodField()
+        auth = serializers.SerializerMethodField()
+
+        def get_expert_verified(self, user) -> bool:
+            profile = getattr(user, "expert_profile", None)
+            return bool(profile and profile.verified)
+
+        def get_auth(self, _user) -> dict:
+            key = self.context.get("api_key")
+            if key is None:
+                return {"method": "session"}
+            return {"method": "api_key", "key_id": str(key.id), "scopes": key.scopes}
+
+    @extend_schema(responses=Output)
+    def get(self, request):
+        api_key = request.auth if hasattr(request.auth, "scopes") else None
+        return Response(self.Output(request.user, context={"api_key": api_key}).data)
+
+
+class ApiKeyListCreateApi(BaseApi):
+    class Input(serializers.Serializer):
+        name = serializers.CharField(max_length=100)
+        scopes = serializers.ListField(
+            child=serializers.ChoiceField(choices=ApiKeyScope.values),
+            default=lambda: list(ApiKeyScope.values),
+        )
+
+    class CreatedOutput(ApiKeyOutput):
+        key = serializers.CharField(help_text="The secret. Shown once; store it now.")
+
+    @extend_schema(responses=ApiKeyOutput(many=True))
+    def get(self, request):
+        paginator = CursorIdPagination()
+        page = paginator.paginate_queryset(selectors.api_key_list(user=request.user), request)
+        return paginator.get_paginated_response(ApiKeyOutput(page, many=True).data)
+
+    @extend_schema(request=Input, responses={201: CreatedOutput})
+    def post(self, request):
+        data = self.Input(data=request.data)
+        data.is_valid(raise_exception=True)
+        key, plaintext = services.api_key_create(user=request.user, **data.validated_data)
+        body = ApiKeyOutput(key).data | {"key": plaintext}
+        return Response(body, status=201)
+
+
+class ApiKeyDetailApi(BaseApi):
+    @extend_schema(responses=ApiKeyOutput)
+    def delete(self, request, key_id):
+        key = services.api_key_revoke(user=request.user, key_id=key_id)
+        return Response(ApiKeyOutput(key).data)

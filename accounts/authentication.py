@@ -1,0 +1,31 @@
+"""API-key authentication for machines: `Authorization: Bearer nk_...`."""
+
+from rest_framework import authentication, exceptions
+
+from accounts.selectors import api_key_resolve
+from accounts.services import api_key_mark_used
+
+
+class ApiKeyAuthentication(authentication.BaseAuthentication):
+    keyword = "Bearer"
+
+    def authenticate(self, request):
+        header = authentication.get_authorization_header(request).decode("latin-1")
+        if not header:
+            return None
+        parts = header.split()
+        if parts[0] != self.keyword:
+            return None
+        if len(parts) != 2:
+            raise exceptions.AuthenticationFailed(
+                "The Authorization header must be 'Bearer <key>'."
+            )
+        key = api_key_resolve(plaintext=parts[1])
+        if key is None:
+            raise exceptions.AuthenticationFailed("The API key is invalid or has been revoked.")
+        api_key_mark_used(key=key)
+        return key.user, key
+
+    def authenticate_header(self, request) -> str:
+        # Makes DRF answer 401 (not 403) when no credentials were sent.
+        return self.keyword

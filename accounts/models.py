@@ -1,0 +1,115 @@
+"""Users, expert profiles and API keys."""
+
+import uuid
+
+from django.conf import settings
+from django.contrib.auth.models import AbstractBaseUser, BaseUserManager, PermissionsMixin
+from django.db import models
+from django.utils import timezone
+
+MODERATORS_GROUP = "moderators"
+
+
+class UserManager(BaseUserManager):
+    use_in_migrations = True
+
+    def create_user(self, email: str, password: str | None = None, **extra):
+        if not email:
+            raise ValueError("email is required")
+        user = self.model(email=self.normalize_email(email).lower(), **extra)
+        user.set_password(password)
+        user.save(using=self._db)
+        return user
+
+    def create_superuser(self, email: str, password: str | None = None, **extra):
+        extra.setdefault("is_staff", True)
+        extra.setdefault("is_superuser", True)
+        return self.create_user(email, password, **extra)
+
+
+class User(AbstractBaseUser, PermissionsMixin):
+    """A person; email is the login. A user may be an expert, a buyer, or both."""
+
+    email = models.EmailField(unique=True)
+    display_name = models.CharField(max_length=120, blank=True)
+    is_expert = models.BooleanField(default=False, help_text="Sells models.")
+    is_buyer = models.BooleanField(default=True, help_text="Buys licences and calls models.")
+    is_staff = models.BooleanField(default=False, help_text="Can log into the admin console.")
+    is_active = models.BooleanField(
+        default=True, help_text="Unset to suspend: log-ins and API keys stop working."
+    )
+    date_joined = models.DateTimeField(default=timezone.now)
+
+    objects = UserManager()
+
+    USERNAME_FIELD = "email"
+    EMAIL_FIELD = "email"
+    REQUIRED_FIELDS: list[str] = []
+
+    class Meta:
+        ordering = ["email"]
+
+    def __str__(self) -> str:
+        return self.email
+
+    @property
+    def name(self) -> str:
+        return self.display_name or self.email.split("@")[0]
+
+    @property
+    def is_moderator(self) -> bool:
+        return self.is_active and (
+            self.is_superuser
+            or (self.is_staff and self.groups.filter(name=MODERATORS_GROUP).exists())
+        )
+
+
+class ExpertProfile(models.Model):
+    user = models.OneToOneField(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="expert_profile"
+    )
+    headline = models.CharField(max_length=160, blank=True)
+    bio = models.TextField(blank=True)
+    domains = models.JSONField(default=list, blank=True)
+    # Set only by moderators, through accounts.services.expert_profile_verify.
+    verified = models.BooleanField(default=False)
+    verified_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    verified_at = models.DateTimeField(null=True, blank=True)
+    verification_note = models.TextField(blank=True)
+
+    def __str__(self) -> str:
+        return f"Expert profile of {self.user}"
+
+
+class ApiKeyScope(models.TextChoices):
+    READ = "read", "Read"
+    TRAIN = "train", "Train"
+    INFER = "infer", "Infer"
+
+
+class ApiKey(models.Model):
+    """A machine credential. Only a prefix and the SHA-256 of the secret are stored."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="api_keys"
+    )
+    name = models.CharField(max_length=100)
+    prefix = models.CharField(max_length=16, unique=True)
+    key_hash = models.CharField(max_length=64)
+    scopes = models.JSONField(default=list)
+    created_at = models.DateTimeField(default=timezone.now, db_index=True)
+    last_used_at = models.DateTimeField(null=True, blank=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.prefix}…)"
+
+    @property
+    def is_revoked(self) -> bool:
+        return self.revoked_at is not None

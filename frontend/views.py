@@ -1,0 +1,67 @@
+"""The web portal: thin views over the same services and selectors as the API."""
+
+from django.contrib import messages
+from django.contrib.auth import login
+from django.contrib.auth.decorators import login_required
+from django.shortcuts import redirect, render
+from django.views.decorators.http import require_http_methods, require_POST
+
+from accounts import selectors as account_selectors
+from accounts import services as account_services
+from frontend.forms import ApiKeyForm, SignUpForm
+from marketplace.errors import ApplicationError
+
+
+def home(request):
+    return render(request, "frontend/home.html")
+
+
+@require_http_methods(["GET", "POST"])
+def sign_up(request):
+    form = SignUpForm(request.POST or None)
+    if request.method == "POST" and form.is_valid():
+        try:
+            user = account_services.user_sign_up(**form.cleaned_data)
+        except ApplicationError as exc:
+            form.add_error("email", exc.message)
+        else:
+            login(request, user, backend="django.contrib.auth.backends.ModelBackend")
+            messages.success(request, "Welcome to Niche.")
+            return redirect("dashboard")
+    return render(request, "registration/sign_up.html", {"form": form})
+
+
+@login_required
+def dashboard(request):
+    keys = account_selectors.api_key_list(user=request.user)
+    new_key = request.session.pop("new_api_key", None)
+    return render(
+        request,
+        "frontend/dashboard.html",
+        {"api_keys": keys, "new_key": new_key, "key_form": ApiKeyForm()},
+    )
+
+
+@login_required
+@require_POST
+def api_key_create(request):
+    form = ApiKeyForm(request.POST)
+    if form.is_valid():
+        _, plaintext = account_services.api_key_create(user=request.user, **form.cleaned_data)
+        # Shown once on the next page, then gone from the session.
+        request.session["new_api_key"] = plaintext
+    else:
+        messages.error(request, "Give the key a name and at least one scope.")
+    return redirect("dashboard")
+
+
+@login_required
+@require_POST
+def api_key_revoke(request, key_id):
+    try:
+        key = account_services.api_key_revoke(user=request.user, key_id=key_id)
+    except ApplicationError as exc:
+        messages.error(request, exc.message)
+    else:
+        messages.success(request, f"Key “{key.name}” revoked.")
+    return redirect("dashboard")

@@ -1,0 +1,33 @@
+"""Production: everything from the environment, secure by default.
+
+Required: SECRET_KEY, ALLOWED_HOSTS, DATABASE_URL, REDIS_URL.
+"""
+
+import dj_database_url
+from django.core.exceptions import ImproperlyConfigured
+
+from marketplace.settings.base import *  # noqa: F403
+from marketplace.settings.env import env_bool, env_int, env_list, env_str
+
+SECRET_KEY = env_str("SECRET_KEY")
+if len(SECRET_KEY) < 50 or len(set(SECRET_KEY)) < 5 or SECRET_KEY.startswith("insecure"):
+    raise ImproperlyConfigured("SECRET_KEY must be at least 50 random characters.")
+DEBUG = False
+ALLOWED_HOSTS = env_list("ALLOWED_HOSTS")
+# Required here, unlike the embedded default that falls back to SQLite and local Redis.
+DATABASES = {"default": dj_database_url.parse(env_str("DATABASE_URL"), conn_max_age=60)}
+REDIS_URL = env_str("REDIS_URL")
+CACHES["default"]["LOCATION"] = REDIS_URL  # noqa: F405
+CELERY_BROKER_URL = CELERY_RESULT_BACKEND = REDIS_URL
+
+SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", True)
+SECURE_HSTS_SECONDS = env_int("SECURE_HSTS_SECONDS", 31536000, minimum=0)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = True
+SECURE_HSTS_PRELOAD = True
+SESSION_COOKIE_SECURE = True
+CSRF_COOKIE_SECURE = True
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {"BACKEND": "whitenoise.storage.CompressedManifestStaticFilesStorage"},
+}

@@ -1,0 +1,28 @@
+from django.contrib import admin
+from django.urls import include, path, re_path
+from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+
+from marketplace.api import api_not_found
+from marketplace.health import healthz
+
+api_v1 = [
+    path("", include("accounts.urls")),
+]
+
+urlpatterns = [
+    path("healthz", healthz, name="healthz"),
+    path("admin/", admin.site.urls),
+    path("api/v1/", include(api_v1)),
+    path("api/schema/", SpectacularAPIView.as_view(), name="api-schema"),
+    path("api/docs/", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),
+    re_path(r"^(api|v1)/", api_not_found),
+    path("", include("frontend.urls")),
+]
+
+handler400 = "marketplace.errors.bad_request"
+handler403 = "marketplace.errors.permission_denied"
+handler404 = "marketplace.errors.page_not_found"
+handler500 = "marketplace.errors.server_error"
+
+admin.site.site_header = "Niche moderation console"
+admin.site.site_title = "Niche admin"

@@ -1,0 +1,147 @@
+"""API keys: created once-visible, hashed at rest, scoped, revocable."""
+
+from django.utils import timezone
+
+from accounts.models import ApiKey
+from accounts.services import api_key_create, hash_api_key
+
+
+def test_bob_creates_a_key_and_sees_the_secret_once(bob, api):
+    client = api(bob)
+
+    created = client.post(
+        "/api/v1/api_keys", {"name": "ci", "scopes": ["read", "infer"]}, format="json"
+    )
+
+    assert created.status_code == 201
+    body = created.json()
+    assert body["key"].startswith("nk_")
+    assert body["scopes"] == ["infer", "read"]
+    row = ApiKey.objects.get(pk=body["id"])
+    assert row.key_hash == hash_api_key(body["key"])
+    assert body["key"] not in (row.prefix, row.key_hash)
+    assert body["key"].startswith(row.prefix)
+    listed = client.get("/api/v1/api_keys").json()
+    assert next(k["id"] for k in listed["data"]) == body["id"]
+    assert all("key" not in k for k in listed["data"])
+
+
+def test_a_new_key_authenticates_and_records_last_use(bob, api):
+    key, plaintext = api_key_create(user=bob, name="script", scopes=["read"])
+    client = api()
+    client.credentials(HTTP_AUTHORIZATION=f"Bearer {plaintext}")
+
+    response = client.get("/api/v1/me")
+
+    assert response.status_code == 200
+    assert response.json()["email"] == "bob@example.com"
+    assert response.json()["auth"] == {
+        "method": "api_key",
+        "key_id": str(key.id),
+        "scopes": ["read"],
+    }
+    key.refresh_from_db()
+    assert key.last_used_at is not None
+
+
+def test_revoked_key_gets_401_in_the_error_contract(bob, api):
+    key, plaintext = api_key_create(user=bob, name="old", scopes=["read"])
+    owner = api(bob)
+    assert owner.delete(f"/api/v1/api_keys/{key.id}").status_code == 200
+    client = api()
+    client.credentials(HTTP_AUTHORIZATION=f"Bearer {plaintext}")
+
+    response = client.get("/api/v1/me")
+
+    assert response.status_code == 401
+    assert response.json()["error"]["code"] == "authentication_failed"
+    assert set(response.json()["error"]) == {"code", "message", "fields"}
+    key.refresh_from_db()
+    assert key.revoked_at is not None and key.revoked_at <= timezone.now()
+
+
+def test_wrong_key_and_missing_key_get_401(bob, api):
+    _, plaintext = api_key_create(user=bob, name="k", scopes=["read"])
+    tampered = plaintext[:-4] + ("aaaa" if not plaintext.endswith("aaaa") else "bbbb")
+    client = api()
+
+    client.credentials(HTTP_AUTHORIZATION=f"Bearer {tampered}")
+    assert client.get("/api/v1/me").status_code == 401
+    client.credentials(HTTP_AUTHORIZATION="Bearer nk_unknown_secret")
+    assert client.get("/api/v1/me").status_code == 401
+    client.credentials()
+    response = client.get("/api/v1/me")
+    assert response.status_code == 401
+    assert response.json()["error"]["code"] == "not_authenticated"
+    assert response["WWW-Authenticate"] == "Bearer"
+
+
+def test_suspended_users_keys_stop_working(bob, api):
+    client = api(bob)
+    bob.is_active = False
+    bob.save()
+
+    assert client.get("/api/v1/me").status_code == 401
+
+
+def test_key_without_scope_gets_403(bob, api):
+    client = api(bob, scopes=["infer"])
+
+    response = client.get("/api/v1/me")
+
+    assert response.status_code == 403
+    assert response.json()["error"]["code"] == "permission_denied"
+    assert "read" in response.json()["error"]["message"]
+
+
+def test_unknown_scope_is_422(bob, api):
+    response = api(bob).post("/api/v1/api_keys", {"name": "x", "scopes": ["admin"]}, format="json")
+
+    assert response.status_code == 422
+    assert "scopes" in response.json()["error"]["fields"]
+    assert ApiKey.objects.filter(user=bob, name="x").count() == 0
+
+
+def test_mallory_cannot_see_or_revoke_bobs_keys(bob, mallory, api):
+    bobs_key, _ = api_key_create(user=bob, name="bob's", scopes=["read"])
+    client = api(mallory)
+
+    listed = client.get("/api/v1/api_keys").json()["data"]
+    revoke = client.delete(f"/api/v1/api_keys/{bobs_key.id}")
+
+    assert str(bobs_key.id) not in [k["id"] for k in listed]
+    assert revoke.status_code == 404
+    assert revoke.json()["error"]["code"] == "api_key_not_found"
+    bobs_key.refresh_from_db()
+    assert bobs_key.revoked_at is None
+
+
+def test_key_list_is_cursor_paged(bob, api):
+    client = api(bob)  # creates one key
+    for n in range(4):
+        api_key_create(user=bob, name=f"k{n}", scopes=["read"])
+
+    first = client.get("/api/v1/api_keys?limit=2").json()
+    second = client.get(f"/api/v1/api_keys?limit=2&after={first['last_id']}").json()
+    third = client.get(f"/api/v1/api_keys?limit=2&after={second['last_id']}").json()
+
+    assert first["has_more"] and second["has_more"] and not third["has_more"]
+    ids = [k["id"] for page in (first, second, third) for k in page["data"]]
+    assert len(ids) == len(set(ids)) == 5
+    assert first["first_id"] == ids[0]
+
+
+def test_create_api_key_command_prints_a_working_key(bob, api):
+    from io import StringIO
+
+    from django.core.management import call_command
+
+    out = StringIO()
+    call_command("create_api_key", "bob@example.com", "--scopes", "read,infer", stdout=out)
+    plaintext = out.getvalue().strip()
+    client = api()
+    client.credentials(HTTP_AUTHORIZATION=f"Bearer {plaintext}")
+
+    assert plaintext.startswith("nk_")
+    assert client.get("/api/v1/me").status_code == 200
+    assert ApiKey.objects.get(user=bob).scopes == ["infer", "read"]

@@ -1,0 +1,55 @@
+"""Personas and clients shared by every suite.
+
+alice is an expert, bob a buyer, carol a moderator, mallory a stranger with an account.
+"""
+
+import pytest
+from rest_framework.test import APIClient
+
+from accounts.models import MODERATORS_GROUP, ExpertProfile, User
+from accounts.services import api_key_create, moderators_group_sync
+
+
+def make_user(email: str, **fields) -> User:
+    return User.objects.create_user(email=email, password="correct horse battery", **fields)
+
+
+@pytest.fixture
+def alice(db) -> User:
+    user = make_user("alice@example.com", display_name="Alice", is_expert=True)
+    ExpertProfile.objects.create(user=user, headline="Radiologist")
+    return user
+
+
+@pytest.fixture
+def bob(db) -> User:
+    return make_user("bob@example.com", display_name="Bob")
+
+
+@pytest.fixture
+def carol(db) -> User:
+    from django.contrib.auth.models import Group
+
+    moderators_group_sync()
+    user = make_user("carol@example.com", display_name="Carol", is_staff=True)
+    user.groups.add(Group.objects.get(name=MODERATORS_GROUP))
+    return user
+
+
+@pytest.fixture
+def mallory(db) -> User:
+    return make_user("mallory@example.com", display_name="Mallory")
+
+
+@pytest.fixture
+def api():
+    """A client for one persona: `api(alice)` authenticates with a fresh full-scope key."""
+
+    def client_for(user: User | None = None, scopes=("read", "train", "infer")) -> APIClient:
+        client = APIClient()
+        if user is not None:
+            _, plaintext = api_key_create(user=user, name="test", scopes=list(scopes))
+            client.credentials(HTTP_AUTHORIZATION=f"Bearer {plaintext}")
+        return client
+
+    return client_for

@@ -1,0 +1,138 @@
+"""Real services for integration tests: Redis, Postgres and Celery worker processes.
+
+A service that is down skips these tests with the reason, except with CI=true, where
+it fails them: CI must never go green by skipping what it was meant to check.
+"""
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+import redis
+from django.conf import settings
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def require(condition: bool, reason: str) -> None:
+    if condition:
+        return
+    if settings.IS_CI:
+        pytest.fail(f"CI=true and {reason}")
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> str:
+    try:
+        redis.Redis.from_url(settings.REDIS_URL, socket_connect_timeout=1).ping()
+    except redis.RedisError as exc:
+        require(False, f"Redis at {settings.REDIS_URL} is unreachable ({exc})")
+    return settings.REDIS_URL
+
+
+def database_url_of(settings_dict: dict) -> str:
+    user = settings_dict.get("USER") or "postgres"
+    password = f":{settings_dict['PASSWORD']}" if settings_dict.get("PASSWORD") else ""
+    host = settings_dict.get("HOST") or "127.0.0.1"
+    port = settings_dict.get("PORT") or 5432
+    return f"postgres://{user}{password}@{host}:{port}/{settings_dict['NAME']}"
+
+
+class WorkerProcess:
+    """`celery worker` in a process group of its own, on the test database."""
+
+    def __init__(self, env: dict, queues: str, name: str):
+        self.name = name
+        self.log_path = ROOT / "var" / f"test-worker-{name}.log"
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        self.log = self.log_path.open("w")
+        self.process = subprocess.Popen(
+            [
+                sys.executable, "-m", "celery", "-A", "marketplace", "worker",
+                "-Q", queues, "--concurrency", "1", "-n", f"{name}@%h",
+                "--loglevel", "INFO", "--without-gossip", "--without-mingle",
+            ],
+            cwd=ROOT, env=env, stdout=self.log, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )  # fmt: skip
+
+    def wait_ready(self, timeout: float = 90) -> None:
+        from marketplace.celery import app
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"worker exited early: {self.log_path.read_text()[-2000:]}")
+            replies = app.control.ping(timeout=0.5) or []
+            if any(self.name in reply_name for reply in replies for reply_name in reply):
+                return
+        raise RuntimeError(f"worker not ready: {self.log_path.read_text()[-2000:]}")
+
+    def child_pids(self) -> list[int]:
+        out = subprocess.run(
+            ["pgrep", "-g", str(self.process.pid)], capture_output=True, text=True
+        ).stdout
+        return [int(p) for p in out.split() if int(p) != self.process.pid]
+
+    def kill(self, sig=signal.SIGKILL) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, sig)
+        self.process.wait(timeout=30)
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.kill(signal.SIGTERM)
+        self.log.close()
+
+
+@pytest.fixture(scope="session")
+def worker_env(redis_url, django_db_setup, django_db_blocker) -> dict:
+    db = settings.DATABASES["default"]
+    require(
+        db["ENGINE"] == "django.db.backends.postgresql",
+        "worker processes need a shared database: PostgreSQL is unreachable",
+    )
+    from django.db import connection
+
+    env = os.environ.copy()
+    env.update(
+        DJANGO_SETTINGS_MODULE="marketplace.settings.test",
+        DATABASE_URL=database_url_of(connection.settings_dict),
+        REDIS_URL=redis_url,
+        PYTHONUNBUFFERED="1",
+    )
+    return env
+
+
+@pytest.fixture(scope="session")
+def celery_worker_process(worker_env):
+    """One worker process on every queue for the whole session."""
+    worker = WorkerProcess(worker_env, "default,training,inference", f"it-{uuid.uuid4().hex[:6]}")
+    try:
+        worker.wait_ready()
+        yield worker
+    finally:
+        worker.stop()
+
+
+@pytest.fixture
+def spawn_worker(worker_env):
+    """Start extra worker processes inside one test; each is stopped afterwards."""
+    started: list[WorkerProcess] = []
+
+    def spawn(queues: str = "training") -> WorkerProcess:
+        worker = WorkerProcess(worker_env, queues, f"tmp-{uuid.uuid4().hex[:6]}")
+        started.append(worker)
+        worker.wait_ready()
+        return worker
+
+    yield spawn
+    for worker in started:
+        worker.stop()

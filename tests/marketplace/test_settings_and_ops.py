@@ -1,0 +1,114 @@
+"""Settings fail loudly, production passes check --deploy, compose names real commands."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from django.core.exceptions import ImproperlyConfigured
+
+from marketplace.settings.env import env_bool, env_int, env_list
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_env_helpers_parse_and_fail_loudly(monkeypatch):
+    monkeypatch.setenv("NICHE_FLAG", "yes")
+    monkeypatch.setenv("NICHE_NUMBER", "12")
+    monkeypatch.setenv("NICHE_HOSTS", "a.example, b.example,")
+    assert env_bool("NICHE_FLAG") is True
+    assert env_int("NICHE_NUMBER", minimum=1) == 12
+    assert env_list("NICHE_HOSTS") == ["a.example", "b.example"]
+
+    monkeypatch.setenv("NICHE_FLAG", "maybe")
+    with pytest.raises(ImproperlyConfigured, match="NICHE_FLAG"):
+        env_bool("NICHE_FLAG")
+    monkeypatch.setenv("NICHE_NUMBER", "0")
+    with pytest.raises(ImproperlyConfigured, match="at least 1"):
+        env_int("NICHE_NUMBER", minimum=1)
+    with pytest.raises(ImproperlyConfigured, match="NICHE_MISSING is required"):
+        env_int("NICHE_MISSING")
+
+
+def _manage(args: list[str], env: dict) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "manage.py", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+PRODUCTION_ENV = {
+    "DJANGO_SETTINGS_MODULE": "marketplace.settings.production",
+    "SECRET_KEY": "p7Zq-3v9!kLm2@xR8#tW4$yN6%bC1^dF5&gH0*jK-sA7+eQ9=uI2~oP4",
+    "ALLOWED_HOSTS": "niche.example.com",
+    "DATABASE_URL": "postgres://niche:secret@db.example.com:5432/niche",
+    "REDIS_URL": "redis://cache.example.com:6379/0",
+}
+
+
+def test_production_settings_pass_check_deploy_without_warnings():
+    env = {k: v for k, v in os.environ.items() if k not in PRODUCTION_ENV} | PRODUCTION_ENV
+
+    result = _manage(["check", "--deploy", "--fail-level", "WARNING"], env)
+
+    assert result.returncode == 0, result.stderr + result.stdout
+    assert "no issues (0 silenced)" in result.stdout
+
+
+def test_production_refuses_to_start_without_its_required_variables():
+    env = {k: v for k, v in os.environ.items() if k not in PRODUCTION_ENV}
+    env |= PRODUCTION_ENV
+    del env["DATABASE_URL"]
+
+    result = _manage(["check"], env)
+
+    assert result.returncode != 0
+    assert "DATABASE_URL is required" in result.stderr
+
+
+def test_production_refuses_a_weak_secret_key():
+    env = {k: v for k, v in os.environ.items() if k not in PRODUCTION_ENV}
+    env |= PRODUCTION_ENV | {"SECRET_KEY": "short"}
+
+    result = _manage(["check"], env)
+
+    assert result.returncode != 0
+    assert "SECRET_KEY must be at least 50" in result.stderr
+
+
+def test_docker_compose_parses_and_names_commands_that_exist():
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    services = compose["services"]
+
+    assert {"postgres", "redis", "web", "worker", "gpu-worker", "beat"} <= set(services)
+    app_services = [s for s in services.values() if s.get("image") == "niche:latest"]
+    assert len(app_services) >= 4  # web, worker, gpu-worker, beat share one definition
+    gpu = services["gpu-worker"]["deploy"]["resources"]["reservations"]["devices"][0]
+    assert gpu["driver"] == "nvidia" and "gpu" in gpu["capabilities"]
+    gpu_command = services["gpu-worker"]["command"]
+    assert gpu_command[gpu_command.index("-Q") + 1] == "training,inference"
+
+    for name, service in services.items():
+        command = service.get("command")
+        if service.get("image") != "niche:latest" or not command:
+            continue
+        program = command[0]
+        if program == "python":
+            assert command[1] == "manage.py"
+            listed = _manage(["help", "--commands"], dict(os.environ)).stdout.split()
+            assert command[2] in listed, f"{name}: manage.py {command[2]} does not exist"
+        else:
+            module = {"gunicorn": "gunicorn", "celery": "celery"}[program]
+            args = [sys.executable, "-m", module, *command[1:], "--help"]
+            if program == "gunicorn":
+                args = [sys.executable, "-c", f"import {command[1]}"]
+            result = subprocess.run(
+                args, cwd=ROOT, capture_output=True, text=True, timeout=120, env=os.environ
+            )
+            assert result.returncode == 0, f"{name}: {' '.join(command)}\n{result.stderr}"
