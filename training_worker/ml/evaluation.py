@@ -1,0 +1,499 @@
+"""Evaluation on the sealed split: pure metric functions (numpy) and model-running functions.
+
+Metric functions take integer class ids; label names only appear in the report.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections import Counter
+from typing import Any
+
+import numpy as np
+
+from training_worker.ml.data import (
+    IGNORE_INDEX,
+    EncodedExample,
+    collate_causal,
+    collate_classification,
+    encode_classification,
+    encode_generation,
+    truncate_classification,
+    truncate_generation,
+)
+
+BOOTSTRAP_RESAMPLES = 1000
+EVAL_BATCH_SIZE = 64
+
+
+# ---------------------------------------------------------------- pure metrics
+
+
+def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, n_labels: int) -> np.ndarray:
+    """``matrix[t, p]`` counts rows of true class ``t`` predicted as ``p``."""
+    y_true, y_pred = np.asarray(y_true, dtype=np.int64), np.asarray(y_pred, dtype=np.int64)
+    flat = np.bincount(y_true * n_labels + y_pred, minlength=n_labels * n_labels)
+    return flat.reshape(n_labels, n_labels)
+
+
+def accuracy(y_true: np.ndarray, y_pred: np.ndarray) -> float:
+    y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
+    return float((y_true == y_pred).mean()) if len(y_true) else 0.0
+
+
+def per_class_scores(
+    y_true: np.ndarray, y_pred: np.ndarray, n_labels: int
+) -> dict[str, np.ndarray]:
+    """Precision, recall, F1 and support per class; 0 where a ratio is undefined."""
+    matrix = confusion_matrix(y_true, y_pred, n_labels)
+    true_positives = np.diag(matrix).astype(float)
+    predicted = matrix.sum(axis=0).astype(float)
+    support = matrix.sum(axis=1).astype(float)
+    precision = np.divide(true_positives, predicted, out=np.zeros(n_labels), where=predicted > 0)
+    recall = np.divide(true_positives, support, out=np.zeros(n_labels), where=support > 0)
+    denominator = predicted + support
+    f1 = np.divide(2 * true_positives, denominator, out=np.zeros(n_labels), where=denominator > 0)
+    return {"precision": precision, "recall": recall, "f1": f1, "support": support.astype(int)}
+
+
+def macro_f1(y_true: np.ndarray, y_pred: np.ndarray, n_labels: int) -> float:
+    """Mean F1 over the classes that occur in ``y_true`` or ``y_pred`` (as scikit-learn does)."""
+    matrix = confusion_matrix(y_true, y_pred, n_labels)
+    present = (matrix.sum(axis=0) + matrix.sum(axis=1)) > 0
+    if not present.any():
+        return 0.0
+    return float(per_class_scores(y_true, y_pred, n_labels)["f1"][present].mean())
+
+
+def _bootstrap_indices(n_rows: int, resamples: int, seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, n_rows, size=(resamples, n_rows))
+
+
+def _resampled_accuracy(correct: np.ndarray, indices: np.ndarray) -> np.ndarray:
+    return correct[indices].mean(axis=1)
+
+
+def _resampled_macro_f1(
+    y_true: np.ndarray, y_pred: np.ndarray, n_labels: int, indices: np.ndarray
+) -> np.ndarray:
+    """Macro-F1 of every resample at once: per-resample class counts through one bincount."""
+    resamples = indices.shape[0]
+    offsets = (np.arange(resamples) * n_labels)[:, None]
+    size = resamples * n_labels
+    true_r, pred_r = y_true[indices], y_pred[indices]
+    true_counts = np.bincount((offsets + true_r).ravel(), minlength=size)
+    pred_counts = np.bincount((offsets + pred_r).ravel(), minlength=size)
+    hit = true_r == pred_r
+    tp_counts = np.bincount((offsets + true_r)[hit], minlength=size)
+    true_counts = true_counts.reshape(resamples, n_labels).astype(float)
+    pred_counts = pred_counts.reshape(resamples, n_labels).astype(float)
+    tp_counts = tp_counts.reshape(resamples, n_labels).astype(float)
+    denominator = true_counts + pred_counts
+    f1 = np.divide(
+        2 * tp_counts, denominator, out=np.zeros_like(denominator), where=denominator > 0
+    )
+    present = denominator > 0
+    return (f1 * present).sum(axis=1) / np.maximum(present.sum(axis=1), 1)
+
+
+def _metric_samples(
+    metric: str, y_true: np.ndarray, y_pred: np.ndarray, n_labels: int, indices: np.ndarray
+) -> np.ndarray:
+    if metric == "accuracy":
+        return _resampled_accuracy((y_true == y_pred).astype(float), indices)
+    if metric == "macro_f1":
+        return _resampled_macro_f1(y_true, y_pred, n_labels, indices)
+    raise ValueError(f"metric must be accuracy or macro_f1, got {metric!r}")
+
+
+def bootstrap_interval(
+    metric: str,
+    y_true: np.ndarray,
+    y_pred: np.ndarray,
+    n_labels: int,
+    resamples: int = BOOTSTRAP_RESAMPLES,
+    seed: int = 0,
+) -> tuple[float, float]:
+    """Percentile 95 % interval of ``metric`` over ``resamples`` seeded bootstrap resamples."""
+    y_true, y_pred = np.asarray(y_true, dtype=np.int64), np.asarray(y_pred, dtype=np.int64)
+    indices = _bootstrap_indices(len(y_true), resamples, seed)
+    samples = _metric_samples(metric, y_true, y_pred, n_labels, indices)
+    low, high = np.percentile(samples, [2.5, 97.5])
+    return float(low), float(high)
+
+
+def paired_bootstrap_lift(
+    metric: str,
+    y_true: np.ndarray,
+    specialist_pred: np.ndarray,
+    baseline_pred: np.ndarray,
+    n_labels: int,
+    resamples: int = BOOTSTRAP_RESAMPLES,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Specialist minus baseline on the same resampled rows: ``{metric, delta, ci_low, ci_high}``.
+
+    ``delta`` is the difference on the full sealed split; the interval is the 2.5/97.5
+    percentile of the paired differences.
+    """
+    y_true = np.asarray(y_true, dtype=np.int64)
+    specialist_pred = np.asarray(specialist_pred, dtype=np.int64)
+    baseline_pred = np.asarray(baseline_pred, dtype=np.int64)
+    full = np.arange(len(y_true))[None, :]
+    delta = (
+        _metric_samples(metric, y_true, specialist_pred, n_labels, full)
+        - _metric_samples(metric, y_true, baseline_pred, n_labels, full)
+    )[0]
+    indices = _bootstrap_indices(len(y_true), resamples, seed)
+    differences = _metric_samples(
+        metric, y_true, specialist_pred, n_labels, indices
+    ) - _metric_samples(metric, y_true, baseline_pred, n_labels, indices)
+    low, high = np.percentile(differences, [2.5, 97.5])
+    return {"metric": metric, "delta": float(delta), "ci_low": float(low), "ci_high": float(high)}
+
+
+def normalise_answer(text: str) -> str:
+    """Lower-case, collapse whitespace, drop surrounding punctuation (exact-match convention)."""
+    return " ".join(re.sub(r"[^\w\s]", " ", text.lower()).split())
+
+
+def exact_match(prediction: str, reference: str) -> float:
+    return float(normalise_answer(prediction) == normalise_answer(reference))
+
+
+def token_f1(prediction: str, reference: str) -> float:
+    """SQuAD-style F1 of the bag of normalised whitespace tokens."""
+    predicted, expected = normalise_answer(prediction).split(), normalise_answer(reference).split()
+    if not predicted or not expected:
+        return float(predicted == expected)
+    common = sum((Counter(predicted) & Counter(expected)).values())
+    if common == 0:
+        return 0.0
+    precision, recall = common / len(predicted), common / len(expected)
+    return 2 * precision * recall / (precision + recall)
+
+
+def round_floats(value: Any, places: int = 4) -> Any:
+    """Round every float in a nested JSON-like structure; numpy scalars become Python ones."""
+    if isinstance(value, dict):
+        return {key: round_floats(item, places) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [round_floats(item, places) for item in value]
+    if isinstance(value, np.integer):
+        return int(value)
+    if isinstance(value, float | np.floating):
+        value = float(value)
+        return round(value, places) if math.isfinite(value) else None
+    return value
+
+
+def classification_report(
+    y_true: list[int],
+    specialist_pred: list[int],
+    labels: list[str],
+    majority_label_id: int,
+    zero_shot_pred: list[int],
+    zero_shot_method: str,
+    seed: int,
+    resamples: int = BOOTSTRAP_RESAMPLES,
+) -> dict[str, Any]:
+    """The full classification report (shape documented in the module's README/brief)."""
+    n_labels = len(labels)
+    y_true_array = np.asarray(y_true, dtype=np.int64)
+    specialist = np.asarray(specialist_pred, dtype=np.int64)
+    majority = np.full_like(y_true_array, majority_label_id)
+    zero_shot = np.asarray(zero_shot_pred, dtype=np.int64)
+    scores = per_class_scores(y_true_array, specialist, n_labels)
+    report = {
+        "task": "text-classification",
+        "sealed_rows": len(y_true),
+        "metrics": {
+            "accuracy": accuracy(y_true_array, specialist),
+            "macro_f1": macro_f1(y_true_array, specialist, n_labels),
+        },
+        "intervals": {
+            metric: list(
+                bootstrap_interval(metric, y_true_array, specialist, n_labels, resamples, seed)
+            )
+            for metric in ("accuracy", "macro_f1")
+        },
+        "per_class": {
+            label: {
+                "precision": scores["precision"][i],
+                "recall": scores["recall"][i],
+                "f1": scores["f1"][i],
+                "support": int(scores["support"][i]),
+            }
+            for i, label in enumerate(labels)
+        },
+        "confusion_matrix": {
+            "labels": list(labels),
+            "matrix": confusion_matrix(y_true_array, specialist, n_labels).tolist(),
+        },
+        "baselines": {
+            "majority_class": {
+                "accuracy": accuracy(y_true_array, majority),
+                "macro_f1": macro_f1(y_true_array, majority, n_labels),
+                "label": labels[majority_label_id],
+            },
+            "generalist_zero_shot": {
+                "accuracy": accuracy(y_true_array, zero_shot),
+                "macro_f1": macro_f1(y_true_array, zero_shot, n_labels),
+                "method": zero_shot_method,
+            },
+        },
+        "lift": {
+            "over_majority_class": paired_bootstrap_lift(
+                "accuracy", y_true_array, specialist, majority, n_labels, resamples, seed
+            ),
+            "over_generalist_zero_shot": paired_bootstrap_lift(
+                "accuracy", y_true_array, specialist, zero_shot, n_labels, resamples, seed
+            ),
+        },
+        "bootstrap": {"resamples": resamples, "seed": seed},
+    }
+    return round_floats(report)
+
+
+# ---------------------------------------------------------------- model running
+
+
+def _batches(items: list, size: int):
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def predict_class_probabilities(
+    model: Any,
+    tokenizer: Any,
+    texts: list[str],
+    max_length: int,
+    device: str,
+    batch_size: int = EVAL_BATCH_SIZE,
+) -> np.ndarray:
+    """Softmax probabilities, shape ``(len(texts), num_labels)``; model must be in eval mode."""
+    import torch
+
+    examples = encode_classification(tokenizer, texts, None)
+    truncate_classification(examples, max_length)
+    outputs = []
+    with torch.inference_mode():
+        for batch in _batches(examples, batch_size):
+            inputs = collate_classification(batch, tokenizer.pad_token_id)
+            inputs.pop("labels")
+            logits = model(**{key: value.to(device) for key, value in inputs.items()}).logits
+            outputs.append(torch.softmax(logits.float(), dim=-1).cpu().numpy())
+    return np.concatenate(outputs) if outputs else np.zeros((0, 0))
+
+
+def is_causal_architecture(config: Any) -> bool:
+    """True for decoder-only language models (zero-shot by likelihood, not embeddings)."""
+    architectures = getattr(config, "architectures", None) or []
+    if any(name.endswith(("ForCausalLM", "LMHeadModel")) for name in architectures):
+        return True
+    return bool(getattr(config, "is_decoder", False)) or config.model_type in {
+        "llama",
+        "mistral",
+        "qwen2",
+        "qwen3",
+        "gemma",
+        "gpt2",
+        "phi3",
+    }
+
+
+def _label_phrase(label: str) -> str:
+    return label.replace("_", " ").replace("-", " ").strip()
+
+
+def zero_shot_by_embedding(
+    encoder: Any,
+    tokenizer: Any,
+    texts: list[str],
+    labels: list[str],
+    max_length: int,
+    device: str,
+    batch_size: int = EVAL_BATCH_SIZE,
+) -> list[int]:
+    """Class of the label name whose mean-pooled embedding is most cosine-similar to the text."""
+    import torch
+
+    def embed(strings: list[str]) -> torch.Tensor:
+        examples = encode_classification(tokenizer, strings, None)
+        truncate_classification(examples, max_length)
+        chunks = []
+        with torch.inference_mode():
+            for batch in _batches(examples, batch_size):
+                inputs = collate_classification(batch, tokenizer.pad_token_id)
+                mask = inputs["attention_mask"].to(device)
+                hidden = encoder(
+                    input_ids=inputs["input_ids"].to(device), attention_mask=mask
+                ).last_hidden_state.float()
+                summed = (hidden * mask.unsqueeze(-1)).sum(dim=1)
+                pooled = summed / mask.sum(dim=1, keepdim=True).clamp(min=1)
+                chunks.append(torch.nn.functional.normalize(pooled, dim=-1))
+        return torch.cat(chunks)
+
+    similarities = embed(texts) @ embed([_label_phrase(label) for label in labels]).T
+    return similarities.argmax(dim=-1).cpu().tolist()
+
+
+def zero_shot_by_likelihood(
+    causal_model: Any,
+    tokenizer: Any,
+    texts: list[str],
+    labels: list[str],
+    max_length: int,
+    device: str,
+    batch_size: int = EVAL_BATCH_SIZE,
+) -> list[int]:
+    """Class whose name the base LM finds most likely (summed log-prob) after a prompt
+    that lists the label set."""
+    options = ", ".join(_label_phrase(label) for label in labels)
+    prompts, completions = [], []
+    for text in texts:
+        prompt = f"Classify the text into one of: {options}.\nText: {text}\nLabel:"
+        for label in labels:
+            prompts.append(prompt)
+            completions.append(" " + _label_phrase(label))
+    examples = encode_generation(tokenizer, prompts, completions)
+    for example in examples:  # score the label only, not the appended eos
+        example.input_ids, example.labels = example.input_ids[:-1], example.labels[:-1]
+    truncate_generation(examples, max_length)
+    scores = _sequence_log_likelihoods(causal_model, tokenizer, examples, device, batch_size)
+    return np.asarray(scores).reshape(len(texts), len(labels)).argmax(axis=1).tolist()
+
+
+def _sequence_log_likelihoods(
+    model: Any, tokenizer: Any, examples: list[EncodedExample], device: str, batch_size: int
+) -> list[float]:
+    import torch
+
+    totals: list[float] = []
+    with torch.inference_mode():
+        for batch in _batches(examples, batch_size):
+            batch_tensors = collate_causal(batch, tokenizer.pad_token_id)
+            inputs = {key: value.to(device) for key, value in batch_tensors.items()}
+            logits = model(
+                input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"]
+            ).logits
+            log_probs = torch.log_softmax(logits[:, :-1].float(), dim=-1)
+            targets = inputs["labels"][:, 1:]
+            mask = targets != IGNORE_INDEX
+            picked = log_probs.gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+            totals.extend((picked * mask).sum(dim=1).cpu().tolist())
+    return totals
+
+
+def held_out_loss(
+    model: Any,
+    tokenizer: Any,
+    examples: list[EncodedExample],
+    device: str,
+    batch_size: int = EVAL_BATCH_SIZE,
+) -> float:
+    """Mean cross-entropy per completion token (prompt and padding excluded)."""
+    import torch
+
+    total_nll, total_tokens = 0.0, 0
+    with torch.inference_mode():
+        for batch in _batches(examples, batch_size):
+            batch_tensors = collate_causal(batch, tokenizer.pad_token_id)
+            inputs = {key: value.to(device) for key, value in batch_tensors.items()}
+            logits = model(
+                input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"]
+            ).logits
+            targets = inputs["labels"][:, 1:]
+            nll = torch.nn.functional.cross_entropy(
+                logits[:, :-1].float().reshape(-1, logits.shape[-1]),
+                targets.reshape(-1),
+                ignore_index=IGNORE_INDEX,
+                reduction="sum",
+            )
+            total_nll += float(nll)
+            total_tokens += int((targets != IGNORE_INDEX).sum())
+    return total_nll / max(total_tokens, 1)
+
+
+def greedy_completions(
+    model: Any,
+    tokenizer: Any,
+    prompts: list[str],
+    max_new_tokens: int,
+    device: str,
+    max_prompt_length: int | None = None,
+    batch_size: int = 32,
+) -> list[str]:
+    """Greedy continuations of each prompt, left-padded in batches, special tokens removed."""
+    import torch
+
+    prompt_ids = tokenizer(list(prompts), add_special_tokens=True)["input_ids"]
+    if max_prompt_length:
+        prompt_ids = [ids[-max_prompt_length:] for ids in prompt_ids]
+    examples = [EncodedExample(ids, [IGNORE_INDEX] * len(ids)) for ids in prompt_ids]
+    completions: list[str] = []
+    with torch.inference_mode():
+        for batch in _batches(examples, batch_size):
+            inputs = collate_causal(batch, tokenizer.pad_token_id, padding_side="left")
+            generated = model.generate(
+                input_ids=inputs["input_ids"].to(device),
+                attention_mask=inputs["attention_mask"].to(device),
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                pad_token_id=tokenizer.pad_token_id,
+                eos_token_id=tokenizer.eos_token_id,
+            )
+            new_tokens = generated[:, inputs["input_ids"].shape[1] :]
+            completions.extend(tokenizer.batch_decode(new_tokens, skip_special_tokens=True))
+    return [completion.strip() for completion in completions]
+
+
+def generation_report(
+    adapter_model: Any,
+    tokenizer: Any,
+    sealed_rows: list[dict],
+    max_length: int,
+    device: str,
+    max_new_tokens: int = 32,
+) -> dict[str, Any]:
+    """Held-out loss/perplexity of base (adapter disabled) vs adapter, exact match and token-F1
+    of greedy completions for both; ``lift.loss_reduction`` = base loss - adapter loss."""
+    prompts = [row["prompt"] for row in sealed_rows]
+    references = [row["completion"] for row in sealed_rows]
+    examples = encode_generation(tokenizer, prompts, references)
+    truncate_generation(examples, max_length)
+    longest_completion = max(sum(1 for t in e.labels if t != IGNORE_INDEX) for e in examples)
+    new_tokens = min(max_new_tokens, longest_completion)
+    prompt_budget = max(max_length - new_tokens, 1)
+
+    adapter_loss = held_out_loss(adapter_model, tokenizer, examples, device)
+    adapter_answers = greedy_completions(
+        adapter_model, tokenizer, prompts, new_tokens, device, prompt_budget
+    )
+    with adapter_model.disable_adapter():
+        base_loss = held_out_loss(adapter_model, tokenizer, examples, device)
+        base_answers = greedy_completions(
+            adapter_model, tokenizer, prompts, new_tokens, device, prompt_budget
+        )
+
+    def mean_score(score, answers: list[str]) -> float:
+        values = [score(a, r) for a, r in zip(answers, references, strict=True)]
+        return float(np.mean(values)) if values else 0.0
+
+    report = {
+        "task": "text-generation",
+        "sealed_rows": len(sealed_rows),
+        "metrics": {
+            "adapter_loss": adapter_loss,
+            "adapter_perplexity": math.exp(min(adapter_loss, 50.0)),
+            "base_loss": base_loss,
+            "base_perplexity": math.exp(min(base_loss, 50.0)),
+            "exact_match": mean_score(exact_match, adapter_answers),
+            "token_f1": mean_score(token_f1, adapter_answers),
+            "base_exact_match": mean_score(exact_match, base_answers),
+            "base_token_f1": mean_score(token_f1, base_answers),
+        },
+        "lift": {"loss_reduction": base_loss - adapter_loss},
+    }
+    return round_floats(report)

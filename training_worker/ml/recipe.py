@@ -1,0 +1,460 @@
+"""The LoRA fine-tuning recipe: ``setup -> train -> evaluate -> save -> cleanup``.
+
+A plain PyTorch loop (AdamW, linear warm-up then decay), tokenised once and padded per
+batch. Everything is written under ``spec.output_dir``. No Django imports.
+"""
+
+from __future__ import annotations
+
+import gc
+import math
+import platform
+import random
+import shutil
+import sys
+import time
+from collections import Counter
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+import numpy as np
+import torch
+
+from training_worker.ml import data, evaluation
+from training_worker.ml.base_models import load_tokenizer_and_model
+from training_worker.ml.config import LoraHyperparameters, ResolvedHyperparameters
+from training_worker.ml.errors import InvalidTrainingData, TrainingCancelled, TrainingOutOfMemory
+
+ADAPTER_FILES = ("adapter_model.safetensors", "adapter_config.json")
+PROGRESS_INTERVAL_SECONDS = 1.0
+
+
+@dataclass
+class TrainingSpec:
+    """Everything one fine-tuning run needs; the caller resolves paths and draws the split."""
+
+    task: Literal["text-classification", "text-generation"]
+    base_model_path: str  # already resolved (local path or repo id)
+    base_model_revision: str | None
+    train_rows: list[dict]  # classification: {"text","label"}; generation: {"prompt","completion"}
+    sealed_rows: list[dict]  # held-out rows, same shape, used ONLY for evaluation
+    labels: list[str]  # classification label set (sorted), [] for generation
+    hyperparameters: LoraHyperparameters
+    seed: int
+    output_dir: Path  # everything written under here (keyed by job id by the caller)
+    device: str | None = None  # None = "cuda" if available else "cpu"
+
+
+@dataclass
+class Progress:
+    step: int
+    total_steps: int
+    epoch: float
+    loss: float
+    examples_per_s: float
+    eta_seconds: float
+    trained_tokens: int
+
+
+class TrainingCallbacks(Protocol):
+    def on_event(self, level: str, message: str, data: dict | None = None) -> None: ...
+    def on_progress(self, progress: Progress) -> None: ...
+    def on_checkpoint(self, step: int, metrics: dict, adapter_dir: Path) -> None: ...
+    def should_cancel(self) -> bool: ...
+
+
+@dataclass
+class TrainingResult:
+    adapter_dir: Path
+    resolved_hyperparameters: dict[str, Any]
+    step_metrics: list[dict[str, Any]]
+    evaluation: dict[str, Any]
+    library_versions: dict[str, str]
+    device: str
+    trained_tokens: int
+    wall_seconds: float
+    examples_per_s: float
+    train_seconds: float = 0.0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def library_versions() -> dict[str, str]:
+    import peft
+    import transformers
+
+    return {
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "peft": peft.__version__,
+        "python": platform.python_version(),
+    }
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def run_fine_tune(spec: TrainingSpec, callbacks: TrainingCallbacks) -> TrainingResult:
+    """Fine-tune a LoRA adapter on ``spec.train_rows`` and evaluate it on ``spec.sealed_rows``.
+
+    Guarantees: seeded; the resolved configuration is the first event; progress at most about
+    once a second plus at the last step; a checkpoint (adapter only) per epoch under
+    ``output_dir/checkpoints/step-<n>/``; the returned ``adapter_dir`` holds exactly
+    ``adapter_model.safetensors`` and ``adapter_config.json``.
+
+    Raises ``InvalidTrainingData``, ``BaseModelUnavailable``, ``TrainingCancelled`` (checked
+    before every step), ``TrainingOutOfMemory``, or ``ValueError`` for bad hyperparameters.
+    """
+    started = time.perf_counter()
+    run = _Run(spec, callbacks)
+    try:
+        run.setup()
+        run.train()
+        report = run.evaluate()
+        adapter_dir = run.save()
+    except (torch.cuda.OutOfMemoryError, MemoryError) as exc:
+        raise TrainingOutOfMemory(
+            f"Ran out of memory on {run.device}: lower batch_size or max_seq_length ({exc})."
+        ) from exc
+    finally:
+        run.cleanup()
+    wall_seconds = time.perf_counter() - started
+    callbacks.on_event(
+        "info", "Training finished.", {"wall_seconds": round(wall_seconds, 2), "evaluation": report}
+    )
+    return TrainingResult(
+        adapter_dir=adapter_dir,
+        resolved_hyperparameters=run.resolved.as_dict(),
+        step_metrics=run.step_metrics,
+        evaluation=report,
+        library_versions=library_versions(),
+        device=run.device,
+        trained_tokens=run.trained_tokens,
+        wall_seconds=wall_seconds,
+        examples_per_s=run.examples_per_s,
+        train_seconds=run.train_seconds,
+    )
+
+
+class _Run:
+    """State of one run; each public method is one phase of the recipe."""
+
+    def __init__(self, spec: TrainingSpec, callbacks: TrainingCallbacks) -> None:
+        self.spec = spec
+        self.callbacks = callbacks
+        self.device = spec.device or ("cuda" if torch.cuda.is_available() else "cpu")
+        self.output_dir = Path(spec.output_dir)
+        self.model: Any = None
+        self.tokenizer: Any = None
+        self.resolved: ResolvedHyperparameters
+        self.train_examples: list[data.EncodedExample] = []
+        self.step_metrics: list[dict[str, Any]] = []
+        self.trained_tokens = 0
+        self.examples_per_s = 0.0
+        self.train_seconds = 0.0
+        self.progress_bar: Any = None
+
+    @property
+    def is_classification(self) -> bool:
+        return self.spec.task == "text-classification"
+
+    # ------------------------------------------------------------------ setup
+    def setup(self) -> None:
+        from peft import LoraConfig, TaskType, get_peft_model
+
+        spec = self.spec
+        if spec.task not in ("text-classification", "text-generation"):
+            raise ValueError(f"task must be text-classification or text-generation: {spec.task!r}")
+        if self.is_classification:
+            if len(spec.labels) < 2:
+                raise InvalidTrainingData("Classification needs at least two labels.")
+            data.check_classification_rows(spec.train_rows, spec.labels, "train")
+            data.check_classification_rows(spec.sealed_rows, spec.labels, "sealed")
+        else:
+            data.check_generation_rows(spec.train_rows, "train")
+            data.check_generation_rows(spec.sealed_rows, "sealed")
+        seed_everything(spec.seed)
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+
+        id2label = dict(enumerate(spec.labels)) if self.is_classification else None
+        self.tokenizer, model = load_tokenizer_and_model(
+            spec.base_model_path,
+            spec.base_model_revision,
+            spec.task,
+            num_labels=len(spec.labels) if self.is_classification else None,
+            id2label=id2label,
+        )
+        if self.is_classification:
+            label_to_id = {label: i for i, label in enumerate(spec.labels)}
+            self.train_examples = data.encode_classification(
+                self.tokenizer,
+                [row["text"] for row in spec.train_rows],
+                [label_to_id[row["label"]] for row in spec.train_rows],
+            )
+        else:
+            self.train_examples = data.encode_generation(
+                self.tokenizer,
+                [row["prompt"] for row in spec.train_rows],
+                [row["completion"] for row in spec.train_rows],
+            )
+        self.resolved = spec.hyperparameters.resolve(
+            spec.task,
+            [len(example.input_ids) for example in self.train_examples],
+            len(self.train_examples),
+            model.config.model_type,
+        )
+        position_limit = getattr(model.config, "max_position_embeddings", None)
+        max_length = self.resolved.max_seq_length
+        if position_limit and max_length > position_limit:
+            raise ValueError(
+                f"max_seq_length {max_length} exceeds the base model's limit of {position_limit}"
+            )
+        if self.is_classification:
+            data.truncate_classification(self.train_examples, max_length)
+        else:
+            data.truncate_generation(self.train_examples, max_length)
+
+        # Log the resolved configuration before anything runs.
+        self.callbacks.on_event(
+            "info",
+            "Resolved configuration.",
+            {
+                "hyperparameters": self.resolved.as_dict(),
+                "seed": spec.seed,
+                "device": self.device,
+                "base_model": spec.base_model_path,
+                "base_model_revision": spec.base_model_revision,
+                "train_rows": len(spec.train_rows),
+                "sealed_rows": len(spec.sealed_rows),
+                "library_versions": library_versions(),
+            },
+        )
+
+        head = None
+        if self.is_classification:
+            head = "classifier" if hasattr(model, "classifier") else "score"
+        lora_config = LoraConfig(
+            task_type=TaskType.SEQ_CLS if self.is_classification else TaskType.CAUSAL_LM,
+            r=self.resolved.lora_r,
+            lora_alpha=self.resolved.lora_alpha,
+            lora_dropout=self.resolved.lora_dropout,
+            target_modules=list(self.resolved.target_modules),
+            bias=self.resolved.bias,
+            modules_to_save=[head] if head else None,
+        )
+        self.model = get_peft_model(model, lora_config).to(self.device)
+        trainable = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
+        total = sum(p.numel() for p in self.model.parameters())
+        self.callbacks.on_event(
+            "info",
+            f"Model ready: {trainable:,} trainable of {total:,} parameters.",
+            {"trainable_parameters": trainable, "total_parameters": total},
+        )
+
+    # ------------------------------------------------------------------ train
+    def train(self) -> None:
+        from transformers import get_linear_schedule_with_warmup
+
+        resolved = self.resolved
+        batch_size = resolved.batch_size
+        steps_per_epoch = math.ceil(len(self.train_examples) / batch_size)
+        total_steps = steps_per_epoch * resolved.n_epochs
+        optimizer = torch.optim.AdamW(
+            [p for p in self.model.parameters() if p.requires_grad],
+            lr=resolved.learning_rate,
+            weight_decay=resolved.weight_decay,
+        )
+        scheduler = get_linear_schedule_with_warmup(
+            optimizer, int(resolved.warmup_ratio * total_steps), total_steps
+        )
+        use_bf16 = self.device.startswith("cuda") and torch.cuda.is_bf16_supported()
+        autocast = (
+            (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if use_bf16 else nullcontext
+        )
+        pad_id = self.tokenizer.pad_token_id
+        collate = data.collate_classification if self.is_classification else data.collate_causal
+        shuffler = torch.Generator().manual_seed(self.spec.seed)
+        self.progress_bar = _progress_bar(total_steps)
+
+        self.model.train()
+        step = 0
+        examples_seen = 0
+        train_started = time.perf_counter()
+        last_progress_at = float("-inf")
+        for epoch in range(resolved.n_epochs):
+            epoch_losses: list[float] = []
+            order = torch.randperm(len(self.train_examples), generator=shuffler).tolist()
+            for start in range(0, len(order), batch_size):
+                if self.callbacks.should_cancel():
+                    raise TrainingCancelled(f"Training was cancelled at step {step}.")
+                batch = [self.train_examples[i] for i in order[start : start + batch_size]]
+                inputs = {k: v.to(self.device) for k, v in collate(batch, pad_id).items()}
+                with autocast():
+                    loss = self.model(**inputs).loss
+                loss.backward()
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+
+                step += 1
+                examples_seen += len(batch)
+                self.trained_tokens += int(inputs["attention_mask"].sum())
+                loss_value = float(loss.detach())
+                epoch_losses.append(loss_value)
+                elapsed = time.perf_counter() - train_started
+                throughput = examples_seen / elapsed if elapsed > 0 else 0.0
+                self.step_metrics.append(
+                    {
+                        "step": step,
+                        "epoch": round(step / steps_per_epoch, 4),
+                        "loss": round(loss_value, 4),
+                        "learning_rate": scheduler.get_last_lr()[0],
+                        "examples_per_s": round(throughput, 2),
+                    }
+                )
+                self.progress_bar.update(1)
+                now = time.perf_counter()
+                if now - last_progress_at >= PROGRESS_INTERVAL_SECONDS or step == total_steps:
+                    last_progress_at = now
+                    self.progress_bar.set_postfix(loss=f"{loss_value:.4f}", refresh=False)
+                    remaining = (total_steps - step) * elapsed / step
+                    self.callbacks.on_progress(
+                        Progress(
+                            step=step,
+                            total_steps=total_steps,
+                            epoch=round(step / steps_per_epoch, 4),
+                            loss=loss_value,
+                            examples_per_s=throughput,
+                            eta_seconds=remaining,
+                            trained_tokens=self.trained_tokens,
+                        )
+                    )
+            self._checkpoint(step, epoch + 1, float(np.mean(epoch_losses)))
+        self.train_seconds = time.perf_counter() - train_started
+        self.examples_per_s = examples_seen / self.train_seconds if self.train_seconds else 0.0
+        self.progress_bar.close()
+        self.callbacks.on_event(
+            "info",
+            "Training loop finished.",
+            {
+                "steps": step,
+                "train_seconds": round(self.train_seconds, 2),
+                "examples_per_s": round(self.examples_per_s, 2),
+                "trained_tokens": self.trained_tokens,
+            },
+        )
+
+    def _checkpoint(self, step: int, epoch: int, mean_loss: float) -> None:
+        checkpoint_dir = self.output_dir / "checkpoints" / f"step-{step}"
+        save_adapter(self.model, checkpoint_dir)
+        metrics = {"epoch": epoch, "train_loss": round(mean_loss, 4)}
+        self.callbacks.on_checkpoint(step, metrics, checkpoint_dir)
+
+    # ------------------------------------------------------------------ evaluate
+    def evaluate(self) -> dict[str, Any]:
+        self.model.eval()
+        if self.is_classification:
+            report = self._evaluate_classification()
+        else:
+            report = evaluation.generation_report(
+                self.model, self.tokenizer, self.spec.sealed_rows,
+                self.resolved.max_seq_length, self.device,
+            )  # fmt: skip
+        self.callbacks.on_event("info", "Evaluation on the sealed split finished.", report)
+        return report
+
+    def _evaluate_classification(self) -> dict[str, Any]:
+        spec = self.spec
+        label_to_id = {label: i for i, label in enumerate(spec.labels)}
+        texts = [row["text"] for row in spec.sealed_rows]
+        y_true = [label_to_id[row["label"]] for row in spec.sealed_rows]
+        max_length = self.resolved.max_seq_length
+        probabilities = evaluation.predict_class_probabilities(
+            self.model, self.tokenizer, texts, max_length, self.device
+        )
+        specialist_pred = probabilities.argmax(axis=1).tolist()
+
+        train_counts = Counter(label_to_id[row["label"]] for row in spec.train_rows)
+        # Ties go to the first label in sorted order, so the baseline is deterministic.
+        majority_label_id = min(
+            train_counts, key=lambda label_id: (-train_counts[label_id], label_id)
+        )
+
+        base_config = self.model.get_base_model().config
+        if evaluation.is_causal_architecture(base_config):
+            zero_shot_pred, method = self._zero_shot_by_likelihood(texts, max_length)
+        else:
+            encoder = self.model.get_base_model().base_model
+            with self.model.disable_adapter():
+                zero_shot_pred = evaluation.zero_shot_by_embedding(
+                    encoder, self.tokenizer, texts, spec.labels, max_length, self.device
+                )
+            method = "embedding_cosine_to_label_names"
+        return evaluation.classification_report(
+            y_true,
+            specialist_pred,
+            spec.labels,
+            majority_label_id,
+            zero_shot_pred,
+            method,
+            seed=spec.seed,
+        )
+
+    def _zero_shot_by_likelihood(self, texts: list[str], max_length: int) -> tuple[list[int], str]:
+        # The classification model has no LM head: score with the base causal LM itself.
+        _, causal_model = load_tokenizer_and_model(
+            self.spec.base_model_path, self.spec.base_model_revision, "text-generation"
+        )
+        causal_model.to(self.device).eval()
+        try:
+            prediction = evaluation.zero_shot_by_likelihood(
+                causal_model, self.tokenizer, texts, self.spec.labels, max_length, self.device
+            )
+        finally:
+            del causal_model
+        return prediction, "causal_lm_label_likelihood"
+
+    # ------------------------------------------------------------------ save
+    def save(self) -> Path:
+        adapter_dir = self.output_dir / "adapter"
+        save_adapter(self.model, adapter_dir)
+        self.callbacks.on_event("info", "Adapter saved.", {"adapter_dir": str(adapter_dir)})
+        return adapter_dir
+
+    # ------------------------------------------------------------------ cleanup
+    def cleanup(self) -> None:
+        if self.progress_bar is not None:
+            self.progress_bar.close()
+        self.model = None
+        self.tokenizer = None
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+
+def save_adapter(model: Any, adapter_dir: Path) -> None:
+    """Write the adapter as safetensors and leave exactly ``ADAPTER_FILES`` in ``adapter_dir``."""
+    adapter_dir = Path(adapter_dir)
+    if adapter_dir.exists():
+        shutil.rmtree(adapter_dir)
+    model.save_pretrained(adapter_dir, safe_serialization=True)
+    for entry in adapter_dir.iterdir():
+        # peft also writes a README.md model card; the platform generates its own.
+        if entry.name not in ADAPTER_FILES:
+            shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
+    missing = [name for name in ADAPTER_FILES if not (adapter_dir / name).is_file()]
+    if missing:
+        raise RuntimeError(f"peft did not write {missing} to {adapter_dir}")
+
+
+def _progress_bar(total_steps: int) -> Any:
+    from tqdm import tqdm
+
+    return tqdm(
+        total=total_steps, desc="fine-tune", unit="step", file=sys.stderr,
+        disable=not sys.stderr.isatty(), leave=False,
+    )  # fmt: skip
