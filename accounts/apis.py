@@ -28,6 +28,9 @@ class MeApi(BaseApi):
     required_scope = "read"
 
     class Output(serializers.Serializer):
+        class Meta:
+            ref_name = "Me"
+
         id = serializers.IntegerField()
         email = serializers.EmailField()
         display_name = serializers.CharField()
@@ -55,6 +58,9 @@ class MeApi(BaseApi):
 
 class ApiKeyListCreateApi(BaseApi):
     class Input(serializers.Serializer):
+        class Meta:
+            ref_name = "ApiKeyCreateInput"
+
         name = serializers.CharField(max_length=100)
         scopes = serializers.ListField(
             child=serializers.ChoiceField(choices=ApiKeyScope.values),
@@ -62,6 +68,9 @@ class ApiKeyListCreateApi(BaseApi):
         )
 
     class CreatedOutput(ApiKeyOutput):
+        class Meta:
+            ref_name = "ApiKeyCreated"
+
         key = serializers.CharField(help_text="The secret. Shown once; store it now.")
 
     @extend_schema(responses=ApiKeyOutput(many=True))

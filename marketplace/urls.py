@@ -7,6 +7,7 @@ from marketplace.health import healthz
 
 api_v1 = [
     path("", include("accounts.urls")),
+    path("", include("training_worker.urls")),
 ]
 
 urlpatterns = [

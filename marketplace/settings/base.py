@@ -98,6 +98,7 @@ STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
     "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
 }
+NICHE_WORK_DIR = Path(env_str("NICHE_WORK_DIR", str(VAR_DIR / "work")))
 # The model cache holds base models built or downloaded on a worker (never user files).
 MODEL_CACHE_DIR = Path(env_str("MODEL_CACHE_DIR", str(VAR_DIR / "models")))
 
@@ -124,7 +125,7 @@ CELERY_TASK_DEFAULT_QUEUE = "default"
 CELERY_TASK_QUEUES = (Queue("default"), Queue("training"), Queue("inference"))
 # Routed by the module a task lives in, so a new task lands on the right queue.
 CELERY_TASK_ROUTES = {
-    "training_worker.tasks.*": {"queue": "training"},
+    "training_worker.tasks.train_*": {"queue": "training"},
     "serving.tasks.*": {"queue": "inference"},
 }
 # Training tasks run for minutes: take one at a time, so a busy worker does not
@@ -134,7 +135,14 @@ CELERY_TASK_SOFT_TIME_LIMIT = env_int("CELERY_TASK_SOFT_TIME_LIMIT", 300, minimu
 CELERY_TASK_TIME_LIMIT = env_int("CELERY_TASK_TIME_LIMIT", 360, minimum=1)
 TRAINING_SOFT_TIME_LIMIT = env_int("TRAINING_SOFT_TIME_LIMIT", 6 * 3600, minimum=1)
 TRAINING_TIME_LIMIT = env_int("TRAINING_TIME_LIMIT", 6 * 3600 + 300, minimum=1)
-CELERY_BEAT_SCHEDULE: dict = {}
+TRAINING_HEARTBEAT_SECONDS = env_int("TRAINING_HEARTBEAT_SECONDS", 5, minimum=1)
+TRAINING_HEARTBEAT_STALE_SECONDS = env_int("TRAINING_HEARTBEAT_STALE_SECONDS", 90, minimum=5)
+CELERY_BEAT_SCHEDULE = {
+    "sweep-stale-training-jobs": {
+        "task": "training_worker.tasks.sweep_stale_jobs",
+        "schedule": 30.0,
+    },
+}
 CELERY_TASK_ALWAYS_EAGER = False
 
 # --- REST API

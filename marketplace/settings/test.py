@@ -46,3 +46,12 @@ MEDIA_ROOT = VAR_DIR / "test-media"
 MODEL_CACHE_DIR = VAR_DIR / "models"  # shared with `make run`: built base models are reused
 VAR_DIR.mkdir(parents=True, exist_ok=True)
 STATIC_ROOT.mkdir(parents=True, exist_ok=True)  # whitenoise expects it
+
+# Nothing downloads weights here: base models come from packages and the model cache.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+# Unit tests run tasks inline (on commit); integration tests switch this off and use
+# real worker processes.
+CELERY_TASK_ALWAYS_EAGER = True
+CELERY_TASK_EAGER_PROPAGATES = True

@@ -111,9 +111,12 @@ def worker_env(redis_url, django_db_setup, django_db_blocker) -> dict:
     return env
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def celery_worker_process(worker_env):
-    """One worker process on every queue for the whole session."""
+    """One worker process on every queue, for the tests of one module.
+
+    Module-scoped so that a module testing worker loss has only its own workers.
+    """
     worker = WorkerProcess(worker_env, "default,training,inference", f"it-{uuid.uuid4().hex[:6]}")
     try:
         worker.wait_ready()
@@ -136,3 +139,25 @@ def spawn_worker(worker_env):
     yield spawn
     for worker in started:
         worker.stop()
+
+
+@pytest.fixture(autouse=True)
+def send_tasks_to_the_broker():
+    """Unit tests run tasks inline; here they travel through Redis to worker processes."""
+    from marketplace.celery import app
+
+    previous = app.conf.task_always_eager
+    app.conf.task_always_eager = False
+    yield
+    app.conf.task_always_eager = previous
+
+
+@pytest.fixture
+def shipped_base_models(transactional_db):
+    """Transactional tests flush tables: put back the rows the migration registers."""
+    import importlib
+
+    migration = importlib.import_module("training_worker.migrations.0002_register_base_models")
+    from django.apps import apps
+
+    migration.register(apps, None)

@@ -18,7 +18,8 @@ def test_task_round_trip_through_a_worker_process(celery_worker_process):
 def test_tasks_route_to_queues_by_module():
     router = app.amqp.router
 
-    assert router.route({}, "training_worker.tasks.anything")["queue"].name == "training"
+    assert router.route({}, "training_worker.tasks.train_job")["queue"].name == "training"
+    assert router.route({}, "training_worker.tasks.validate_dataset")["queue"].name == "default"
     assert router.route({}, "serving.tasks.anything")["queue"].name == "inference"
     assert router.route({}, "marketplace.ping")["queue"].name == "default"
 

@@ -1,0 +1,46 @@
+"""Studio fixtures: data sets as people upload them, and the tiny causal base."""
+
+import random
+
+import pytest
+from django.conf import settings
+from django.core.files.uploadedfile import SimpleUploadedFile
+from django.core.management import call_command
+
+TOPICS = {
+    "cardiology": ["heart", "arrhythmia", "ecg", "murmur", "angina", "valve"],
+    "dermatology": ["rash", "eczema", "mole", "psoriasis", "itchy", "lesion"],
+    "orthopedics": ["fracture", "knee", "ligament", "cast", "sprain", "bone"],
+}
+
+
+def classification_csv(rows_per_label: int = 24, seed: int = 7) -> bytes:
+    """A small separable 3-class set: each row names words of its own topic."""
+    rng = random.Random(seed)
+    lines = ["text,label"]
+    for label, words in TOPICS.items():
+        for n in range(rows_per_label):
+            picked = " ".join(rng.sample(words, 3))
+            lines.append(f'"patient {n} presents with {picked} findings",{label}')
+    return ("\n".join(lines) + "\n").encode()
+
+
+def generation_jsonl(rows: int = 40) -> bytes:
+    import json
+
+    lines = []
+    for n in range(rows):
+        a, b = n, (n * 3) % 5
+        lines.append(json.dumps({"prompt": f"add {a} and {b}:", "completion": f" {a + b}"}))
+    return ("\n".join(lines) + "\n").encode()
+
+
+def upload(name: str, content: bytes) -> SimpleUploadedFile:
+    return SimpleUploadedFile(name, content, content_type="application/octet-stream")
+
+
+@pytest.fixture(scope="session")
+def tiny_causal_built(django_db_setup, django_db_blocker):
+    with django_db_blocker.unblock():
+        call_command("build_tiny_causal", verbosity=0)
+    return settings.MODEL_CACHE_DIR / "tiny-causal"

@@ -1,0 +1,348 @@
+"""API of the studio: datasets, fine-tuning jobs, model versions.
+
+No response ever carries a row of a dataset: reports hold counts and row numbers only,
+so the sealed split cannot leak through any of these endpoints.
+"""
+
+from django.conf import settings
+from django.http import HttpResponse
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import extend_schema
+from rest_framework import serializers
+from rest_framework.parsers import FormParser, JSONParser, MultiPartParser
+from rest_framework.response import Response
+
+from marketplace.api import BaseApi
+from marketplace.errors import InvalidInputError, PayloadTooLargeError
+from marketplace.pagination import CursorIdPagination
+from training_worker import selectors, services
+
+MULTIPART_OVERHEAD_BYTES = 64 * 1024
+
+
+class BaseModelOutput(serializers.Serializer):
+    slug = serializers.CharField()
+    display_name = serializers.CharField()
+    tasks = serializers.ListField(child=serializers.CharField())
+    licence = serializers.CharField()
+    parameter_count = serializers.IntegerField()
+    revision = serializers.CharField()
+
+
+class DatasetOutput(serializers.Serializer):
+    id = serializers.UUIDField()
+    object = serializers.SerializerMethodField()
+    name = serializers.CharField()
+    filename = serializers.CharField()
+    task = serializers.CharField()
+    format = serializers.CharField()
+    status = serializers.CharField()
+    size_bytes = serializers.IntegerField()
+    sha256 = serializers.CharField()
+    rows_usable = serializers.IntegerField()
+    train_rows = serializers.IntegerField()
+    sealed_rows = serializers.IntegerField()
+    labels = serializers.ListField(child=serializers.CharField())
+    report = serializers.JSONField()
+    created_at = serializers.DateTimeField()
+    validated_at = serializers.DateTimeField(allow_null=True)
+
+    def get_object(self, _obj) -> str:
+        return "dataset"
+
+
+class JobOutput(serializers.Serializer):
+    id = serializers.UUIDField()
+    object = serializers.SerializerMethodField()
+    status = serializers.CharField()
+    base_model = serializers.CharField(source="base_model.slug")
+    dataset = serializers.UUIDField(source="dataset_id")
+    task = serializers.CharField()
+    hyperparameters = serializers.JSONField()
+    resolved_hyperparameters = serializers.JSONField()
+    seed = serializers.IntegerField()
+    suffix = serializers.CharField()
+    progress = serializers.SerializerMethodField()
+    trained_tokens = serializers.IntegerField()
+    error = serializers.SerializerMethodField()
+    fine_tuned_model = serializers.UUIDField(source="fine_tuned_model_id", allow_null=True)
+    worker = serializers.CharField()
+    attempts = serializers.IntegerField()
+    heartbeat_at = serializers.DateTimeField(allow_null=True)
+    cancel_requested_at = serializers.DateTimeField(allow_null=True)
+    created_at = serializers.DateTimeField()
+    started_at = serializers.DateTimeField(allow_null=True)
+    finished_at = serializers.DateTimeField(allow_null=True)
+
+    def get_object(self, _obj) -> str:
+        return "fine_tuning.job"
+
+    def get_progress(self, job) -> dict:
+        return {
+            "step": job.step,
+            "total_steps": job.total_steps,
+            "epoch": job.epoch,
+            "loss": job.loss,
+            "examples_per_s": job.examples_per_s,
+            "eta_seconds": job.eta_seconds,
+        }
+
+    def get_error(self, job) -> dict | None:
+        if not job.error_code:
+            return None
+        return {"code": job.error_code, "message": job.error_message}
+
+
+class EventOutput(serializers.Serializer):
+    id = serializers.IntegerField()
+    object = serializers.SerializerMethodField()
+    created_at = serializers.DateTimeField()
+    level = serializers.CharField()
+    type = serializers.CharField()
+    message = serializers.CharField()
+    data = serializers.JSONField(allow_null=True)
+
+    def get_object(self, _obj) -> str:
+        return "fine_tuning.job.event"
+
+
+class CheckpointOutput(serializers.Serializer):
+    id = serializers.UUIDField()
+    object = serializers.SerializerMethodField()
+    step = serializers.IntegerField()
+    epoch = serializers.FloatField()
+    metrics = serializers.JSONField()
+    adapter_sha256 = serializers.CharField()
+    created_at = serializers.DateTimeField()
+
+    def get_object(self, _obj) -> str:
+        return "fine_tuning.job.checkpoint"
+
+
+class ModelVersionOutput(serializers.Serializer):
+    id = serializers.UUIDField()
+    object = serializers.SerializerMethodField()
+    name = serializers.CharField()
+    task = serializers.CharField()
+    base_model = serializers.CharField(source="base_model.slug")
+    job = serializers.UUIDField(source="job_id")
+    labels = serializers.ListField(child=serializers.CharField())
+    files = serializers.SerializerMethodField()
+    dataset_sha256 = serializers.CharField()
+    run_record = serializers.JSONField()
+    created_at = serializers.DateTimeField()
+
+    def get_object(self, _obj) -> str:
+        return "model_version"
+
+    def get_files(self, version) -> list[dict]:
+        return [
+            {
+                "name": "adapter_model.safetensors",
+                "sha256": version.adapter_sha256,
+                "size": version.adapter_size,
+            },
+            {
+                "name": "adapter_config.json",
+                "sha256": version.config_sha256,
+                "size": version.config_size,
+            },
+        ]
+
+
+def _paged(request, queryset, serializer_class) -> Response:
+    paginator = CursorIdPagination()
+    page = paginator.paginate_queryset(queryset, request)
+    return paginator.get_paginated_response(serializer_class(page, many=True).data)
+
+
+class BaseModelListApi(BaseApi):
+    required_scope = "read"
+
+    @extend_schema(responses=BaseModelOutput(many=True))
+    def get(self, request):
+        models = selectors.base_model_list()
+        return Response({"data": BaseModelOutput(models, many=True).data})
+
+
+class DatasetListCreateApi(BaseApi):
+    parser_classes = [MultiPartParser, FormParser]
+
+    class Input(serializers.Serializer):
+        class Meta:
+            ref_name = "DatasetUploadInput"
+
+        file = serializers.FileField(allow_empty_file=True)  # reported as empty_file
+        name = serializers.CharField(max_length=200, required=False, allow_blank=True)
+        task = serializers.CharField(required=False, allow_blank=True)
+
+    def get_permissions(self):
+        self.required_scope = "train" if self.request.method == "POST" else "read"
+        return super().get_permissions()
+
+    @extend_schema(responses=DatasetOutput(many=True))
+    def get(self, request):
+        return _paged(request, selectors.dataset_list(owner=request.user), DatasetOutput)
+
+    @extend_schema(request=Input, responses={202: DatasetOutput})
+    def post(self, request):
+        # Refuse before the body is read, so an oversized upload is never stored.
+        limit = settings.DATASET_MAX_UPLOAD_BYTES
+        declared = int(request.META.get("CONTENT_LENGTH") or 0)
+        if declared > limit + MULTIPART_OVERHEAD_BYTES:
+            raise PayloadTooLargeError(
+                f"The upload is {declared:,} bytes; the limit is {limit:,} bytes.",
+                code="file_too_large",
+                fields={"file": [f"At most {limit:,} bytes."]},
+            )
+        data = self.Input(data=request.data)
+        data.is_valid(raise_exception=True)
+        dataset = services.dataset_upload(owner=request.user, **data.validated_data)
+        return Response(DatasetOutput(dataset).data, status=202)
+
+
+class DatasetDetailApi(BaseApi):
+    def get_permissions(self):
+        self.required_scope = "train" if self.request.method == "DELETE" else "read"
+        return super().get_permissions()
+
+    @extend_schema(responses=DatasetOutput)
+    def get(self, request, dataset_id):
+        dataset = selectors.dataset_get(owner=request.user, dataset_id=dataset_id)
+        return Response(DatasetOutput(dataset).data)
+
+    @extend_schema(responses={204: None})
+    def delete(self, request, dataset_id):
+        services.dataset_delete(owner=request.user, dataset_id=dataset_id)
+        return Response(status=204)
+
+
+class JobListCreateApi(BaseApi):
+    parser_classes = [JSONParser]
+
+    class Input(serializers.Serializer):
+        class Meta:
+            ref_name = "FineTuningJobCreateInput"
+
+        base_model = serializers.CharField()
+        dataset = serializers.UUIDField()
+        hyperparameters = serializers.DictField(required=False, default=dict)
+        seed = serializers.IntegerField(required=False, min_value=0, max_value=2**31 - 1)
+        suffix = serializers.RegexField(
+            r"^[a-z0-9-]{0,40}$", required=False, default="",
+            error_messages={"invalid": "Lowercase letters, digits and dashes, at most 40."},
+        )  # fmt: skip
+
+    def get_permissions(self):
+        self.required_scope = "train" if self.request.method == "POST" else "read"
+        return super().get_permissions()
+
+    @extend_schema(responses=JobOutput(many=True))
+    def get(self, request):
+        return _paged(request, selectors.job_list(owner=request.user), JobOutput)
+
+    @extend_schema(request=Input, responses={201: JobOutput})
+    def post(self, request):
+        data = self.Input(data=request.data)
+        data.is_valid(raise_exception=True)
+        values = data.validated_data
+        job = services.job_create(
+            owner=request.user,
+            base_model=values["base_model"],
+            dataset_id=values["dataset"],
+            hyperparameters=values["hyperparameters"],
+            seed=values.get("seed"),
+            suffix=values["suffix"],
+        )
+        return Response(JobOutput(job).data, status=201)
+
+
+class JobDetailApi(BaseApi):
+    required_scope = "read"
+
+    @extend_schema(responses=JobOutput)
+    def get(self, request, job_id):
+        return Response(JobOutput(selectors.job_get(owner=request.user, job_id=job_id)).data)
+
+
+class JobCancelApi(BaseApi):
+    required_scope = "train"
+
+    @extend_schema(request=None, responses=JobOutput)
+    def post(self, request, job_id):
+        job = services.job_cancel(owner=request.user, job_id=job_id)
+        return Response(JobOutput(job).data)
+
+
+class JobEventsApi(BaseApi):
+    required_scope = "read"
+
+    @extend_schema(responses=EventOutput(many=True))
+    def get(self, request, job_id):
+        job = selectors.job_get(owner=request.user, job_id=job_id)
+        after, limit = request.query_params.get("after"), request.query_params.get("limit", "100")
+        try:
+            after_id = int(after) if after else None
+            limit_n = int(limit)
+            if not 1 <= limit_n <= 1000:
+                raise ValueError
+        except ValueError:
+            raise InvalidInputError(
+                "after must be an event id and limit 1 to 1000.",
+                fields={"after": ["An event id."], "limit": ["1 to 1000."]},
+            ) from None
+        events, has_more = selectors.job_events(job=job, after=after_id, limit=limit_n)
+        data = EventOutput(events, many=True).data
+        return Response(
+            {
+                "data": data,
+                "has_more": has_more,
+                "first_id": data[0]["id"] if data else None,
+                "last_id": data[-1]["id"] if data else None,
+            }
+        )
+
+
+class JobCheckpointsApi(BaseApi):
+    required_scope = "read"
+
+    @extend_schema(responses=CheckpointOutput(many=True))
+    def get(self, request, job_id):
+        job = selectors.job_get(owner=request.user, job_id=job_id)
+        data = CheckpointOutput(selectors.job_checkpoints(job=job), many=True).data
+        return Response({"data": data, "has_more": False})
+
+
+class ModelVersionListApi(BaseApi):
+    required_scope = "read"
+
+    @extend_schema(responses=ModelVersionOutput(many=True))
+    def get(self, request):
+        return _paged(request, selectors.model_version_list(owner=request.user), ModelVersionOutput)
+
+
+class ModelVersionDetailApi(BaseApi):
+    required_scope = "read"
+
+    @extend_schema(responses=ModelVersionOutput)
+    def get(self, request, version_id):
+        version = selectors.model_version_get(owner=request.user, version_id=version_id)
+        return Response(ModelVersionOutput(version).data)
+
+
+class ModelVersionEvaluationApi(BaseApi):
+    required_scope = "read"
+
+    @extend_schema(responses=OpenApiTypes.OBJECT)
+    def get(self, request, version_id):
+        version = selectors.model_version_get(owner=request.user, version_id=version_id)
+        return Response(version.evaluation)
+
+
+class ModelVersionCardApi(BaseApi):
+    required_scope = "read"
+
+    @extend_schema(responses={(200, "text/markdown"): OpenApiTypes.STR})
+    def get(self, request, version_id):
+        version = selectors.model_version_get(owner=request.user, version_id=version_id)
+        return HttpResponse(version.card, content_type="text/markdown; charset=utf-8")

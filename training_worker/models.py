@@ -1,0 +1,229 @@
+"""The studio: base models, datasets, fine-tuning jobs and the model versions they write.
+
+Every status field changes only through training_worker.services, one function per
+transition, each checking the current state.
+"""
+
+import uuid
+
+from django.conf import settings
+from django.db import models
+from django.utils import timezone
+
+
+class TaskType(models.TextChoices):
+    TEXT_CLASSIFICATION = "text-classification", "Text classification"
+    TEXT_GENERATION = "text-generation", "Text generation"
+
+
+class BaseModel(models.Model):
+    """An open model experts fine-tune; managed by operators in the admin."""
+
+    slug = models.SlugField(unique=True)
+    display_name = models.CharField(max_length=120)
+    source = models.CharField(
+        max_length=300,
+        help_text=(
+            "A Hugging Face repo id, a local path, 'package:<python package>' or "
+            "'cache:<name>' (a folder under MODEL_CACHE_DIR)."
+        ),
+    )
+    revision = models.CharField(
+        max_length=100, blank=True, help_text="Pinned revision (commit) for Hub repo ids."
+    )
+    architecture = models.CharField(max_length=40, help_text="e.g. bert, llama, qwen2")
+    tasks = models.JSONField(default=list, help_text="Supported task types.")
+    licence = models.CharField(max_length=60)
+    parameter_count = models.BigIntegerField(default=0)
+    enabled = models.BooleanField(default=True)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["slug"]
+
+    def __str__(self) -> str:
+        return self.slug
+
+
+class DatasetStatus(models.TextChoices):
+    UPLOADED = "uploaded"
+    VALIDATING = "validating"
+    READY = "ready"
+    INVALID = "invalid"
+
+
+class Dataset(models.Model):
+    """An expert's upload. Its sealed split is drawn by the platform and never served."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    owner = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="datasets"
+    )
+    name = models.CharField(max_length=200)
+    filename = models.CharField(max_length=255)
+    task = models.CharField(max_length=40, choices=TaskType.choices, blank=True)
+    format = models.CharField(max_length=10, blank=True)
+    status = models.CharField(
+        max_length=20, choices=DatasetStatus.choices, default=DatasetStatus.UPLOADED
+    )
+    size_bytes = models.BigIntegerField()
+    sha256 = models.CharField(max_length=64)
+    source_path = models.CharField(max_length=300, blank=True)
+    train_path = models.CharField(max_length=300, blank=True)
+    sealed_path = models.CharField(max_length=300, blank=True)
+    report = models.JSONField(default=dict, blank=True)
+    rows_usable = models.IntegerField(default=0)
+    train_rows = models.IntegerField(default=0)
+    sealed_rows = models.IntegerField(default=0)
+    labels = models.JSONField(default=list, blank=True)
+    split_seed = models.BigIntegerField(null=True, blank=True)
+    split_fingerprint = models.CharField(max_length=64, blank=True)
+    created_at = models.DateTimeField(default=timezone.now, db_index=True)
+    validated_at = models.DateTimeField(null=True, blank=True)
+    # Set when the owner deletes a dataset that a job used: files go, the record stays.
+    deleted_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.status})"
+
+
+class JobStatus(models.TextChoices):
+    VALIDATING_FILES = "validating_files"
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+TERMINAL_JOB_STATUSES = (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED)
+
+
+class FineTuningJob(models.Model):
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    owner = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="fine_tuning_jobs"
+    )
+    base_model = models.ForeignKey(BaseModel, on_delete=models.PROTECT, related_name="jobs")
+    dataset = models.ForeignKey(Dataset, on_delete=models.PROTECT, related_name="jobs")
+    task = models.CharField(max_length=40, choices=TaskType.choices)
+    status = models.CharField(
+        max_length=20, choices=JobStatus.choices, default=JobStatus.VALIDATING_FILES
+    )
+    hyperparameters = models.JSONField(default=dict, blank=True, help_text="As requested.")
+    resolved_hyperparameters = models.JSONField(default=dict, blank=True)
+    seed = models.BigIntegerField()
+    suffix = models.CharField(max_length=40, blank=True)
+    # Progress, written by the worker at most about once a second.
+    step = models.IntegerField(default=0)
+    total_steps = models.IntegerField(default=0)
+    epoch = models.FloatField(default=0)
+    loss = models.FloatField(null=True, blank=True)
+    examples_per_s = models.FloatField(null=True, blank=True)
+    eta_seconds = models.FloatField(null=True, blank=True)
+    trained_tokens = models.BigIntegerField(default=0)
+    error_code = models.CharField(max_length=60, blank=True)
+    error_message = models.TextField(blank=True)
+    worker = models.CharField(max_length=200, blank=True)
+    attempts = models.IntegerField(default=0)
+    heartbeat_at = models.DateTimeField(null=True, blank=True)
+    cancel_requested_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(default=timezone.now, db_index=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    fine_tuned_model = models.OneToOneField(
+        "ModelVersion", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+
+    class Meta:
+        ordering = ["-created_at"]
+        indexes = [models.Index(fields=["status", "heartbeat_at"])]
+
+    def __str__(self) -> str:
+        return f"job {self.id} ({self.status})"
+
+    @property
+    def is_terminal(self) -> bool:
+        return self.status in TERMINAL_JOB_STATUSES
+
+
+class EventLevel(models.TextChoices):
+    INFO = "info"
+    WARNING = "warning"
+    ERROR = "error"
+
+
+class EventType(models.TextChoices):
+    MESSAGE = "message"
+    METRICS = "metrics"
+
+
+class JobEvent(models.Model):
+    job = models.ForeignKey(FineTuningJob, on_delete=models.CASCADE, related_name="events")
+    created_at = models.DateTimeField(default=timezone.now)
+    level = models.CharField(max_length=10, choices=EventLevel.choices, default="info")
+    type = models.CharField(max_length=10, choices=EventType.choices, default="message")
+    message = models.TextField()
+    data = models.JSONField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["id"]
+
+    def __str__(self) -> str:
+        return f"[{self.level}] {self.message[:60]}"
+
+
+class Checkpoint(models.Model):
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    job = models.ForeignKey(FineTuningJob, on_delete=models.CASCADE, related_name="checkpoints")
+    step = models.IntegerField()
+    epoch = models.FloatField()
+    metrics = models.JSONField(default=dict)
+    adapter_path = models.CharField(max_length=300)
+    adapter_sha256 = models.CharField(max_length=64)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["step"]
+        constraints = [
+            models.UniqueConstraint(fields=["job", "step"], name="one_checkpoint_per_step")
+        ]
+
+    def __str__(self) -> str:
+        return f"checkpoint step {self.step} of job {self.job_id}"
+
+
+class ModelVersion(models.Model):
+    """Immutable once written: adapter files, hashes, run record, evaluation, card."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    owner = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="model_versions"
+    )
+    job = models.OneToOneField(
+        FineTuningJob, on_delete=models.PROTECT, related_name="model_version"
+    )
+    base_model = models.ForeignKey(BaseModel, on_delete=models.PROTECT, related_name="versions")
+    name = models.CharField(max_length=200)
+    task = models.CharField(max_length=40, choices=TaskType.choices)
+    labels = models.JSONField(default=list, blank=True)
+    adapter_path = models.CharField(max_length=300)
+    adapter_sha256 = models.CharField(max_length=64, db_index=True)
+    adapter_size = models.BigIntegerField()
+    config_path = models.CharField(max_length=300)
+    config_sha256 = models.CharField(max_length=64)
+    config_size = models.BigIntegerField()
+    dataset_sha256 = models.CharField(max_length=64)
+    run_record = models.JSONField()
+    evaluation = models.JSONField()
+    card = models.TextField()
+    created_at = models.DateTimeField(default=timezone.now, db_index=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return self.name

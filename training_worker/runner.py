@@ -1,0 +1,278 @@
+"""A fine-tuning job on a worker: claim it, train it, write its model version.
+
+Runs only in Celery workers (it imports torch through the recipe); web processes never
+import this module.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import threading
+import time
+from pathlib import Path
+
+from celery.exceptions import SoftTimeLimitExceeded
+from django.conf import settings
+from django.db import connection, transaction
+from django.db.models import F
+from django.utils import timezone
+
+from training_worker import artifacts, services
+from training_worker.ml.base_models import resolve_base_model_source
+from training_worker.ml.config import LoraHyperparameters
+from training_worker.ml.errors import TrainingCancelled, TrainingError
+from training_worker.ml.recipe import Progress, TrainingSpec, run_fine_tune
+from training_worker.model_cards import render_model_card
+from training_worker.models import (
+    Checkpoint,
+    FineTuningJob,
+    JobStatus,
+    ModelVersion,
+)
+
+logger = logging.getLogger(__name__)
+
+
+def job_work_dir(job_id) -> Path:
+    """Scratch space keyed by job id: a retry starts from an empty folder, never a copy."""
+    return Path(settings.NICHE_WORK_DIR) / "jobs" / str(job_id)
+
+
+def job_claim(*, job_id, worker: str) -> FineTuningJob | None:
+    """queued → running by one conditional UPDATE; None if another worker has it."""
+    now = timezone.now()
+    claimed = FineTuningJob.objects.filter(pk=job_id, status=JobStatus.QUEUED).update(
+        status=JobStatus.RUNNING,
+        worker=worker,
+        heartbeat_at=now,
+        started_at=now,
+        attempts=F("attempts") + 1,
+        error_code="",
+        error_message="",
+    )
+    if claimed != 1:
+        return None
+    job = FineTuningJob.objects.select_related("base_model", "dataset").get(pk=job_id)
+    services.job_event(job=job, message=f"Started on {worker} (attempt {job.attempts}).")
+    return job
+
+
+class _Heartbeat(threading.Thread):
+    """Touches heartbeat_at every few seconds while the job runs, from its own connection."""
+
+    def __init__(self, job_id, interval: float):
+        super().__init__(daemon=True, name=f"heartbeat-{job_id}")
+        self.job_id, self.interval = job_id, interval
+        self.stopped = threading.Event()
+
+    def run(self) -> None:
+        try:
+            while not self.stopped.wait(self.interval):
+                FineTuningJob.objects.filter(pk=self.job_id, status=JobStatus.RUNNING).update(
+                    heartbeat_at=timezone.now()
+                )
+        finally:
+            connection.close()
+
+
+class JobCallbacks:
+    """The recipe's callbacks: progress onto the job row, events, checkpoints, cancel."""
+
+    CANCEL_POLL_SECONDS = 1.0
+
+    def __init__(self, job: FineTuningJob):
+        self.job = job
+        self._last_cancel_check = 0.0
+        self._cancelled = False
+
+    def on_event(self, level: str, message: str, data: dict | None = None) -> None:
+        if message == "Resolved configuration." and data:
+            self.job.resolved_hyperparameters = data.get("hyperparameters", {})
+            self.job.save(update_fields=["resolved_hyperparameters"])
+        services.job_event(job=self.job, level=level, message=message, data=data)
+
+    def on_progress(self, progress: Progress) -> None:
+        fields = {
+            "step": progress.step,
+            "total_steps": progress.total_steps,
+            "epoch": round(progress.epoch, 4),
+            "loss": round(progress.loss, 6),
+            "examples_per_s": round(progress.examples_per_s, 2),
+            "eta_seconds": round(progress.eta_seconds, 1),
+            "trained_tokens": progress.trained_tokens,
+        }
+        FineTuningJob.objects.filter(pk=self.job.pk).update(heartbeat_at=timezone.now(), **fields)
+        services.job_event(
+            job=self.job,
+            type="metrics",
+            message=f"Step {progress.step}/{progress.total_steps}: loss {progress.loss:.4f}",
+            data=fields,
+        )
+
+    def on_checkpoint(self, step: int, metrics: dict, adapter_dir: Path) -> None:
+        weights = adapter_dir / "adapter_model.safetensors"
+        prefix = f"checkpoints/{self.job.pk}/step-{step}"
+        artifacts.store_replacing(
+            f"{prefix}/adapter_config.json", adapter_dir / "adapter_config.json"
+        )
+        name = artifacts.store_replacing(f"{prefix}/adapter_model.safetensors", weights)
+        Checkpoint.objects.update_or_create(
+            job=self.job,
+            step=step,
+            defaults={
+                "epoch": metrics.get("epoch", 0),
+                "metrics": metrics,
+                "adapter_path": name,
+                "adapter_sha256": artifacts.sha256_of_path(weights),
+            },
+        )
+
+    def should_cancel(self) -> bool:
+        now = time.monotonic()
+        if not self._cancelled and now - self._last_cancel_check >= self.CANCEL_POLL_SECONDS:
+            self._last_cancel_check = now
+            self._cancelled = FineTuningJob.objects.filter(
+                pk=self.job.pk, cancel_requested_at__isnull=False
+            ).exists()
+        return self._cancelled
+
+
+def job_run(*, job_id, worker: str) -> str:
+    """Claim and run one job to a terminal state; returns that state.
+
+    A job that another worker holds, or that is no longer queued, is left alone.
+    Failures end as `failed` with {code, message} on the job; nothing stays `running`
+    unless the process itself dies (then the stale-heartbeat sweep takes over).
+    """
+    job = job_claim(job_id=job_id, worker=worker)
+    if job is None:
+        logger.info("job %s not claimable (already taken or not queued)", job_id)
+        return "skipped"
+    heartbeat = _Heartbeat(job.pk, settings.TRAINING_HEARTBEAT_SECONDS)
+    heartbeat.start()
+    work_dir = job_work_dir(job.pk)
+    shutil.rmtree(work_dir, ignore_errors=True)
+    try:
+        result = run_fine_tune(_spec_for(job, work_dir), JobCallbacks(job))
+        version = _model_version_write(job, result)
+        _job_succeed(job, version)
+        return JobStatus.SUCCEEDED
+    except TrainingCancelled:
+        _job_end_cancelled(job)
+        return JobStatus.CANCELLED
+    except TrainingError as exc:
+        services.job_fail(job=job, code=exc.code, message=exc.message)
+    except SoftTimeLimitExceeded:
+        services.job_fail(
+            job=job, code="timeout", message="The job ran past the training time limit."
+        )
+    except ValueError as exc:  # hyperparameters that fail against this data
+        services.job_fail(job=job, code="invalid_hyperparameters", message=str(exc))
+    except Exception as exc:
+        logger.exception("fine-tuning job %s crashed", job.pk)
+        services.job_fail(job=job, code="internal_error", message=f"{type(exc).__name__}: {exc}")
+    finally:
+        heartbeat.stopped.set()
+        heartbeat.join(timeout=5)
+        shutil.rmtree(work_dir, ignore_errors=True)
+    return JobStatus.FAILED
+
+
+def _spec_for(job: FineTuningJob, work_dir: Path) -> TrainingSpec:
+    dataset = job.dataset
+    if not dataset.train_path:
+        raise TrainingError("invalid_data", "The dataset's files are gone (deleted).")
+    return TrainingSpec(
+        task=job.task,
+        base_model_path=resolve_base_model_source(job.base_model.source, settings.MODEL_CACHE_DIR),
+        base_model_revision=job.base_model.revision or None,
+        train_rows=artifacts.read_jsonl(dataset.train_path),
+        sealed_rows=artifacts.read_jsonl(dataset.sealed_path),
+        labels=list(dataset.labels),
+        hyperparameters=LoraHyperparameters.from_dict(job.hyperparameters),
+        seed=job.seed,
+        output_dir=work_dir,
+    )
+
+
+def _model_version_write(job: FineTuningJob, result) -> ModelVersion:
+    adapter_path, adapter_sha, adapter_size = artifacts.store_content_addressed(
+        result.adapter_dir / "adapter_model.safetensors"
+    )
+    config_path, config_sha, config_size = artifacts.store_content_addressed(
+        result.adapter_dir / "adapter_config.json"
+    )
+    dataset = job.dataset
+    evaluation = dict(result.evaluation)
+    evaluation["dataset"] = {
+        "sha256": dataset.sha256,
+        "split_seed": dataset.split_seed,
+        "split_fingerprint": dataset.split_fingerprint,
+        "train_rows": dataset.train_rows,
+        "sealed_rows": dataset.sealed_rows,
+    }
+    run_record = {
+        "job_id": str(job.pk),
+        "resolved_hyperparameters": result.resolved_hyperparameters,
+        "seed": job.seed,
+        "base_model": {
+            "slug": job.base_model.slug,
+            "source": job.base_model.source,
+            "revision": job.base_model.revision,
+        },
+        "library_versions": result.library_versions,
+        "device": result.device,
+        "trained_tokens": result.trained_tokens,
+        "wall_seconds": round(result.wall_seconds, 2),
+        "train_seconds": round(result.train_seconds, 2),
+        "examples_per_s": round(result.examples_per_s, 2),
+        "step_metrics": result.step_metrics,
+    }
+    name = f"{job.base_model.slug}:{job.suffix or 'ft'}:{str(job.pk)[:8]}"
+    card = render_model_card(
+        name=name,
+        base_model=job.base_model,
+        task=job.task,
+        labels=list(dataset.labels),
+        licence=job.base_model.licence,
+        evaluation=evaluation,
+        run_record=run_record,
+        adapter_sha256=adapter_sha,
+    )
+    return ModelVersion.objects.create(
+        owner=job.owner,
+        job=job,
+        base_model=job.base_model,
+        name=name,
+        task=job.task,
+        labels=list(dataset.labels),
+        adapter_path=adapter_path,
+        adapter_sha256=adapter_sha,
+        adapter_size=adapter_size,
+        config_path=config_path,
+        config_sha256=config_sha,
+        config_size=config_size,
+        dataset_sha256=dataset.sha256,
+        run_record=run_record,
+        evaluation=evaluation,
+        card=card,
+    )
+
+
+def _job_succeed(job: FineTuningJob, version: ModelVersion) -> None:
+    with transaction.atomic():
+        FineTuningJob.objects.filter(pk=job.pk, status=JobStatus.RUNNING).update(
+            status=JobStatus.SUCCEEDED, fine_tuned_model=version, finished_at=timezone.now()
+        )
+        services.job_event(job=job, message=f"Job succeeded: model version {version.pk}.")
+
+
+def _job_end_cancelled(job: FineTuningJob) -> None:
+    FineTuningJob.objects.filter(pk=job.pk, status=JobStatus.RUNNING).update(
+        status=JobStatus.CANCELLED,
+        error_code="cancelled",
+        error_message="Cancelled by its owner.",
+        finished_at=timezone.now(),
+    )
+    services.job_event(job=job, message="Job cancelled.")

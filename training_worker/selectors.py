@@ -1,0 +1,64 @@
+"""Reads of the studio. Every read is scoped to its owner: others get nothing (404)."""
+
+from django.db.models import QuerySet
+
+from accounts.models import User
+from training_worker.errors import DatasetNotFound, JobNotFound, ModelVersionNotFound
+from training_worker.models import (
+    BaseModel,
+    Checkpoint,
+    Dataset,
+    FineTuningJob,
+    JobEvent,
+    ModelVersion,
+)
+
+
+def base_model_list() -> QuerySet[BaseModel]:
+    return BaseModel.objects.filter(enabled=True)
+
+
+def dataset_list(*, owner: User) -> QuerySet[Dataset]:
+    return Dataset.objects.filter(owner=owner, deleted_at__isnull=True)
+
+
+def dataset_get(*, owner: User, dataset_id) -> Dataset:
+    dataset = dataset_list(owner=owner).filter(pk=dataset_id).first()
+    if dataset is None:
+        raise DatasetNotFound("No dataset with this id.")
+    return dataset
+
+
+def job_list(*, owner: User) -> QuerySet[FineTuningJob]:
+    return FineTuningJob.objects.filter(owner=owner).select_related("base_model")
+
+
+def job_get(*, owner: User, job_id) -> FineTuningJob:
+    job = job_list(owner=owner).filter(pk=job_id).first()
+    if job is None:
+        raise JobNotFound("No fine-tuning job with this id.")
+    return job
+
+
+def job_events(*, job: FineTuningJob, after: int | None, limit: int) -> tuple[list, bool]:
+    """Events oldest first after the given event id; (page, has_more)."""
+    events = JobEvent.objects.filter(job=job)
+    if after is not None:
+        events = events.filter(id__gt=after)
+    rows = list(events.order_by("id")[: limit + 1])
+    return rows[:limit], len(rows) > limit
+
+
+def job_checkpoints(*, job: FineTuningJob) -> QuerySet[Checkpoint]:
+    return job.checkpoints.order_by("step")
+
+
+def model_version_list(*, owner: User) -> QuerySet[ModelVersion]:
+    return ModelVersion.objects.filter(owner=owner).select_related("base_model")
+
+
+def model_version_get(*, owner: User, version_id) -> ModelVersion:
+    version = model_version_list(owner=owner).filter(pk=version_id).first()
+    if version is None:
+        raise ModelVersionNotFound("No model version with this id.")
+    return version

@@ -1,0 +1,41 @@
+"""Celery adapters of the studio: load by id, call a service.
+
+`train_*` tasks are routed to the `training` queue (settings.CELERY_TASK_ROUTES).
+"""
+
+from celery import shared_task
+from celery.signals import worker_process_init
+from django.conf import settings
+
+from training_worker import services
+
+
+@worker_process_init.connect
+def _import_ml_stack(**_kwargs) -> None:
+    # torch + transformers + peft cost ~5 s to import: pay it once per worker process,
+    # at start-up, never in web processes (they do not import this module's runner).
+    import training_worker.runner  # noqa: F401
+
+
+@shared_task(name="training_worker.tasks.validate_dataset")
+def validate_dataset(dataset_id: str) -> str:
+    return services.dataset_validate(dataset_id=dataset_id).status
+
+
+@shared_task(
+    name="training_worker.tasks.train_fine_tuning_job",
+    bind=True,
+    acks_late=True,
+    reject_on_worker_lost=True,
+    soft_time_limit=settings.TRAINING_SOFT_TIME_LIMIT,
+    time_limit=settings.TRAINING_TIME_LIMIT,
+)
+def train_fine_tuning_job(self, job_id: str) -> str:
+    from training_worker.runner import job_run
+
+    return job_run(job_id=job_id, worker=self.request.hostname or "worker")
+
+
+@shared_task(name="training_worker.tasks.sweep_stale_jobs")
+def sweep_stale_jobs() -> dict:
+    return services.jobs_sweep_stale()
