@@ -1,7 +1,7 @@
 from django.contrib.auth import views as auth_views
 from django.urls import path
 
-from frontend import views
+from frontend import studio_views, views
 
 urlpatterns = [
     path("", views.home, name="home"),
@@ -21,4 +21,13 @@ urlpatterns = [
     path("dashboard/", views.dashboard, name="dashboard"),
     path("dashboard/api-keys/", views.api_key_create, name="api-key-create"),
     path("dashboard/api-keys/<uuid:key_id>/revoke/", views.api_key_revoke, name="api-key-revoke"),
+    path("studio/", studio_views.studio_home, name="studio"),
+    path("studio/datasets/", studio_views.dataset_upload, name="studio-dataset-upload"),
+    path("studio/datasets/<uuid:dataset_id>/", studio_views.dataset_detail, name="studio-dataset"),
+    path("studio/jobs/", studio_views.job_create, name="studio-job-create"),
+    path("studio/jobs/<uuid:job_id>/", studio_views.job_detail, name="studio-job"),
+    path("studio/jobs/<uuid:job_id>/cancel/", studio_views.job_cancel, name="studio-job-cancel"),
+    path(
+        "studio/models/<uuid:version_id>/", studio_views.model_version_detail, name="studio-model"
+    ),
 ]

@@ -1,0 +1,58 @@
+"""An expert in a real browser: log in, upload, fine-tune on a worker, read the result."""
+
+from pathlib import Path
+
+import pytest
+
+from accounts.models import ExpertProfile, User
+from tests.training_worker.conftest import classification_csv
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+SCREENSHOTS = Path(__file__).resolve().parents[2] / "var" / "e2e"
+
+
+def test_expert_fine_tunes_and_reads_the_verified_evaluation(
+    page, live_server, celery_worker_process, shipped_base_models, tmp_path
+):
+    alice = User.objects.create_user(
+        email="alice@example.com", password="correct horse battery", is_expert=True
+    )
+    ExpertProfile.objects.create(user=alice)
+    data = tmp_path / "triage-notes.csv"
+    data.write_bytes(classification_csv(rows_per_label=30))
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+
+    page.goto(f"{live_server.url}/login/")
+    page.fill("input[name=username]", "alice@example.com")
+    page.fill("input[name=password]", "correct horse battery")
+    page.click("button[type=submit]")
+    page.wait_for_url("**/dashboard/")
+
+    page.click("nav >> text=Studio")
+    page.set_input_files("input[name=file]", str(data))
+    page.click("button:has-text('Upload')")
+    page.wait_for_selector("#dataset-status:has-text('ready')", timeout=60_000)
+    assert "cardiology" in page.content()
+
+    page.goto(f"{live_server.url}/studio/")
+    page.click("summary")  # the advanced section
+    page.fill("input[name=n_epochs]", "3")
+    page.fill("input[name=suffix]", "triage")
+    page.click("button:has-text('Start fine-tuning')")
+    page.wait_for_url("**/studio/jobs/**")
+
+    page.wait_for_selector("#job-status:has-text('running')", timeout=60_000)
+    page.wait_for_function(
+        "document.getElementById('loss-line').getAttribute('points').split(' ').length > 1",
+        timeout=120_000,
+    )
+    page.screenshot(path=str(SCREENSHOTS / "job-running.png"), full_page=True)
+    page.wait_for_selector("#job-status:has-text('succeeded')", timeout=180_000)
+    assert "Step" in page.inner_text("#progress-text")
+    page.screenshot(path=str(SCREENSHOTS / "job-succeeded.png"), full_page=True)
+
+    page.click("#job-result-link")
+    page.wait_for_selector("#comparison-chart")
+    text = page.inner_text("main")
+    assert "Verified evaluation" in text and "Specialist" in text and "Majority class" in text
+    page.screenshot(path=str(SCREENSHOTS / "model-version.png"), full_page=True)
