@@ -106,17 +106,18 @@ def dataset_upload(
     return dataset
 
 
-def dataset_validate(*, dataset_id) -> Dataset:
+def dataset_validate(*, dataset_id) -> Dataset | None:
     """uploaded → validating → ready | invalid; draws the sealed split when ready.
 
-    Idempotent: a dataset no longer `uploaded` is returned untouched. Jobs waiting on
-    the dataset move on (queued) or fail (invalid_data) in the same transaction.
+    Idempotent: a dataset no longer `uploaded` is returned untouched, one deleted in the
+    meantime gives None. Jobs waiting on the dataset move on (queued) or fail
+    (invalid_data) in the same transaction.
     """
     claimed = Dataset.objects.filter(pk=dataset_id, status=DatasetStatus.UPLOADED).update(
         status=DatasetStatus.VALIDATING
     )
-    dataset = Dataset.objects.get(pk=dataset_id)
-    if not claimed:
+    dataset = Dataset.objects.filter(pk=dataset_id).first()
+    if not claimed or dataset is None:
         return dataset
     raw = artifacts.read_bytes(dataset.source_path)
     result = validate_dataset(raw, filename=dataset.filename, task=dataset.task or None)

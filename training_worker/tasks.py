@@ -18,8 +18,9 @@ def _import_ml_stack(**_kwargs) -> None:
 
 
 @shared_task(name="training_worker.tasks.validate_dataset")
-def validate_dataset(dataset_id: str) -> str:
-    return services.dataset_validate(dataset_id=dataset_id).status
+def validate_dataset(dataset_id: str) -> str | None:
+    dataset = services.dataset_validate(dataset_id=dataset_id)
+    return dataset.status if dataset else None
 
 
 @shared_task(

@@ -1,6 +1,7 @@
 """`make run` end to end: embedded Valkey + SQLite, web + worker, clean shutdown."""
 
 import http.cookiejar
+import json
 import os
 import re
 import signal
@@ -49,6 +50,7 @@ def test_make_run_starts_the_platform_and_stops_cleanly(tmp_path):
         "PORT": str(port),
         "NICHE_VAR_DIR": str(tmp_path / "var"),
         "DJANGO_SETTINGS_MODULE": "marketplace.settings.local",
+        "MODEL_CACHE_DIR": str(ROOT / "var" / "models"),  # reuse the built tiny LM
         marker: "1",
     }
     log_path = tmp_path / "run.log"
@@ -93,6 +95,17 @@ def test_make_run_starts_the_platform_and_stops_cleanly(tmp_path):
         dashboard = opener.open(request, timeout=10)
         assert dashboard.url.endswith("/dashboard/")
         assert "Hello, Dr. Ada Expert" in dashboard.read().decode()
+
+        # The worker, on the embedded Valkey, validates the seeded demo datasets.
+        def demo_datasets() -> list[dict]:
+            url = f"http://127.0.0.1:{port}/api/v1/datasets"
+            return json.load(opener.open(url, timeout=10))["data"]
+
+        deadline = time.monotonic() + 60
+        while {d["status"] for d in demo_datasets()} != {"ready"}:
+            assert time.monotonic() < deadline, demo_datasets()
+            time.sleep(0.5)
+        assert len(demo_datasets()) == 2
 
         started = pids_with_marker(marker)
         assert len(started) >= 4  # launcher, valkey, gunicorn (+workers), celery (+children)

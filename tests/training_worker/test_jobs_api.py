@@ -268,3 +268,50 @@ def test_mallory_cannot_use_see_or_cancel_alices_things(alice, mallory, studio, 
     assert m.get("/api/v1/fine_tuning/jobs").json()["data"] == []
     job.refresh_from_db()
     assert job.cancel_requested_at is None
+
+
+@pytest.mark.slow
+def test_deleting_a_used_dataset_keeps_what_the_version_needs(
+    alice, studio, django_capture_on_commit_callbacks
+):
+    s = studio(alice)
+    dataset_id = s.upload("notes.csv", classification_csv(rows_per_label=10))
+    job_id = s.create_job(
+        base_model="minilm-l6", dataset=dataset_id, hyperparameters={"n_epochs": 1}
+    ).json()["id"]
+    job = FineTuningJob.objects.get(pk=job_id)
+    dataset = job.dataset
+    files = [dataset.source_path, dataset.train_path, dataset.sealed_path]
+
+    with django_capture_on_commit_callbacks(execute=True):
+        response = s.client.delete(f"/api/v1/datasets/{dataset_id}")
+
+    assert response.status_code == 204
+    dataset.refresh_from_db()
+    assert dataset.deleted_at is not None
+    assert dataset.sha256 and dataset.sealed_rows == 6
+    assert not any(artifacts.default_storage.exists(name) for name in files)
+    assert s.client.get(f"/api/v1/datasets/{dataset_id}").status_code == 404
+    evaluation = s.client.get(f"/api/v1/models/{job.fine_tuned_model_id}/evaluation").json()
+    assert evaluation["dataset"]["sha256"] == dataset.sha256
+    assert evaluation["dataset"]["sealed_rows"] == 6
+
+
+def test_a_dataset_under_an_unfinished_job_cannot_be_deleted(alice, api):
+    from training_worker.models import BaseModel, Dataset
+
+    dataset = Dataset.objects.create(
+        owner=alice, name="d", filename="d.csv", size_bytes=1, sha256="0" * 64, status="ready",
+        task="text-classification",
+    )  # fmt: skip
+    FineTuningJob.objects.create(
+        owner=alice, base_model=BaseModel.objects.get(slug="minilm-l6"), dataset=dataset,
+        task="text-classification", seed=1, status=JobStatus.RUNNING,
+    )  # fmt: skip
+
+    response = api(alice).delete(f"/api/v1/datasets/{dataset.id}")
+
+    assert response.status_code == 409
+    assert response.json()["error"]["code"] == "dataset_in_use"
+    dataset.refresh_from_db()
+    assert dataset.deleted_at is None
