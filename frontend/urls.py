@@ -1,7 +1,7 @@
 from django.contrib.auth import views as auth_views
 from django.urls import path
 
-from frontend import studio_views, views
+from frontend import catalogue_views, studio_views, views
 
 urlpatterns = [
     path("", views.home, name="home"),
@@ -29,5 +29,23 @@ urlpatterns = [
     path("studio/jobs/<uuid:job_id>/cancel/", studio_views.job_cancel, name="studio-job-cancel"),
     path(
         "studio/models/<uuid:version_id>/", studio_views.model_version_detail, name="studio-model"
+    ),
+    path("studio/models/<uuid:version_id>/list/", catalogue_views.listing_new, name="listing-new"),
+    path("catalogue/", catalogue_views.catalogue_home, name="catalogue"),
+    path("catalogue/<slug:slug>/", catalogue_views.listing_page, name="catalogue-listing"),
+    path(
+        "catalogue/<slug:slug>/submit/",
+        catalogue_views.listing_submit,
+        name="catalogue-listing-submit",
+    ),
+    path(
+        "catalogue/<slug:slug>/review/",
+        catalogue_views.listing_review,
+        name="catalogue-listing-review",
+    ),
+    path(
+        "catalogue/<slug:slug>/report/",
+        catalogue_views.listing_report,
+        name="catalogue-listing-report",
     ),
 ]

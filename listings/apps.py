@@ -3,3 +3,14 @@ from django.apps import AppConfig
 
 class ListingsConfig(AppConfig):
     name = "listings"
+    verbose_name = "Catalogue and moderation"
+    moderator_permissions = (
+        "view_listing",
+        "change_listing",  # the moderation actions; content fields stay read-only
+        "view_listingversion",
+        "view_review",
+        "view_report",
+        "change_report",
+        "view_moderationaction",
+        "view_entitlement",
+    )

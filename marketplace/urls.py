@@ -8,6 +8,7 @@ from marketplace.health import healthz
 api_v1 = [
     path("", include("accounts.urls")),
     path("", include("training_worker.urls")),
+    path("", include("listings.urls")),
 ]
 
 urlpatterns = [

@@ -25,8 +25,10 @@ LAUNCH_ARGS = [
 ]
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser():
+    """Module-scoped: while Playwright runs, its event loop sits in this thread, so it
+    stops before other modules' tests use the ORM here."""
     if not shutil.which(CHROMIUM):
         if settings.IS_CI:
             pytest.fail("CI=true and Chromium is not installed at /usr/bin/chromium")
@@ -40,9 +42,11 @@ def browser():
         browser = playwright.chromium.launch(
             executable_path=CHROMIUM, headless=True, args=LAUNCH_ARGS
         )
-        yield browser
-        browser.close()
-    os.environ.pop("DJANGO_ALLOW_ASYNC_UNSAFE", None)
+        try:
+            yield browser
+        finally:
+            browser.close()
+            os.environ.pop("DJANGO_ALLOW_ASYNC_UNSAFE", None)
 
 
 @pytest.fixture

@@ -33,6 +33,7 @@ def test_env_helpers_parse_and_fail_loudly(monkeypatch):
 
 
 def _manage(args: list[str], env: dict) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in env.items() if k != "DJANGO_ALLOW_ASYNC_UNSAFE"}  # test-only
     return subprocess.run(
         [sys.executable, "manage.py", *args],
         cwd=ROOT,

@@ -1,0 +1,173 @@
+"""Catalogue pages: search and compare specialists, read a listing, review, report;
+and the expert's side: list a model version, submit it for review."""
+
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.shortcuts import redirect, render
+from django.views.decorators.http import require_POST
+
+from listings import selectors as catalogue
+from listings import services as catalogue_services
+from listings.models import Domain, ReportReason
+from marketplace.errors import ApplicationError
+from training_worker import selectors as studio
+
+SORT_LABELS = {
+    "relevance": "Relevance",
+    "newest": "Newest",
+    "best_lift": "Best lift over generalist",
+    "rating": "Rating",
+    "popularity": "Popularity",
+}
+
+
+def _not_found(request, exc: ApplicationError):
+    return render(request, "errors/error.html", {"status": 404, "message": exc.message}, status=404)
+
+
+def catalogue_home(request):
+    params = request.GET
+    try:
+        query = catalogue.CatalogueQuery(
+            q=params.get("q", "").strip(),
+            domain=params.get("domain", ""),
+            sort=params.get("sort", ""),
+            cursor=params.get("cursor", ""),
+            min_lift=float(params["min_lift"]) if params.get("min_lift") else None,
+            commercial_use=True if params.get("commercial_use") else None,
+        )
+        page = catalogue.listing_search(query=query)
+        error = ""
+    except (ApplicationError, ValueError) as exc:
+        page, error = None, getattr(exc, "message", "Check the filters.")
+    return render(
+        request,
+        "frontend/catalogue.html",
+        {
+            "page": page,
+            "error": error,
+            "params": params,
+            "domains": Domain.choices,
+            "sorts": SORT_LABELS.items(),
+        },
+    )
+
+
+def listing_page(request, slug):
+    try:
+        listing = catalogue.listing_get_public(slug=slug, viewer=request.user)
+    except ApplicationError as exc:
+        return _not_found(request, exc)
+    evaluation = catalogue.evaluation_summary(listing.live_version or listing.proposed_version)
+    return render(
+        request,
+        "frontend/listing.html",
+        {
+            "listing": listing,
+            "evaluation": evaluation,
+            "bars": _bars(evaluation),
+            "reviews": catalogue.review_list(listing=listing),
+            "may_review": catalogue.user_may_review(user=request.user, listing=listing),
+            "is_owner": request.user.is_authenticated and listing.owner_id == request.user.pk,
+            "history": catalogue.moderation_history(listing=listing),
+            "report_reasons": ReportReason.choices,
+        },
+    )
+
+
+def _bars(evaluation: dict | None) -> list[dict]:
+    if not evaluation or evaluation["task"] != "text-classification":
+        return []
+    interval = evaluation.get("intervals", {}).get("accuracy") or [None, None]
+    bars = [
+        {"name": "This specialist", "value": evaluation["metrics"].get("accuracy", 0),
+         "low": interval[0], "high": interval[1]},
+    ]  # fmt: skip
+    for name, baseline in evaluation.get("baselines", {}).items():
+        bars.append({"name": name.replace("_", " ").capitalize(), "value": baseline["accuracy"]})
+    return bars
+
+
+@login_required
+@require_POST
+def listing_review(request, slug):
+    try:
+        listing = catalogue.listing_get_public(slug=slug, viewer=request.user)
+        catalogue_services.review_upsert(
+            author=request.user,
+            listing=listing,
+            rating=int(request.POST.get("rating", 0)),
+            text=request.POST.get("text", ""),
+        )
+        messages.success(request, "Thanks for your review.")
+    except ApplicationError as exc:
+        messages.error(request, exc.message)
+    except ValueError:
+        messages.error(request, "Choose a rating from 1 to 5.")
+    return redirect("catalogue-listing", slug=slug)
+
+
+@login_required
+@require_POST
+def listing_report(request, slug):
+    try:
+        listing = catalogue.listing_get_public(slug=slug, viewer=request.user)
+    except ApplicationError as exc:
+        return _not_found(request, exc)
+    reason = request.POST.get("reason", "")
+    if reason not in ReportReason.values:
+        messages.error(request, "Choose a reason.")
+    else:
+        catalogue_services.report_create(
+            reporter=request.user, listing=listing, reason=reason, text=request.POST.get("text", "")
+        )
+        messages.success(request, "Reported. A moderator will look at it.")
+    return redirect("catalogue-listing", slug=slug)
+
+
+@login_required
+def listing_new(request, version_id):
+    try:
+        version = studio.model_version_get(owner=request.user, version_id=version_id)
+    except ApplicationError as exc:
+        return _not_found(request, exc)
+    if request.method == "POST":
+        post = request.POST
+        try:
+            listing = catalogue_services.listing_create(
+                owner=request.user,
+                model_version_id=version.id,
+                title=post.get("title", ""),
+                slug=post.get("slug", ""),
+                summary=post.get("summary", ""),
+                description=post.get("description", ""),
+                domain=post.get("domain", ""),
+                tags=[t for t in post.get("tags", "").split(",") if t.strip()],
+                intended_use=post.get("intended_use", ""),
+                out_of_scope_use=post.get("out_of_scope_use", ""),
+                risk_notes=post.get("risk_notes", ""),
+                commercial_use=bool(post.get("commercial_use")),
+                derivatives_allowed=bool(post.get("derivatives_allowed")),
+                on_prem_download=bool(post.get("on_prem_download")),
+                attribution_required=bool(post.get("attribution_required")),
+            )
+        except ApplicationError as exc:
+            messages.error(request, exc.message)
+        else:
+            messages.success(request, "Draft saved. Submit it for review when it reads well.")
+            return redirect("catalogue-listing", slug=listing.slug)
+    return render(
+        request, "frontend/listing_new.html", {"version": version, "domains": Domain.choices}
+    )
+
+
+@login_required
+@require_POST
+def listing_submit(request, slug):
+    try:
+        listing = catalogue.listing_get_public(slug=slug, viewer=request.user)
+        catalogue_services.listing_submit(owner=request.user, listing_id=listing.id)
+        messages.success(request, "Submitted for review.")
+    except ApplicationError as exc:
+        messages.error(request, exc.message)
+    return redirect("catalogue-listing", slug=slug)

@@ -1,0 +1,389 @@
+"""API of the catalogue: listings (owners and buyers), reviews, reports."""
+
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, extend_schema
+from rest_framework import serializers
+from rest_framework.permissions import AllowAny, IsAuthenticated
+from rest_framework.response import Response
+
+from accounts.permissions import HasScope
+from listings import selectors, services
+from listings.errors import InvalidListing
+from listings.models import Domain, ReportReason
+from marketplace.api import BaseApi
+
+
+class LicenceOutput(serializers.Serializer):
+    commercial_use = serializers.BooleanField()
+    derivatives_allowed = serializers.BooleanField()
+    on_prem_download = serializers.BooleanField()
+    attribution_required = serializers.BooleanField()
+    max_calls_per_month = serializers.IntegerField(allow_null=True)
+    summary = serializers.CharField(source="licence_summary")
+
+
+class ExpertSummaryOutput(serializers.Serializer):
+    name = serializers.CharField()
+    verified = serializers.SerializerMethodField()
+    headline = serializers.SerializerMethodField()
+
+    def get_verified(self, user) -> bool:
+        profile = getattr(user, "expert_profile", None)
+        return bool(profile and profile.verified)
+
+    def get_headline(self, user) -> str:
+        profile = getattr(user, "expert_profile", None)
+        return profile.headline if profile else ""
+
+
+class ListingCardOutput(serializers.Serializer):
+    """What a catalogue row shows: one query for the whole page."""
+
+    id = serializers.UUIDField()
+    object = serializers.SerializerMethodField()
+    slug = serializers.CharField()
+    title = serializers.CharField()
+    summary = serializers.CharField()
+    domain = serializers.CharField()
+    task = serializers.CharField()
+    tags = serializers.ListField(child=serializers.CharField())
+    languages = serializers.ListField(child=serializers.CharField())
+    status = serializers.CharField()
+    score_metric = serializers.CharField()
+    score = serializers.FloatField(allow_null=True)
+    lift_over_generalist = serializers.SerializerMethodField()
+    rating = serializers.SerializerMethodField()
+    popularity = serializers.IntegerField()
+    licence = LicenceOutput(source="*")
+    expert = ExpertSummaryOutput(source="owner")
+    published_at = serializers.DateTimeField(allow_null=True)
+
+    def get_object(self, _obj) -> str:
+        return "listing"
+
+    def get_lift_over_generalist(self, listing) -> dict | None:
+        if listing.lift_over_generalist is None:
+            return None
+        return {
+            "delta": listing.lift_over_generalist,
+            "ci_low": listing.lift_over_generalist_low,
+            "ci_high": listing.lift_over_generalist_high,
+        }
+
+    def get_rating(self, listing) -> dict:
+        return {"average": listing.rating_avg, "count": listing.rating_count}
+
+
+class ListingDetailOutput(ListingCardOutput):
+    description = serializers.CharField()
+    description_html = serializers.CharField()
+    intended_use = serializers.CharField()
+    out_of_scope_use = serializers.CharField()
+    risk_notes = serializers.CharField()
+    evaluation = serializers.SerializerMethodField()
+    versions = serializers.SerializerMethodField()
+
+    def get_evaluation(self, listing) -> dict | None:
+        return selectors.evaluation_summary(listing.live_version)
+
+    def get_versions(self, listing) -> list[dict]:
+        return [
+            {
+                "name": f"{listing.slug}@{v.number}",
+                "number": v.number,
+                "status": v.status,
+                "model_version": str(v.model_version_id),
+                "published_at": v.published_at,
+            }
+            for v in listing.versions.all()
+        ]
+
+
+class OwnerListingOutput(ListingDetailOutput):
+    status_reason = serializers.CharField()
+    proposed_version = serializers.UUIDField(source="proposed_version_id", allow_null=True)
+    proposed_evaluation = serializers.SerializerMethodField()
+    moderation_history = serializers.SerializerMethodField()
+
+    def get_proposed_evaluation(self, listing) -> dict | None:
+        return selectors.evaluation_summary(listing.proposed_version)
+
+    def get_moderation_history(self, listing) -> list[dict]:
+        return [
+            {"action": a.action, "reason": a.reason, "created_at": a.created_at}
+            for a in selectors.moderation_history(listing=listing)
+        ]
+
+
+class ListingContentInput(serializers.Serializer):
+    class Meta:
+        ref_name = "ListingContentInput"
+
+    title = serializers.CharField(max_length=120)
+    summary = serializers.CharField(max_length=300)
+    description = serializers.CharField(required=False, allow_blank=True, max_length=50_000)
+    domain = serializers.ChoiceField(choices=Domain.values)
+    tags = serializers.ListField(child=serializers.CharField(max_length=40), required=False)
+    languages = serializers.ListField(child=serializers.CharField(max_length=20), required=False)
+    intended_use = serializers.CharField(required=False, allow_blank=True)
+    out_of_scope_use = serializers.CharField(required=False, allow_blank=True)
+    risk_notes = serializers.CharField(required=False, allow_blank=True)
+    commercial_use = serializers.BooleanField(required=False)
+    derivatives_allowed = serializers.BooleanField(required=False)
+    on_prem_download = serializers.BooleanField(required=False)
+    attribution_required = serializers.BooleanField(required=False)
+    max_calls_per_month = serializers.IntegerField(required=False, allow_null=True, min_value=1)
+
+
+def _owner_view(listing) -> dict:
+    return OwnerListingOutput(listing).data
+
+
+class ListingCatalogueApi(BaseApi):
+    """GET: the public catalogue. POST: an expert creates a draft."""
+
+    class CreateInput(ListingContentInput):
+        class Meta:
+            ref_name = "ListingCreateInput"
+
+        model_version = serializers.UUIDField()
+        slug = serializers.SlugField(max_length=80, required=False, allow_blank=True)
+
+    def get_permissions(self):
+        if self.request.method == "GET":
+            return [AllowAny()]
+        self.required_scope = "train"
+        return super().get_permissions()
+
+    @extend_schema(
+        parameters=[
+            OpenApiParameter(name, OpenApiTypes.STR)
+            for name in ("q", "domain", "task", "tag", "sort", "cursor")
+        ]
+        + [OpenApiParameter(f, OpenApiTypes.BOOL) for f in selectors.LICENCE_FLAGS]
+        + [
+            OpenApiParameter("min_lift", OpenApiTypes.FLOAT),
+            OpenApiParameter("min_rating", OpenApiTypes.FLOAT),
+            OpenApiParameter("limit", OpenApiTypes.INT),
+        ],
+        responses=ListingCardOutput(many=True),
+    )
+    def get(self, request):
+        params = request.query_params
+        try:
+            query = selectors.CatalogueQuery(
+                q=params.get("q", "").strip(),
+                domain=params.get("domain", ""),
+                task=params.get("task", ""),
+                tag=params.get("tag", ""),
+                sort=params.get("sort", ""),
+                cursor=params.get("cursor", ""),
+                limit=int(params.get("limit", 20)),
+                min_lift=float(params["min_lift"]) if params.get("min_lift") else None,
+                min_rating=float(params["min_rating"]) if params.get("min_rating") else None,
+                **{
+                    flag: params[flag].lower() in ("1", "true", "yes")
+                    for flag in selectors.LICENCE_FLAGS
+                    if params.get(flag)
+                },
+            )
+        except ValueError:
+            raise InvalidListing(
+                "limit, min_lift and min_rating must be numbers.",
+                fields={"limit": [], "min_lift": [], "min_rating": []},
+            ) from None
+        page = selectors.listing_search(query=query)
+        data = ListingCardOutput(page.listings, many=True).data
+        return Response(
+            {
+                "data": data,
+                "has_more": page.has_more,
+                "first_id": data[0]["id"] if data else None,
+                "last_id": data[-1]["id"] if data else None,
+                "next_cursor": page.next_cursor,
+            }
+        )
+
+    @extend_schema(request=CreateInput, responses={201: OwnerListingOutput})
+    def post(self, request):
+        data = self.CreateInput(data=request.data)
+        data.is_valid(raise_exception=True)
+        values = dict(data.validated_data)
+        listing = services.listing_create(
+            owner=request.user,
+            model_version_id=values.pop("model_version"),
+            slug=values.pop("slug", ""),
+            **values,
+        )
+        return Response(_owner_view(listing), status=201)
+
+
+class ListingMineApi(BaseApi):
+    required_scope = "read"
+
+    @extend_schema(responses=OwnerListingOutput(many=True))
+    def get(self, request):
+        listings = selectors.listing_list_mine(owner=request.user).prefetch_related("versions")
+        return Response({"data": [_owner_view(x) for x in listings], "has_more": False})
+
+
+class ListingDetailApi(BaseApi):
+    """GET: a published listing (anyone) or your own (any state). PATCH: edit a draft."""
+
+    class UpdateInput(ListingContentInput):
+        class Meta:
+            ref_name = "ListingUpdateInput"
+
+        model_version = serializers.UUIDField(required=False)
+
+    def get_permissions(self):
+        if self.request.method == "GET":
+            return [AllowAny()]
+        self.required_scope = "train"
+        return super().get_permissions()
+
+    @extend_schema(responses=ListingDetailOutput)
+    def get(self, request, slug):
+        listing = selectors.listing_get_public(slug=slug, viewer=request.user)
+        if request.user.is_authenticated and listing.owner_id == request.user.pk:
+            return Response(_owner_view(listing))
+        return Response(ListingDetailOutput(listing).data)
+
+    @extend_schema(request=UpdateInput, responses=OwnerListingOutput)
+    def patch(self, request, slug):
+        listing = selectors.listing_get_public(slug=slug, viewer=request.user)
+        data = self.UpdateInput(data=request.data, partial=True)
+        data.is_valid(raise_exception=True)
+        values = dict(data.validated_data)
+        listing = services.listing_update(
+            owner=request.user,
+            listing_id=listing.pk,
+            model_version_id=values.pop("model_version", None),
+            **values,
+        )
+        return Response(_owner_view(listing))
+
+
+class _OwnerActionApi(BaseApi):
+    required_scope = "train"
+
+    def _listing(self, request, slug):
+        return selectors.listing_get_public(slug=slug, viewer=request.user)
+
+
+class ListingSubmitApi(_OwnerActionApi):
+    @extend_schema(request=None, responses=OwnerListingOutput)
+    def post(self, request, slug):
+        listing = services.listing_submit(
+            owner=request.user, listing_id=self._listing(request, slug).pk
+        )
+        return Response(_owner_view(listing))
+
+
+class ListingDelistApi(_OwnerActionApi):
+    @extend_schema(request=None, responses=OwnerListingOutput)
+    def post(self, request, slug):
+        listing = services.listing_delist(
+            owner=request.user, listing_id=self._listing(request, slug).pk
+        )
+        return Response(_owner_view(listing))
+
+
+class ListingVersionProposeApi(_OwnerActionApi):
+    class Input(serializers.Serializer):
+        class Meta:
+            ref_name = "ListingVersionProposeInput"
+
+        model_version = serializers.UUIDField()
+
+    @extend_schema(request=Input, responses=OwnerListingOutput)
+    def post(self, request, slug):
+        data = self.Input(data=request.data)
+        data.is_valid(raise_exception=True)
+        listing = services.listing_propose_version(
+            owner=request.user,
+            listing_id=self._listing(request, slug).pk,
+            model_version_id=data.validated_data["model_version"],
+        )
+        return Response(_owner_view(listing))
+
+
+class ReviewOutput(serializers.Serializer):
+    id = serializers.IntegerField()
+    author = serializers.CharField(source="author.name")
+    rating = serializers.IntegerField()
+    text = serializers.CharField()
+    reply = serializers.CharField()
+    created_at = serializers.DateTimeField()
+    updated_at = serializers.DateTimeField()
+    replied_at = serializers.DateTimeField(allow_null=True)
+
+
+class ReviewListCreateApi(BaseApi):
+    class Input(serializers.Serializer):
+        class Meta:
+            ref_name = "ReviewInput"
+
+        rating = serializers.IntegerField(min_value=1, max_value=5)
+        text = serializers.CharField(required=False, allow_blank=True, max_length=5000)
+
+    def get_permissions(self):
+        if self.request.method == "GET":
+            return [AllowAny()]
+        self.required_scope = "read"
+        return [IsAuthenticated(), HasScope()]
+
+    @extend_schema(responses=ReviewOutput(many=True))
+    def get(self, request, slug):
+        listing = selectors.listing_get_public(slug=slug, viewer=request.user)
+        reviews = selectors.review_list(listing=listing)
+        return Response({"data": ReviewOutput(reviews, many=True).data, "has_more": False})
+
+    @extend_schema(request=Input, responses={200: ReviewOutput})
+    def post(self, request, slug):
+        listing = selectors.listing_get_public(slug=slug, viewer=request.user)
+        data = self.Input(data=request.data)
+        data.is_valid(raise_exception=True)
+        review = services.review_upsert(author=request.user, listing=listing, **data.validated_data)
+        return Response(ReviewOutput(review).data)
+
+
+class ReviewReplyApi(BaseApi):
+    required_scope = "train"
+
+    class Input(serializers.Serializer):
+        class Meta:
+            ref_name = "ReviewReplyInput"
+
+        text = serializers.CharField(max_length=5000)
+
+    @extend_schema(request=Input, responses=ReviewOutput)
+    def post(self, request, slug, review_id):
+        selectors.listing_get_public(slug=slug, viewer=request.user)
+        data = self.Input(data=request.data)
+        data.is_valid(raise_exception=True)
+        review = services.review_reply(
+            owner=request.user, review_id=review_id, text=data.validated_data["text"]
+        )
+        return Response(ReviewOutput(review).data)
+
+
+class ReportCreateApi(BaseApi):
+    required_scope = "read"
+
+    class Input(serializers.Serializer):
+        class Meta:
+            ref_name = "ReportInput"
+
+        reason = serializers.ChoiceField(choices=ReportReason.values)
+        text = serializers.CharField(required=False, allow_blank=True, max_length=5000)
+
+    @extend_schema(request=Input, responses={201: OpenApiTypes.OBJECT})
+    def post(self, request, slug):
+        listing = selectors.listing_get_public(slug=slug, viewer=request.user)
+        data = self.Input(data=request.data)
+        data.is_valid(raise_exception=True)
+        report = services.report_create(
+            reporter=request.user, listing=listing, **data.validated_data
+        )
+        return Response({"id": report.id, "object": "report", "status": report.status}, status=201)

@@ -1,0 +1,244 @@
+"""Reads of the catalogue."""
+
+from __future__ import annotations
+
+import base64
+import json
+from dataclasses import dataclass
+
+from django.db import connection
+from django.db.models import F, Q, QuerySet
+
+from accounts.models import User
+from listings.errors import InvalidListing, ListingNotFound
+from listings.models import Entitlement, Listing, ListingStatus, ModerationAction, Review
+
+SORTS = {
+    # name: (field, descending); ties broken by id
+    "newest": ("published_at", True),
+    "best_lift": ("lift_over_generalist", True),
+    "rating": ("rating_avg", True),
+    "popularity": ("popularity", True),
+}
+SORT_CHOICES = ("relevance", *SORTS)
+MAX_LIMIT = 100
+LICENCE_FLAGS = (
+    "commercial_use",
+    "derivatives_allowed",
+    "on_prem_download",
+    "attribution_required",
+)
+
+
+def _catalogue() -> QuerySet[Listing]:
+    """Published listings of active owners, with what a card shows in one query."""
+    return Listing.objects.filter(
+        status=ListingStatus.PUBLISHED, owner__is_active=True
+    ).select_related("owner", "owner__expert_profile", "live_version")
+
+
+@dataclass(frozen=True)
+class CatalogueQuery:
+    q: str = ""
+    domain: str = ""
+    task: str = ""
+    commercial_use: bool | None = None
+    derivatives_allowed: bool | None = None
+    on_prem_download: bool | None = None
+    attribution_required: bool | None = None
+    min_lift: float | None = None
+    min_rating: float | None = None
+    tag: str = ""
+    sort: str = ""
+    cursor: str = ""
+    limit: int = 20
+
+
+@dataclass(frozen=True)
+class CataloguePage:
+    listings: list[Listing]
+    has_more: bool
+    next_cursor: str | None
+
+
+def _encode_cursor(payload: dict) -> str:
+    return base64.urlsafe_b64encode(json.dumps(payload).encode()).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str) -> dict:
+    try:
+        padded = cursor + "=" * (-len(cursor) % 4)
+        payload = json.loads(base64.urlsafe_b64decode(padded))
+        if not isinstance(payload, dict):
+            raise ValueError
+        return payload
+    except ValueError:
+        raise InvalidListing("The cursor is not valid.", fields={"cursor": ["Invalid."]}) from None
+
+
+def _search(queryset: QuerySet[Listing], q: str) -> QuerySet[Listing]:
+    """Full-text search with ranking on Postgres; a plain substring match elsewhere."""
+    if connection.vendor == "postgresql":
+        from django.contrib.postgres.search import SearchQuery, SearchRank, SearchVector
+        from django.db.models import TextField
+        from django.db.models.functions import Cast
+
+        vector = (
+            SearchVector("title", weight="A", config="english")
+            + SearchVector(Cast("tags", TextField()), weight="B", config="english")
+            + SearchVector("summary", weight="B", config="english")
+            + SearchVector("description", weight="C", config="english")
+        )
+        query = SearchQuery(q, search_type="websearch", config="english")
+        return queryset.annotate(rank=SearchRank(vector, query)).filter(rank__gt=0)
+    terms = [t for t in q.split() if t]
+    for term in terms:
+        queryset = queryset.filter(
+            Q(title__icontains=term)
+            | Q(summary__icontains=term)
+            | Q(description__icontains=term)
+            | Q(tags__icontains=term)
+        )
+    return queryset
+
+
+def listing_search(*, query: CatalogueQuery) -> CataloguePage:
+    """The catalogue: published only; filters, a sort, and cursor pages.
+
+    Sorts by a column use a keyset cursor (value, id), stable as listings arrive;
+    relevance pages by offset, since a rank is not a column.
+    """
+    if query.sort and query.sort not in SORT_CHOICES:
+        raise InvalidListing(
+            f"sort must be one of {', '.join(SORT_CHOICES)}.", fields={"sort": ["Unknown."]}
+        )
+    if not 1 <= query.limit <= MAX_LIMIT:
+        raise InvalidListing(
+            f"limit must be 1 to {MAX_LIMIT}.", fields={"limit": ["Out of range."]}
+        )
+    listings = _catalogue()
+    if query.domain:
+        listings = listings.filter(domain=query.domain)
+    if query.task:
+        listings = listings.filter(task=query.task)
+    for flag in (
+        "commercial_use",
+        "derivatives_allowed",
+        "on_prem_download",
+        "attribution_required",
+    ):
+        value = getattr(query, flag)
+        if value is not None:
+            listings = listings.filter(**{flag: value})
+    if query.min_lift is not None:
+        listings = listings.filter(lift_over_generalist__gte=query.min_lift)
+    if query.min_rating is not None:
+        listings = listings.filter(rating_avg__gte=query.min_rating)
+    if query.tag:
+        listings = listings.filter(tags__icontains=query.tag.lower())
+
+    sort = query.sort or ("relevance" if query.q else "newest")
+    if query.q:
+        listings = _search(listings, query.q)
+    cursor = _decode_cursor(query.cursor) if query.cursor else {}
+
+    if sort == "relevance":
+        if connection.vendor == "postgresql" and query.q:
+            listings = listings.order_by("-rank", "-published_at", "-id")
+        else:
+            listings = listings.order_by("-published_at", "-id")
+        offset = int(cursor.get("offset", 0))
+        rows = list(listings[offset : offset + query.limit + 1])
+        has_more = len(rows) > query.limit
+        next_cursor = _encode_cursor({"offset": offset + query.limit}) if has_more else None
+        return CataloguePage(rows[: query.limit], has_more, next_cursor)
+
+    field, _descending = SORTS[sort]
+    listings = listings.order_by(F(field).desc(nulls_last=True), "-id")
+    if cursor:
+        value, last_id = cursor.get("value"), cursor.get("id")
+        if value is None:
+            listings = listings.filter(**{f"{field}__isnull": True}, id__lt=last_id)
+        else:
+            listings = listings.filter(
+                Q(**{f"{field}__lt": value})
+                | Q(**{field: value}, id__lt=last_id)
+                | Q(**{f"{field}__isnull": True})
+            )
+    rows = list(listings[: query.limit + 1])
+    has_more = len(rows) > query.limit
+    rows = rows[: query.limit]
+    next_cursor = None
+    if has_more:
+        last = rows[-1]
+        value = getattr(last, field)
+        next_cursor = _encode_cursor(
+            {"value": value.isoformat() if hasattr(value, "isoformat") else value,
+             "id": str(last.id)}
+        )  # fmt: skip
+    return CataloguePage(rows, has_more, next_cursor)
+
+
+def listing_get_public(*, slug: str, viewer: User | None = None) -> Listing:
+    """A published listing, or any listing of the viewer's own; others are 404."""
+    listing = (
+        Listing.objects.select_related("owner", "owner__expert_profile", "live_version")
+        .filter(slug=slug)
+        .first()
+    )
+    if listing is None:
+        raise ListingNotFound("No listing here.")
+    is_owner = viewer is not None and viewer.is_authenticated and listing.owner_id == viewer.pk
+    visible = listing.status == ListingStatus.PUBLISHED and listing.owner.is_active
+    if not (visible or is_owner):
+        raise ListingNotFound("No listing here.")
+    return listing
+
+
+def listing_list_mine(*, owner: User) -> QuerySet[Listing]:
+    return Listing.objects.filter(owner=owner).select_related("live_version")
+
+
+def user_may_review(*, user: User, listing: Listing) -> bool:
+    """Holds or held a licence: billing grants an Entitlement when one activates."""
+    if not user.is_authenticated or user.pk == listing.owner_id:
+        return False
+    return Entitlement.objects.filter(listing=listing, user=user).exists()
+
+
+def review_list(*, listing: Listing) -> QuerySet[Review]:
+    return Review.objects.filter(listing=listing).select_related("author")
+
+
+def moderation_history(*, listing: Listing) -> QuerySet[ModerationAction]:
+    """What moderators did to this listing and why; shown to its expert."""
+    return ModerationAction.objects.filter(listing=listing).order_by("created_at", "id")
+
+
+def review_queue() -> QuerySet[Listing]:
+    """Listings waiting for a moderator, oldest first: new ones and new versions."""
+    return (
+        Listing.objects.filter(
+            Q(status=ListingStatus.IN_REVIEW)
+            | Q(status=ListingStatus.PUBLISHED, proposed_version__isnull=False)
+        )
+        .select_related("owner", "proposed_version", "proposed_version__job__dataset")
+        .order_by("submitted_at", "id")
+    )
+
+
+def evaluation_summary(version) -> dict | None:
+    """The platform's numbers for a version, as the studio wrote them; nothing typed."""
+    if version is None:
+        return None
+    evaluation = version.evaluation or {}
+    return {
+        "model_version": str(version.id),
+        "task": version.task,
+        "sealed_rows": evaluation.get("sealed_rows"),
+        "metrics": evaluation.get("metrics", {}),
+        "intervals": evaluation.get("intervals", {}),
+        "baselines": evaluation.get("baselines", {}),
+        "lift": evaluation.get("lift", {}),
+        "adapter_sha256": version.adapter_sha256,
+    }

@@ -1,0 +1,497 @@
+"""Writes of the catalogue: one function per transition, moderator actions audited.
+
+Every transition locks the listing row (select_for_update), checks the current state
+and raises InvalidListingTransition (409) when the move is not allowed.
+"""
+
+from __future__ import annotations
+
+import markdown
+import nh3
+from django.db import IntegrityError, transaction
+from django.db.models import Avg, Count
+from django.utils import timezone
+from django.utils.text import slugify
+
+from accounts.models import ExpertProfile, User
+from accounts.services import expert_profile_verify
+from listings.errors import (
+    InvalidListing,
+    InvalidListingTransition,
+    ListingNotEditable,
+    ListingNotFound,
+    NotAModerator,
+    ReasonRequired,
+    ReplyNotAllowed,
+    ReviewNotAllowed,
+    SlugTaken,
+)
+from listings.models import (
+    Domain,
+    Entitlement,
+    Listing,
+    ListingStatus,
+    ListingVersion,
+    ListingVersionStatus,
+    ModerationAction,
+    ModerationActionType,
+    Report,
+    ReportStatus,
+    Review,
+)
+from listings.selectors import user_may_review
+from training_worker.models import ModelVersion
+
+CONTENT_FIELDS = (
+    "title", "summary", "description", "domain", "tags", "languages", "intended_use",
+    "out_of_scope_use", "risk_notes", "commercial_use", "derivatives_allowed",
+    "on_prem_download", "attribution_required", "max_calls_per_month",
+)  # fmt: skip
+EDITABLE_STATES = (ListingStatus.DRAFT, ListingStatus.REJECTED)
+RESERVED_SLUGS = {"mine"}  # path words under /api/v1/listings/
+MAX_TAGS = 12
+
+
+# --- content ----------------------------------------------------------------------
+
+
+def render_description(text: str) -> str:
+    """Markdown → HTML, sanitized by nh3 (Ammonia): no scripts, styles or handlers."""
+    html = markdown.markdown(text, extensions=["extra", "sane_lists"], output_format="html")
+    return nh3.clean(html, link_rel="noopener noreferrer nofollow")
+
+
+def licence_summary_of(
+    *,
+    commercial_use: bool,
+    derivatives_allowed: bool,
+    on_prem_download: bool,
+    attribution_required: bool,
+    max_calls_per_month: int | None,
+) -> str:
+    """A plain-language sentence per licence flag, generated so it can never disagree."""
+    parts = [
+        "Commercial use is allowed." if commercial_use else "Non-commercial use only.",
+        "You may build derivative models." if derivatives_allowed
+        else "No derivative models or redistribution.",
+        "You may download the adapter to run on your own machines." if on_prem_download
+        else "Use through the Niche API only; no download.",
+        "Credit the expert when you publish results." if attribution_required
+        else "No attribution required.",
+        f"Up to {max_calls_per_month:,} calls a month." if max_calls_per_month
+        else "No monthly call cap beyond your plan.",
+    ]  # fmt: skip
+    return " ".join(parts)
+
+
+def _clean_content(values: dict) -> dict:
+    errors: dict[str, list[str]] = {}
+    if "domain" in values and values["domain"] not in Domain.values:
+        errors["domain"] = [f"One of {', '.join(Domain.values)}."]
+    for name in ("tags", "languages"):
+        if name in values:
+            items = [str(t).strip().lower() for t in values[name] if str(t).strip()]
+            if len(items) > MAX_TAGS:
+                errors[name] = [f"At most {MAX_TAGS}."]
+            values[name] = sorted(set(items))
+    if "title" in values and not values["title"].strip():
+        errors["title"] = ["Required."]
+    if errors:
+        raise InvalidListing("The listing has invalid fields.", fields=errors)
+    return values
+
+
+def _apply_content(listing: Listing, values: dict) -> None:
+    for name, value in values.items():
+        setattr(listing, name, value)
+    listing.description_html = render_description(listing.description)
+    listing.licence_summary = licence_summary_of(
+        commercial_use=listing.commercial_use,
+        derivatives_allowed=listing.derivatives_allowed,
+        on_prem_download=listing.on_prem_download,
+        attribution_required=listing.attribution_required,
+        max_calls_per_month=listing.max_calls_per_month,
+    )
+    listing.updated_at = timezone.now()
+
+
+def _owned_version(owner: User, model_version_id) -> ModelVersion:
+    version = ModelVersion.objects.filter(owner=owner, pk=model_version_id).first()
+    if version is None:
+        raise InvalidListing(
+            "Choose one of your own model versions.",
+            fields={"model_version": ["Not one of your model versions."]},
+        )
+    return version
+
+
+def listing_create(*, owner: User, model_version_id, slug: str = "", **content) -> Listing:
+    """A draft listing offering one of the owner's model versions.
+
+    Raises InvalidListing (422) for bad fields or another user's version, SlugTaken (409).
+    """
+    if not owner.is_expert:
+        raise InvalidListing("Only experts can list models.", code="not_an_expert")
+    version = _owned_version(owner, model_version_id)
+    content = _clean_content(content)
+    slug = slugify(slug or content.get("title", ""))[:80]
+    if not slug or slug in RESERVED_SLUGS:
+        raise InvalidListing("Choose another slug.", fields={"slug": ["Required or reserved."]})
+    listing = Listing(owner=owner, slug=slug, task=version.task, proposed_version=version)
+    _apply_content(listing, content)
+    try:
+        with transaction.atomic():
+            listing.save()
+    except IntegrityError:
+        raise SlugTaken(f"The slug '{slug}' is taken.", fields={"slug": ["Taken."]}) from None
+    return listing
+
+
+def _locked(listing_id) -> Listing:
+    listing = Listing.objects.select_for_update().filter(pk=listing_id).first()
+    if listing is None:
+        raise ListingNotFound("No listing here.")
+    return listing
+
+
+def _owned_locked(owner: User, listing_id) -> Listing:
+    listing = _locked(listing_id)
+    if listing.owner_id != owner.pk:
+        raise ListingNotFound("No listing here.")
+    return listing
+
+
+def listing_update(*, owner: User, listing_id, model_version_id=None, **content) -> Listing:
+    """Edit content while draft or rejected (409 otherwise)."""
+    with transaction.atomic():
+        listing = _owned_locked(owner, listing_id)
+        if listing.status not in EDITABLE_STATES:
+            raise ListingNotEditable(
+                f"A {listing.status} listing cannot be edited; propose a new version instead."
+            )
+        if model_version_id is not None:
+            listing.proposed_version = _owned_version(owner, model_version_id)
+            listing.task = listing.proposed_version.task
+        _apply_content(listing, _clean_content(content))
+        listing.save()
+    return listing
+
+
+def _transition(listing: Listing, allowed: tuple, target: str, verb: str) -> None:
+    if listing.status not in allowed:
+        raise InvalidListingTransition(
+            f"Cannot {verb} a listing that is {listing.status}.",
+            fields={"status": [listing.status]},
+        )
+    listing.status = target
+
+
+def listing_submit(*, owner: User, listing_id) -> Listing:
+    """draft | rejected → in_review."""
+    with transaction.atomic():
+        listing = _owned_locked(owner, listing_id)
+        _transition(listing, EDITABLE_STATES, ListingStatus.IN_REVIEW, "submit")
+        if listing.proposed_version is None:
+            raise InvalidListing("Choose a model version first.", code="no_version")
+        listing.submitted_at = timezone.now()
+        listing.save()
+    return listing
+
+
+def listing_propose_version(*, owner: User, listing_id, model_version_id) -> Listing:
+    """Offer a new model version on a published listing; it goes to review while the
+    live version keeps serving."""
+    with transaction.atomic():
+        listing = _owned_locked(owner, listing_id)
+        if listing.status not in (ListingStatus.PUBLISHED, ListingStatus.SUSPENDED):
+            raise InvalidListingTransition(
+                "New versions go on published listings; edit the draft instead."
+            )
+        version = _owned_version(owner, model_version_id)
+        if version.task != listing.task:
+            raise InvalidListing(
+                f"This listing is for {listing.task}.", fields={"model_version": ["Wrong task."]}
+            )
+        listing.proposed_version = version
+        listing.submitted_at = timezone.now()
+        listing.save()
+    return listing
+
+
+def listing_delist(*, owner: User, listing_id) -> Listing:
+    """Any state but delisted → delisted, by its owner."""
+    with transaction.atomic():
+        listing = _owned_locked(owner, listing_id)
+        allowed = tuple(s for s in ListingStatus.values if s != ListingStatus.DELISTED)
+        _transition(listing, allowed, ListingStatus.DELISTED, "delist")
+        listing.save()
+    return listing
+
+
+# --- moderation -------------------------------------------------------------------
+
+
+def _require_moderator(actor: User) -> None:
+    if not actor.is_moderator:
+        raise NotAModerator("Only moderators can do this.")
+
+
+def _require_reason(reason: str) -> str:
+    reason = (reason or "").strip()
+    if not reason:
+        raise ReasonRequired("Give a reason; the expert will read it.", fields={"reason": []})
+    return reason
+
+
+def _audit(actor: User, action: str, target, *, listing=None, reason: str = "") -> None:
+    ModerationAction.objects.create(
+        actor=actor,
+        action=action,
+        target_type=target._meta.model_name,
+        target_id=str(target.pk),
+        listing=listing,
+        reason=reason,
+    )
+
+
+def _scores_of(version: ModelVersion) -> dict:
+    """The numbers buyers compare, straight from the platform's evaluation."""
+    evaluation = version.evaluation or {}
+    metrics = evaluation.get("metrics", {})
+    if version.task == "text-classification":
+        lift = evaluation.get("lift", {}).get("over_generalist_zero_shot") or {}
+        return {
+            "score_metric": "accuracy",
+            "score": metrics.get("accuracy"),
+            "lift_over_generalist": lift.get("delta"),
+            "lift_over_generalist_low": lift.get("ci_low"),
+            "lift_over_generalist_high": lift.get("ci_high"),
+        }
+    # Generation: the generalist is the base model itself.
+    specialist, base = metrics.get("token_f1"), metrics.get("base_token_f1")
+    return {
+        "score_metric": "token_f1",
+        "score": specialist,
+        "lift_over_generalist": None if specialist is None or base is None else specialist - base,
+        "lift_over_generalist_low": None,
+        "lift_over_generalist_high": None,
+    }
+
+
+def _go_live(listing: Listing, version: ModelVersion) -> None:
+    now = timezone.now()
+    listing.versions.filter(status=ListingVersionStatus.LIVE).update(
+        status=ListingVersionStatus.RETIRED, retired_at=now
+    )
+    ListingVersion.objects.create(
+        listing=listing, model_version=version, number=listing.versions.count() + 1
+    )
+    listing.live_version = version
+    listing.proposed_version = None
+    for name, value in _scores_of(version).items():
+        setattr(listing, name, value)
+
+
+def listing_approve(*, moderator: User, listing_id, reason: str = "") -> Listing:
+    """in_review → published; its proposed version goes live."""
+    _require_moderator(moderator)
+    with transaction.atomic():
+        listing = _locked(listing_id)
+        _transition(listing, (ListingStatus.IN_REVIEW,), ListingStatus.PUBLISHED, "approve")
+        _go_live(listing, listing.proposed_version)
+        listing.published_at = listing.published_at or timezone.now()
+        listing.status_reason = reason
+        listing.save()
+        _audit(moderator, ModerationActionType.APPROVE, listing, listing=listing, reason=reason)
+    return listing
+
+
+def listing_reject(*, moderator: User, listing_id, reason: str) -> Listing:
+    """in_review → rejected, with the reason the expert sees."""
+    _require_moderator(moderator)
+    reason = _require_reason(reason)
+    with transaction.atomic():
+        listing = _locked(listing_id)
+        _transition(listing, (ListingStatus.IN_REVIEW,), ListingStatus.REJECTED, "reject")
+        listing.status_reason = reason
+        listing.save()
+        _audit(moderator, ModerationActionType.REJECT, listing, listing=listing, reason=reason)
+    return listing
+
+
+def listing_suspend(*, moderator: User, listing_id, reason: str) -> Listing:
+    """published → suspended (hidden from the catalogue), with a reason."""
+    _require_moderator(moderator)
+    reason = _require_reason(reason)
+    with transaction.atomic():
+        listing = _locked(listing_id)
+        _transition(listing, (ListingStatus.PUBLISHED,), ListingStatus.SUSPENDED, "suspend")
+        listing.status_reason = reason
+        listing.save()
+        _audit(moderator, ModerationActionType.SUSPEND, listing, listing=listing, reason=reason)
+    return listing
+
+
+def listing_reinstate(*, moderator: User, listing_id, reason: str = "") -> Listing:
+    """suspended → published."""
+    _require_moderator(moderator)
+    with transaction.atomic():
+        listing = _locked(listing_id)
+        _transition(listing, (ListingStatus.SUSPENDED,), ListingStatus.PUBLISHED, "reinstate")
+        listing.status_reason = reason
+        listing.save()
+        _audit(moderator, ModerationActionType.REINSTATE, listing, listing=listing, reason=reason)
+    return listing
+
+
+def listing_version_approve(*, moderator: User, listing_id, reason: str = "") -> Listing:
+    """A published listing's proposed version replaces the live one."""
+    _require_moderator(moderator)
+    with transaction.atomic():
+        listing = _locked(listing_id)
+        if listing.status != ListingStatus.PUBLISHED or listing.proposed_version is None:
+            raise InvalidListingTransition("No new version waits for review on this listing.")
+        version = listing.proposed_version
+        _go_live(listing, version)
+        listing.save()
+        _audit(
+            moderator, ModerationActionType.APPROVE_VERSION, version, listing=listing,
+            reason=reason,
+        )  # fmt: skip
+    return listing
+
+
+def listing_version_reject(*, moderator: User, listing_id, reason: str) -> Listing:
+    """Drop a proposed version; the live version keeps serving."""
+    _require_moderator(moderator)
+    reason = _require_reason(reason)
+    with transaction.atomic():
+        listing = _locked(listing_id)
+        if listing.status != ListingStatus.PUBLISHED or listing.proposed_version is None:
+            raise InvalidListingTransition("No new version waits for review on this listing.")
+        version = listing.proposed_version
+        listing.proposed_version = None
+        listing.save()
+        _audit(
+            moderator, ModerationActionType.REJECT_VERSION, version, listing=listing,
+            reason=reason,
+        )  # fmt: skip
+    return listing
+
+
+def report_create(*, reporter: User, listing: Listing, reason: str, text: str = "") -> Report:
+    """Anyone signed in may report a listing they can see; it opens a moderation item."""
+    return Report.objects.create(listing=listing, reporter=reporter, reason=reason, text=text)
+
+
+def report_resolve(*, moderator: User, report_id, actioned: bool, note: str) -> Report:
+    """open → actioned | dismissed, with a note."""
+    _require_moderator(moderator)
+    note = _require_reason(note)
+    with transaction.atomic():
+        report = Report.objects.select_for_update().get(pk=report_id)
+        if report.status != ReportStatus.OPEN:
+            raise InvalidListingTransition(f"The report is already {report.status}.")
+        report.status = ReportStatus.ACTIONED if actioned else ReportStatus.DISMISSED
+        report.resolved_by, report.resolved_at = moderator, timezone.now()
+        report.resolution_note = note
+        report.save()
+        action = (
+            ModerationActionType.REPORT_ACTIONED if actioned
+            else ModerationActionType.REPORT_DISMISSED
+        )  # fmt: skip
+        _audit(moderator, action, report, listing=report.listing, reason=note)
+    return report
+
+
+def user_suspend(*, moderator: User, user: User, reason: str) -> User:
+    """A suspended user cannot log in, their API keys stop and their listings are hidden."""
+    _require_moderator(moderator)
+    reason = _require_reason(reason)
+    if user.pk == moderator.pk:
+        raise InvalidListing("Moderators cannot suspend themselves.", code="self_suspension")
+    with transaction.atomic():
+        User.objects.filter(pk=user.pk).update(is_active=False)
+        user.is_active = False
+        _audit(moderator, ModerationActionType.SUSPEND_USER, user, reason=reason)
+    return user
+
+
+def user_reinstate(*, moderator: User, user: User, reason: str = "") -> User:
+    _require_moderator(moderator)
+    with transaction.atomic():
+        User.objects.filter(pk=user.pk).update(is_active=True)
+        user.is_active = True
+        _audit(moderator, ModerationActionType.REINSTATE_USER, user, reason=reason)
+    return user
+
+
+def expert_verify(*, moderator: User, profile: ExpertProfile, note: str) -> ExpertProfile:
+    """Mark an expert verified after checking credentials; the note is kept and audited."""
+    _require_moderator(moderator)
+    note = _require_reason(note)
+    with transaction.atomic():
+        expert_profile_verify(profile=profile, moderator=moderator, note=note)
+        _audit(moderator, ModerationActionType.VERIFY_EXPERT, profile, reason=note)
+    return profile
+
+
+# --- reviews and entitlements -----------------------------------------------------
+
+
+def entitlement_grant(*, listing: Listing, user: User, reference: str) -> Entitlement:
+    """Called by billing when a licence activates. Idempotent; counts toward popularity."""
+    with transaction.atomic():
+        entitlement, created = Entitlement.objects.get_or_create(
+            listing=listing, user=user, defaults={"reference": reference}
+        )
+        if created:
+            Listing.objects.filter(pk=listing.pk).update(
+                popularity=Entitlement.objects.filter(listing=listing).count()
+            )
+    return entitlement
+
+
+def _refresh_rating(listing: Listing) -> None:
+    summary = Review.objects.filter(listing=listing).aggregate(avg=Avg("rating"), n=Count("id"))
+    Listing.objects.filter(pk=listing.pk).update(
+        rating_avg=round(summary["avg"], 3) if summary["avg"] is not None else None,
+        rating_count=summary["n"],
+    )
+
+
+def review_upsert(*, author: User, listing: Listing, rating: int, text: str = "") -> Review:
+    """One review per buyer who holds or held a licence; a second call edits it."""
+    if not user_may_review(user=author, listing=listing):
+        raise ReviewNotAllowed("Only buyers who hold or held a licence can review this model.")
+    if not 1 <= rating <= 5:
+        raise InvalidListing("rating must be 1 to 5.", fields={"rating": ["1 to 5."]})
+    with transaction.atomic():
+        review, created = Review.objects.get_or_create(
+            listing=listing, author=author, defaults={"rating": rating, "text": text}
+        )
+        if not created:
+            review.rating, review.text, review.updated_at = rating, text, timezone.now()
+            review.save(update_fields=["rating", "text", "updated_at"])
+        _refresh_rating(listing)
+    return review
+
+
+def review_reply(*, owner: User, review_id, text: str) -> Review:
+    """The listing's expert answers a review, once."""
+    with transaction.atomic():
+        review = (
+            Review.objects.select_for_update()
+            .select_related("listing")
+            .filter(pk=review_id, listing__owner=owner)
+            .first()
+        )
+        if review is None:
+            raise ListingNotFound("No review of yours to answer here.", code="review_not_found")
+        if review.replied_at is not None:
+            raise ReplyNotAllowed("You already answered this review.")
+        if not text.strip():
+            raise InvalidListing("The reply is empty.", fields={"text": ["Required."]})
+        review.reply, review.replied_at = text.strip(), timezone.now()
+        review.save(update_fields=["reply", "replied_at"])
+    return review

@@ -1,0 +1,71 @@
+"""Catalogue pages: search, listing page with verified numbers, review, report, listing a
+model from the studio."""
+
+from django.test import Client
+
+from listings import services
+from listings.models import Listing, Report, Review
+from tests.listings.conftest import make_listing, make_version
+
+
+def portal(user=None) -> Client:
+    client = Client()
+    if user is not None:
+        client.force_login(user)
+    return client
+
+
+def test_catalogue_search_shows_published_listings_with_their_lift(alice, carol, db):
+    make_listing(alice, moderator=carol, title="Invoice fraud detector", accuracy=0.92)
+    make_listing(alice, title="Draft never shown")
+
+    page = portal().get("/catalogue/?q=fraud").content.decode()
+
+    assert "Invoice fraud detector" in page and "Draft never shown" not in page
+    assert "lift over generalist" in page and "0.320" in page
+
+
+def test_listing_page_shows_evaluation_chart_and_licence(alice, carol, db):
+    listing = make_listing(alice, moderator=carol, commercial_use=True)
+
+    page = portal().get(f"/catalogue/{listing.slug}/").content.decode()
+
+    assert 'id="listing-chart"' in page and "This specialist" in page
+    assert "Commercial use is allowed." in page
+    assert listing.live_version.adapter_sha256 in page
+
+
+def test_bob_with_a_licence_reviews_from_the_page_and_mallory_reports(
+    alice, bob, carol, mallory, db
+):
+    listing = make_listing(alice, moderator=carol)
+    services.entitlement_grant(listing=listing, user=bob, reference="licence-9")
+
+    assert "Save review" in portal(bob).get(f"/catalogue/{listing.slug}/").content.decode()
+    assert "Save review" not in portal(mallory).get(f"/catalogue/{listing.slug}/").content.decode()
+    portal(bob).post(f"/catalogue/{listing.slug}/review/", {"rating": "5", "text": "Spot on"})
+    portal(mallory).post(f"/catalogue/{listing.slug}/review/", {"rating": "1"})
+    portal(mallory).post(f"/catalogue/{listing.slug}/report/", {"reason": "spam", "text": "x"})
+
+    assert list(Review.objects.values_list("author__email", "rating")) == [("bob@example.com", 5)]
+    assert Report.objects.get().reporter == mallory
+
+
+def test_alice_lists_a_version_and_submits_it_then_sees_the_rejection_reason(alice, carol, db):
+    version = make_version(alice)
+    client = portal(alice)
+
+    response = client.post(
+        f"/studio/models/{version.id}/list/",
+        {"title": "Triage helper", "summary": "Sorts notes.", "domain": "healthcare",
+         "tags": "triage, notes", "attribution_required": "1"},
+    )  # fmt: skip
+    listing = Listing.objects.get(owner=alice)
+    assert response["Location"] == f"/catalogue/{listing.slug}/"
+    client.post(f"/catalogue/{listing.slug}/submit/")
+    services.listing_reject(moderator=carol, listing_id=listing.id, reason="Explain the data.")
+
+    page = client.get(f"/catalogue/{listing.slug}/").content.decode()
+    assert "rejected" in page and "Explain the data." in page
+    assert portal(carol).get(f"/catalogue/{listing.slug}/").status_code == 404
+    assert listing.tags == ["notes", "triage"]
