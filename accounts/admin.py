@@ -1,7 +1,6 @@
-from django.contrib import admin, messages
+from django.contrib import admin
 from django.contrib.auth.admin import UserAdmin as DjangoUserAdmin
 
-from accounts import services
 from accounts.models import ApiKey, ExpertProfile, User
 
 
@@ -28,15 +27,8 @@ class ExpertProfileAdmin(admin.ModelAdmin):
     list_display = ["user", "headline", "verified", "verified_by", "verified_at"]
     list_filter = ["verified"]
     search_fields = ["user__email", "headline"]
+    # Verification is a moderation action, audited: listings.admin adds it.
     readonly_fields = ["verified", "verified_by", "verified_at"]
-    actions = ["mark_verified"]
-
-    @admin.action(description="Mark verified (credentials checked)")
-    def mark_verified(self, request, queryset):
-        note = f"Verified from the admin console by {request.user.email}."
-        for profile in queryset:
-            services.expert_profile_verify(profile=profile, moderator=request.user, note=note)
-        messages.success(request, f"{queryset.count()} expert(s) marked verified.")
 
 
 @admin.register(ApiKey)

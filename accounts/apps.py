@@ -15,7 +15,6 @@ class AccountsConfig(AppConfig):
         "view_user",
         "change_user",
         "view_expertprofile",
-        "change_expertprofile",
         "view_apikey",
     )
 

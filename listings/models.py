@@ -226,6 +226,16 @@ class ModerationActionType(models.TextChoices):
     VERIFY_EXPERT = "verify_expert"
 
 
+class AppendOnlyQuerySet(models.QuerySet):
+    """Bulk writes would bypass the model's guard: refuse them too."""
+
+    def update(self, **kwargs):
+        raise PermissionError("moderation actions are append-only")
+
+    def delete(self):
+        raise PermissionError("moderation actions are append-only")
+
+
 class ModerationAction(models.Model):
     """The audit log: one row per moderator action, append-only."""
 
@@ -240,6 +250,8 @@ class ModerationAction(models.Model):
     )
     reason = models.TextField(blank=True)
     created_at = models.DateTimeField(default=timezone.now, db_index=True)
+
+    objects = AppendOnlyQuerySet.as_manager()
 
     class Meta:
         ordering = ["-created_at", "-id"]

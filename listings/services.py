@@ -203,9 +203,9 @@ def listing_propose_version(*, owner: User, listing_id, model_version_id) -> Lis
     live version keeps serving."""
     with transaction.atomic():
         listing = _owned_locked(owner, listing_id)
-        if listing.status not in (ListingStatus.PUBLISHED, ListingStatus.SUSPENDED):
+        if listing.status != ListingStatus.PUBLISHED:
             raise InvalidListingTransition(
-                "New versions go on published listings; edit the draft instead."
+                "New versions go on published listings; edit a draft instead."
             )
         version = _owned_version(owner, model_version_id)
         if version.task != listing.task:
@@ -231,9 +231,13 @@ def listing_delist(*, owner: User, listing_id) -> Listing:
 # --- moderation -------------------------------------------------------------------
 
 
-def _require_moderator(actor: User) -> None:
+def _require_moderator(actor: User, listing: Listing | None = None) -> None:
     if not actor.is_moderator:
         raise NotAModerator("Only moderators can do this.")
+    if listing is not None and listing.owner_id == actor.pk:
+        raise NotAModerator(
+            "Moderators cannot moderate their own listings.", code="conflict_of_interest"
+        )
 
 
 def _require_reason(reason: str) -> str:
@@ -297,6 +301,7 @@ def listing_approve(*, moderator: User, listing_id, reason: str = "") -> Listing
     _require_moderator(moderator)
     with transaction.atomic():
         listing = _locked(listing_id)
+        _require_moderator(moderator, listing)
         _transition(listing, (ListingStatus.IN_REVIEW,), ListingStatus.PUBLISHED, "approve")
         _go_live(listing, listing.proposed_version)
         listing.published_at = listing.published_at or timezone.now()
@@ -312,6 +317,7 @@ def listing_reject(*, moderator: User, listing_id, reason: str) -> Listing:
     reason = _require_reason(reason)
     with transaction.atomic():
         listing = _locked(listing_id)
+        _require_moderator(moderator, listing)
         _transition(listing, (ListingStatus.IN_REVIEW,), ListingStatus.REJECTED, "reject")
         listing.status_reason = reason
         listing.save()
@@ -325,6 +331,7 @@ def listing_suspend(*, moderator: User, listing_id, reason: str) -> Listing:
     reason = _require_reason(reason)
     with transaction.atomic():
         listing = _locked(listing_id)
+        _require_moderator(moderator, listing)
         _transition(listing, (ListingStatus.PUBLISHED,), ListingStatus.SUSPENDED, "suspend")
         listing.status_reason = reason
         listing.save()
@@ -337,6 +344,7 @@ def listing_reinstate(*, moderator: User, listing_id, reason: str = "") -> Listi
     _require_moderator(moderator)
     with transaction.atomic():
         listing = _locked(listing_id)
+        _require_moderator(moderator, listing)
         _transition(listing, (ListingStatus.SUSPENDED,), ListingStatus.PUBLISHED, "reinstate")
         listing.status_reason = reason
         listing.save()
@@ -349,6 +357,7 @@ def listing_version_approve(*, moderator: User, listing_id, reason: str = "") ->
     _require_moderator(moderator)
     with transaction.atomic():
         listing = _locked(listing_id)
+        _require_moderator(moderator, listing)
         if listing.status != ListingStatus.PUBLISHED or listing.proposed_version is None:
             raise InvalidListingTransition("No new version waits for review on this listing.")
         version = listing.proposed_version
@@ -367,6 +376,7 @@ def listing_version_reject(*, moderator: User, listing_id, reason: str) -> Listi
     reason = _require_reason(reason)
     with transaction.atomic():
         listing = _locked(listing_id)
+        _require_moderator(moderator, listing)
         if listing.status != ListingStatus.PUBLISHED or listing.proposed_version is None:
             raise InvalidListingTransition("No new version waits for review on this listing.")
         version = listing.proposed_version
@@ -389,7 +399,9 @@ def report_resolve(*, moderator: User, report_id, actioned: bool, note: str) -> 
     _require_moderator(moderator)
     note = _require_reason(note)
     with transaction.atomic():
-        report = Report.objects.select_for_update().get(pk=report_id)
+        report = Report.objects.select_for_update().filter(pk=report_id).first()
+        if report is None:
+            raise ListingNotFound("No report with this id.", code="report_not_found")
         if report.status != ReportStatus.OPEN:
             raise InvalidListingTransition(f"The report is already {report.status}.")
         report.status = ReportStatus.ACTIONED if actioned else ReportStatus.DISMISSED
@@ -410,8 +422,11 @@ def user_suspend(*, moderator: User, user: User, reason: str) -> User:
     reason = _require_reason(reason)
     if user.pk == moderator.pk:
         raise InvalidListing("Moderators cannot suspend themselves.", code="self_suspension")
+    if (user.is_superuser or user.is_moderator) and not moderator.is_superuser:
+        raise NotAModerator("Only an administrator can suspend a moderator.")
     with transaction.atomic():
-        User.objects.filter(pk=user.pk).update(is_active=False)
+        if not User.objects.filter(pk=user.pk, is_active=True).update(is_active=False):
+            raise InvalidListingTransition("This user is already suspended.")
         user.is_active = False
         _audit(moderator, ModerationActionType.SUSPEND_USER, user, reason=reason)
     return user
@@ -420,7 +435,8 @@ def user_suspend(*, moderator: User, user: User, reason: str) -> User:
 def user_reinstate(*, moderator: User, user: User, reason: str = "") -> User:
     _require_moderator(moderator)
     with transaction.atomic():
-        User.objects.filter(pk=user.pk).update(is_active=True)
+        if not User.objects.filter(pk=user.pk, is_active=False).update(is_active=True):
+            raise InvalidListingTransition("This user is not suspended.")
         user.is_active = True
         _audit(moderator, ModerationActionType.REINSTATE_USER, user, reason=reason)
     return user
@@ -430,6 +446,8 @@ def expert_verify(*, moderator: User, profile: ExpertProfile, note: str) -> Expe
     """Mark an expert verified after checking credentials; the note is kept and audited."""
     _require_moderator(moderator)
     note = _require_reason(note)
+    if profile.verified:
+        raise InvalidListingTransition("This expert is already verified.")
     with transaction.atomic():
         expert_profile_verify(profile=profile, moderator=moderator, note=note)
         _audit(moderator, ModerationActionType.VERIFY_EXPERT, profile, reason=note)

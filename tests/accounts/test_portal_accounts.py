@@ -107,7 +107,8 @@ def test_mallory_cannot_revoke_bobs_key_from_the_portal(bob, mallory):
 def test_carol_is_a_moderator_and_bob_is_not(carol, bob):
     assert carol.is_moderator
     assert not bob.is_moderator
-    assert carol.has_perm("accounts.change_expertprofile")
+    assert carol.has_perm("accounts.view_expertprofile")
+    assert not carol.has_perm("accounts.change_expertprofile")  # verify via the audited action
 
 
 def test_me_reports_roles(alice, api):

@@ -56,3 +56,37 @@ def test_expert_fine_tunes_and_reads_the_verified_evaluation(
     text = page.inner_text("main")
     assert "Verified evaluation" in text and "Specialist" in text and "Majority class" in text
     page.screenshot(path=str(SCREENSHOTS / "model-version.png"), full_page=True)
+
+
+def test_buyer_finds_a_specialist_and_compares_it_with_the_generalist(
+    page, live_server, shipped_base_models
+):
+    from django.contrib.auth.models import Group
+
+    from accounts.models import MODERATORS_GROUP
+    from accounts.services import moderators_group_sync
+    from tests.listings.conftest import make_listing
+
+    moderators_group_sync()
+    carol = User.objects.create_user(email="carol@example.com", password="x" * 12, is_staff=True)
+    carol.groups.add(Group.objects.get(name=MODERATORS_GROUP))
+    alice = User.objects.create_user(email="alice@example.com", password="x" * 12, is_expert=True)
+    ExpertProfile.objects.create(user=alice, headline="Fraud analyst")
+    make_listing(alice, moderator=carol, title="Card fraud spotter", accuracy=0.93,
+                 generalist=0.61, domain="finance", commercial_use=True)  # fmt: skip
+    make_listing(alice, moderator=carol, title="Radiology triage", accuracy=0.8)
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+
+    page.goto(f"{live_server.url}/catalogue/")
+    page.fill("input[name=q]", "fraud")
+    page.click("#catalogue-filters button[type=submit]")
+    page.wait_for_selector("text=Card fraud spotter")
+    assert "Radiology triage" not in page.inner_text("main")
+    page.screenshot(path=str(SCREENSHOTS / "catalogue.png"), full_page=True)
+
+    page.click("text=Card fraud spotter")
+    page.wait_for_selector("#listing-chart")
+    text = page.inner_text("main")
+    assert "This specialist" in text and "Generalist zero shot" in text
+    assert "Commercial use is allowed." in page.inner_text("#licence-summary")
+    page.screenshot(path=str(SCREENSHOTS / "listing.png"), full_page=True)
