@@ -6,6 +6,8 @@ from django.contrib.auth.decorators import login_required
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_POST
 
+from frontend.charts import comparison_bars
+from frontend.views import not_found
 from listings import selectors as catalogue
 from listings import services as catalogue_services
 from listings.models import Domain, ReportReason
@@ -19,10 +21,6 @@ SORT_LABELS = {
     "rating": "Rating",
     "popularity": "Popularity",
 }
-
-
-def _not_found(request, exc: ApplicationError):
-    return render(request, "errors/error.html", {"status": 404, "message": exc.message}, status=404)
 
 
 def catalogue_home(request):
@@ -57,7 +55,7 @@ def listing_page(request, slug):
     try:
         listing = catalogue.listing_get_public(slug=slug, viewer=request.user)
     except ApplicationError as exc:
-        return _not_found(request, exc)
+        return not_found(request, exc)
     evaluation = catalogue.evaluation_summary(listing.live_version or listing.proposed_version)
     return render(
         request,
@@ -65,7 +63,7 @@ def listing_page(request, slug):
         {
             "listing": listing,
             "evaluation": evaluation,
-            "bars": _bars(evaluation),
+            "bars": comparison_bars(evaluation),
             "reviews": catalogue.review_list(listing=listing),
             "may_review": catalogue.user_may_review(user=request.user, listing=listing),
             "is_owner": request.user.is_authenticated and listing.owner_id == request.user.pk,
@@ -73,19 +71,6 @@ def listing_page(request, slug):
             "report_reasons": ReportReason.choices,
         },
     )
-
-
-def _bars(evaluation: dict | None) -> list[dict]:
-    if not evaluation or evaluation["task"] != "text-classification":
-        return []
-    interval = evaluation.get("intervals", {}).get("accuracy") or [None, None]
-    bars = [
-        {"name": "This specialist", "value": evaluation["metrics"].get("accuracy", 0),
-         "low": interval[0], "high": interval[1]},
-    ]  # fmt: skip
-    for name, baseline in evaluation.get("baselines", {}).items():
-        bars.append({"name": name.replace("_", " ").capitalize(), "value": baseline["accuracy"]})
-    return bars
 
 
 @login_required
@@ -113,7 +98,7 @@ def listing_report(request, slug):
     try:
         listing = catalogue.listing_get_public(slug=slug, viewer=request.user)
     except ApplicationError as exc:
-        return _not_found(request, exc)
+        return not_found(request, exc)
     reason = request.POST.get("reason", "")
     if reason not in ReportReason.values:
         messages.error(request, "Choose a reason.")
@@ -130,7 +115,7 @@ def listing_new(request, version_id):
     try:
         version = studio.model_version_get(owner=request.user, version_id=version_id)
     except ApplicationError as exc:
-        return _not_found(request, exc)
+        return not_found(request, exc)
     if request.method == "POST":
         post = request.POST
         try:

@@ -6,6 +6,8 @@ from django.contrib.auth.decorators import login_required
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_POST
 
+from frontend.charts import comparison_bars
+from frontend.views import not_found
 from marketplace.errors import ApplicationError
 from training_worker import selectors as studio
 from training_worker import services as studio_services
@@ -68,9 +70,7 @@ def dataset_detail(request, dataset_id):
     try:
         dataset = studio.dataset_get(owner=request.user, dataset_id=dataset_id)
     except ApplicationError as exc:
-        return render(
-            request, "errors/error.html", {"status": 404, "message": exc.message}, status=404
-        )
+        return not_found(request, exc)
     return render(request, "frontend/dataset.html", {"dataset": dataset})
 
 
@@ -108,9 +108,7 @@ def job_detail(request, job_id):
     try:
         job = studio.job_get(owner=request.user, job_id=job_id)
     except ApplicationError as exc:
-        return render(
-            request, "errors/error.html", {"status": 404, "message": exc.message}, status=404
-        )
+        return not_found(request, exc)
     return render(request, "frontend/job.html", {"job": job})
 
 
@@ -130,37 +128,10 @@ def model_version_detail(request, version_id):
     try:
         version = studio.model_version_get(owner=request.user, version_id=version_id)
     except ApplicationError as exc:
-        return render(
-            request, "errors/error.html", {"status": 404, "message": exc.message}, status=404
-        )
+        return not_found(request, exc)
     evaluation = version.evaluation
     return render(
         request,
         "frontend/model_version.html",
-        {"version": version, "evaluation": evaluation, "comparison": _comparison(evaluation)},
+        {"version": version, "evaluation": evaluation, "comparison": comparison_bars(evaluation)},
     )
-
-
-def _comparison(evaluation: dict) -> list[dict]:
-    """Bars for the chart: the specialist and each baseline on the sealed split."""
-    if evaluation.get("task") != "text-classification":
-        metrics = evaluation.get("metrics", {})
-        return [
-            {"name": "Base model", "value": metrics.get("base_token_f1", 0), "metric": "token F1"},
-            {"name": "Specialist", "value": metrics.get("token_f1", 0), "metric": "token F1"},
-        ]
-    bars = [
-        {
-            "name": "Specialist",
-            "value": evaluation["metrics"]["accuracy"],
-            "low": evaluation.get("intervals", {}).get("accuracy", [None, None])[0],
-            "high": evaluation.get("intervals", {}).get("accuracy", [None, None])[1],
-            "metric": "accuracy",
-        }
-    ]
-    for name, baseline in evaluation.get("baselines", {}).items():
-        bars.append(
-            {"name": name.replace("_", " ").capitalize(), "value": baseline.get("accuracy", 0),
-             "metric": "accuracy"}
-        )  # fmt: skip
-    return bars

@@ -12,6 +12,11 @@ from frontend.forms import ApiKeyForm, SignUpForm
 from marketplace.errors import ApplicationError
 
 
+def not_found(request, exc: ApplicationError):
+    """The portal's 404 for a service's not-found error, with its message."""
+    return render(request, "errors/error.html", {"status": 404, "message": exc.message}, status=404)
+
+
 def home(request):
     return render(request, "frontend/home.html")
 

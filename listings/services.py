@@ -296,97 +296,105 @@ def _go_live(listing: Listing, version: ModelVersion) -> None:
         setattr(listing, name, value)
 
 
-def listing_approve(*, moderator: User, listing_id, reason: str = "") -> Listing:
-    """in_review → published; its proposed version goes live."""
+def _moderate_listing(
+    *,
+    moderator: User,
+    listing_id,
+    allowed: tuple,
+    target: str,
+    verb: str,
+    action: str,
+    reason: str,
+    on_transition=None,
+) -> Listing:
+    """Lock, check moderator and state, move, audit: the shape of every listing decision."""
     _require_moderator(moderator)
     with transaction.atomic():
         listing = _locked(listing_id)
         _require_moderator(moderator, listing)
-        _transition(listing, (ListingStatus.IN_REVIEW,), ListingStatus.PUBLISHED, "approve")
-        _go_live(listing, listing.proposed_version)
-        listing.published_at = listing.published_at or timezone.now()
+        _transition(listing, allowed, target, verb)
+        if on_transition is not None:
+            on_transition(listing)
         listing.status_reason = reason
         listing.save()
-        _audit(moderator, ModerationActionType.APPROVE, listing, listing=listing, reason=reason)
+        _audit(moderator, action, listing, listing=listing, reason=reason)
     return listing
+
+
+def listing_approve(*, moderator: User, listing_id, reason: str = "") -> Listing:
+    """in_review → published; its proposed version goes live."""
+
+    def publish(listing: Listing) -> None:
+        _go_live(listing, listing.proposed_version)
+        listing.published_at = listing.published_at or timezone.now()
+
+    return _moderate_listing(
+        moderator=moderator, listing_id=listing_id, allowed=(ListingStatus.IN_REVIEW,),
+        target=ListingStatus.PUBLISHED, verb="approve", action=ModerationActionType.APPROVE,
+        reason=reason, on_transition=publish,
+    )  # fmt: skip
 
 
 def listing_reject(*, moderator: User, listing_id, reason: str) -> Listing:
     """in_review → rejected, with the reason the expert sees."""
-    _require_moderator(moderator)
-    reason = _require_reason(reason)
-    with transaction.atomic():
-        listing = _locked(listing_id)
-        _require_moderator(moderator, listing)
-        _transition(listing, (ListingStatus.IN_REVIEW,), ListingStatus.REJECTED, "reject")
-        listing.status_reason = reason
-        listing.save()
-        _audit(moderator, ModerationActionType.REJECT, listing, listing=listing, reason=reason)
-    return listing
+    return _moderate_listing(
+        moderator=moderator, listing_id=listing_id, allowed=(ListingStatus.IN_REVIEW,),
+        target=ListingStatus.REJECTED, verb="reject", action=ModerationActionType.REJECT,
+        reason=_require_reason(reason),
+    )  # fmt: skip
 
 
 def listing_suspend(*, moderator: User, listing_id, reason: str) -> Listing:
     """published → suspended (hidden from the catalogue), with a reason."""
-    _require_moderator(moderator)
-    reason = _require_reason(reason)
-    with transaction.atomic():
-        listing = _locked(listing_id)
-        _require_moderator(moderator, listing)
-        _transition(listing, (ListingStatus.PUBLISHED,), ListingStatus.SUSPENDED, "suspend")
-        listing.status_reason = reason
-        listing.save()
-        _audit(moderator, ModerationActionType.SUSPEND, listing, listing=listing, reason=reason)
-    return listing
+    return _moderate_listing(
+        moderator=moderator, listing_id=listing_id, allowed=(ListingStatus.PUBLISHED,),
+        target=ListingStatus.SUSPENDED, verb="suspend", action=ModerationActionType.SUSPEND,
+        reason=_require_reason(reason),
+    )  # fmt: skip
 
 
 def listing_reinstate(*, moderator: User, listing_id, reason: str = "") -> Listing:
     """suspended → published."""
+    return _moderate_listing(
+        moderator=moderator, listing_id=listing_id, allowed=(ListingStatus.SUSPENDED,),
+        target=ListingStatus.PUBLISHED, verb="reinstate", action=ModerationActionType.REINSTATE,
+        reason=reason,
+    )  # fmt: skip
+
+
+def _decide_proposed_version(*, moderator: User, listing_id, accept: bool, reason: str) -> Listing:
     _require_moderator(moderator)
     with transaction.atomic():
         listing = _locked(listing_id)
         _require_moderator(moderator, listing)
-        _transition(listing, (ListingStatus.SUSPENDED,), ListingStatus.PUBLISHED, "reinstate")
-        listing.status_reason = reason
+        if listing.status != ListingStatus.PUBLISHED or listing.proposed_version is None:
+            raise InvalidListingTransition("No new version waits for review on this listing.")
+        version = listing.proposed_version
+        if accept:
+            _go_live(listing, version)
+        else:
+            listing.proposed_version = None
         listing.save()
-        _audit(moderator, ModerationActionType.REINSTATE, listing, listing=listing, reason=reason)
+        action = (
+            ModerationActionType.APPROVE_VERSION if accept
+            else ModerationActionType.REJECT_VERSION
+        )  # fmt: skip
+        _audit(moderator, action, version, listing=listing, reason=reason)
     return listing
 
 
 def listing_version_approve(*, moderator: User, listing_id, reason: str = "") -> Listing:
     """A published listing's proposed version replaces the live one."""
-    _require_moderator(moderator)
-    with transaction.atomic():
-        listing = _locked(listing_id)
-        _require_moderator(moderator, listing)
-        if listing.status != ListingStatus.PUBLISHED or listing.proposed_version is None:
-            raise InvalidListingTransition("No new version waits for review on this listing.")
-        version = listing.proposed_version
-        _go_live(listing, version)
-        listing.save()
-        _audit(
-            moderator, ModerationActionType.APPROVE_VERSION, version, listing=listing,
-            reason=reason,
-        )  # fmt: skip
-    return listing
+    return _decide_proposed_version(
+        moderator=moderator, listing_id=listing_id, accept=True, reason=reason
+    )
 
 
 def listing_version_reject(*, moderator: User, listing_id, reason: str) -> Listing:
     """Drop a proposed version; the live version keeps serving."""
-    _require_moderator(moderator)
-    reason = _require_reason(reason)
-    with transaction.atomic():
-        listing = _locked(listing_id)
-        _require_moderator(moderator, listing)
-        if listing.status != ListingStatus.PUBLISHED or listing.proposed_version is None:
-            raise InvalidListingTransition("No new version waits for review on this listing.")
-        version = listing.proposed_version
-        listing.proposed_version = None
-        listing.save()
-        _audit(
-            moderator, ModerationActionType.REJECT_VERSION, version, listing=listing,
-            reason=reason,
-        )  # fmt: skip
-    return listing
+    return _decide_proposed_version(
+        moderator=moderator, listing_id=listing_id, accept=False, reason=_require_reason(reason)
+    )
 
 
 def report_create(*, reporter: User, listing: Listing, reason: str, text: str = "") -> Report:

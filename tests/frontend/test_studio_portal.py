@@ -90,7 +90,7 @@ def test_model_version_page_draws_the_comparison_chart(alice):
     page = portal(alice).get(f"/studio/models/{version.id}/").content.decode()
 
     assert 'id="comparison-chart"' in page
-    assert "Specialist" in page and "Majority class" in page and "0.900" in page
+    assert "This specialist" in page and "Majority class" in page and "0.900" in page
     assert "over_majority_class" in page
     assert version.adapter_sha256 in page
 
