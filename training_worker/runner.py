@@ -14,7 +14,7 @@ from pathlib import Path
 
 from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
-from django.db import connection, transaction
+from django.db import DatabaseError, connection, transaction
 from django.db.models import F
 from django.utils import timezone
 
@@ -69,9 +69,12 @@ class _Heartbeat(threading.Thread):
     def run(self) -> None:
         try:
             while not self.stopped.wait(self.interval):
-                FineTuningJob.objects.filter(pk=self.job_id, status=JobStatus.RUNNING).update(
-                    heartbeat_at=timezone.now()
-                )
+                try:
+                    FineTuningJob.objects.filter(
+                        pk=self.job_id, status=JobStatus.RUNNING
+                    ).update(heartbeat_at=timezone.now())
+                except DatabaseError as exc:  # a blip must not stop the heartbeat for good
+                    logger.warning("heartbeat of job %s failed: %s", self.job_id, exc)
         finally:
             connection.close()
 
@@ -174,7 +177,7 @@ def job_run(*, job_id, worker: str) -> str:
         services.job_fail(job=job, code="internal_error", message=f"{type(exc).__name__}: {exc}")
     finally:
         heartbeat.stopped.set()
-        heartbeat.join(timeout=5)
+        heartbeat.join(timeout=1)  # a daemon thread; never hold the worker for it
         shutil.rmtree(work_dir, ignore_errors=True)
     return JobStatus.FAILED
 

@@ -506,3 +506,24 @@ def test_staff_outside_the_moderators_group_cannot_moderate(alice, dave):
     assert listing.status == ListingStatus.IN_REVIEW
     assert not audit_rows().exists()
     assert not Report.objects.exists()
+
+
+def test_moderators_cannot_edit_evaluations_or_artifacts(alice, carol):
+    from tests.listings.conftest import make_version
+
+    version = make_version(alice)
+    client = Client()
+    client.force_login(carol)
+    url = f"/admin/training_worker/modelversion/{version.id}/change/"
+
+    page = client.get(url)
+    posted = client.post(url, {"evaluation": "{}", "adapter_sha256": "0" * 64, "card": "x"})
+    deleted = client.post(
+        f"/admin/training_worker/modelversion/{version.id}/delete/", {"post": "yes"}
+    )
+
+    assert page.status_code == 200 and 'name="_save"' not in page.content.decode()
+    assert posted.status_code == 403 and deleted.status_code == 403
+    version.refresh_from_db()
+    assert version.evaluation["metrics"]["accuracy"] == 0.9
+    assert version.adapter_sha256 != "0" * 64
