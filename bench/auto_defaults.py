@@ -26,7 +26,7 @@ from synthetic_data import noisy_topic_rows
 
 from training_worker.ml.base_models import resolve_base_model_source
 from training_worker.ml.config import LoraHyperparameters
-from training_worker.ml.recipe import TrainingSpec, run_fine_tune
+from training_worker.ml.recipe import SilentCallbacks, TrainingSpec, run_fine_tune
 
 CANDIDATES: list[dict] = [
     {"learning_rate": 1e-3, "n_epochs": 3},
@@ -36,20 +36,6 @@ CANDIDATES: list[dict] = [
     {"learning_rate": 3e-3, "n_epochs": 3, "lora_r": 16},
     {},  # the auto defaults as they stand
 ]
-
-
-class QuietCallbacks:
-    def on_event(self, level, message, data=None):
-        pass
-
-    def on_progress(self, progress):
-        pass
-
-    def on_checkpoint(self, step, metrics, adapter_dir):
-        pass
-
-    def should_cancel(self):
-        return False
 
 
 def main() -> None:
@@ -82,7 +68,7 @@ def main() -> None:
                 output_dir=Path(output_dir),
             )
             started = time.perf_counter()
-            result = run_fine_tune(spec, QuietCallbacks())
+            result = run_fine_tune(spec, SilentCallbacks())
             record = {
                 "overrides": overrides,
                 "resolved": result.resolved_hyperparameters,

@@ -30,23 +30,9 @@ from synthetic_data import noisy_topic_rows
 
 from training_worker.ml.base_models import resolve_base_model_source
 from training_worker.ml.config import LoraHyperparameters
-from training_worker.ml.recipe import TrainingSpec, run_fine_tune
+from training_worker.ml.recipe import SilentCallbacks, TrainingSpec, run_fine_tune
 
 RESULTS_PATH = Path(__file__).parent / "results" / "training.json"
-
-
-class NoOpCallbacks:
-    def on_event(self, level, message, data=None):
-        pass
-
-    def on_progress(self, progress):
-        pass
-
-    def on_checkpoint(self, step, metrics, adapter_dir):
-        pass
-
-    def should_cancel(self):
-        return False
 
 
 def plain_peft_examples_per_s(
@@ -161,7 +147,7 @@ def main() -> None:
         plain_before = plain_peft_examples_per_s(
             base_path, train_rows, labels, resolved_preview.as_dict(), args.seed
         )
-        platform = run_fine_tune(spec, NoOpCallbacks())
+        platform = run_fine_tune(spec, SilentCallbacks())
     plain_after = plain_peft_examples_per_s(
         base_path, train_rows, labels, platform.resolved_hyperparameters, args.seed
     )

@@ -70,9 +70,9 @@ class _Heartbeat(threading.Thread):
         try:
             while not self.stopped.wait(self.interval):
                 try:
-                    FineTuningJob.objects.filter(
-                        pk=self.job_id, status=JobStatus.RUNNING
-                    ).update(heartbeat_at=timezone.now())
+                    FineTuningJob.objects.filter(pk=self.job_id, status=JobStatus.RUNNING).update(
+                        heartbeat_at=timezone.now()
+                    )
                 except DatabaseError as exc:  # a blip must not stop the heartbeat for good
                     logger.warning("heartbeat of job %s failed: %s", self.job_id, exc)
         finally:

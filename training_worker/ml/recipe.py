@@ -65,6 +65,22 @@ class TrainingCallbacks(Protocol):
     def should_cancel(self) -> bool: ...
 
 
+class SilentCallbacks:
+    """Callbacks that record nothing and never cancel: for benchmarks and scripts."""
+
+    def on_event(self, level: str, message: str, data: dict | None = None) -> None:
+        pass
+
+    def on_progress(self, progress: Progress) -> None:
+        pass
+
+    def on_checkpoint(self, step: int, metrics: dict, adapter_dir: Path) -> None:
+        pass
+
+    def should_cancel(self) -> bool:
+        return False
+
+
 @dataclass
 class TrainingResult:
     adapter_dir: Path
