@@ -79,6 +79,7 @@ class Dataset(models.Model):
     split_seed = models.BigIntegerField(null=True, blank=True)
     split_fingerprint = models.CharField(max_length=64, blank=True)
     created_at = models.DateTimeField(default=timezone.now, db_index=True)
+    validation_started_at = models.DateTimeField(null=True, blank=True)
     validated_at = models.DateTimeField(null=True, blank=True)
     # Set when the owner deletes a dataset that a job used: files go, the record stays.
     deleted_at = models.DateTimeField(null=True, blank=True)

@@ -114,7 +114,7 @@ def dataset_validate(*, dataset_id) -> Dataset | None:
     (invalid_data) in the same transaction.
     """
     claimed = Dataset.objects.filter(pk=dataset_id, status=DatasetStatus.UPLOADED).update(
-        status=DatasetStatus.VALIDATING
+        status=DatasetStatus.VALIDATING, validation_started_at=timezone.now()
     )
     dataset = Dataset.objects.filter(pk=dataset_id).first()
     if not claimed or dataset is None:
@@ -359,6 +359,24 @@ def jobs_sweep_stale(*, stale_after: timedelta | None = None) -> dict[str, int]:
                 counts["failed"] += 1
                 job_event(job=job, level="error", message="Worker lost; job failed.")
     return counts
+
+
+def datasets_sweep_stuck(*, stuck_after: timedelta = timedelta(minutes=10)) -> int:
+    """Datasets left `validating` by a worker that died go back to `uploaded` and are
+    validated again (validation is idempotent and writes to fixed paths)."""
+    cutoff = timezone.now() - stuck_after
+    count = 0
+    for dataset in Dataset.objects.filter(
+        status=DatasetStatus.VALIDATING, validation_started_at__lt=cutoff
+    ):
+        with transaction.atomic():
+            if Dataset.objects.filter(
+                pk=dataset.pk, status=DatasetStatus.VALIDATING,
+                validation_started_at=dataset.validation_started_at,
+            ).update(status=DatasetStatus.UPLOADED):  # fmt: skip
+                count += 1
+                _enqueue("validate_dataset", str(dataset.pk))
+    return count
 
 
 def _enqueue(task_name: str, object_id: str) -> None:

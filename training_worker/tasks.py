@@ -39,4 +39,6 @@ def train_fine_tuning_job(self, job_id: str) -> str:
 
 @shared_task(name="training_worker.tasks.sweep_stale_jobs")
 def sweep_stale_jobs() -> dict:
-    return services.jobs_sweep_stale()
+    counts = services.jobs_sweep_stale()
+    counts["datasets_revalidated"] = services.datasets_sweep_stuck()
+    return counts

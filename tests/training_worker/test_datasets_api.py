@@ -161,3 +161,25 @@ def test_deleting_an_unused_dataset_removes_row_and_files(
     assert not Dataset.objects.filter(pk=dataset.id).exists()
     assert client.get(f"/api/v1/datasets/{dataset.id}").status_code == 404
     assert not any(default_storage.exists(p) for p in paths)
+
+
+def test_a_dataset_left_validating_by_a_dead_worker_is_validated_again(
+    alice, api, django_capture_on_commit_callbacks
+):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from training_worker import services
+
+    response = post_dataset(api(alice), "notes.csv", classification_csv())  # task not run
+    Dataset.objects.filter(pk=response.json()["id"]).update(
+        status="validating", validation_started_at=timezone.now() - timedelta(minutes=30)
+    )
+
+    with django_capture_on_commit_callbacks(execute=True):
+        swept = services.datasets_sweep_stuck()
+
+    assert swept == 1
+    assert Dataset.objects.get(pk=response.json()["id"]).status == "ready"
+    assert services.datasets_sweep_stuck() == 0
