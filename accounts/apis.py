@@ -6,22 +6,19 @@ from rest_framework.response import Response
 
 from accounts import selectors, services
 from accounts.models import ApiKeyScope
-from marketplace.api import BaseApi
+from marketplace.api import BaseApi, ObjectTypeField
 from marketplace.pagination import CursorIdPagination
 
 
 class ApiKeyOutput(serializers.Serializer):
     id = serializers.UUIDField()
-    object = serializers.SerializerMethodField()
+    object = ObjectTypeField("api_key")
     name = serializers.CharField()
     prefix = serializers.CharField()
     scopes = serializers.ListField(child=serializers.CharField())
     created_at = serializers.DateTimeField()
     last_used_at = serializers.DateTimeField(allow_null=True)
     revoked_at = serializers.DateTimeField(allow_null=True)
-
-    def get_object(self, _key) -> str:
-        return "api_key"
 
 
 class MeApi(BaseApi):

@@ -29,6 +29,7 @@ from listings.models import (
     Report,
     Review,
 )
+from marketplace.admin import ReadOnlyAdmin
 from marketplace.errors import ApplicationError
 from training_worker.models import ModelVersion
 
@@ -61,19 +62,6 @@ def _moderate_each(
             messages.error(request, f"“{row}”: {error.message}")
         else:
             messages.success(request, f"“{row}”: {done}.")
-
-
-class ReadOnlyAdmin(admin.ModelAdmin):
-    """Catalogue records change only through services; the console looks, never edits."""
-
-    def has_add_permission(self, request) -> bool:
-        return False
-
-    def has_change_permission(self, request, obj=None) -> bool:
-        return False
-
-    def has_delete_permission(self, request, obj=None) -> bool:
-        return False
 
 
 class ModerationActionsMixin:

@@ -10,7 +10,8 @@ from accounts.permissions import HasScope
 from listings import selectors, services
 from listings.errors import InvalidListing
 from listings.models import Domain, ReportReason
-from marketplace.api import BaseApi
+from marketplace.api import BaseApi, ObjectTypeField
+from marketplace.pagination import list_body
 
 
 class LicenceOutput(serializers.Serializer):
@@ -40,7 +41,7 @@ class ListingCardOutput(serializers.Serializer):
     """What a catalogue row shows: one query for the whole page."""
 
     id = serializers.UUIDField()
-    object = serializers.SerializerMethodField()
+    object = ObjectTypeField("listing")
     slug = serializers.CharField()
     title = serializers.CharField()
     summary = serializers.CharField()
@@ -57,9 +58,6 @@ class ListingCardOutput(serializers.Serializer):
     licence = LicenceOutput(source="*")
     expert = ExpertSummaryOutput(source="owner")
     published_at = serializers.DateTimeField(allow_null=True)
-
-    def get_object(self, _obj) -> str:
-        return "listing"
 
     def get_lift_over_generalist(self, listing) -> dict | None:
         if listing.lift_over_generalist is None:
@@ -194,15 +192,7 @@ class ListingCatalogueApi(BaseApi):
             ) from None
         page = selectors.listing_search(query=query)
         data = ListingCardOutput(page.listings, many=True).data
-        return Response(
-            {
-                "data": data,
-                "has_more": page.has_more,
-                "first_id": data[0]["id"] if data else None,
-                "last_id": data[-1]["id"] if data else None,
-                "next_cursor": page.next_cursor,
-            }
-        )
+        return Response(list_body(data, has_more=page.has_more, next_cursor=page.next_cursor))
 
     @extend_schema(request=CreateInput, responses={201: OwnerListingOutput})
     def post(self, request):
@@ -224,7 +214,7 @@ class ListingMineApi(BaseApi):
     @extend_schema(responses=OwnerListingOutput(many=True))
     def get(self, request):
         listings = selectors.listing_list_mine(owner=request.user).prefetch_related("versions")
-        return Response({"data": [_owner_view(x) for x in listings], "has_more": False})
+        return Response(list_body([_owner_view(x) for x in listings]))
 
 
 class ListingDetailApi(BaseApi):
@@ -337,7 +327,7 @@ class ReviewListCreateApi(BaseApi):
     def get(self, request, slug):
         listing = selectors.listing_get_public(slug=slug, viewer=request.user)
         reviews = selectors.review_list(listing=listing)
-        return Response({"data": ReviewOutput(reviews, many=True).data, "has_more": False})
+        return Response(list_body(ReviewOutput(reviews, many=True).data))
 
     @extend_schema(request=Input, responses={200: ReviewOutput})
     def post(self, request, slug):

@@ -1,10 +1,25 @@
 """Shared pieces of every context's API: the base view and the catch-all 404."""
 
 from django.http import JsonResponse
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import extend_schema_field
+from rest_framework import serializers
 from rest_framework.permissions import IsAuthenticated
 from rest_framework.views import APIView
 
 from marketplace.errors import error_body
+
+
+@extend_schema_field(OpenApiTypes.STR)
+class ObjectTypeField(serializers.Field):
+    """The constant `object` member of every API resource, e.g. "fine_tuning.job"."""
+
+    def __init__(self, name: str, **kwargs):
+        self.name = name
+        super().__init__(source="*", read_only=True, **kwargs)
+
+    def to_representation(self, _value) -> str:
+        return self.name
 
 
 class BaseApi(APIView):

@@ -31,6 +31,17 @@ def _parse_limit(raw: str | None) -> int:
     return limit
 
 
+def list_body(data: list, *, has_more: bool = False, **extra) -> dict:
+    """Every list response: `{data, has_more, first_id, last_id}` (+ extras)."""
+    return {
+        "data": data,
+        "has_more": has_more,
+        "first_id": data[0]["id"] if data else None,
+        "last_id": data[-1]["id"] if data else None,
+        **extra,
+    }
+
+
 class CursorIdPagination(BasePagination):
     ordering = ("-created_at", "-id")
 
@@ -57,14 +68,7 @@ class CursorIdPagination(BasePagination):
         return rows[:limit]
 
     def get_paginated_response(self, data):
-        return Response(
-            {
-                "data": data,
-                "has_more": self.has_more,
-                "first_id": data[0]["id"] if data else None,
-                "last_id": data[-1]["id"] if data else None,
-            }
-        )
+        return Response(list_body(data, has_more=self.has_more))
 
     def get_paginated_response_schema(self, schema):
         return {

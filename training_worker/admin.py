@@ -1,5 +1,6 @@
 from django.contrib import admin
 
+from marketplace.admin import ReadOnlyAdmin
 from training_worker.models import BaseModel, Dataset, FineTuningJob, JobEvent, ModelVersion
 
 
@@ -10,19 +11,6 @@ class BaseModelAdmin(admin.ModelAdmin):
     list_display = ["slug", "display_name", "source", "revision", "tasks", "enabled"]
     list_filter = ["enabled"]
     search_fields = ["slug", "source"]
-
-
-class ReadOnlyAdmin(admin.ModelAdmin):
-    """Studio records change only through services; the admin looks, never edits."""
-
-    def has_add_permission(self, request) -> bool:
-        return False
-
-    def has_change_permission(self, request, obj=None) -> bool:
-        return False
-
-    def has_delete_permission(self, request, obj=None) -> bool:
-        return False
 
 
 @admin.register(Dataset)

@@ -12,9 +12,9 @@ from rest_framework import serializers
 from rest_framework.parsers import FormParser, JSONParser, MultiPartParser
 from rest_framework.response import Response
 
-from marketplace.api import BaseApi
+from marketplace.api import BaseApi, ObjectTypeField
 from marketplace.errors import InvalidInputError, PayloadTooLargeError
-from marketplace.pagination import CursorIdPagination
+from marketplace.pagination import CursorIdPagination, list_body
 from training_worker import selectors, services
 
 MULTIPART_OVERHEAD_BYTES = 64 * 1024
@@ -31,7 +31,7 @@ class BaseModelOutput(serializers.Serializer):
 
 class DatasetOutput(serializers.Serializer):
     id = serializers.UUIDField()
-    object = serializers.SerializerMethodField()
+    object = ObjectTypeField("dataset")
     name = serializers.CharField()
     filename = serializers.CharField()
     task = serializers.CharField()
@@ -47,13 +47,10 @@ class DatasetOutput(serializers.Serializer):
     created_at = serializers.DateTimeField()
     validated_at = serializers.DateTimeField(allow_null=True)
 
-    def get_object(self, _obj) -> str:
-        return "dataset"
-
 
 class JobOutput(serializers.Serializer):
     id = serializers.UUIDField()
-    object = serializers.SerializerMethodField()
+    object = ObjectTypeField("fine_tuning.job")
     status = serializers.CharField()
     base_model = serializers.CharField(source="base_model.slug")
     dataset = serializers.UUIDField(source="dataset_id")
@@ -74,9 +71,6 @@ class JobOutput(serializers.Serializer):
     started_at = serializers.DateTimeField(allow_null=True)
     finished_at = serializers.DateTimeField(allow_null=True)
 
-    def get_object(self, _obj) -> str:
-        return "fine_tuning.job"
-
     def get_progress(self, job) -> dict:
         return {
             "step": job.step,
@@ -95,33 +89,27 @@ class JobOutput(serializers.Serializer):
 
 class EventOutput(serializers.Serializer):
     id = serializers.IntegerField()
-    object = serializers.SerializerMethodField()
+    object = ObjectTypeField("fine_tuning.job.event")
     created_at = serializers.DateTimeField()
     level = serializers.CharField()
     type = serializers.CharField()
     message = serializers.CharField()
     data = serializers.JSONField(allow_null=True)
 
-    def get_object(self, _obj) -> str:
-        return "fine_tuning.job.event"
-
 
 class CheckpointOutput(serializers.Serializer):
     id = serializers.UUIDField()
-    object = serializers.SerializerMethodField()
+    object = ObjectTypeField("fine_tuning.job.checkpoint")
     step = serializers.IntegerField()
     epoch = serializers.FloatField()
     metrics = serializers.JSONField()
     adapter_sha256 = serializers.CharField()
     created_at = serializers.DateTimeField()
 
-    def get_object(self, _obj) -> str:
-        return "fine_tuning.job.checkpoint"
-
 
 class ModelVersionOutput(serializers.Serializer):
     id = serializers.UUIDField()
-    object = serializers.SerializerMethodField()
+    object = ObjectTypeField("model_version")
     name = serializers.CharField()
     task = serializers.CharField()
     base_model = serializers.CharField(source="base_model.slug")
@@ -131,9 +119,6 @@ class ModelVersionOutput(serializers.Serializer):
     dataset_sha256 = serializers.CharField()
     run_record = serializers.JSONField()
     created_at = serializers.DateTimeField()
-
-    def get_object(self, _obj) -> str:
-        return "model_version"
 
     def get_files(self, version) -> list[dict]:
         return [
@@ -293,14 +278,7 @@ class JobEventsApi(BaseApi):
             ) from None
         events, has_more = selectors.job_events(job=job, after=after_id, limit=limit_n)
         data = EventOutput(events, many=True).data
-        return Response(
-            {
-                "data": data,
-                "has_more": has_more,
-                "first_id": data[0]["id"] if data else None,
-                "last_id": data[-1]["id"] if data else None,
-            }
-        )
+        return Response(list_body(data, has_more=has_more))
 
 
 class JobCheckpointsApi(BaseApi):
@@ -310,7 +288,7 @@ class JobCheckpointsApi(BaseApi):
     def get(self, request, job_id):
         job = selectors.job_get(owner=request.user, job_id=job_id)
         data = CheckpointOutput(selectors.job_checkpoints(job=job), many=True).data
-        return Response({"data": data, "has_more": False})
+        return Response(list_body(data))
 
 
 class ModelVersionListApi(BaseApi):
