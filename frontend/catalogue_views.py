@@ -26,18 +26,11 @@ SORT_LABELS = {
 def catalogue_home(request):
     params = request.GET
     try:
-        query = catalogue.CatalogueQuery(
-            q=params.get("q", "").strip(),
-            domain=params.get("domain", ""),
-            sort=params.get("sort", ""),
-            cursor=params.get("cursor", ""),
-            min_lift=float(params["min_lift"]) if params.get("min_lift") else None,
-            commercial_use=True if params.get("commercial_use") else None,
-        )
+        query = catalogue.catalogue_query_from_params(params)
         page = catalogue.listing_search(query=query)
         error = ""
-    except (ApplicationError, ValueError) as exc:
-        page, error = None, getattr(exc, "message", "Check the filters.")
+    except ApplicationError as exc:
+        page, error = None, exc.message
     return render(
         request,
         "frontend/catalogue.html",

@@ -8,7 +8,6 @@ from rest_framework.response import Response
 
 from accounts.permissions import HasScope
 from listings import selectors, services
-from listings.errors import InvalidListing
 from listings.models import Domain, ReportReason
 from marketplace.api import BaseApi, ObjectTypeField
 from marketplace.pagination import list_body
@@ -167,29 +166,7 @@ class ListingCatalogueApi(BaseApi):
         responses=ListingCardOutput(many=True),
     )
     def get(self, request):
-        params = request.query_params
-        try:
-            query = selectors.CatalogueQuery(
-                q=params.get("q", "").strip(),
-                domain=params.get("domain", ""),
-                task=params.get("task", ""),
-                tag=params.get("tag", ""),
-                sort=params.get("sort", ""),
-                cursor=params.get("cursor", ""),
-                limit=int(params.get("limit", 20)),
-                min_lift=float(params["min_lift"]) if params.get("min_lift") else None,
-                min_rating=float(params["min_rating"]) if params.get("min_rating") else None,
-                **{
-                    flag: params[flag].lower() in ("1", "true", "yes")
-                    for flag in selectors.LICENCE_FLAGS
-                    if params.get(flag)
-                },
-            )
-        except ValueError:
-            raise InvalidListing(
-                "limit, min_lift and min_rating must be numbers.",
-                fields={"limit": [], "min_lift": [], "min_rating": []},
-            ) from None
+        query = selectors.catalogue_query_from_params(request.query_params)
         page = selectors.listing_search(query=query)
         data = ListingCardOutput(page.listings, many=True).data
         return Response(list_body(data, has_more=page.has_more, next_cursor=page.next_cursor))

@@ -13,12 +13,12 @@ from accounts.models import User
 from listings.errors import InvalidListing, ListingNotFound
 from listings.models import Entitlement, Listing, ListingStatus, ModerationAction, Review
 
+# Sort name → column, always descending with nulls last; ties broken by id.
 SORTS = {
-    # name: (field, descending); ties broken by id
-    "newest": ("published_at", True),
-    "best_lift": ("lift_over_generalist", True),
-    "rating": ("rating_avg", True),
-    "popularity": ("popularity", True),
+    "newest": "published_at",
+    "best_lift": "lift_over_generalist",
+    "rating": "rating_avg",
+    "popularity": "popularity",
 }
 SORT_CHOICES = ("relevance", *SORTS)
 MAX_LIMIT = 100
@@ -52,6 +52,36 @@ class CatalogueQuery:
     sort: str = ""
     cursor: str = ""
     limit: int = 20
+
+
+def catalogue_query_from_params(params) -> CatalogueQuery:
+    """Read a catalogue query from request parameters (API and portal alike).
+
+    Raises InvalidListing (422) for numbers that do not parse; flags read as booleans
+    ("1", "true", "yes") and are ignored when absent.
+    """
+    try:
+        return CatalogueQuery(
+            q=params.get("q", "").strip(),
+            domain=params.get("domain", ""),
+            task=params.get("task", ""),
+            tag=params.get("tag", ""),
+            sort=params.get("sort", ""),
+            cursor=params.get("cursor", ""),
+            limit=int(params.get("limit") or 20),
+            min_lift=float(params["min_lift"]) if params.get("min_lift") else None,
+            min_rating=float(params["min_rating"]) if params.get("min_rating") else None,
+            **{
+                flag: params[flag].lower() in ("1", "true", "yes", "on")
+                for flag in LICENCE_FLAGS
+                if params.get(flag)
+            },
+        )
+    except ValueError:
+        raise InvalidListing(
+            "limit, min_lift and min_rating must be numbers.",
+            fields={"limit": [], "min_lift": [], "min_rating": []},
+        ) from None
 
 
 @dataclass(frozen=True)
@@ -153,7 +183,7 @@ def listing_search(*, query: CatalogueQuery) -> CataloguePage:
         next_cursor = _encode_cursor({"offset": offset + query.limit}) if has_more else None
         return CataloguePage(rows[: query.limit], has_more, next_cursor)
 
-    field, _descending = SORTS[sort]
+    field = SORTS[sort]
     listings = listings.order_by(F(field).desc(nulls_last=True), "-id")
     if cursor:
         value, last_id = cursor.get("value"), cursor.get("id")
