@@ -4,7 +4,6 @@ No response ever carries a row of a dataset: reports hold counts and row numbers
 so the sealed split cannot leak through any of these endpoints.
 """
 
-from django.conf import settings
 from django.http import HttpResponse
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema
@@ -13,11 +12,9 @@ from rest_framework.parsers import FormParser, JSONParser, MultiPartParser
 from rest_framework.response import Response
 
 from marketplace.api import BaseApi, ObjectTypeField
-from marketplace.errors import InvalidInputError, PayloadTooLargeError
+from marketplace.errors import InvalidInputError
 from marketplace.pagination import CursorIdPagination, list_body
 from training_worker import selectors, services
-
-MULTIPART_OVERHEAD_BYTES = 64 * 1024
 
 
 class BaseModelOutput(serializers.Serializer):
@@ -171,15 +168,10 @@ class DatasetListCreateApi(BaseApi):
 
     @extend_schema(request=Input, responses={202: DatasetOutput})
     def post(self, request):
-        # Refuse before the body is read, so an oversized upload is never stored.
-        limit = settings.DATASET_MAX_UPLOAD_BYTES
-        declared = int(request.META.get("CONTENT_LENGTH") or 0)
-        if declared > limit + MULTIPART_OVERHEAD_BYTES:
-            raise PayloadTooLargeError(
-                f"The upload is {declared:,} bytes; the limit is {limit:,} bytes.",
-                code="file_too_large",
-                fields={"file": [f"At most {limit:,} bytes."]},
-            )
+        # Before request.data: an oversized body is refused unread.
+        services.dataset_upload_check_size(
+            declared_bytes=int(request.META.get("CONTENT_LENGTH") or 0)
+        )
         data = self.Input(data=request.data)
         data.is_valid(raise_exception=True)
         dataset = services.dataset_upload(owner=request.user, **data.validated_data)

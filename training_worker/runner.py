@@ -22,7 +22,12 @@ from training_worker import artifacts, services
 from training_worker.ml.base_models import resolve_base_model_source
 from training_worker.ml.config import LoraHyperparameters
 from training_worker.ml.errors import TrainingCancelled, TrainingError
-from training_worker.ml.recipe import Progress, TrainingSpec, run_fine_tune
+from training_worker.ml.recipe import (
+    RESOLVED_CONFIGURATION_EVENT,
+    Progress,
+    TrainingSpec,
+    run_fine_tune,
+)
 from training_worker.model_cards import render_model_card
 from training_worker.models import (
     Checkpoint,
@@ -90,7 +95,7 @@ class JobCallbacks:
         self._cancelled = False
 
     def on_event(self, level: str, message: str, data: dict | None = None) -> None:
-        if message == "Resolved configuration." and data:
+        if message == RESOLVED_CONFIGURATION_EVENT and data:
             self.job.resolved_hyperparameters = data.get("hyperparameters", {})
             self.job.save(update_fields=["resolved_hyperparameters"])
         services.job_event(job=self.job, level=level, message=message, data=data)

@@ -50,9 +50,24 @@ SEALED_FRACTION = 0.2
 SEALED_CAP = 2000
 MAX_ATTEMPTS = 2  # a job whose worker died is requeued once, then failed as worker_lost
 ALLOWED_EXTENSIONS = {".csv", ".jsonl", ".json"}
+MULTIPART_OVERHEAD_BYTES = 64 * 1024
 
 
 # --- datasets ---------------------------------------------------------------------
+
+
+def dataset_upload_check_size(*, declared_bytes: int) -> None:
+    """Refuse an upload by its declared size, before its body is read or stored.
+
+    Raises PayloadTooLargeError (413). Multipart framing adds a little to the file.
+    """
+    limit = settings.DATASET_MAX_UPLOAD_BYTES
+    if declared_bytes > limit + MULTIPART_OVERHEAD_BYTES:
+        raise PayloadTooLargeError(
+            f"The upload is {declared_bytes:,} bytes; the limit is {limit:,} bytes.",
+            code="file_too_large",
+            fields={"file": [f"At most {limit:,} bytes."]},
+        )
 
 
 def dataset_upload(

@@ -58,6 +58,10 @@ class Progress:
     trained_tokens: int
 
 
+# The first event of every run; its data carries the resolved hyperparameters.
+RESOLVED_CONFIGURATION_EVENT = "Resolved configuration."
+
+
 class TrainingCallbacks(Protocol):
     def on_event(self, level: str, message: str, data: dict | None = None) -> None: ...
     def on_progress(self, progress: Progress) -> None: ...
@@ -237,7 +241,7 @@ class _Run:
         # Log the resolved configuration before anything runs.
         self.callbacks.on_event(
             "info",
-            "Resolved configuration.",
+            RESOLVED_CONFIGURATION_EVENT,
             {
                 "hyperparameters": self.resolved.as_dict(),
                 "seed": spec.seed,
