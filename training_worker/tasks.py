@@ -4,17 +4,29 @@
 """
 
 from celery import shared_task
-from celery.signals import worker_process_init
+from celery.signals import celeryd_after_setup, worker_process_init
 from django.conf import settings
 
 from training_worker import services
 
+ML_QUEUES = {"training", "inference"}
+_consumes_ml_queues = False
+
+
+@celeryd_after_setup.connect
+def _note_queues(sender, instance, **_kwargs) -> None:
+    # Runs in the worker's main process before it forks its pool; children inherit it.
+    global _consumes_ml_queues
+    _consumes_ml_queues = bool(ML_QUEUES & set(instance.app.amqp.queues.consume_from))
+
 
 @worker_process_init.connect
 def _import_ml_stack(**_kwargs) -> None:
-    # torch + transformers + peft cost ~5 s to import: pay it once per worker process,
-    # at start-up, never in web processes (they do not import this module's runner).
-    import training_worker.runner  # noqa: F401
+    # torch + transformers + peft cost ~5 s and ~500 MB: pay it once per pool process
+    # at start-up, and only on workers that train or infer (a `default`-only worker
+    # and the web processes never import the runner).
+    if _consumes_ml_queues:
+        import training_worker.runner  # noqa: F401
 
 
 @shared_task(name="training_worker.tasks.validate_dataset")
