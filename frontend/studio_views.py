@@ -27,7 +27,7 @@ HYPERPARAMETER_FIELDS = {
 @login_required
 def studio_home(request):
     user = request.user
-    datasets = studio.dataset_list(owner=user)
+    datasets = list(studio.dataset_list(owner=user))  # one query for both uses below
     return render(
         request,
         "frontend/studio.html",
