@@ -5,7 +5,7 @@ from rest_framework import serializers
 from rest_framework.response import Response
 
 from accounts import selectors, services
-from accounts.models import ApiKeyScope
+from accounts.models import DEFAULT_API_KEY_SCOPES, ApiKeyScope
 from marketplace.api import BaseApi, ObjectTypeField
 from marketplace.pagination import CursorIdPagination
 
@@ -22,7 +22,7 @@ class ApiKeyOutput(serializers.Serializer):
 
 
 class MeApi(BaseApi):
-    required_scope = "read"
+    required_scopes = {"GET": "read"}
 
     class Output(serializers.Serializer):
         class Meta:
@@ -54,6 +54,8 @@ class MeApi(BaseApi):
 
 
 class ApiKeyListCreateApi(BaseApi):
+    required_scopes = {"GET": "read", "POST": "keys"}
+
     class Input(serializers.Serializer):
         class Meta:
             ref_name = "ApiKeyCreateInput"
@@ -61,7 +63,7 @@ class ApiKeyListCreateApi(BaseApi):
         name = serializers.CharField(max_length=100)
         scopes = serializers.ListField(
             child=serializers.ChoiceField(choices=ApiKeyScope.values),
-            default=lambda: list(ApiKeyScope.values),
+            default=lambda: [str(s) for s in DEFAULT_API_KEY_SCOPES],
         )
 
     class CreatedOutput(ApiKeyOutput):
@@ -86,6 +88,8 @@ class ApiKeyListCreateApi(BaseApi):
 
 
 class ApiKeyDetailApi(BaseApi):
+    required_scopes = {"DELETE": "keys"}
+
     @extend_schema(responses=ApiKeyOutput)
     def delete(self, request, key_id):
         key = services.api_key_revoke(user=request.user, key_id=key_id)

@@ -87,6 +87,12 @@ class ApiKeyScope(models.TextChoices):
     READ = "read", "Read"
     TRAIN = "train", "Train"
     INFER = "infer", "Infer"
+    # Minting and revoking keys: never a default, so a leaked key cannot outlive its
+    # revocation by minting successors.
+    KEYS = "keys", "Manage API keys"
+
+
+DEFAULT_API_KEY_SCOPES = [ApiKeyScope.READ, ApiKeyScope.TRAIN, ApiKeyScope.INFER]
 
 
 class ApiKey(models.Model):

@@ -1,18 +1,29 @@
-"""Scope checks: an API key may call only what its scopes allow; sessions may call all."""
+"""Scope checks: deny by default; an API key may call only what its scopes allow."""
 
 from rest_framework.permissions import BasePermission
 
 from accounts.models import ApiKey
+from marketplace.api import PUBLIC
 
 
 class HasScope(BasePermission):
-    """Views set `required_scope`; a key without it gets 403 in the error contract."""
+    """Reads the view's per-method `required_scopes` (see `marketplace.api.BaseApi`).
+
+    A method with no declaration is refused to everyone; a declared scope binds API
+    keys only (a signed-in session may do all its user may do); `PUBLIC` admits anyone.
+    """
 
     message = "This API key lacks the scope this operation needs."
 
     def has_permission(self, request, view) -> bool:
-        scope = getattr(view, "required_scope", None)
-        if scope is None or not isinstance(request.auth, ApiKey):
+        if not hasattr(view, request.method.lower()):
+            return True  # not served here: the view answers 405
+        declared_scope = getattr(view, "declared_scope", None)
+        scope = declared_scope(request.method) if declared_scope else None
+        if scope is None:
+            self.message = "This operation declares no scope, so no caller may use it."
+            return False
+        if scope == PUBLIC or not isinstance(request.auth, ApiKey):
             return True
         self.message = f"This API key lacks the '{scope}' scope."
         return scope in request.auth.scopes

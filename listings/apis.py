@@ -3,13 +3,11 @@
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import serializers
-from rest_framework.permissions import AllowAny, IsAuthenticated
 from rest_framework.response import Response
 
-from accounts.permissions import HasScope
 from listings import selectors, services
 from listings.models import Domain, ReportReason
-from marketplace.api import BaseApi, ObjectTypeField
+from marketplace.api import PUBLIC, BaseApi, ObjectTypeField
 from marketplace.pagination import list_body
 
 
@@ -146,11 +144,7 @@ class ListingCatalogueApi(BaseApi):
         model_version = serializers.UUIDField()
         slug = serializers.SlugField(max_length=80, required=False, allow_blank=True)
 
-    def get_permissions(self):
-        if self.request.method == "GET":
-            return [AllowAny()]
-        self.required_scope = "train"
-        return super().get_permissions()
+    required_scopes = {"GET": PUBLIC, "POST": "train"}
 
     @extend_schema(
         parameters=[
@@ -186,7 +180,7 @@ class ListingCatalogueApi(BaseApi):
 
 
 class ListingMineApi(BaseApi):
-    required_scope = "read"
+    required_scopes = {"GET": "read"}
 
     @extend_schema(responses=OwnerListingOutput(many=True))
     def get(self, request):
@@ -203,11 +197,7 @@ class ListingDetailApi(BaseApi):
 
         model_version = serializers.UUIDField(required=False)
 
-    def get_permissions(self):
-        if self.request.method == "GET":
-            return [AllowAny()]
-        self.required_scope = "train"
-        return super().get_permissions()
+    required_scopes = {"GET": PUBLIC, "PATCH": "train"}
 
     @extend_schema(responses=ListingDetailOutput)
     def get(self, request, slug):
@@ -232,7 +222,7 @@ class ListingDetailApi(BaseApi):
 
 
 class _OwnerActionApi(BaseApi):
-    required_scope = "train"
+    required_scopes = {"POST": "train"}
 
     def _listing(self, request, slug):
         return selectors.listing_get_public(slug=slug, viewer=request.user)
@@ -294,11 +284,7 @@ class ReviewListCreateApi(BaseApi):
         rating = serializers.IntegerField(min_value=1, max_value=5)
         text = serializers.CharField(required=False, allow_blank=True, max_length=5000)
 
-    def get_permissions(self):
-        if self.request.method == "GET":
-            return [AllowAny()]
-        self.required_scope = "read"
-        return [IsAuthenticated(), HasScope()]
+    required_scopes = {"GET": PUBLIC, "POST": "read"}
 
     @extend_schema(responses=ReviewOutput(many=True))
     def get(self, request, slug):
@@ -316,7 +302,7 @@ class ReviewListCreateApi(BaseApi):
 
 
 class ReviewReplyApi(BaseApi):
-    required_scope = "train"
+    required_scopes = {"POST": "train"}
 
     class Input(serializers.Serializer):
         class Meta:
@@ -336,7 +322,7 @@ class ReviewReplyApi(BaseApi):
 
 
 class ReportCreateApi(BaseApi):
-    required_scope = "read"
+    required_scopes = {"POST": "read"}
 
     class Input(serializers.Serializer):
         class Meta:

@@ -1,10 +1,12 @@
 """Shared pieces of every context's API: the base view and the catch-all 404."""
 
+from collections.abc import Mapping
+
 from django.http import JsonResponse
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
-from rest_framework.permissions import IsAuthenticated
+from rest_framework.permissions import AllowAny, IsAuthenticated
 from rest_framework.views import APIView
 
 from marketplace.errors import error_body
@@ -22,14 +24,30 @@ class ObjectTypeField(serializers.Field):
         return self.name
 
 
-class BaseApi(APIView):
-    """Signed-in callers only; API keys must carry `required_scope` when a view sets one."""
+PUBLIC = "public"
+"""A `required_scopes` value: anyone, signed in or not, may call this method."""
 
-    required_scope: str | None = None
+
+class BaseApi(APIView):
+    """Every API view declares, per HTTP method, what an API key needs to call it.
+
+    `required_scopes = {"GET": "read", "POST": "train"}`; `PUBLIC` opens a method to
+    anyone. A method the view serves without a declaration is refused to every caller,
+    sessions included (deny by default); HEAD follows GET. Sessions need no scope.
+    """
+
+    required_scopes: Mapping[str, str] = {}
+
+    @classmethod
+    def declared_scope(cls, method: str) -> str | None:
+        method = method.upper()
+        return cls.required_scopes.get("GET" if method == "HEAD" else method)
 
     def get_permissions(self):
         from accounts.permissions import HasScope  # accounts sits above marketplace
 
+        if self.declared_scope(self.request.method) == PUBLIC:
+            return [AllowAny()]
         return [IsAuthenticated(), HasScope()]
 
 

@@ -139,7 +139,7 @@ def _paged(request, queryset, serializer_class) -> Response:
 
 
 class BaseModelListApi(BaseApi):
-    required_scope = "read"
+    required_scopes = {"GET": "read"}
 
     @extend_schema(responses=BaseModelOutput(many=True))
     def get(self, request):
@@ -158,9 +158,7 @@ class DatasetListCreateApi(BaseApi):
         name = serializers.CharField(max_length=200, required=False, allow_blank=True)
         task = serializers.CharField(required=False, allow_blank=True)
 
-    def get_permissions(self):
-        self.required_scope = "train" if self.request.method == "POST" else "read"
-        return super().get_permissions()
+    required_scopes = {"GET": "read", "POST": "train"}
 
     @extend_schema(responses=DatasetOutput(many=True))
     def get(self, request):
@@ -179,9 +177,7 @@ class DatasetListCreateApi(BaseApi):
 
 
 class DatasetDetailApi(BaseApi):
-    def get_permissions(self):
-        self.required_scope = "train" if self.request.method == "DELETE" else "read"
-        return super().get_permissions()
+    required_scopes = {"GET": "read", "DELETE": "train"}
 
     @extend_schema(responses=DatasetOutput)
     def get(self, request, dataset_id):
@@ -210,9 +206,7 @@ class JobListCreateApi(BaseApi):
             error_messages={"invalid": "Lowercase letters, digits and dashes, at most 40."},
         )  # fmt: skip
 
-    def get_permissions(self):
-        self.required_scope = "train" if self.request.method == "POST" else "read"
-        return super().get_permissions()
+    required_scopes = {"GET": "read", "POST": "train"}
 
     @extend_schema(responses=JobOutput(many=True))
     def get(self, request):
@@ -235,7 +229,7 @@ class JobListCreateApi(BaseApi):
 
 
 class JobDetailApi(BaseApi):
-    required_scope = "read"
+    required_scopes = {"GET": "read"}
 
     @extend_schema(responses=JobOutput)
     def get(self, request, job_id):
@@ -243,7 +237,7 @@ class JobDetailApi(BaseApi):
 
 
 class JobCancelApi(BaseApi):
-    required_scope = "train"
+    required_scopes = {"POST": "train"}
 
     @extend_schema(request=None, responses=JobOutput)
     def post(self, request, job_id):
@@ -252,7 +246,7 @@ class JobCancelApi(BaseApi):
 
 
 class JobEventsApi(BaseApi):
-    required_scope = "read"
+    required_scopes = {"GET": "read"}
 
     @extend_schema(responses=EventOutput(many=True))
     def get(self, request, job_id):
@@ -274,7 +268,7 @@ class JobEventsApi(BaseApi):
 
 
 class JobCheckpointsApi(BaseApi):
-    required_scope = "read"
+    required_scopes = {"GET": "read"}
 
     @extend_schema(responses=CheckpointOutput(many=True))
     def get(self, request, job_id):
@@ -284,7 +278,7 @@ class JobCheckpointsApi(BaseApi):
 
 
 class ModelVersionListApi(BaseApi):
-    required_scope = "read"
+    required_scopes = {"GET": "read"}
 
     @extend_schema(responses=ModelVersionOutput(many=True))
     def get(self, request):
@@ -292,7 +286,7 @@ class ModelVersionListApi(BaseApi):
 
 
 class ModelVersionDetailApi(BaseApi):
-    required_scope = "read"
+    required_scopes = {"GET": "read"}
 
     @extend_schema(responses=ModelVersionOutput)
     def get(self, request, version_id):
@@ -301,7 +295,7 @@ class ModelVersionDetailApi(BaseApi):
 
 
 class ModelVersionEvaluationApi(BaseApi):
-    required_scope = "read"
+    required_scopes = {"GET": "read"}
 
     @extend_schema(responses=OpenApiTypes.OBJECT)
     def get(self, request, version_id):
@@ -310,7 +304,7 @@ class ModelVersionEvaluationApi(BaseApi):
 
 
 class ModelVersionCardApi(BaseApi):
-    required_scope = "read"
+    required_scopes = {"GET": "read"}
 
     @extend_schema(responses={(200, "text/markdown"): OpenApiTypes.STR})
     def get(self, request, version_id):

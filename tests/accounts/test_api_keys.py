@@ -5,9 +5,11 @@ from django.utils import timezone
 from accounts.models import ApiKey
 from accounts.services import api_key_create, hash_api_key
 
+KEY_MANAGER = ["read", "train", "infer", "keys"]
+
 
 def test_bob_creates_a_key_and_sees_the_secret_once(bob, api):
-    client = api(bob)
+    client = api(bob, scopes=KEY_MANAGER)
 
     created = client.post(
         "/api/v1/api_keys", {"name": "ci", "scopes": ["read", "infer"]}, format="json"
@@ -46,7 +48,7 @@ def test_a_new_key_authenticates_and_records_last_use(bob, api):
 
 def test_revoked_key_gets_401_in_the_error_contract(bob, api):
     key, plaintext = api_key_create(user=bob, name="old", scopes=["read"])
-    owner = api(bob)
+    owner = api(bob, scopes=KEY_MANAGER)
     assert owner.delete(f"/api/v1/api_keys/{key.id}").status_code == 200
     client = api()
     client.credentials(HTTP_AUTHORIZATION=f"Bearer {plaintext}")
@@ -95,7 +97,9 @@ def test_key_without_scope_gets_403(bob, api):
 
 
 def test_unknown_scope_is_422(bob, api):
-    response = api(bob).post("/api/v1/api_keys", {"name": "x", "scopes": ["admin"]}, format="json")
+    client = api(bob, scopes=KEY_MANAGER)
+
+    response = client.post("/api/v1/api_keys", {"name": "x", "scopes": ["admin"]}, format="json")
 
     assert response.status_code == 422
     assert "scopes" in response.json()["error"]["fields"]
@@ -104,7 +108,7 @@ def test_unknown_scope_is_422(bob, api):
 
 def test_mallory_cannot_see_or_revoke_bobs_keys(bob, mallory, api):
     bobs_key, _ = api_key_create(user=bob, name="bob's", scopes=["read"])
-    client = api(mallory)
+    client = api(mallory, scopes=KEY_MANAGER)
 
     listed = client.get("/api/v1/api_keys").json()["data"]
     revoke = client.delete(f"/api/v1/api_keys/{bobs_key.id}")

@@ -55,7 +55,7 @@ def test_wrong_method_is_405(bob, api):
 
 def test_validation_error_is_422_with_fields(bob, api):
     error = assert_error_shape(
-        api(bob).post("/api/v1/api_keys", {"scopes": ["read"]}, format="json"),
+        api(bob, scopes=["keys"]).post("/api/v1/api_keys", {"scopes": ["read"]}, format="json"),
         422,
         "validation_error",
     )
@@ -63,7 +63,8 @@ def test_validation_error_is_422_with_fields(bob, api):
 
 
 def test_malformed_json_is_400(bob, api):
-    response = api(bob).post("/api/v1/api_keys", data="{not json", content_type="application/json")
+    client = api(bob, scopes=["keys"])
+    response = client.post("/api/v1/api_keys", data="{not json", content_type="application/json")
     assert_error_shape(response, 400, "malformed_request")
 
 
