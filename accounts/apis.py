@@ -5,7 +5,7 @@ from rest_framework import serializers
 from rest_framework.response import Response
 
 from accounts import selectors, services
-from accounts.models import DEFAULT_API_KEY_SCOPES, ApiKeyScope
+from accounts.models import DEFAULT_API_KEY_SCOPES, ApiKey, ApiKeyScope
 from marketplace.api import BaseApi, ObjectTypeField
 from marketplace.pagination import CursorIdPagination
 
@@ -19,6 +19,10 @@ class ApiKeyOutput(serializers.Serializer):
     created_at = serializers.DateTimeField()
     last_used_at = serializers.DateTimeField(allow_null=True)
     revoked_at = serializers.DateTimeField(allow_null=True)
+
+
+def _calling_key(request) -> ApiKey | None:
+    return request.auth if isinstance(request.auth, ApiKey) else None
 
 
 class MeApi(BaseApi):
@@ -49,11 +53,13 @@ class MeApi(BaseApi):
 
     @extend_schema(responses=Output)
     def get(self, request):
-        api_key = request.auth if hasattr(request.auth, "scopes") else None
-        return Response(self.Output(request.user, context={"api_key": api_key}).data)
+        context = {"api_key": _calling_key(request)}
+        return Response(self.Output(request.user, context=context).data)
 
 
 class ApiKeyListCreateApi(BaseApi):
+    """GET needs `read`. POST needs `keys`, and a key may not mint one wider than itself."""
+
     required_scopes = {"GET": "read", "POST": "keys"}
 
     class Input(serializers.Serializer):
@@ -82,15 +88,21 @@ class ApiKeyListCreateApi(BaseApi):
     def post(self, request):
         data = self.Input(data=request.data)
         data.is_valid(raise_exception=True)
-        key, plaintext = services.api_key_create(user=request.user, **data.validated_data)
+        key, plaintext = services.api_key_create(
+            user=request.user, minted_by=_calling_key(request), **data.validated_data
+        )
         body = ApiKeyOutput(key).data | {"key": plaintext}
         return Response(body, status=201)
 
 
 class ApiKeyDetailApi(BaseApi):
+    """DELETE needs `keys`, and a key may not revoke one wider than itself."""
+
     required_scopes = {"DELETE": "keys"}
 
     @extend_schema(responses=ApiKeyOutput)
     def delete(self, request, key_id):
-        key = services.api_key_revoke(user=request.user, key_id=key_id)
+        key = services.api_key_revoke(
+            user=request.user, key_id=key_id, revoked_by=_calling_key(request)
+        )
         return Response(ApiKeyOutput(key).data)

@@ -1,6 +1,11 @@
 """Error codes of the accounts context."""
 
-from marketplace.errors import ApplicationError, InvalidInputError, NotFoundError
+from marketplace.errors import (
+    ApplicationError,
+    InvalidInputError,
+    NotFoundError,
+    PermissionDeniedError,
+)
 
 
 class ApiKeyNotFound(NotFoundError):
@@ -14,3 +19,9 @@ class InvalidScopes(InvalidInputError):
 class EmailTaken(ApplicationError):
     status = 409
     default_code = "email_taken"
+
+
+class ApiKeyScopeExceedsCaller(PermissionDeniedError):
+    """A key tried to mint or revoke a key with a scope it does not hold itself."""
+
+    default_code = "scope_exceeds_caller"

@@ -7,7 +7,7 @@ import string
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from accounts.errors import ApiKeyNotFound, EmailTaken, InvalidScopes
+from accounts.errors import ApiKeyNotFound, ApiKeyScopeExceedsCaller, EmailTaken, InvalidScopes
 from accounts.models import ApiKey, ApiKeyScope, ExpertProfile, User
 
 API_KEY_PREFIX = "nk_"
@@ -58,9 +58,28 @@ def _clean_scopes(scopes: list[str]) -> list[str]:
     return sorted(set(scopes))
 
 
-def api_key_create(*, user: User, name: str, scopes: list[str]) -> tuple[ApiKey, str]:
-    """Create a key and return it with its plaintext, which is never stored or shown again."""
+def _require_within_caller(*, caller: ApiKey | None, scopes: list[str], action: str) -> None:
+    """A key may only act on keys no wider than itself; a session (caller None) on any."""
+    if caller is None:
+        return
+    missing = sorted(set(scopes) - set(caller.scopes))
+    if missing:
+        raise ApiKeyScopeExceedsCaller(
+            f"This API key cannot {action} a key with scopes it does not hold itself.",
+            fields={"scopes": [f"Not held by this key: {', '.join(missing)}"]},
+        )
+
+
+def api_key_create(
+    *, user: User, name: str, scopes: list[str], minted_by: ApiKey | None = None
+) -> tuple[ApiKey, str]:
+    """Create a key and return it with its plaintext, which is never stored or shown again.
+
+    `minted_by` is the API key making the call (None for a session or the console);
+    raises ApiKeyScopeExceedsCaller (403) if the new key would be wider than it.
+    """
     scopes = _clean_scopes(scopes)
+    _require_within_caller(caller=minted_by, scopes=scopes, action="mint")
     for _ in range(5):
         prefix = API_KEY_PREFIX + "".join(
             secrets.choice(_PREFIX_ALPHABET) for _ in range(_PREFIX_RANDOM_CHARS)
@@ -81,11 +100,16 @@ def api_key_create(*, user: User, name: str, scopes: list[str]) -> tuple[ApiKey,
     raise RuntimeError("could not draw a unique API key prefix")
 
 
-def api_key_revoke(*, user: User, key_id) -> ApiKey:
-    """Revoke one of the user's keys. Idempotent; another user's key is 404."""
+def api_key_revoke(*, user: User, key_id, revoked_by: ApiKey | None = None) -> ApiKey:
+    """Revoke one of the user's keys. Idempotent; another user's key is 404.
+
+    `revoked_by` is the API key making the call (None for a session); raises
+    ApiKeyScopeExceedsCaller (403) if the target holds a scope the caller lacks.
+    """
     key = ApiKey.objects.filter(user=user, pk=key_id).first()
     if key is None:
         raise ApiKeyNotFound("No API key with this id.")
+    _require_within_caller(caller=revoked_by, scopes=key.scopes, action="revoke")
     if key.revoked_at is None:
         key.revoked_at = timezone.now()
         key.save(update_fields=["revoked_at"])

@@ -149,3 +149,83 @@ def test_create_api_key_command_prints_a_working_key(bob, api):
     assert plaintext.startswith("nk_")
     assert client.get("/api/v1/me").status_code == 200
     assert ApiKey.objects.get(user=bob).scopes == ["infer", "read"]
+
+
+def test_mallory_with_a_stolen_infer_key_cannot_mint_or_revoke_keys(bob, api):
+    bobs_ci_key, _ = api_key_create(user=bob, name="ci", scopes=["read", "train"])
+    stolen = api(bob, scopes=["infer"])
+
+    minted = stolen.post(
+        "/api/v1/api_keys", {"name": "mine", "scopes": ["read", "train", "infer"]}, format="json"
+    )
+    revoked = stolen.delete(f"/api/v1/api_keys/{bobs_ci_key.id}")
+
+    assert minted.status_code == 403
+    assert minted.json()["error"]["code"] == "permission_denied"
+    assert "'keys'" in minted.json()["error"]["message"]
+    assert revoked.status_code == 403
+    assert not ApiKey.objects.filter(user=bob, name="mine").exists()
+    bobs_ci_key.refresh_from_db()
+    assert bobs_ci_key.revoked_at is None
+
+
+def test_a_key_manager_key_cannot_mint_a_key_wider_than_itself(bob, api):
+    deployer = api(bob, scopes=["keys", "infer"])
+
+    wider = deployer.post(
+        "/api/v1/api_keys", {"name": "wider", "scopes": ["infer", "train"]}, format="json"
+    )
+    by_default = deployer.post("/api/v1/api_keys", {"name": "default"}, format="json")
+    narrower = deployer.post(
+        "/api/v1/api_keys", {"name": "narrower", "scopes": ["infer"]}, format="json"
+    )
+
+    assert wider.status_code == 403
+    assert wider.json()["error"]["code"] == "scope_exceeds_caller"
+    assert wider.json()["error"]["fields"] == {"scopes": ["Not held by this key: train"]}
+    assert by_default.status_code == 403
+    assert narrower.status_code == 201
+    assert narrower.json()["scopes"] == ["infer"]
+    assert sorted(ApiKey.objects.filter(user=bob).values_list("name", flat=True)) == [
+        "narrower",
+        "test",
+    ]
+
+
+def test_a_narrow_key_manager_cannot_revoke_a_wider_key(bob, api):
+    wide, _ = api_key_create(user=bob, name="wide", scopes=["read", "train", "infer"])
+    narrow, _ = api_key_create(user=bob, name="narrow", scopes=["infer"])
+    deployer = api(bob, scopes=["keys", "infer"])
+
+    refused = deployer.delete(f"/api/v1/api_keys/{wide.id}")
+    allowed = deployer.delete(f"/api/v1/api_keys/{narrow.id}")
+
+    assert refused.status_code == 403
+    assert refused.json()["error"]["code"] == "scope_exceeds_caller"
+    assert allowed.status_code == 200
+    wide.refresh_from_db()
+    narrow.refresh_from_db()
+    assert wide.revoked_at is None
+    assert narrow.revoked_at is not None
+
+
+def test_a_signed_in_session_may_mint_any_key_including_a_key_manager(bob, api):
+    client = api()
+    client.force_login(bob)
+
+    response = client.post(
+        "/api/v1/api_keys", {"name": "admin", "scopes": ["keys", "read"]}, format="json"
+    )
+
+    assert response.status_code == 201
+    assert ApiKey.objects.get(user=bob, name="admin").scopes == ["keys", "read"]
+
+
+def test_new_keys_do_not_manage_keys_unless_asked(bob, api):
+    client = api()
+    client.force_login(bob)
+
+    response = client.post("/api/v1/api_keys", {"name": "plain"}, format="json")
+
+    assert response.status_code == 201
+    assert response.json()["scopes"] == ["infer", "read", "train"]
