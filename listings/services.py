@@ -465,9 +465,24 @@ def expert_verify(*, moderator: User, profile: ExpertProfile, note: str) -> Expe
 # --- reviews and entitlements -----------------------------------------------------
 
 
+def _lock_listing_numbers(listing: Listing) -> None:
+    """Hold the listing row before counting what is copied onto it.
+
+    Without the lock two buyers' transactions each count without the other's
+    uncommitted row and the last write wins. NO KEY UPDATE serializes these writers
+    (and the transitions, which take FOR UPDATE) without blocking rows that merely
+    reference the listing.
+    """
+    Listing.objects.select_for_update(no_key=True).filter(pk=listing.pk).values("pk").first()
+
+
 def entitlement_grant(*, listing: Listing, user: User, reference: str) -> Entitlement:
-    """Called by billing when a licence activates. Idempotent; counts toward popularity."""
+    """Called by billing when a licence activates. Idempotent; counts toward popularity.
+
+    Holds the listing row while it counts, so concurrent grants all count.
+    """
     with transaction.atomic():
+        _lock_listing_numbers(listing)
         entitlement, created = Entitlement.objects.get_or_create(
             listing=listing, user=user, defaults={"reference": reference}
         )
@@ -479,6 +494,7 @@ def entitlement_grant(*, listing: Listing, user: User, reference: str) -> Entitl
 
 
 def _refresh_rating(listing: Listing) -> None:
+    """Recount the rating; the caller holds the listing row (_lock_listing_numbers)."""
     summary = Review.objects.filter(listing=listing).aggregate(avg=Avg("rating"), n=Count("id"))
     Listing.objects.filter(pk=listing.pk).update(
         rating_avg=round(summary["avg"], 3) if summary["avg"] is not None else None,
@@ -487,12 +503,16 @@ def _refresh_rating(listing: Listing) -> None:
 
 
 def review_upsert(*, author: User, listing: Listing, rating: int, text: str = "") -> Review:
-    """One review per buyer who holds or held a licence; a second call edits it."""
+    """One review per buyer who holds or held a licence; a second call edits it.
+
+    Holds the listing row while it recounts, so concurrent reviews all count.
+    """
     if not user_may_review(user=author, listing=listing):
         raise ReviewNotAllowed("Only buyers who hold or held a licence can review this model.")
     if not 1 <= rating <= 5:
         raise InvalidListing("rating must be 1 to 5.", fields={"rating": ["1 to 5."]})
     with transaction.atomic():
+        _lock_listing_numbers(listing)
         review, created = Review.objects.get_or_create(
             listing=listing, author=author, defaults={"rating": rating, "text": text}
         )
