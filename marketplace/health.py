@@ -1,7 +1,14 @@
-"""`GET /healthz`: database, broker and at least one live worker."""
+"""`GET /healthz`: database, broker and at least one live worker.
 
+Anyone gets `{"status": "ok" | "degraded"}` with 200 or 503. Which check failed, its
+error text and the worker host names go only to staff sessions and to callers that
+send `Authorization: Bearer <HEALTHZ_TOKEN>`: they map the deployment for an attacker.
+"""
+
+import hmac
 import time
 
+from django.conf import settings
 from django.db import connection
 from django.http import JsonResponse
 
@@ -29,6 +36,15 @@ def _check_workers() -> dict:
     return {"ok": True, "workers": names}
 
 
+def _may_see_details(request) -> bool:
+    user = getattr(request, "user", None)
+    if user is not None and user.is_active and user.is_staff:
+        return True
+    token = settings.HEALTHZ_TOKEN
+    header = request.headers.get("Authorization", "")
+    return bool(token) and hmac.compare_digest(header.encode(), f"Bearer {token}".encode())
+
+
 def healthz(request):
     checks: dict[str, dict] = {}
     for name, check in (
@@ -47,6 +63,8 @@ def healthz(request):
             checks["workers"] = {"ok": False, "error": "broker unreachable", "ms": 0.0}
             break
     healthy = all(c["ok"] for c in checks.values())
-    down = [name for name, c in checks.items() if not c["ok"]]
-    body = {"status": "ok" if healthy else "down", "down": down, "checks": checks}
+    body: dict = {"status": "ok" if healthy else "degraded"}
+    if _may_see_details(request):
+        body["down"] = [name for name, c in checks.items() if not c["ok"]]
+        body["checks"] = checks
     return JsonResponse(body, status=200 if healthy else 503)

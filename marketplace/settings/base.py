@@ -15,6 +15,10 @@ SECRET_KEY = env_str("SECRET_KEY", "insecure-local-only-key-change-me-in-product
 DEBUG = env_bool("DEBUG", False)
 ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", ["127.0.0.1", "localhost"])
 CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", [])
+# Bearer token that unlocks the details of /healthz (empty: staff sessions only).
+HEALTHZ_TOKEN = env_str("HEALTHZ_TOKEN", "")
+# Keys the sealed-split seed (HMAC of the upload's hash); empty: derived from SECRET_KEY.
+SEALED_SPLIT_SECRET = env_str("SEALED_SPLIT_SECRET", "")
 
 INSTALLED_APPS = [
     "django.contrib.admin",

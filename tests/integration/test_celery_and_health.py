@@ -31,10 +31,14 @@ def test_celery_speaks_json_only():
 
 
 @pytest.mark.django_db
-def test_healthz_is_green_with_database_broker_and_a_live_worker(celery_worker_process):
-    response = Client().get("/healthz")
+def test_healthz_is_green_with_database_broker_and_a_live_worker(celery_worker_process, settings):
+    settings.HEALTHZ_TOKEN = "ops-token-0123456789"
+    public = Client().get("/healthz")
+    response = Client().get("/healthz", HTTP_AUTHORIZATION="Bearer ops-token-0123456789")
 
     body = response.json()
+    assert public.status_code == 200
+    assert public.json() == {"status": "ok"}
     assert response.status_code == 200, body
     assert body["status"] == "ok"
     assert body["checks"]["database"]["vendor"] == "postgresql"

@@ -51,6 +51,7 @@ def test_make_run_starts_the_platform_and_stops_cleanly(tmp_path):
         "NICHE_VAR_DIR": str(tmp_path / "var"),
         "DJANGO_SETTINGS_MODULE": "marketplace.settings.local",
         "MODEL_CACHE_DIR": str(ROOT / "var" / "models"),  # reuse the built tiny LM
+        "HEALTHZ_TOKEN": "smoke-test-token",  # unlocks the details of /healthz
         marker: "1",
     }
     log_path = tmp_path / "run.log"
@@ -70,7 +71,11 @@ def test_make_run_starts_the_platform_and_stops_cleanly(tmp_path):
         assert "expert@demo.niche" in output and "niche-demo-2026" in output
         assert re.search(r"^\[web\]", output, re.M) and re.search(r"^\[worker\]", output, re.M)
 
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=10) as r:
+        health_request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/healthz",
+            headers={"Authorization": "Bearer smoke-test-token"},
+        )
+        with urllib.request.urlopen(health_request, timeout=10) as r:  # noqa: S310 (http://127.0.0.1)
             health = r.read().decode()
             assert r.status == 200
         assert '"database": {"ok": true, "vendor": "sqlite"' in health
