@@ -10,7 +10,7 @@ from frontend.charts import comparison_bars
 from frontend.views import not_found
 from listings import selectors as catalogue
 from listings import services as catalogue_services
-from listings.models import Domain, ReportReason
+from listings.models import LICENCE_FLAGS, Domain, ReportReason
 from marketplace.errors import ApplicationError
 from training_worker import selectors as studio
 
@@ -92,13 +92,16 @@ def listing_report(request, slug):
         listing = catalogue.listing_get_public(slug=slug, viewer=request.user)
     except ApplicationError as exc:
         return not_found(request, exc)
-    reason = request.POST.get("reason", "")
-    if reason not in ReportReason.values:
-        messages.error(request, "Choose a reason.")
-    else:
+    try:
         catalogue_services.report_create(
-            reporter=request.user, listing=listing, reason=reason, text=request.POST.get("text", "")
+            reporter=request.user,
+            listing=listing,
+            reason=request.POST.get("reason", ""),
+            text=request.POST.get("text", ""),
         )
+    except ApplicationError as exc:
+        messages.error(request, exc.message)
+    else:
         messages.success(request, "Reported. A moderator will look at it.")
     return redirect("catalogue-listing", slug=slug)
 
@@ -124,10 +127,7 @@ def listing_new(request, version_id):
                 intended_use=post.get("intended_use", ""),
                 out_of_scope_use=post.get("out_of_scope_use", ""),
                 risk_notes=post.get("risk_notes", ""),
-                commercial_use=bool(post.get("commercial_use")),
-                derivatives_allowed=bool(post.get("derivatives_allowed")),
-                on_prem_download=bool(post.get("on_prem_download")),
-                attribution_required=bool(post.get("attribution_required")),
+                **{flag: bool(post.get(flag)) for flag in LICENCE_FLAGS},
             )
         except ApplicationError as exc:
             messages.error(request, exc.message)

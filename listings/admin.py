@@ -21,6 +21,7 @@ from accounts.admin import UserAdmin as AccountsUserAdmin
 from accounts.models import ExpertProfile, User
 from listings import selectors, services
 from listings.models import (
+    LICENCE_FLAGS,
     Entitlement,
     Listing,
     ListingVersion,
@@ -209,10 +210,7 @@ class ListingAdmin(ModerationActionsMixin, ReadOnlyAdmin):
             "Licence",
             {
                 "fields": [
-                    "commercial_use",
-                    "derivatives_allowed",
-                    "on_prem_download",
-                    "attribution_required",
+                    *LICENCE_FLAGS,
                     "max_calls_per_month",
                     "licence_summary",
                 ]

@@ -328,8 +328,9 @@ class ReportCreateApi(BaseApi):
         class Meta:
             ref_name = "ReportInput"
 
-        reason = serializers.ChoiceField(choices=ReportReason.values)
-        text = serializers.CharField(required=False, allow_blank=True, max_length=5000)
+        # Only the shape here: services.report_create checks the reason and the length.
+        reason = serializers.CharField(help_text=f"One of {', '.join(ReportReason.values)}.")
+        text = serializers.CharField(required=False, allow_blank=True)
 
     @extend_schema(request=Input, responses={201: OpenApiTypes.OBJECT})
     def post(self, request, slug):

@@ -24,6 +24,18 @@ class SlugTaken(ConflictError):
     default_code = "slug_taken"
 
 
+class VersionAlreadyListed(ConflictError):
+    default_code = "version_already_listed"
+
+
+class NotAnExpert(PermissionDeniedError):
+    default_code = "not_an_expert"
+
+
+class InvalidReport(InvalidInputError):
+    default_code = "invalid_report"
+
+
 class InvalidListing(InvalidInputError):
     default_code = "invalid_listing"
 

@@ -35,6 +35,15 @@ class ListingStatus(models.TextChoices):
     DELISTED = "delisted"
 
 
+# The licence terms a buyer filters on; each is a boolean column of Listing.
+LICENCE_FLAGS = (
+    "commercial_use",
+    "derivatives_allowed",
+    "on_prem_download",
+    "attribution_required",
+)
+
+
 class Listing(models.Model):
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     owner = models.ForeignKey(

@@ -4,14 +4,24 @@ from __future__ import annotations
 
 import base64
 import json
+import math
+import uuid
 from dataclasses import dataclass
+from datetime import datetime
 
 from django.db import connection
 from django.db.models import F, Q, QuerySet
 
 from accounts.models import User
 from listings.errors import InvalidListing, ListingNotFound
-from listings.models import Entitlement, Listing, ListingStatus, ModerationAction, Review
+from listings.models import (
+    LICENCE_FLAGS,
+    Entitlement,
+    Listing,
+    ListingStatus,
+    ModerationAction,
+    Review,
+)
 
 # Sort name → column, always descending with nulls last; ties broken by id.
 SORTS = {
@@ -22,12 +32,8 @@ SORTS = {
 }
 SORT_CHOICES = ("relevance", *SORTS)
 MAX_LIMIT = 100
-LICENCE_FLAGS = (
-    "commercial_use",
-    "derivatives_allowed",
-    "on_prem_download",
-    "attribution_required",
-)
+MAX_CURSOR_CHARS = 512  # the cursors handed out are under 120
+MAX_OFFSET = 2**31 - 1
 
 
 def _catalogue() -> QuerySet[Listing]:
@@ -97,13 +103,53 @@ def _encode_cursor(payload: dict) -> str:
 
 def _decode_cursor(cursor: str) -> dict:
     try:
+        if len(cursor) > MAX_CURSOR_CHARS:
+            raise ValueError
         padded = cursor + "=" * (-len(cursor) % 4)
         payload = json.loads(base64.urlsafe_b64decode(padded))
         if not isinstance(payload, dict):
             raise ValueError
         return payload
+    except (ValueError, RecursionError):
+        raise _invalid_cursor() from None
+
+
+def _invalid_cursor() -> InvalidListing:
+    return InvalidListing("The cursor is not valid.", fields={"cursor": ["Invalid."]})
+
+
+def _offset_of(cursor: dict) -> int:
+    """A relevance cursor: `{"offset": n}` with n a whole number from 0."""
+    offset = cursor.get("offset")
+    if set(cursor) != {"offset"} or type(offset) is not int or not 0 <= offset <= MAX_OFFSET:
+        raise _invalid_cursor()
+    return offset
+
+
+def _keyset_of(cursor: dict, field: str) -> tuple[object, uuid.UUID]:
+    """A column cursor: `{"value", "id"}` with a value of the sort column's type."""
+    if set(cursor) != {"value", "id"} or not isinstance(cursor["id"], str):
+        raise _invalid_cursor()
+    try:
+        last_id = uuid.UUID(cursor["id"])
     except ValueError:
-        raise InvalidListing("The cursor is not valid.", fields={"cursor": ["Invalid."]}) from None
+        raise _invalid_cursor() from None
+    value = cursor["value"]
+    if value is None:
+        return None, last_id
+    if field == "published_at":
+        try:
+            value = datetime.fromisoformat(value) if isinstance(value, str) else None
+        except ValueError:
+            value = None
+        if value is None or value.tzinfo is None:
+            raise _invalid_cursor()
+    elif field == "popularity":
+        if type(value) is not int:
+            raise _invalid_cursor()
+    elif type(value) not in (int, float) or not math.isfinite(value):
+        raise _invalid_cursor()
+    return value, last_id
 
 
 def _search(queryset: QuerySet[Listing], q: str) -> QuerySet[Listing]:
@@ -151,12 +197,7 @@ def listing_search(*, query: CatalogueQuery) -> CataloguePage:
         listings = listings.filter(domain=query.domain)
     if query.task:
         listings = listings.filter(task=query.task)
-    for flag in (
-        "commercial_use",
-        "derivatives_allowed",
-        "on_prem_download",
-        "attribution_required",
-    ):
+    for flag in LICENCE_FLAGS:
         value = getattr(query, flag)
         if value is not None:
             listings = listings.filter(**{flag: value})
@@ -170,14 +211,14 @@ def listing_search(*, query: CatalogueQuery) -> CataloguePage:
     sort = query.sort or ("relevance" if query.q else "newest")
     if query.q:
         listings = _search(listings, query.q)
-    cursor = _decode_cursor(query.cursor) if query.cursor else {}
+    cursor = _decode_cursor(query.cursor) if query.cursor else None
 
     if sort == "relevance":
         if connection.vendor == "postgresql" and query.q:
             listings = listings.order_by("-rank", "-published_at", "-id")
         else:
             listings = listings.order_by("-published_at", "-id")
-        offset = int(cursor.get("offset", 0))
+        offset = _offset_of(cursor) if cursor is not None else 0
         rows = list(listings[offset : offset + query.limit + 1])
         has_more = len(rows) > query.limit
         next_cursor = _encode_cursor({"offset": offset + query.limit}) if has_more else None
@@ -185,8 +226,8 @@ def listing_search(*, query: CatalogueQuery) -> CataloguePage:
 
     field = SORTS[sort]
     listings = listings.order_by(F(field).desc(nulls_last=True), "-id")
-    if cursor:
-        value, last_id = cursor.get("value"), cursor.get("id")
+    if cursor is not None:
+        value, last_id = _keyset_of(cursor, field)
         if value is None:
             listings = listings.filter(**{f"{field}__isnull": True}, id__lt=last_id)
         else:

@@ -18,15 +18,19 @@ from accounts.services import expert_profile_verify
 from listings.errors import (
     InvalidListing,
     InvalidListingTransition,
+    InvalidReport,
     ListingNotEditable,
     ListingNotFound,
     NotAModerator,
+    NotAnExpert,
     ReasonRequired,
     ReplyNotAllowed,
     ReviewNotAllowed,
     SlugTaken,
+    VersionAlreadyListed,
 )
 from listings.models import (
+    LICENCE_FLAGS,
     Domain,
     Entitlement,
     Listing,
@@ -36,6 +40,7 @@ from listings.models import (
     ModerationAction,
     ModerationActionType,
     Report,
+    ReportReason,
     ReportStatus,
     Review,
 )
@@ -44,12 +49,12 @@ from training_worker.models import ModelVersion
 
 CONTENT_FIELDS = (
     "title", "summary", "description", "domain", "tags", "languages", "intended_use",
-    "out_of_scope_use", "risk_notes", "commercial_use", "derivatives_allowed",
-    "on_prem_download", "attribution_required", "max_calls_per_month",
+    "out_of_scope_use", "risk_notes", *LICENCE_FLAGS, "max_calls_per_month",
 )  # fmt: skip
 EDITABLE_STATES = (ListingStatus.DRAFT, ListingStatus.REJECTED)
 RESERVED_SLUGS = {"mine"}  # path words under /api/v1/listings/
 MAX_TAGS = 12
+MAX_REPORT_CHARS = 5000
 
 
 # --- content ----------------------------------------------------------------------
@@ -128,10 +133,11 @@ def _owned_version(owner: User, model_version_id) -> ModelVersion:
 def listing_create(*, owner: User, model_version_id, slug: str = "", **content) -> Listing:
     """A draft listing offering one of the owner's model versions.
 
-    Raises InvalidListing (422) for bad fields or another user's version, SlugTaken (409).
+    Raises NotAnExpert (403), InvalidListing (422) for bad fields or another user's
+    version, SlugTaken (409).
     """
     if not owner.is_expert:
-        raise InvalidListing("Only experts can list models.", code="not_an_expert")
+        raise NotAnExpert("Only experts can list models.")
     version = _owned_version(owner, model_version_id)
     content = _clean_content(content)
     slug = slugify(slug or content.get("title", ""))[:80]
@@ -200,7 +206,11 @@ def listing_submit(*, owner: User, listing_id) -> Listing:
 
 def listing_propose_version(*, owner: User, listing_id, model_version_id) -> Listing:
     """Offer a new model version on a published listing; it goes to review while the
-    live version keeps serving."""
+    live version keeps serving.
+
+    Raises VersionAlreadyListed (409) for a version that is or was live here: a
+    listing's numbers name each version once.
+    """
     with transaction.atomic():
         listing = _owned_locked(owner, listing_id)
         if listing.status != ListingStatus.PUBLISHED:
@@ -211,6 +221,13 @@ def listing_propose_version(*, owner: User, listing_id, model_version_id) -> Lis
         if version.task != listing.task:
             raise InvalidListing(
                 f"This listing is for {listing.task}.", fields={"model_version": ["Wrong task."]}
+            )
+        listed = listing.versions.filter(model_version=version).first()
+        if listed is not None:
+            raise VersionAlreadyListed(
+                f"This model version is already {listing.slug}@{listed.number} "
+                f"({listed.status}); propose a new one.",
+                fields={"model_version": ["Already listed here."]},
             )
         listing.proposed_version = version
         listing.submitted_at = timezone.now()
@@ -398,7 +415,21 @@ def listing_version_reject(*, moderator: User, listing_id, reason: str) -> Listi
 
 
 def report_create(*, reporter: User, listing: Listing, reason: str, text: str = "") -> Report:
-    """Anyone signed in may report a listing they can see; it opens a moderation item."""
+    """Anyone signed in may report a listing they can see; it opens a moderation item.
+
+    Raises InvalidReport (422) for an unknown reason or an over-long text; the API and
+    the portal both rely on this check.
+    """
+    text = (text or "").strip()
+    if reason not in ReportReason.values:
+        raise InvalidReport(
+            "Choose a reason.", fields={"reason": [f"One of {', '.join(ReportReason.values)}."]}
+        )
+    if len(text) > MAX_REPORT_CHARS:
+        raise InvalidReport(
+            f"Keep the report under {MAX_REPORT_CHARS:,} characters.",
+            fields={"text": [f"At most {MAX_REPORT_CHARS:,} characters."]},
+        )
     return Report.objects.create(listing=listing, reporter=reporter, reason=reason, text=text)
 
 

@@ -69,3 +69,27 @@ def test_alice_lists_a_version_and_submits_it_then_sees_the_rejection_reason(ali
     assert "rejected" in page and "Explain the data." in page
     assert portal(carol).get(f"/catalogue/{listing.slug}/").status_code == 404
     assert listing.tags == ["notes", "triage"]
+
+
+def test_a_crafted_cursor_shows_an_error_on_the_catalogue_page(alice, carol, db):
+    from tests.listings.test_listings_api import crafted
+
+    make_listing(alice, moderator=carol, title="Invoice fraud detector")
+
+    response = portal().get(f"/catalogue/?q=fraud&cursor={crafted({'offset': 'ten'})}")
+
+    assert response.status_code == 200
+    assert "The cursor is not valid." in response.content.decode()
+
+
+def test_a_report_without_a_known_reason_is_refused_with_the_services_message(
+    alice, carol, mallory, db
+):
+    listing = make_listing(alice, moderator=carol)
+
+    response = portal(mallory).post(
+        f"/catalogue/{listing.slug}/report/", {"reason": "because", "text": "x"}, follow=True
+    )
+
+    assert "Choose a reason." in response.content.decode()
+    assert Report.objects.count() == 0

@@ -97,6 +97,34 @@ def test_new_version_goes_to_review_while_the_live_one_keeps_serving(alice, caro
     ]  # fmt: skip
 
 
+def test_proposing_the_live_or_a_retired_version_again_is_409(alice, carol, api, published):
+    first = published.live_version
+    newer = make_version(alice, accuracy=0.95)
+    client = api(alice)
+    client.post(
+        f"/api/v1/listings/{published.slug}/versions", {"model_version": str(newer.id)},
+        format="json",
+    )  # fmt: skip
+    services.listing_version_approve(moderator=carol, listing_id=published.id)
+
+    live_again = client.post(
+        f"/api/v1/listings/{published.slug}/versions", {"model_version": str(newer.id)},
+        format="json",
+    )  # fmt: skip
+    retired_again = client.post(
+        f"/api/v1/listings/{published.slug}/versions", {"model_version": str(first.id)},
+        format="json",
+    )  # fmt: skip
+
+    assert live_again.status_code == retired_again.status_code == 409
+    assert live_again.json()["error"]["code"] == "version_already_listed"
+    assert "@2" in live_again.json()["error"]["message"]
+    assert "@1" in retired_again.json()["error"]["message"]
+    published.refresh_from_db()
+    assert published.proposed_version is None and published.live_version == newer
+    assert published.versions.count() == 2
+
+
 @pytest.mark.parametrize(
     ("action", "state"),
     [
@@ -148,9 +176,11 @@ def test_permission_matrix_for_mallory(alice, mallory, api, published):
         f"/api/v1/listings/{published.slug}/versions",
         {"model_version": str(published.live_version_id)}, format="json",
     ).status_code == 404  # fmt: skip
-    assert client.post(
+    not_an_expert = client.post(
         "/api/v1/listings", create_body(published.live_version), format="json"
-    ).status_code == 422  # not an expert, and not her version  # fmt: skip
+    )
+    assert not_an_expert.status_code == 403
+    assert not_an_expert.json()["error"]["code"] == "not_an_expert"
     assert [x["slug"] for x in client.get("/api/v1/listings").json()["data"]] == [published.slug]
     assert client.get("/api/v1/listings/mine").json()["data"] == []
     draft.refresh_from_db()
@@ -205,6 +235,23 @@ def test_bob_cannot_review_without_a_licence_and_can_with_one(bob, alice, api, p
         f"/api/v1/listings/{published.slug}/reviews/{review_id}/reply",
         {"text": "me too"}, format="json",
     ).status_code == 404  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [({"reason": "because"}, "reason"), ({"reason": "spam", "text": "x" * 5001}, "text")],
+)
+def test_report_rules_are_the_services_own(mallory, api, published, body, field):
+    from marketplace.errors import ApplicationError
+
+    response = api(mallory).post(f"/api/v1/listings/{published.slug}/reports", body, format="json")
+    with pytest.raises(ApplicationError) as raised:
+        services.report_create(reporter=mallory, listing=published, **body)
+
+    assert response.status_code == 422 and raised.value.status == 422
+    assert response.json()["error"]["message"] == raised.value.message
+    assert list(response.json()["error"]["fields"]) == [field] == list(raised.value.fields)
+    assert Report.objects.count() == 0
 
 
 def test_anyone_signed_in_can_report_a_listing(mallory, api, published):
@@ -285,6 +332,58 @@ def test_bad_catalogue_parameters_are_422(db, api):
     assert client.get("/api/v1/listings?limit=0").status_code == 422
     assert client.get("/api/v1/listings?cursor=!!!").status_code == 422
     assert client.get("/api/v1/listings?min_lift=lots").status_code == 422
+
+
+def crafted(payload) -> str:
+    import base64
+    import json
+
+    return base64.urlsafe_b64encode(json.dumps(payload).encode()).decode().rstrip("=")
+
+
+@pytest.mark.parametrize(
+    ("sort", "payload"),
+    [
+        ("relevance", {"offset": "ten"}),
+        ("relevance", {"offset": -5}),
+        ("relevance", {"offset": None}),
+        ("relevance", {"offset": {"$gt": 0}}),
+        ("relevance", {"offset": 1.5}),
+        ("relevance", {"offset": True}),
+        ("relevance", {}),
+        ("relevance", {"value": 0.2, "id": "6a0c6cf1-7b9a-4c84-8f6d-0d5ef3b1e0a1"}),
+        ("best_lift", {"value": 0.2, "id": "not-a-uuid"}),
+        ("best_lift", {"value": 0.2, "id": None}),
+        ("best_lift", {"value": "lots", "id": "6a0c6cf1-7b9a-4c84-8f6d-0d5ef3b1e0a1"}),
+        ("best_lift", {"value": [1], "id": "6a0c6cf1-7b9a-4c84-8f6d-0d5ef3b1e0a1"}),
+        ("popularity", {"value": 2.5, "id": "6a0c6cf1-7b9a-4c84-8f6d-0d5ef3b1e0a1"}),
+        ("newest", {"value": "yesterday", "id": "6a0c6cf1-7b9a-4c84-8f6d-0d5ef3b1e0a1"}),
+        ("newest", {"offset": 20}),
+    ],
+)
+def test_crafted_catalogue_cursors_are_422(alice, carol, api, sort, payload):
+    make_listing(alice, moderator=carol, title="One")
+    query = f"sort={sort}&q=radiology" if sort == "relevance" else f"sort={sort}"
+
+    response = api().get(f"/api/v1/listings?{query}&cursor={crafted(payload)}")
+
+    assert response.status_code == 422
+    assert response.json()["error"]["fields"] == {"cursor": ["Invalid."]}
+
+
+def test_cursors_the_catalogue_hands_out_still_work_for_every_sort(alice, carol, api):
+    for n in range(3):
+        make_listing(alice, moderator=carol, title=f"Radiology {n}")
+    client = api()
+
+    for query in ("q=radiology", "sort=newest", "sort=best_lift", "sort=rating",
+                  "sort=popularity"):  # fmt: skip
+        first = client.get(f"/api/v1/listings?{query}&limit=2").json()
+        rest = client.get(f"/api/v1/listings?{query}&limit=2&cursor={first['next_cursor']}")
+
+        assert rest.status_code == 200, (query, rest.json())
+        slugs = [x["slug"] for x in first["data"] + rest.json()["data"]]
+        assert len(set(slugs)) == 3, query
 
 
 @pytest.mark.skipif(connection.vendor != "postgresql", reason="full-text search is Postgres")
