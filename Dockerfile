@@ -2,6 +2,7 @@ FROM python:3.11-slim
 ENV PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 DJANGO_SETTINGS_MODULE=marketplace.settings.production
 WORKDIR /app
 COPY pyproject.toml README.md ./
+# .dockerignore admits only the packages: no .env, var/, .git or .venv.
 COPY . .
 # Production images use the CUDA build of torch from the default index.
 RUN pip install torch==2.13.0 && pip install -e .
