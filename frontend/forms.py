@@ -1,7 +1,7 @@
 from django import forms
 from django.contrib.auth import password_validation
 
-from accounts.models import ApiKeyScope
+from accounts.models import DEFAULT_API_KEY_SCOPES, ApiKeyScope
 
 
 class SignUpForm(forms.Form):
@@ -23,6 +23,6 @@ class ApiKeyForm(forms.Form):
     name = forms.CharField(max_length=100, initial="My key")
     scopes = forms.MultipleChoiceField(
         choices=ApiKeyScope.choices,
-        initial=ApiKeyScope.values,
+        initial=DEFAULT_API_KEY_SCOPES,
         widget=forms.CheckboxSelectMultiple,
     )

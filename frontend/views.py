@@ -4,6 +4,7 @@ from django.contrib import messages
 from django.contrib.auth import login
 from django.contrib.auth.decorators import login_required
 from django.shortcuts import redirect, render
+from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_http_methods, require_POST
 
 from accounts import selectors as account_selectors
@@ -36,10 +37,8 @@ def sign_up(request):
     return render(request, "registration/sign_up.html", {"form": form})
 
 
-@login_required
-def dashboard(request):
+def _dashboard(request, *, new_key: str | None = None):
     keys = account_selectors.api_key_list(user=request.user)
-    new_key = request.session.pop("new_api_key", None)
     return render(
         request,
         "frontend/dashboard.html",
@@ -48,16 +47,21 @@ def dashboard(request):
 
 
 @login_required
+def dashboard(request):
+    return _dashboard(request)
+
+
+@never_cache
+@login_required
 @require_POST
 def api_key_create(request):
+    """The secret is in this answer only: never in the session, a message or a cache."""
     form = ApiKeyForm(request.POST)
-    if form.is_valid():
-        _, plaintext = account_services.api_key_create(user=request.user, **form.cleaned_data)
-        # Shown once on the next page, then gone from the session.
-        request.session["new_api_key"] = plaintext
-    else:
+    if not form.is_valid():
         messages.error(request, "Give the key a name and at least one scope.")
-    return redirect("dashboard")
+        return redirect("dashboard")
+    _, plaintext = account_services.api_key_create(user=request.user, **form.cleaned_data)
+    return _dashboard(request, new_key=plaintext)
 
 
 @login_required

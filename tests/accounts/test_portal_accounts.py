@@ -1,5 +1,7 @@
 """Sign-up, log-in, log-out, password change and keys in the server-rendered portal."""
 
+import re
+
 from django.test import Client
 
 from accounts.models import ApiKey, ExpertProfile, User
@@ -78,8 +80,8 @@ def test_portal_key_is_shown_once_then_revoked(bob):
     client = Client()
     client.force_login(bob)
 
-    client.post("/dashboard/api-keys/", {"name": "laptop", "scopes": ["read"]})
-    first = client.get("/dashboard/").content.decode()
+    first = client.post("/dashboard/api-keys/", {"name": "laptop", "scopes": ["read"]})
+    first = first.content.decode()
     second = client.get("/dashboard/").content.decode()
 
     key = ApiKey.objects.get(user=bob, name="laptop")
@@ -89,6 +91,34 @@ def test_portal_key_is_shown_once_then_revoked(bob):
     client.post(f"/dashboard/api-keys/{key.id}/revoke/")
     key.refresh_from_db()
     assert key.revoked_at is not None
+
+
+def test_portal_shows_a_new_key_in_the_post_answer_and_never_stores_it(bob):
+    from django.contrib.sessions.models import Session
+
+    client = Client()
+    client.force_login(bob)
+
+    created = client.post("/dashboard/api-keys/", {"name": "laptop", "scopes": ["read"]})
+
+    page = created.content.decode()
+    plaintext = re.search(r'data-testid="new-api-key">([^<]+)<', page).group(1)
+    assert created.status_code == 200
+    assert "no-store" in created["Cache-Control"]
+    assert ApiKey.objects.get(user=bob, name="laptop").prefix in plaintext
+    stored = [s.get_decoded() for s in Session.objects.all()]
+    assert stored and all(plaintext not in str(data) for data in stored)
+    assert plaintext not in client.get("/dashboard/").content.decode()
+
+
+def test_portal_keys_do_not_manage_keys_unless_ticked(bob):
+    client = Client()
+    client.force_login(bob)
+
+    form = client.get("/dashboard/").content.decode()
+
+    assert re.search(r'value="read"[^>]*checked', form)
+    assert not re.search(r'value="keys"[^>]*checked', form)
 
 
 def test_mallory_cannot_revoke_bobs_key_from_the_portal(bob, mallory):
