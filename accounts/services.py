@@ -4,7 +4,7 @@ import hashlib
 import secrets
 import string
 
-from django.db import IntegrityError, transaction
+from django.db import DEFAULT_DB_ALIAS, IntegrityError, transaction
 from django.utils import timezone
 
 from accounts.errors import ApiKeyNotFound, ApiKeyScopeExceedsCaller, EmailTaken, InvalidScopes
@@ -137,11 +137,12 @@ def expert_profile_verify(*, profile: ExpertProfile, moderator: User, note: str)
     return profile
 
 
-def moderators_group_sync() -> None:
+def moderators_group_sync(*, using: str = DEFAULT_DB_ALIAS) -> None:
     """Create the moderators group and give it exactly the permissions that the apps list.
 
     Each app's AppConfig names what its moderators may do in `moderator_permissions`
     (codenames), so a higher context adds its own without accounts importing it.
+    Idempotent; runs after every `migrate` (see AccountsConfig.ready).
     """
     from django.apps import apps
     from django.contrib.auth.models import Group, Permission
@@ -153,8 +154,10 @@ def moderators_group_sync() -> None:
         for config in apps.get_app_configs()
         for codename in getattr(config, "moderator_permissions", ())
     }
-    group, _ = Group.objects.get_or_create(name=MODERATORS_GROUP)
-    perms = Permission.objects.filter(
-        content_type__app_label__in={label for label, _ in wanted}
-    ).select_related("content_type")
+    group, _ = Group.objects.using(using).get_or_create(name=MODERATORS_GROUP)
+    perms = (
+        Permission.objects.using(using)
+        .filter(content_type__app_label__in={label for label, _ in wanted})
+        .select_related("content_type")
+    )
     group.permissions.set([p for p in perms if (p.content_type.app_label, p.codename) in wanted])
