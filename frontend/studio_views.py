@@ -9,6 +9,7 @@ from django.views.decorators.http import require_POST
 from frontend.charts import comparison_bars
 from frontend.views import not_found
 from marketplace.errors import ApplicationError
+from marketplace.middleware import checks_upload_size
 from training_worker import selectors as studio
 from training_worker import services as studio_services
 from training_worker.models import DatasetStatus
@@ -43,6 +44,7 @@ def studio_home(request):
     )
 
 
+@checks_upload_size(studio_services.dataset_upload_check_size)
 @login_required
 @require_POST
 def dataset_upload(request):

@@ -159,6 +159,8 @@ class DatasetListCreateApi(BaseApi):
         task = serializers.CharField(required=False, allow_blank=True)
 
     required_scopes = {"GET": "read", "POST": "train"}
+    # Read by marketplace.middleware before anything parses the body.
+    upload_size_check = staticmethod(services.dataset_upload_check_size)
 
     @extend_schema(responses=DatasetOutput(many=True))
     def get(self, request):
