@@ -7,6 +7,7 @@ from django.shortcuts import redirect, render
 from django.views.decorators.http import require_POST
 
 from frontend.charts import comparison_bars
+from frontend.forms import FineTuneForm
 from frontend.views import not_found
 from marketplace.errors import ApplicationError
 from marketplace.middleware import checks_upload_size
@@ -14,34 +15,35 @@ from training_worker import selectors as studio
 from training_worker import services as studio_services
 from training_worker.models import DatasetStatus
 
-HYPERPARAMETER_FIELDS = {
-    "n_epochs": int,
-    "batch_size": int,
-    "learning_rate": float,
-    "lora_r": int,
-    "lora_alpha": int,
-    "lora_dropout": float,
-    "max_seq_length": int,
-}
+
+def _ready(datasets: list) -> list:
+    return [d for d in datasets if d.status == DatasetStatus.READY]
 
 
-@login_required
-def studio_home(request):
+def _fine_tune_form(datasets: list, data=None) -> FineTuneForm:
+    return FineTuneForm(data, datasets=_ready(datasets), base_models=list(studio.base_model_list()))
+
+
+def _studio_page(request, *, datasets: list, job_form: FineTuneForm, status: int = 200):
     user = request.user
-    datasets = list(studio.dataset_list(owner=user))  # one query for both uses below
     return render(
         request,
         "frontend/studio.html",
         {
             "datasets": datasets,
-            "ready_datasets": [d for d in datasets if d.status == DatasetStatus.READY],
+            "job_form": job_form,
             "jobs": studio.job_list(owner=user)[:50],
             "versions": studio.model_version_list(owner=user)[:50],
-            "base_models": studio.base_model_list(),
             "max_upload_mb": settings.DATASET_MAX_UPLOAD_BYTES // (1024 * 1024),
-            "hyperparameter_fields": list(HYPERPARAMETER_FIELDS),
         },
+        status=status,
     )
+
+
+@login_required
+def studio_home(request):
+    datasets = list(studio.dataset_list(owner=request.user))  # one query for the page
+    return _studio_page(request, datasets=datasets, job_form=_fine_tune_form(datasets))
 
 
 @checks_upload_size(studio_services.dataset_upload_check_size)
@@ -82,30 +84,17 @@ def dataset_detail(request, dataset_id):
 @login_required
 @require_POST
 def job_create(request):
-    hyperparameters = {}
-    for name, cast in HYPERPARAMETER_FIELDS.items():
-        raw = request.POST.get(name, "").strip()
-        if raw:
-            try:
-                hyperparameters[name] = cast(raw)
-            except ValueError:
-                messages.error(request, f"{name} must be a number.")
-                return redirect("studio")
-    try:
-        job = studio_services.job_create(
-            owner=request.user,
-            base_model=request.POST.get("base_model", ""),
-            dataset_id=request.POST.get("dataset", ""),
-            hyperparameters=hyperparameters,
-            suffix=request.POST.get("suffix", "").strip().lower(),
-        )
-    except ApplicationError as exc:
-        messages.error(request, exc.message)
-        return redirect("studio")
-    except ValueError:
-        messages.error(request, "Choose one of your datasets.")
-        return redirect("studio")
-    return redirect("studio-job", job_id=job.pk)
+    """Start a job, or show the studio again with the form's errors (422)."""
+    datasets = list(studio.dataset_list(owner=request.user))
+    form = _fine_tune_form(datasets, request.POST)
+    if form.is_valid():
+        try:
+            job = studio_services.job_create(owner=request.user, **form.job_arguments())
+        except ApplicationError as exc:
+            form.add_error(None, exc.message)
+        else:
+            return redirect("studio-job", job_id=job.pk)
+    return _studio_page(request, datasets=datasets, job_form=form, status=422)
 
 
 @login_required

@@ -1,5 +1,10 @@
 """The studio pages: upload, job page, model version page, owner-only."""
 
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pytest
+from django.conf import settings
 from django.test import Client
 
 from tests.training_worker.conftest import classification_csv, upload
@@ -73,15 +78,118 @@ def test_a_broken_upload_shows_its_errors(alice, django_capture_on_commit_callba
     assert "invalid" in page and "missing_column" in page
 
 
-def test_job_form_errors_come_back_as_messages(alice):
-    client = portal(alice)
+def a_ready_dataset(owner, *, name: str, task: str) -> Dataset:
+    return Dataset.objects.create(
+        owner=owner, name=name, filename=f"{name}.csv", size_bytes=1, sha256="0" * 64,
+        status="ready", task=task, train_rows=100, sealed_rows=25,
+    )  # fmt: skip
 
-    response = client.post(
-        "/studio/jobs/", {"base_model": "nope", "dataset": "not-a-uuid"}, follow=True
+
+class Options(HTMLParser):
+    """The <option>s of one <select id=...> on a page, as attribute dicts."""
+
+    def __init__(self, page: str, select_id: str):
+        super().__init__()
+        self.select_id, self.inside, self.options = select_id, False, []
+        self.feed(page)
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        if tag == "select":
+            self.inside = attrs.get("id") == self.select_id
+        elif tag == "option" and self.inside:
+            self.options.append(attrs)
+
+    def handle_endtag(self, tag):
+        if tag == "select":
+            self.inside = False
+
+    def offered(self) -> list[str]:
+        return [o["value"] for o in self.options if "disabled" not in o]
+
+    def selected(self) -> str:
+        return next(o["value"] for o in self.options if "selected" in o)
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("base_model", "nope", "Choose one of the base models offered."),
+        ("dataset", "not-a-uuid", "Choose one of your datasets."),
+        ("dataset", "6a0c6cf1-7b9a-4c84-8f6d-0d5ef3b1e0a1", "Choose one of your datasets."),
+        ("n_epochs", "three", "Enter a whole number."),
+        ("learning_rate", "fast", "Enter a number."),
+        ("suffix", "Triage Notes!", "Lowercase letters, digits and dashes, at most 40."),
+        ("suffix", "x" * 41, "at most 40 characters"),
+    ],
+)
+def test_one_bad_field_re_renders_the_form_with_its_error(alice, field, value, message):
+    dataset = a_ready_dataset(alice, name="triage", task="text-classification")
+    good = {"dataset": str(dataset.id), "base_model": "minilm-l6", "suffix": "triage"}
+
+    response = portal(alice).post("/studio/jobs/", good | {field: value})
+
+    assert response.status_code == 422
+    page = response.content.decode()
+    assert message in page
+    assert 'id="fine-tune-form"' in page
+    assert FineTuningJob.objects.count() == 0
+
+
+def test_a_base_model_that_does_not_fit_the_dataset_is_a_form_error(alice):
+    dataset = a_ready_dataset(alice, name="faq answers", task="text-generation")
+
+    response = portal(alice).post(
+        "/studio/jobs/", {"dataset": str(dataset.id), "base_model": "minilm-l6"}
     )
 
-    assert "No enabled base model" in response.content.decode()
+    assert response.status_code == 422
+    page = response.content.decode()
+    assert "does not support text-generation" in page and "Tiny causal" in page
     assert FineTuningJob.objects.count() == 0
+
+
+def test_a_well_formed_job_form_starts_a_job(alice):
+    dataset = a_ready_dataset(alice, name="triage", task="text-classification")
+
+    response = portal(alice).post(
+        "/studio/jobs/",
+        {"dataset": str(dataset.id), "base_model": "minilm-l6", "suffix": "Triage",
+         "n_epochs": "2", "learning_rate": ""},
+    )  # fmt: skip
+
+    job = FineTuningJob.objects.get()
+    assert response.status_code == 302
+    assert response["Location"] == f"/studio/jobs/{job.id}/"
+    assert (job.dataset, job.base_model.slug, job.suffix) == (dataset, "minilm-l6", "triage")
+    assert job.hyperparameters["n_epochs"] == 2  # the empty learning rate is the default
+
+
+def test_the_fine_tune_form_offers_only_the_bases_that_fit_the_chosen_dataset(alice):
+    a_ready_dataset(alice, name="triage", task="text-classification")
+    newest = a_ready_dataset(alice, name="faq answers", task="text-generation")
+
+    page = portal(alice).get("/studio/").content.decode()
+
+    datasets, bases = Options(page, "id_dataset"), Options(page, "id_base_model")
+    assert datasets.selected() == str(newest.id)  # the newest dataset comes first
+    assert bases.offered() == ["tiny-causal"] and bases.selected() == "tiny-causal"
+    assert {o["value"]: o["data-tasks"] for o in bases.options} == {
+        "minilm-l6": "text-classification",
+        "tiny-causal": "text-generation",
+    }  # what the page's script needs to re-offer bases when the dataset changes
+    assert "studio.js" in page
+
+
+def test_the_upload_help_is_one_paragraph_of_prose(alice):
+    page = portal(alice).get("/studio/").content.decode()
+    css = (Path(settings.BASE_DIR) / "frontend/static/frontend/niche.css").read_text()
+
+    help_text = page[page.index('id="upload-help"') : page.index("</p>", page.index("upload-help"))]
+    assert "<code>text,label</code>, or JSONL with <code>" in help_text
+    # Field rows stack label over input; a rule for every <p> in a form broke the help
+    # text into one line per <code>.
+    assert ".stack p {" not in css and ".stack p:has(> label)" in css
 
 
 def test_model_version_page_draws_the_comparison_chart(alice):
