@@ -41,6 +41,33 @@ def test_marketplace_wiring_imports_no_context_at_module_level():
     assert offences == []
 
 
+def imported_modules(path: Path) -> set[str]:
+    """Every module a file imports, at any depth (lazy imports inside functions too)."""
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        if isinstance(node, ast.Import):
+            names |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names |= {node.module, *(f"{node.module}.{alias.name}" for alias in node.names)}
+    return names
+
+
+def test_only_tasks_modules_know_celery_and_nothing_imports_tasks_back():
+    # Services send tasks by name (marketplace.celery.send_after_commit), so the old
+    # circle runner -> services -> tasks -> runner cannot come back.
+    offences = []
+    for context in ORDER:
+        for path in (ROOT / context).rglob("*.py"):
+            if "migrations" in path.parts or path.name == "tasks.py":
+                continue
+            for name in imported_modules(path):
+                knows_celery = name.split(".")[0] == "celery"
+                imports_tasks = name.endswith(".tasks") and path.name != "apps.py"
+                if knows_celery or imports_tasks:
+                    offences.append(f"{path.relative_to(ROOT)} imports {name}")
+    assert offences == []
+
+
 def test_ml_code_never_imports_django():
     offences = [
         str(path.relative_to(ROOT))

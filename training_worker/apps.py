@@ -10,3 +10,8 @@ class TrainingWorkerConfig(AppConfig):
         "view_finetuningjob",
         "view_modelversion",
     )
+
+    def ready(self) -> None:
+        # Registers the studio's Celery tasks, so services can send them by name
+        # (marketplace.celery.send_after_commit) without importing this app's tasks.
+        from training_worker import tasks  # noqa: F401

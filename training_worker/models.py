@@ -80,6 +80,10 @@ class Dataset(models.Model):
     split_fingerprint = models.CharField(max_length=64, blank=True)
     created_at = models.DateTimeField(default=timezone.now, db_index=True)
     validation_started_at = models.DateTimeField(null=True, blank=True)
+    # When the validation task was last sent, and how often the sweep had to send it
+    # again (lost message, dead worker); past STUDIO_MAX_REQUEUES it is given up.
+    enqueued_at = models.DateTimeField(default=timezone.now)
+    requeues = models.IntegerField(default=0)
     validated_at = models.DateTimeField(null=True, blank=True)
     # Set when the owner deletes a dataset that a job used: files go, the record stays.
     deleted_at = models.DateTimeField(null=True, blank=True)
@@ -129,7 +133,13 @@ class FineTuningJob(models.Model):
     error_code = models.CharField(max_length=60, blank=True)
     error_message = models.TextField(blank=True)
     worker = models.CharField(max_length=200, blank=True)
+    # The attempt number is the fencing token: each claim increments it, and every write
+    # of a run is conditional on (id, attempts, running), so a presumed-dead worker that
+    # comes back changes nothing once its replacement has claimed the job.
     attempts = models.IntegerField(default=0)
+    # When the training task was last sent, and how often the sweep had to send it again.
+    enqueued_at = models.DateTimeField(default=timezone.now)
+    requeues = models.IntegerField(default=0)
     heartbeat_at = models.DateTimeField(null=True, blank=True)
     cancel_requested_at = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(default=timezone.now, db_index=True)

@@ -6,16 +6,16 @@ import this module.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import shutil
 import threading
 import time
 from pathlib import Path
 
-from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
 from django.db import DatabaseError, connection, transaction
-from django.db.models import F
+from django.db.models import F, QuerySet
 from django.utils import timezone
 
 from training_worker import artifacts, services
@@ -25,6 +25,7 @@ from training_worker.ml.errors import TrainingCancelled, TrainingError
 from training_worker.ml.recipe import (
     RESOLVED_CONFIGURATION_EVENT,
     Progress,
+    TrainingResult,
     TrainingSpec,
     run_fine_tune,
 )
@@ -38,14 +39,42 @@ from training_worker.models import (
 
 logger = logging.getLogger(__name__)
 
+SUPERSEDED = "superseded"
 
-def job_work_dir(job_id) -> Path:
-    """Scratch space keyed by job id: a retry starts from an empty folder, never a copy."""
-    return Path(settings.NICHE_WORK_DIR) / "jobs" / str(job_id)
+
+class AttemptSuperseded(Exception):
+    """This attempt no longer runs the job: the sweep presumed it dead and requeued the
+    job (another attempt may hold it now). Raised by a write that changed no row."""
+
+    def __init__(self, job: FineTuningJob):
+        super().__init__(f"attempt {job.attempts} of job {job.pk} on {job.worker} was superseded")
+
+
+def job_work_dir(job_id, attempt: int) -> Path:
+    """Scratch space keyed by job and attempt: a presumed-dead attempt that is still
+    running never shares (or deletes) its replacement's files."""
+    return Path(settings.NICHE_WORK_DIR) / "jobs" / str(job_id) / f"attempt-{attempt}"
+
+
+def own_run(job: FineTuningJob) -> QuerySet[FineTuningJob]:
+    """The job's row while this attempt still runs it (the fencing token is
+    attempts + worker, as set by its claim). Every write of a run is a conditional UPDATE
+    on it; zero rows changed means the attempt was superseded."""
+    return FineTuningJob.objects.filter(
+        pk=job.pk, status=JobStatus.RUNNING, attempts=job.attempts, worker=job.worker
+    )
+
+
+def _touch_or_stop(job: FineTuningJob, **fields) -> None:
+    if not own_run(job).update(heartbeat_at=timezone.now(), **fields):
+        raise AttemptSuperseded(job)
 
 
 def job_claim(*, job_id, worker: str) -> FineTuningJob | None:
-    """queued → running by one conditional UPDATE; None if another worker has it."""
+    """queued → running by one conditional UPDATE; None if another worker has it.
+
+    The returned job carries this attempt's number (`attempts`): the token its writes use.
+    """
     now = timezone.now()
     claimed = FineTuningJob.objects.filter(pk=job_id, status=JobStatus.QUEUED).update(
         status=JobStatus.RUNNING,
@@ -64,28 +93,41 @@ def job_claim(*, job_id, worker: str) -> FineTuningJob | None:
 
 
 class _Heartbeat(threading.Thread):
-    """Touches heartbeat_at every few seconds while the job runs, from its own connection."""
+    """Touches heartbeat_at every few seconds while the attempt runs, from its own
+    connection. Stops when the attempt no longer owns the job; after a database error it
+    closes its connection so the next beat opens a fresh one."""
 
-    def __init__(self, job_id, interval: float):
-        super().__init__(daemon=True, name=f"heartbeat-{job_id}")
-        self.job_id, self.interval = job_id, interval
+    def __init__(self, job: FineTuningJob, interval: float):
+        super().__init__(daemon=True, name=f"heartbeat-{job.pk}-{job.attempts}")
+        self.job, self.interval = job, interval
         self.stopped = threading.Event()
+
+    def beat(self) -> bool:
+        """One beat; False when this attempt no longer runs the job."""
+        return bool(own_run(self.job).update(heartbeat_at=timezone.now()))
 
     def run(self) -> None:
         try:
             while not self.stopped.wait(self.interval):
                 try:
-                    FineTuningJob.objects.filter(pk=self.job_id, status=JobStatus.RUNNING).update(
-                        heartbeat_at=timezone.now()
-                    )
-                except DatabaseError as exc:  # a blip must not stop the heartbeat for good
-                    logger.warning("heartbeat of job %s failed: %s", self.job_id, exc)
+                    if not self.beat():
+                        logger.info("heartbeat of job %s stops: attempt ended", self.job.pk)
+                        return
+                except DatabaseError as exc:  # a dropped connection must not end the beats
+                    logger.warning("heartbeat of job %s failed: %s", self.job.pk, exc)
+                    with contextlib.suppress(DatabaseError):
+                        connection.close()
         finally:
-            connection.close()
+            with contextlib.suppress(DatabaseError):
+                connection.close()
 
 
 class JobCallbacks:
-    """The recipe's callbacks: progress onto the job row, events, checkpoints, cancel."""
+    """The recipe's callbacks: progress onto the job row, events, checkpoints, cancel.
+
+    Each write is conditional on this attempt still running the job and raises
+    AttemptSuperseded otherwise, which stops the recipe at once.
+    """
 
     CANCEL_POLL_SECONDS = 1.0
 
@@ -95,10 +137,12 @@ class JobCallbacks:
         self._cancelled = False
 
     def on_event(self, level: str, message: str, data: dict | None = None) -> None:
+        fields = {}
         if message == RESOLVED_CONFIGURATION_EVENT and data:
-            self.job.resolved_hyperparameters = data.get("hyperparameters", {})
-            self.job.save(update_fields=["resolved_hyperparameters"])
-        services.job_event(job=self.job, level=level, message=message, data=data)
+            fields["resolved_hyperparameters"] = data.get("hyperparameters", {})
+        with transaction.atomic():
+            _touch_or_stop(self.job, **fields)
+            services.job_event(job=self.job, level=level, message=message, data=data)
 
     def on_progress(self, progress: Progress) -> None:
         fields = {
@@ -110,81 +154,95 @@ class JobCallbacks:
             "eta_seconds": round(progress.eta_seconds, 1),
             "trained_tokens": progress.trained_tokens,
         }
-        FineTuningJob.objects.filter(pk=self.job.pk).update(heartbeat_at=timezone.now(), **fields)
-        services.job_event(
-            job=self.job,
-            type="metrics",
-            message=f"Step {progress.step}/{progress.total_steps}: loss {progress.loss:.4f}",
-            data=fields,
-        )
+        with transaction.atomic():
+            _touch_or_stop(self.job, **fields)
+            services.job_event(
+                job=self.job,
+                type="metrics",
+                message=f"Step {progress.step}/{progress.total_steps}: loss {progress.loss:.4f}",
+                data=fields,
+            )
 
     def on_checkpoint(self, step: int, metrics: dict, adapter_dir: Path) -> None:
         weights = adapter_dir / "adapter_model.safetensors"
-        prefix = f"checkpoints/{self.job.pk}/step-{step}"
+        prefix = f"checkpoints/{self.job.pk}/attempt-{self.job.attempts}/step-{step}"
         artifacts.store_replacing(
             f"{prefix}/adapter_config.json", adapter_dir / "adapter_config.json"
         )
         name = artifacts.store_replacing(f"{prefix}/adapter_model.safetensors", weights)
-        Checkpoint.objects.update_or_create(
-            job=self.job,
-            step=step,
-            defaults={
-                "epoch": metrics.get("epoch", 0),
-                "metrics": metrics,
-                "adapter_path": name,
-                "adapter_sha256": artifacts.sha256_of_path(weights),
-            },
-        )
+        with transaction.atomic():
+            _touch_or_stop(self.job)
+            Checkpoint.objects.update_or_create(
+                job=self.job,
+                step=step,
+                defaults={
+                    "epoch": metrics.get("epoch", 0),
+                    "metrics": metrics,
+                    "adapter_path": name,
+                    "adapter_sha256": artifacts.sha256_of_path(weights),
+                },
+            )
 
     def should_cancel(self) -> bool:
         now = time.monotonic()
         if not self._cancelled and now - self._last_cancel_check >= self.CANCEL_POLL_SECONDS:
             self._last_cancel_check = now
-            self._cancelled = FineTuningJob.objects.filter(
-                pk=self.job.pk, cancel_requested_at__isnull=False
-            ).exists()
+            rows = list(own_run(self.job).values_list("cancel_requested_at", flat=True))
+            if not rows:
+                raise AttemptSuperseded(self.job)
+            self._cancelled = rows[0] is not None
         return self._cancelled
 
 
-def job_run(*, job_id, worker: str) -> str:
+def job_run(*, job_id, worker: str, time_limit_error: type[BaseException] | None = None) -> str:
     """Claim and run one job to a terminal state; returns that state.
 
-    A job that another worker holds, or that is no longer queued, is left alone.
-    Failures end as `failed` with {code, message} on the job; nothing stays `running`
-    unless the process itself dies (then the stale-heartbeat sweep takes over).
+    A job that another worker holds, or that is no longer queued, is left alone
+    ("skipped"). An attempt the sweep presumed dead stops at its next write and changes
+    nothing ("superseded"). Failures end as `failed` with {code, message} on the job;
+    nothing stays `running` unless the process itself dies (then the stale-heartbeat
+    sweep takes over). `time_limit_error` is the exception the task runner raises at
+    its soft time limit (failed as `timeout`).
     """
     job = job_claim(job_id=job_id, worker=worker)
     if job is None:
         logger.info("job %s not claimable (already taken or not queued)", job_id)
         return "skipped"
-    heartbeat = _Heartbeat(job.pk, settings.TRAINING_HEARTBEAT_SECONDS)
+    heartbeat = _Heartbeat(job, settings.TRAINING_HEARTBEAT_SECONDS)
     heartbeat.start()
-    work_dir = job_work_dir(job.pk)
+    work_dir = job_work_dir(job.pk, job.attempts)
     shutil.rmtree(work_dir, ignore_errors=True)
+    time_limit_errors = (time_limit_error,) if time_limit_error else ()
     try:
         result = run_fine_tune(_spec_for(job, work_dir), JobCallbacks(job))
-        version = _model_version_write(job, result)
-        _job_succeed(job, version)
+        _job_succeed(job, result)
         return JobStatus.SUCCEEDED
+    except AttemptSuperseded:
+        logger.warning(
+            "job %s: attempt %s on %s was superseded; stopped without writing",
+            job.pk, job.attempts, worker,
+        )  # fmt: skip
+        return SUPERSEDED
     except TrainingCancelled:
-        _job_end_cancelled(job)
-        return JobStatus.CANCELLED
+        return JobStatus.CANCELLED if _job_end_cancelled(job) else SUPERSEDED
     except TrainingError as exc:
-        services.job_fail(job=job, code=exc.code, message=exc.message)
-    except SoftTimeLimitExceeded:
-        services.job_fail(
-            job=job, code="timeout", message="The job ran past the training time limit."
-        )
+        failed = _job_fail(job, exc.code, exc.message)
+    except time_limit_errors:
+        failed = _job_fail(job, "timeout", "The job ran past the training time limit.")
     except ValueError as exc:  # hyperparameters that fail against this data
-        services.job_fail(job=job, code="invalid_hyperparameters", message=str(exc))
+        failed = _job_fail(job, "invalid_hyperparameters", str(exc))
     except Exception as exc:
         logger.exception("fine-tuning job %s crashed", job.pk)
-        services.job_fail(job=job, code="internal_error", message=f"{type(exc).__name__}: {exc}")
+        failed = _job_fail(job, "internal_error", f"{type(exc).__name__}: {exc}")
     finally:
         heartbeat.stopped.set()
         heartbeat.join(timeout=1)  # a daemon thread; never hold the worker for it
         shutil.rmtree(work_dir, ignore_errors=True)
-    return JobStatus.FAILED
+    return JobStatus.FAILED if failed else SUPERSEDED
+
+
+def _job_fail(job: FineTuningJob, code: str, message: str) -> bool:
+    return services.job_fail(job=job, code=code, message=message, attempt=job.attempts)
 
 
 def _spec_for(job: FineTuningJob, work_dir: Path) -> TrainingSpec:
@@ -204,7 +262,8 @@ def _spec_for(job: FineTuningJob, work_dir: Path) -> TrainingSpec:
     )
 
 
-def _model_version_write(job: FineTuningJob, result) -> ModelVersion:
+def _model_version_fields(job: FineTuningJob, result: TrainingResult) -> dict:
+    """Store the adapter files (content-addressed, idempotent) and build the version."""
     adapter_path, adapter_sha, adapter_size = artifacts.store_content_addressed(
         result.adapter_dir / "adapter_model.safetensors"
     )
@@ -248,39 +307,47 @@ def _model_version_write(job: FineTuningJob, result) -> ModelVersion:
         run_record=run_record,
         adapter_sha256=adapter_sha,
     )
-    return ModelVersion.objects.create(
-        owner=job.owner,
-        job=job,
-        base_model=job.base_model,
-        name=name,
-        task=job.task,
-        labels=list(dataset.labels),
-        adapter_path=adapter_path,
-        adapter_sha256=adapter_sha,
-        adapter_size=adapter_size,
-        config_path=config_path,
-        config_sha256=config_sha,
-        config_size=config_size,
-        dataset_sha256=dataset.sha256,
-        run_record=run_record,
-        evaluation=evaluation,
-        card=card,
-    )
+    return {
+        "owner": job.owner,
+        "job": job,
+        "base_model": job.base_model,
+        "name": name,
+        "task": job.task,
+        "labels": list(dataset.labels),
+        "adapter_path": adapter_path,
+        "adapter_sha256": adapter_sha,
+        "adapter_size": adapter_size,
+        "config_path": config_path,
+        "config_sha256": config_sha,
+        "config_size": config_size,
+        "dataset_sha256": dataset.sha256,
+        "run_record": run_record,
+        "evaluation": evaluation,
+        "card": card,
+    }
 
 
-def _job_succeed(job: FineTuningJob, version: ModelVersion) -> None:
+def _job_succeed(job: FineTuningJob, result: TrainingResult) -> ModelVersion:
+    """running → succeeded and the model version, in one transaction guarded by the
+    attempt: a superseded attempt writes no version and changes nothing."""
+    fields = _model_version_fields(job, result)
     with transaction.atomic():
-        FineTuningJob.objects.filter(pk=job.pk, status=JobStatus.RUNNING).update(
-            status=JobStatus.SUCCEEDED, fine_tuned_model=version, finished_at=timezone.now()
-        )
+        if not own_run(job).update(status=JobStatus.SUCCEEDED, finished_at=timezone.now()):
+            raise AttemptSuperseded(job)
+        version = ModelVersion.objects.create(**fields)
+        FineTuningJob.objects.filter(pk=job.pk).update(fine_tuned_model=version)
         services.job_event(job=job, message=f"Job succeeded: model version {version.pk}.")
+    return version
 
 
-def _job_end_cancelled(job: FineTuningJob) -> None:
-    FineTuningJob.objects.filter(pk=job.pk, status=JobStatus.RUNNING).update(
+def _job_end_cancelled(job: FineTuningJob) -> bool:
+    """running → cancelled, only while this attempt runs the job; logs only a change."""
+    updated = own_run(job).update(
         status=JobStatus.CANCELLED,
         error_code="cancelled",
         error_message="Cancelled by its owner.",
         finished_at=timezone.now(),
     )
-    services.job_event(job=job, message="Job cancelled.")
+    if updated:
+        services.job_event(job=job, message="Job cancelled.")
+    return bool(updated)

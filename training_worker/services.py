@@ -15,9 +15,11 @@ from django.conf import settings
 from django.core.files.storage import default_storage
 from django.core.files.uploadedfile import UploadedFile
 from django.db import transaction
+from django.db.models import Q
 from django.utils import timezone
 
 from accounts.models import User
+from marketplace.celery import send_after_commit
 from marketplace.errors import PayloadTooLargeError
 from training_worker import artifacts
 from training_worker.errors import (
@@ -32,7 +34,12 @@ from training_worker.errors import (
 )
 from training_worker.ml.config import LoraHyperparameters
 from training_worker.ml.dataset_validation import validate_dataset
-from training_worker.ml.sealed_split import draw_sealed_split, split_fingerprint
+from training_worker.ml.sealed_split import (
+    draw_sealed_split,
+    sealed_split_seed,
+    split_fingerprint,
+    split_secret,
+)
 from training_worker.models import (
     TERMINAL_JOB_STATUSES,
     BaseModel,
@@ -51,6 +58,8 @@ SEALED_CAP = 2000
 MAX_ATTEMPTS = 2  # a job whose worker died is requeued once, then failed as worker_lost
 ALLOWED_EXTENSIONS = {".csv", ".jsonl", ".json"}
 MULTIPART_OVERHEAD_BYTES = 64 * 1024
+VALIDATE_TASK = "training_worker.tasks.validate_dataset"
+TRAIN_TASK = "training_worker.tasks.train_fine_tuning_job"
 
 
 # --- datasets ---------------------------------------------------------------------
@@ -114,7 +123,7 @@ def dataset_upload(
     try:
         with transaction.atomic():
             dataset.save()
-            _enqueue("validate_dataset", str(dataset.id))
+            send_after_commit(VALIDATE_TASK, str(dataset.id))
     except Exception:
         artifacts.delete_quietly(dataset.source_path)  # no orphan file without its row
         raise
@@ -125,56 +134,120 @@ def dataset_validate(*, dataset_id) -> Dataset | None:
     """uploaded → validating → ready | invalid; draws the sealed split when ready.
 
     Idempotent: a dataset no longer `uploaded` is returned untouched, one deleted in the
-    meantime gives None. Jobs waiting on the dataset move on (queued) or fail
-    (invalid_data) in the same transaction.
+    meantime gives None. The claim and the final write each lock the row; the final
+    write lands only while the row still exists, is not deleted and is still in this
+    claim (status validating, same validation_started_at); otherwise nothing is written
+    and, for a deleted dataset, the files validation wrote are removed. Any error after
+    the claim ends the dataset `invalid` with the reason in its report. Jobs waiting on
+    the dataset move on (queued) or fail (invalid_data) in the final write's transaction.
     """
-    claimed = Dataset.objects.filter(pk=dataset_id, status=DatasetStatus.UPLOADED).update(
-        status=DatasetStatus.VALIDATING, validation_started_at=timezone.now()
-    )
-    dataset = Dataset.objects.filter(pk=dataset_id).first()
-    if not claimed or dataset is None:
-        return dataset
+    with transaction.atomic():
+        dataset = (
+            Dataset.objects.select_for_update()
+            .filter(pk=dataset_id, status=DatasetStatus.UPLOADED, deleted_at__isnull=True)
+            .first()
+        )
+        if dataset is None:
+            return Dataset.objects.filter(pk=dataset_id).first()
+        dataset.status = DatasetStatus.VALIDATING
+        dataset.validation_started_at = timezone.now()
+        dataset.save(update_fields=["status", "validation_started_at"])
+    try:
+        outcome = _validation_outcome(dataset)
+    except Exception as exc:  # a bug or a storage error must not leave it `validating`
+        logger.exception("validation of dataset %s crashed", dataset.pk)
+        outcome = _invalid_outcome(
+            "validation_crashed",
+            f"Validation stopped on an unexpected error ({type(exc).__name__}); "
+            "upload the file again, or contact support if it happens again.",
+        )
+    with transaction.atomic():
+        current = (
+            Dataset.objects.select_for_update()
+            .filter(
+                pk=dataset.pk,
+                status=DatasetStatus.VALIDATING,
+                validation_started_at=dataset.validation_started_at,
+                deleted_at__isnull=True,
+            )
+            .first()
+        )
+        if current is None:  # deleted, or handed to another validation by the sweep
+            if not Dataset.objects.filter(pk=dataset.pk, deleted_at__isnull=True).exists():
+                written = (outcome.get("train_path", ""), outcome.get("sealed_path", ""))
+                transaction.on_commit(
+                    lambda: artifacts.delete_quietly(dataset.source_path, *written)
+                )
+            return Dataset.objects.filter(pk=dataset.pk, deleted_at__isnull=True).first()
+        for name, value in outcome.items():
+            setattr(current, name, value)
+        current.validated_at = timezone.now()
+        current.save(update_fields=[*outcome, "validated_at"])
+        _advance_jobs_waiting_on(current)
+    return current
+
+
+def _validation_outcome(dataset: Dataset) -> dict:
+    """Validate the stored upload and write the split's files; the fields to store."""
     raw = artifacts.read_bytes(dataset.source_path)
     result = validate_dataset(raw, filename=dataset.filename, task=dataset.task or None)
-    dataset.report = result.report
-    dataset.format = result.format or ""
-    dataset.task = result.task or dataset.task
-    dataset.rows_usable = len(result.rows)
-    if result.ok:
-        # The platform draws the split; seeded by the content so re-uploads agree.
-        seed = int(dataset.sha256[:12], 16)
-        rows = [{k: v for k, v in row.items() if k != "row"} for row in result.rows]
+    outcome = {
+        "report": result.report,
+        "format": result.format or "",
+        "task": result.task or dataset.task,
+        "rows_usable": len(result.rows),
+        "status": DatasetStatus.INVALID,
+    }
+    if not result.ok:
+        return outcome
+    # Seeded by an HMAC of the content under a server secret: re-uploads agree, and the
+    # expert can neither compute the split offline nor pad the file until it suits them.
+    secret = split_secret(configured=settings.SEALED_SPLIT_SECRET, secret_key=settings.SECRET_KEY)
+    seed = sealed_split_seed(secret=secret, file_sha256=dataset.sha256)
+    rows = [{k: v for k, v in row.items() if k != "row"} for row in result.rows]
+    try:
         split = draw_sealed_split(
             rows, task=result.task, seed=seed, fraction=SEALED_FRACTION, cap=SEALED_CAP
         )
-        dataset.train_path = artifacts.write_jsonl(
-            f"datasets/{dataset.id}/train.jsonl", [rows[i] for i in split.train_indices]
+    except ValueError as exc:  # e.g. more labels than the sealed split can hold
+        return outcome | _invalid_outcome(
+            "sealed_split_impossible",
+            f"The held-out split cannot be drawn from this file: {exc}.",
+            report=result.report,
         )
-        dataset.sealed_path = artifacts.write_jsonl(
-            f"datasets/{dataset.id}/sealed.jsonl", [rows[i] for i in split.sealed_indices]
-        )
-        dataset.split_seed = seed
-        dataset.split_fingerprint = split_fingerprint(rows, split)
-        dataset.train_rows = len(split.train_indices)
-        dataset.sealed_rows = len(split.sealed_indices)
-        if result.task == TaskType.TEXT_CLASSIFICATION:
-            dataset.labels = sorted(result.report.get("label_distribution") or {})
-        dataset.report["sealed_split"] = {
-            "seed": seed,
-            "fraction": SEALED_FRACTION,
-            "cap": SEALED_CAP,
-            "train_rows": dataset.train_rows,
-            "sealed_rows": dataset.sealed_rows,
-            "fingerprint": dataset.split_fingerprint,
-        }
-        dataset.status = DatasetStatus.READY
-    else:
-        dataset.status = DatasetStatus.INVALID
-    dataset.validated_at = timezone.now()
-    with transaction.atomic():
-        dataset.save()
-        _advance_jobs_waiting_on(dataset)
-    return dataset
+    fingerprint = split_fingerprint(rows, split, secret=secret)
+    outcome["train_path"] = artifacts.write_jsonl(
+        f"datasets/{dataset.id}/train.jsonl", [rows[i] for i in split.train_indices]
+    )
+    outcome["sealed_path"] = artifacts.write_jsonl(
+        f"datasets/{dataset.id}/sealed.jsonl", [rows[i] for i in split.sealed_indices]
+    )
+    outcome |= {
+        "split_seed": seed,
+        "split_fingerprint": fingerprint,
+        "train_rows": len(split.train_indices),
+        "sealed_rows": len(split.sealed_indices),
+        "status": DatasetStatus.READY,
+    }
+    if result.task == TaskType.TEXT_CLASSIFICATION:
+        outcome["labels"] = sorted(result.report.get("label_distribution") or {})
+    outcome["report"]["sealed_split"] = {  # never the seed: it would let the split be recomputed
+        "fraction": SEALED_FRACTION,
+        "cap": SEALED_CAP,
+        "train_rows": outcome["train_rows"],
+        "sealed_rows": outcome["sealed_rows"],
+        "fingerprint": fingerprint,
+        "near_duplicate_groups": split.near_duplicate_groups,
+        "near_duplicate_rows": split.near_duplicate_rows,
+    }
+    return outcome
+
+
+def _invalid_outcome(code: str, message: str, *, report: dict | None = None) -> dict:
+    """An `invalid` dataset whose report carries one error the owner reads."""
+    report = dict(report or {"warnings": []})
+    report["errors"] = [{"code": code, "message": message, "rows": [], "count": 0}]
+    return {"status": DatasetStatus.INVALID, "report": report}
 
 
 def dataset_delete(*, owner: User, dataset_id) -> None:
@@ -217,6 +290,8 @@ def job_create(
 ) -> FineTuningJob:
     """Create a job in validating_files; it is queued as soon as its dataset is ready.
 
+    Holds the dataset's row lock from the read of its status to the commit, so a
+    validation that finishes meanwhile waits and then finds the job (never strands it).
     Raises UnknownBaseModel, DatasetNotFound, DatasetNotUsable, TaskNotSupported,
     InvalidHyperparameters (all 4xx, nothing written).
     """
@@ -226,24 +301,28 @@ def job_create(
             f"No enabled base model '{base_model}'.",
             fields={"base_model": ["Unknown or disabled base model."]},
         )
-    dataset = Dataset.objects.filter(owner=owner, pk=dataset_id, deleted_at__isnull=True).first()
-    if dataset is None:
-        raise DatasetNotFound("No dataset with this id.", fields={"dataset": ["Not found."]})
-    if dataset.status == DatasetStatus.INVALID:
-        raise DatasetNotUsable(
-            "The dataset failed validation; see its report.",
-            fields={"dataset": ["Invalid dataset."]},
-        )
-    if dataset.task and dataset.task not in base.tasks:
-        raise TaskNotSupported(
-            f"{base.slug} supports {', '.join(base.tasks)}, not {dataset.task}.",
-            fields={"base_model": [f"Does not support {dataset.task}."]},
-        )
-    try:
-        requested = LoraHyperparameters.from_dict(hyperparameters or {})
-    except ValueError as exc:
-        raise InvalidHyperparameters(str(exc), fields={"hyperparameters": [str(exc)]}) from exc
     with transaction.atomic():
+        dataset = (
+            Dataset.objects.select_for_update()
+            .filter(owner=owner, pk=dataset_id, deleted_at__isnull=True)
+            .first()
+        )
+        if dataset is None:
+            raise DatasetNotFound("No dataset with this id.", fields={"dataset": ["Not found."]})
+        if dataset.status == DatasetStatus.INVALID:
+            raise DatasetNotUsable(
+                "The dataset failed validation; see its report.",
+                fields={"dataset": ["Invalid dataset."]},
+            )
+        if dataset.task and dataset.task not in base.tasks:
+            raise TaskNotSupported(
+                f"{base.slug} supports {', '.join(base.tasks)}, not {dataset.task}.",
+                fields={"base_model": [f"Does not support {dataset.task}."]},
+            )
+        try:
+            requested = LoraHyperparameters.from_dict(hyperparameters or {})
+        except ValueError as exc:
+            raise InvalidHyperparameters(str(exc), fields={"hyperparameters": [str(exc)]}) from exc
         job = FineTuningJob.objects.create(
             owner=owner,
             base_model=base,
@@ -264,15 +343,16 @@ def job_create(
 def _job_queue(job: FineTuningJob) -> None:
     """validating_files → queued, and enqueue training once the transaction commits."""
     updated = FineTuningJob.objects.filter(pk=job.pk, status=JobStatus.VALIDATING_FILES).update(
-        status=JobStatus.QUEUED
+        status=JobStatus.QUEUED, enqueued_at=timezone.now()
     )
     if updated:
         job.status = JobStatus.QUEUED
         job_event(job=job, message="Dataset validated; job queued.")
-        _enqueue("train_fine_tuning_job", str(job.pk))
+        send_after_commit(TRAIN_TASK, str(job.pk))
 
 
 def _advance_jobs_waiting_on(dataset: Dataset) -> None:
+    """Queue or fail the jobs waiting on a validated dataset; the caller holds its lock."""
     for job in dataset.jobs.filter(status=JobStatus.VALIDATING_FILES):
         if dataset.status == DatasetStatus.READY and dataset.task in job.base_model.tasks:
             job.task = dataset.task
@@ -314,20 +394,24 @@ def job_cancel(*, owner: User, job_id) -> FineTuningJob:
     return job
 
 
-def job_fail(*, job: FineTuningJob, code: str, message: str) -> None:
-    """Any non-terminal state → failed, with the error stored on the job."""
-    updated = (
-        FineTuningJob.objects.filter(pk=job.pk)
-        .exclude(status__in=TERMINAL_JOB_STATUSES)
-        .update(
-            status=JobStatus.FAILED,
-            error_code=code,
-            error_message=message[:2000],
-            finished_at=timezone.now(),
-        )
+def job_fail(*, job: FineTuningJob, code: str, message: str, attempt: int | None = None) -> bool:
+    """Any non-terminal state → failed, with the error stored on the job.
+
+    With `attempt`, only while that attempt still runs the job (a worker failing its own
+    run never fails its replacement's). Returns whether the job changed.
+    """
+    rows = FineTuningJob.objects.filter(pk=job.pk).exclude(status__in=TERMINAL_JOB_STATUSES)
+    if attempt is not None:
+        rows = rows.filter(status=JobStatus.RUNNING, attempts=attempt)
+    updated = rows.update(
+        status=JobStatus.FAILED,
+        error_code=code,
+        error_message=message[:2000],
+        finished_at=timezone.now(),
     )
     if updated:
         job_event(job=job, level="error", message=f"Job failed ({code}): {message}")
+    return bool(updated)
 
 
 def job_event(
@@ -337,11 +421,26 @@ def job_event(
     return JobEvent.objects.create(job=job, level=level, type=type, message=message, data=data)
 
 
+# --- sweeps: every waiting state has an age limit ------------------------------------
+
+
+def studio_sweep() -> dict[str, int]:
+    """One pass over every non-terminal state of datasets and jobs (the beat task).
+
+    Lost messages and dead workers leave rows waiting: each state has an age limit
+    (STUDIO_*_STALE_SECONDS, TRAINING_HEARTBEAT_STALE_SECONDS); past it the task is sent
+    again, at most STUDIO_MAX_REQUEUES times (running jobs: MAX_ATTEMPTS claims), then
+    the row fails with a reason its owner sees.
+    """
+    return jobs_sweep_stale() | datasets_sweep_stuck() | jobs_sweep_waiting()
+
+
 def jobs_sweep_stale(*, stale_after: timedelta | None = None) -> dict[str, int]:
     """Running jobs whose heartbeat went stale: requeue once, then fail as worker_lost.
 
-    Each row is changed by a conditional UPDATE on (status, heartbeat_at), so a worker
-    that comes back to life and a concurrent sweep cannot both win.
+    Each row is changed by a conditional UPDATE on (status, heartbeat_at, attempts), so a
+    worker that comes back to life and a concurrent sweep cannot both win; the requeue
+    ends the old attempt, whose later writes then change nothing.
     """
     if stale_after is None:
         stale_after = timedelta(seconds=settings.TRAINING_HEARTBEAT_STALE_SECONDS)
@@ -350,18 +449,21 @@ def jobs_sweep_stale(*, stale_after: timedelta | None = None) -> dict[str, int]:
     stale = FineTuningJob.objects.filter(status=JobStatus.RUNNING, heartbeat_at__lt=cutoff)
     for job in stale:
         row = FineTuningJob.objects.filter(
-            pk=job.pk, status=JobStatus.RUNNING, heartbeat_at=job.heartbeat_at
-        )
+            pk=job.pk, status=JobStatus.RUNNING, heartbeat_at=job.heartbeat_at,
+            attempts=job.attempts,
+        )  # fmt: skip
         with transaction.atomic():
             if job.attempts < MAX_ATTEMPTS and job.cancel_requested_at is None:
-                if row.update(status=JobStatus.QUEUED, worker="", step=0):
+                if row.update(
+                    status=JobStatus.QUEUED, worker="", step=0, enqueued_at=timezone.now()
+                ):
                     counts["requeued"] += 1
                     job_event(
                         job=job,
                         level="warning",
                         message=f"Worker {job.worker} stopped answering; job requeued.",
                     )
-                    _enqueue("train_fine_tuning_job", str(job.pk))
+                    send_after_commit(TRAIN_TASK, str(job.pk))
             elif row.update(
                 status=JobStatus.FAILED,
                 error_code="worker_lost",
@@ -376,27 +478,112 @@ def jobs_sweep_stale(*, stale_after: timedelta | None = None) -> dict[str, int]:
     return counts
 
 
-def datasets_sweep_stuck(*, stuck_after: timedelta = timedelta(minutes=10)) -> int:
-    """Datasets left `validating` by a worker that died go back to `uploaded` and are
-    validated again (validation is idempotent and writes to fixed paths)."""
-    cutoff = timezone.now() - stuck_after
-    count = 0
-    for dataset in Dataset.objects.filter(
-        status=DatasetStatus.VALIDATING, validation_started_at__lt=cutoff
+def datasets_sweep_stuck() -> dict[str, int]:
+    """Datasets whose validation message was lost (`uploaded`) or whose worker died
+    (`validating`) past their age limit: validation is sent again (it is idempotent and
+    writes fixed paths); after STUDIO_MAX_REQUEUES resends the dataset ends `invalid`
+    with `validation_stalled` in its report, and the jobs waiting on it fail."""
+    now = timezone.now()
+    stuck = Q(
+        status=DatasetStatus.UPLOADED,
+        enqueued_at__lt=now - timedelta(seconds=settings.STUDIO_UPLOADED_STALE_SECONDS),
+    ) | Q(
+        status=DatasetStatus.VALIDATING,
+        validation_started_at__lt=now - timedelta(seconds=settings.STUDIO_VALIDATING_STALE_SECONDS),
+    )
+    counts = {"datasets_resent": 0, "datasets_given_up": 0}
+    for dataset_id in Dataset.objects.filter(stuck, deleted_at__isnull=True).values_list(
+        "pk", flat=True
     ):
         with transaction.atomic():
-            if Dataset.objects.filter(
-                pk=dataset.pk, status=DatasetStatus.VALIDATING,
-                validation_started_at=dataset.validation_started_at,
-            ).update(status=DatasetStatus.UPLOADED):  # fmt: skip
-                count += 1
-                _enqueue("validate_dataset", str(dataset.pk))
-    return count
+            dataset = (
+                Dataset.objects.select_for_update()
+                .filter(stuck, pk=dataset_id, deleted_at__isnull=True)
+                .first()
+            )
+            if dataset is None:  # validated or claimed meanwhile
+                continue
+            if dataset.requeues >= settings.STUDIO_MAX_REQUEUES:
+                outcome = _invalid_outcome(
+                    "validation_stalled",
+                    f"Validation did not finish after {dataset.requeues + 1} tries; "
+                    "upload the file again, or contact support if it happens again.",
+                )
+                for name, value in outcome.items():
+                    setattr(dataset, name, value)
+                dataset.validated_at = now
+                dataset.save(update_fields=[*outcome, "validated_at"])
+                _advance_jobs_waiting_on(dataset)
+                counts["datasets_given_up"] += 1
+                continue
+            dataset.status = DatasetStatus.UPLOADED
+            dataset.requeues += 1
+            dataset.enqueued_at = now
+            dataset.save(update_fields=["status", "requeues", "enqueued_at"])
+            send_after_commit(VALIDATE_TASK, str(dataset.pk))
+            counts["datasets_resent"] += 1
+    return counts
 
 
-def _enqueue(task_name: str, object_id: str) -> None:
-    """Send a task by name once the surrounding transaction commits (ids only)."""
-    from training_worker import tasks
+def jobs_sweep_waiting() -> dict[str, int]:
+    """Jobs waiting before a worker took them, past their age limit.
 
-    task = getattr(tasks, task_name)
-    transaction.on_commit(lambda: task.delay(object_id))
+    validating_files behind a dataset that finished validation is queued (or failed) now;
+    one whose dataset still validates is left to datasets_sweep_stuck. queued: the
+    training task is sent again (the claim is conditional, so a duplicate is harmless);
+    after STUDIO_MAX_REQUEUES resends the job fails as queue_lost.
+    """
+    now = timezone.now()
+    counts = {"jobs_advanced": 0, "jobs_resent": 0, "jobs_queue_lost": 0}
+    waiting_cutoff = now - timedelta(seconds=settings.STUDIO_VALIDATING_FILES_STALE_SECONDS)
+    validated = (DatasetStatus.READY, DatasetStatus.INVALID)
+    dataset_ids = set(
+        FineTuningJob.objects.filter(
+            status=JobStatus.VALIDATING_FILES,
+            enqueued_at__lt=waiting_cutoff,
+            dataset__status__in=validated,
+        ).values_list("dataset_id", flat=True)
+    )
+    for dataset_id in dataset_ids:
+        with transaction.atomic():
+            dataset = Dataset.objects.select_for_update().get(pk=dataset_id)
+            waiting = dataset.jobs.filter(status=JobStatus.VALIDATING_FILES).count()
+            if dataset.status in validated and waiting:
+                _advance_jobs_waiting_on(dataset)
+                counts["jobs_advanced"] += waiting
+
+    queued_cutoff = now - timedelta(seconds=settings.STUDIO_QUEUED_STALE_SECONDS)
+    for job_id in FineTuningJob.objects.filter(
+        status=JobStatus.QUEUED, enqueued_at__lt=queued_cutoff
+    ).values_list("pk", flat=True):
+        with transaction.atomic():
+            job = (
+                FineTuningJob.objects.select_for_update()
+                .filter(pk=job_id, status=JobStatus.QUEUED, enqueued_at__lt=queued_cutoff)
+                .first()
+            )
+            if job is None:  # claimed or cancelled meanwhile
+                continue
+            if job.requeues >= settings.STUDIO_MAX_REQUEUES:
+                job_fail(
+                    job=job,
+                    code="queue_lost",
+                    message=(
+                        f"No training worker took this job; its task was sent "
+                        f"{job.requeues + 1} times. Create the job again, or contact "
+                        "support if it happens again."
+                    ),
+                )
+                counts["jobs_queue_lost"] += 1
+                continue
+            job.requeues += 1
+            job.enqueued_at = now
+            job.save(update_fields=["requeues", "enqueued_at"])
+            job_event(
+                job=job,
+                level="warning",
+                message="No worker took the job in time; its task was sent again.",
+            )
+            send_after_commit(TRAIN_TASK, str(job.pk))
+            counts["jobs_resent"] += 1
+    return counts

@@ -4,6 +4,7 @@
 """
 
 from celery import shared_task
+from celery.exceptions import SoftTimeLimitExceeded
 from celery.signals import celeryd_after_setup, worker_process_init
 from django.conf import settings
 
@@ -46,11 +47,13 @@ def validate_dataset(dataset_id: str) -> str | None:
 def train_fine_tuning_job(self, job_id: str) -> str:
     from training_worker.runner import job_run
 
-    return job_run(job_id=job_id, worker=self.request.hostname or "worker")
+    return job_run(
+        job_id=job_id,
+        worker=self.request.hostname or "worker",
+        time_limit_error=SoftTimeLimitExceeded,
+    )
 
 
 @shared_task(name="training_worker.tasks.sweep_stale_jobs")
 def sweep_stale_jobs() -> dict:
-    counts = services.jobs_sweep_stale()
-    counts["datasets_revalidated"] = services.datasets_sweep_stuck()
-    return counts
+    return services.studio_sweep()

@@ -143,6 +143,17 @@ TRAINING_SOFT_TIME_LIMIT = env_int("TRAINING_SOFT_TIME_LIMIT", 6 * 3600, minimum
 TRAINING_TIME_LIMIT = env_int("TRAINING_TIME_LIMIT", 6 * 3600 + 300, minimum=1)
 TRAINING_HEARTBEAT_SECONDS = env_int("TRAINING_HEARTBEAT_SECONDS", 5, minimum=1)
 TRAINING_HEARTBEAT_STALE_SECONDS = env_int("TRAINING_HEARTBEAT_STALE_SECONDS", 90, minimum=5)
+# The studio sweep (every 30 s) resends a task whose row sat too long in a waiting state
+# (a lost message, a dead worker), at most STUDIO_MAX_REQUEUES times; then the row fails
+# with a reason its owner sees.
+STUDIO_UPLOADED_STALE_SECONDS = env_int("STUDIO_UPLOADED_STALE_SECONDS", 300, minimum=1)
+STUDIO_VALIDATING_STALE_SECONDS = env_int("STUDIO_VALIDATING_STALE_SECONDS", 600, minimum=1)
+STUDIO_VALIDATING_FILES_STALE_SECONDS = env_int(
+    "STUDIO_VALIDATING_FILES_STALE_SECONDS", 120, minimum=1
+)
+# A queued job waits for a free training worker: keep this above the longest wait.
+STUDIO_QUEUED_STALE_SECONDS = env_int("STUDIO_QUEUED_STALE_SECONDS", 3600, minimum=1)
+STUDIO_MAX_REQUEUES = env_int("STUDIO_MAX_REQUEUES", 3, minimum=0)
 CELERY_BEAT_SCHEDULE = {
     "sweep-stale-training-jobs": {
         "task": "training_worker.tasks.sweep_stale_jobs",

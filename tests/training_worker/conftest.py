@@ -44,3 +44,14 @@ def tiny_causal_built(django_db_setup, django_db_blocker):
     with django_db_blocker.unblock():
         call_command("build_tiny_causal", verbosity=0)
     return settings.MODEL_CACHE_DIR / "tiny-causal"
+
+
+@pytest.fixture
+def shipped_base_models(transactional_db):
+    """Transactional tests flush tables: put back the rows the migration registers."""
+    import importlib
+
+    from django.apps import apps
+
+    migration = importlib.import_module("training_worker.migrations.0002_register_base_models")
+    migration.register(apps, None)

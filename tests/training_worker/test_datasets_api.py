@@ -180,6 +180,6 @@ def test_a_dataset_left_validating_by_a_dead_worker_is_validated_again(
     with django_capture_on_commit_callbacks(execute=True):
         swept = services.datasets_sweep_stuck()
 
-    assert swept == 1
+    assert swept == {"datasets_resent": 1, "datasets_given_up": 0}
     assert Dataset.objects.get(pk=response.json()["id"]).status == "ready"
-    assert services.datasets_sweep_stuck() == 0
+    assert services.datasets_sweep_stuck() == {"datasets_resent": 0, "datasets_given_up": 0}
