@@ -101,7 +101,7 @@ def render_model_card(
         f"- Base model revision: `{base_model.revision or 'as packaged'}`",
         f"- Seed: {run_record.get('seed')}",
         f"- Hyperparameters: `{json.dumps(hyper, sort_keys=True)}`",
-        f"- Dataset SHA-256: `{dataset.get('sha256', '')}`; split seed {dataset.get('split_seed')}",
+        f"- Dataset SHA-256: `{dataset.get('sha256', '')}` (the sealed split's seed is secret)",
         f"- Libraries: {libraries}",
         f"- Adapter SHA-256: `{adapter_sha256}`",
         "",

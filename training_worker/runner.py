@@ -274,7 +274,6 @@ def _model_version_fields(job: FineTuningJob, result: TrainingResult) -> dict:
     evaluation = dict(result.evaluation)
     evaluation["dataset"] = {
         "sha256": dataset.sha256,
-        "split_seed": dataset.split_seed,
         "split_fingerprint": dataset.split_fingerprint,
         "train_rows": dataset.train_rows,
         "sealed_rows": dataset.sealed_rows,

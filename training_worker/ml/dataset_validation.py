@@ -17,6 +17,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from training_worker.ml.sealed_split import near_duplicate_key
+
 TEXT_CLASSIFICATION = "text-classification"
 TEXT_GENERATION = "text-generation"
 TASKS = (TEXT_CLASSIFICATION, TEXT_GENERATION)
@@ -45,6 +47,7 @@ ISSUE_ORDER = (
     "empty_rows",
     "overlong_rows",
     "duplicate_rows",
+    "near_duplicate_rows",
     "conflicting_labels",
     "label_too_rare",
     "too_few_labels",
@@ -535,6 +538,8 @@ def validate_dataset(
     seen_columns: dict[str, None] = dict.fromkeys(columns)
     task_undecidable = False
     seen_pairs: set[tuple[str, str]] = set()
+    seen_inputs: set[str] = set()
+    seen_near_keys: set[str] = set()
     first_label_by_text: dict[str, str] = {}
     conflicting_texts: set[str] = set()
     for record in records:
@@ -588,6 +593,19 @@ def validate_dataset(
             )
             continue
         seen_pairs.add((first, second))
+        near_key = near_duplicate_key(first)
+        if near_key in seen_near_keys and first not in seen_inputs:
+            issues.row_issue(
+                "near_duplicate_rows",
+                record.row,
+                "Rows that repeat an earlier "
+                + REQUIRED_COLUMNS[resolved_task][0]
+                + " apart from case, spacing or punctuation were kept; each such group is "
+                "placed wholly on one side of the sealed test split.",
+                fatal=False,
+            )
+        seen_near_keys.add(near_key)
+        seen_inputs.add(first)
         if resolved_task == TEXT_CLASSIFICATION:
             first_label = first_label_by_text.setdefault(first, second)
             if first_label != second:

@@ -297,6 +297,25 @@ def test_duplicates_are_dropped_and_conflicting_labels_reported():
     assert result.report["label_distribution"] == {"positive": 7, "negative": 6}
 
 
+def test_near_duplicates_are_kept_and_reported_for_the_sealed_split():
+    # mallory pads her file with near-copies of a review, hoping one lands in the sealed set
+    rows = [*reviews(), ("GREAT product 0!", "positive"), ("great   product 0.", "positive")]
+
+    result = validate_dataset(csv_upload(rows), filename="reviews.csv")
+
+    assert result.ok is True
+    assert result.report["rows_usable"] == 14
+    assert result.report["warnings"] == [
+        {
+            "code": "near_duplicate_rows",
+            "message": "Rows that repeat an earlier text apart from case, spacing or punctuation "
+            "were kept; each such group is placed wholly on one side of the sealed test split.",
+            "rows": [14, 15],
+            "count": 2,
+        }
+    ]
+
+
 def test_overlong_and_empty_rows_are_excluded_with_warnings():
     rows = [*reviews(), ("x" * 51, "positive"), ("", "negative"), ("no label", " ")]
 

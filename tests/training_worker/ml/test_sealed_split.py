@@ -5,7 +5,17 @@ from collections import Counter
 
 import pytest
 
-from training_worker.ml.sealed_split import SealedSplit, draw_sealed_split, split_fingerprint
+from training_worker.ml.sealed_split import (
+    SealedSplit,
+    draw_sealed_split,
+    near_duplicate_key,
+    sealed_split_seed,
+    split_fingerprint,
+    split_secret,
+)
+
+SECRET = b"deployment secret"
+FILE_SHA256 = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
 
 
 def labelled_rows(sizes: dict[str, int]) -> list[dict]:
@@ -125,7 +135,7 @@ def test_unknown_task_raises_value_error():
 def test_fingerprint_proves_which_rows_were_sealed():
     rows = labelled_rows({"a": 10, "b": 10})
     split = draw_sealed_split(rows, task="text-classification", seed=4)
-    fingerprint = split_fingerprint(rows, split)
+    fingerprint = split_fingerprint(rows, split, secret=SECRET)
 
     # a training row may change without changing the proof; a sealed row may not
     edited_training = [dict(row) for row in rows]
@@ -135,12 +145,97 @@ def test_fingerprint_proves_which_rows_were_sealed():
     other_split = draw_sealed_split(rows, task="text-classification", seed=5)
 
     assert len(fingerprint) == 64
-    assert fingerprint == split_fingerprint([dict(row) for row in rows], split)
-    assert split_fingerprint(edited_training, split) == fingerprint
-    assert split_fingerprint(edited_sealed, split) != fingerprint
-    assert split_fingerprint(rows, other_split) != fingerprint
+    assert fingerprint == split_fingerprint([dict(row) for row in rows], split, secret=SECRET)
+    assert split_fingerprint(edited_training, split, secret=SECRET) == fingerprint
+    assert split_fingerprint(edited_sealed, split, secret=SECRET) != fingerprint
+    assert split_fingerprint(rows, other_split, secret=SECRET) != fingerprint
+    assert split_fingerprint(rows, split, secret=b"another deployment") != fingerprint
 
 
 def test_fingerprint_rejects_an_index_outside_the_rows():
     with pytest.raises(ValueError, match="outside the 2 rows"):
-        split_fingerprint(generation_rows(2), SealedSplit(train_indices=[0], sealed_indices=[5]))
+        split_fingerprint(
+            generation_rows(2), SealedSplit(train_indices=[0], sealed_indices=[5]), secret=SECRET
+        )
+
+
+def test_alice_knowing_her_file_hash_cannot_predict_the_split():
+    rows = labelled_rows({"urgent": 50, "routine": 50})
+    ours = sealed_split_seed(secret=SECRET, file_sha256=FILE_SHA256)
+    guessed_secret = sealed_split_seed(secret=b"a guess", file_sha256=FILE_SHA256)
+    from_the_hash_alone = int(FILE_SHA256[:12], 16)  # what the seed used to be
+
+    split = draw_sealed_split(rows, task="text-classification", seed=ours)
+
+    assert ours == sealed_split_seed(secret=SECRET, file_sha256=FILE_SHA256)
+    assert split == draw_sealed_split(rows, task="text-classification", seed=ours)
+    assert ours not in (guessed_secret, from_the_hash_alone)
+    for guess in (guessed_secret, from_the_hash_alone):
+        assert split != draw_sealed_split(rows, task="text-classification", seed=guess)
+    assert 0 <= ours < 2**63  # fits the signed 64-bit column it is stored in
+
+
+def test_a_padded_file_gets_an_unrelated_seed():
+    padded_sha256 = FILE_SHA256[:-1] + "9"
+
+    assert sealed_split_seed(secret=SECRET, file_sha256=padded_sha256) != sealed_split_seed(
+        secret=SECRET, file_sha256=FILE_SHA256
+    )
+
+
+def test_the_split_secret_is_the_configured_one_or_derived_for_this_purpose_only():
+    derived = split_secret(configured="", secret_key="django-secret-key")
+
+    assert split_secret(configured="ops-secret", secret_key="django-secret-key") == b"ops-secret"
+    assert derived == split_secret(configured="", secret_key="django-secret-key")
+    assert derived != b"django-secret-key"
+    assert derived != split_secret(configured="", secret_key="another-secret-key")
+
+
+def test_near_duplicate_key_ignores_case_whitespace_and_punctuation():
+    assert near_duplicate_key("Chest pain, radiating to the LEFT arm!") == near_duplicate_key(
+        "chest pain   radiating to the left arm"
+    )
+    assert near_duplicate_key("\uff23\uff48\uff45\uff53\uff54\tpain\u2026") == near_duplicate_key(
+        "chest pain"
+    )
+    assert near_duplicate_key("chest pain") != near_duplicate_key("chest pains")
+
+
+def test_near_duplicates_always_land_on_the_same_side():
+    rows = labelled_rows({"urgent": 30, "routine": 30})
+    # mallory pads her file with near-copies of some rows, hoping they straddle the split
+    families = []
+    for index in (0, 5, 31, 40):
+        original = rows[index]
+        rows.append({**original, "text": f"  {original['text'].upper()}!!! "})
+        rows.append({**original, "text": original["text"].replace(" ", ",  ")})
+        families.append({index, len(rows) - 2, len(rows) - 1})
+
+    for seed in range(40):
+        split = draw_sealed_split(rows, task="text-classification", seed=seed)
+        sealed = set(split.sealed_indices)
+        for family in families:
+            assert family <= sealed or not family & sealed, (seed, family)
+        assert split.near_duplicate_groups == 4
+        assert split.near_duplicate_rows == 12
+
+
+def test_generation_keeps_near_duplicate_prompts_together():
+    rows = [*generation_rows(20), {"prompt": "q3.", "completion": "A3"}]
+
+    for seed in range(20):
+        split = draw_sealed_split(rows, task="text-generation", seed=seed)
+        assert (3 in split.sealed_indices) == (20 in split.sealed_indices)
+        assert split.near_duplicate_groups == 1
+
+
+def test_a_label_whose_rows_are_all_near_duplicates_cannot_be_split():
+    rows = [
+        *labelled_rows({"a": 5}),
+        {"text": "Rare case", "label": "b"},
+        {"text": "rare case!", "label": "b"},
+    ]
+
+    with pytest.raises(ValueError, match=re.escape("too rare: ['b']")):
+        draw_sealed_split(rows, task="text-classification", seed=0)
