@@ -130,7 +130,10 @@ def listing_new(request, version_id):
                 **{flag: bool(post.get(flag)) for flag in LICENCE_FLAGS},
             )
         except ApplicationError as exc:
-            messages.error(request, exc.message)
+            details = "; ".join(
+                f"{name}: {' '.join(errors)}" for name, errors in exc.fields.items()
+            )
+            messages.error(request, f"{exc.message} {details}".strip())
         else:
             messages.success(request, "Draft saved. Submit it for review when it reads well.")
             return redirect("catalogue-listing", slug=listing.slug)

@@ -63,9 +63,16 @@ class CatalogueQuery:
 def catalogue_query_from_params(params) -> CatalogueQuery:
     """Read a catalogue query from request parameters (API and portal alike).
 
-    Raises InvalidListing (422) for numbers that do not parse; flags read as booleans
-    ("1", "true", "yes") and are ignored when absent.
+    Raises InvalidListing (422) for numbers that do not parse or a NUL character
+    (Postgres refuses it); flags read as booleans ("1", "true", "yes") and are ignored
+    when absent.
     """
+    with_nul = sorted(key for key in params if any("\x00" in v for v in params.getlist(key)))
+    if with_nul:
+        raise InvalidListing(
+            "Parameters cannot contain NUL characters.",
+            fields={key: ["No NUL characters."] for key in with_nul},
+        )
     try:
         return CatalogueQuery(
             q=params.get("q", "").strip(),

@@ -54,7 +54,9 @@ CONTENT_FIELDS = (
 EDITABLE_STATES = (ListingStatus.DRAFT, ListingStatus.REJECTED)
 RESERVED_SLUGS = {"mine"}  # path words under /api/v1/listings/
 MAX_TAGS = 12
+MAX_TAG_CHARS = 40
 MAX_REPORT_CHARS = 5000
+MAX_REVIEW_CHARS = 5000
 
 
 # --- content ----------------------------------------------------------------------
@@ -89,15 +91,32 @@ def licence_summary_of(
     return " ".join(parts)
 
 
+def _text_error(value: str, max_length: int | None) -> str | None:
+    """What Postgres would refuse with a 500: NUL characters, or too long for the column."""
+    if "\x00" in value:
+        return "No NUL characters."
+    if max_length is not None and len(value) > max_length:
+        return f"At most {max_length} characters."
+    return None
+
+
 def _clean_content(values: dict) -> dict:
+    """Check listing content for every caller (API and portal alike); InvalidListing (422)."""
     errors: dict[str, list[str]] = {}
     if "domain" in values and values["domain"] not in Domain.values:
         errors["domain"] = [f"One of {', '.join(Domain.values)}."]
+    for name, value in values.items():
+        if isinstance(value, str):
+            error = _text_error(value, Listing._meta.get_field(name).max_length)
+            if error:
+                errors[name] = [error]
     for name in ("tags", "languages"):
         if name in values:
             items = [str(t).strip().lower() for t in values[name] if str(t).strip()]
             if len(items) > MAX_TAGS:
                 errors[name] = [f"At most {MAX_TAGS}."]
+            elif any(_text_error(item, MAX_TAG_CHARS) for item in items):
+                errors[name] = [f"Each at most {MAX_TAG_CHARS} characters, no NUL characters."]
             values[name] = sorted(set(items))
     if "title" in values and not values["title"].strip():
         errors["title"] = ["Required."]
@@ -425,11 +444,9 @@ def report_create(*, reporter: User, listing: Listing, reason: str, text: str = 
         raise InvalidReport(
             "Choose a reason.", fields={"reason": [f"One of {', '.join(ReportReason.values)}."]}
         )
-    if len(text) > MAX_REPORT_CHARS:
-        raise InvalidReport(
-            f"Keep the report under {MAX_REPORT_CHARS:,} characters.",
-            fields={"text": [f"At most {MAX_REPORT_CHARS:,} characters."]},
-        )
+    error = _text_error(text, MAX_REPORT_CHARS)
+    if error:
+        raise InvalidReport(f"The report's text: {error}", fields={"text": [error]})
     return Report.objects.create(listing=listing, reporter=reporter, reason=reason, text=text)
 
 
@@ -542,6 +559,9 @@ def review_upsert(*, author: User, listing: Listing, rating: int, text: str = ""
         raise ReviewNotAllowed("Only buyers who hold or held a licence can review this model.")
     if not 1 <= rating <= 5:
         raise InvalidListing("rating must be 1 to 5.", fields={"rating": ["1 to 5."]})
+    error = _text_error(text, MAX_REVIEW_CHARS)
+    if error:
+        raise InvalidListing(f"The review's text: {error}", fields={"text": [error]})
     with transaction.atomic():
         _lock_listing_numbers(listing)
         review, created = Review.objects.get_or_create(
@@ -569,6 +589,9 @@ def review_reply(*, owner: User, review_id, text: str) -> Review:
             raise ReplyNotAllowed("You already answered this review.")
         if not text.strip():
             raise InvalidListing("The reply is empty.", fields={"text": ["Required."]})
+        error = _text_error(text, MAX_REVIEW_CHARS)
+        if error:
+            raise InvalidListing(f"The reply: {error}", fields={"text": [error]})
         review.reply, review.replied_at = text.strip(), timezone.now()
         review.save(update_fields=["reply", "replied_at"])
     return review

@@ -93,3 +93,36 @@ def test_a_report_without_a_known_reason_is_refused_with_the_services_message(
 
     assert "Choose a reason." in response.content.decode()
     assert Report.objects.count() == 0
+
+
+def test_text_postgres_would_refuse_comes_back_as_a_message_not_a_500(
+    alice, bob, carol, mallory, db
+):
+    listing = make_listing(alice, moderator=carol)
+    services.entitlement_grant(listing=listing, user=bob, reference="licence-9")
+    version = make_version(alice)
+
+    too_long = portal(alice).post(
+        f"/studio/models/{version.id}/list/",
+        {"title": "T" * 121, "summary": "Sorts notes.", "domain": "healthcare"},
+        follow=True,
+    )
+    nul_tag = portal(alice).post(
+        f"/studio/models/{version.id}/list/",
+        {"title": "Triage", "summary": "Sorts notes.", "domain": "healthcare", "tags": "a\x00b"},
+        follow=True,
+    )
+    nul_review = portal(bob).post(
+        f"/catalogue/{listing.slug}/review/", {"rating": "4", "text": "ok\x00"}, follow=True
+    )
+    nul_report = portal(mallory).post(
+        f"/catalogue/{listing.slug}/report/", {"reason": "spam", "text": "x\x00"}, follow=True
+    )
+
+    assert [r.status_code for r in (too_long, nul_tag, nul_review, nul_report)] == [200] * 4
+    assert "title: At most 120 characters." in too_long.content.decode()
+    assert "tags: Each at most 40 characters, no NUL characters." in nul_tag.content.decode()
+    assert "No NUL characters." in nul_review.content.decode()
+    assert "No NUL characters." in nul_report.content.decode()
+    assert Listing.objects.filter(owner=alice).count() == 1
+    assert not Review.objects.exists() and not Report.objects.exists()

@@ -334,6 +334,14 @@ def test_bad_catalogue_parameters_are_422(db, api):
     assert client.get("/api/v1/listings?min_lift=lots").status_code == 422
 
 
+@pytest.mark.parametrize("name", ["q", "domain", "tag", "task"])
+def test_catalogue_parameters_with_a_nul_character_are_422(db, api, name):
+    response = api().get(f"/api/v1/listings?{name}=fraud%00")
+
+    assert response.status_code == 422
+    assert response.json()["error"]["fields"] == {name: ["No NUL characters."]}
+
+
 def crafted(payload) -> str:
     import base64
     import json
