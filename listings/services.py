@@ -241,17 +241,22 @@ def listing_propose_version(*, owner: User, listing_id, model_version_id) -> Lis
             raise InvalidListing(
                 f"This listing is for {listing.task}.", fields={"model_version": ["Wrong task."]}
             )
-        listed = listing.versions.filter(model_version=version).first()
-        if listed is not None:
-            raise VersionAlreadyListed(
-                f"This model version is already {listing.slug}@{listed.number} "
-                f"({listed.status}); propose a new one.",
-                fields={"model_version": ["Already listed here."]},
-            )
+        _refuse_listed_version(listing, version)
         listing.proposed_version = version
         listing.submitted_at = timezone.now()
         listing.save()
     return listing
+
+
+def _refuse_listed_version(listing: Listing, version: ModelVersion) -> None:
+    """A listing's numbers name each model version once: `<slug>@<n>` never changes."""
+    listed = listing.versions.filter(model_version=version).first()
+    if listed is not None:
+        raise VersionAlreadyListed(
+            f"This model version is already {listing.slug}@{listed.number} "
+            f"({listed.status}); propose a new one.",
+            fields={"model_version": ["Already listed here."]},
+        )
 
 
 def listing_delist(*, owner: User, listing_id) -> Listing:
@@ -407,6 +412,7 @@ def _decide_proposed_version(*, moderator: User, listing_id, accept: bool, reaso
             raise InvalidListingTransition("No new version waits for review on this listing.")
         version = listing.proposed_version
         if accept:
+            _refuse_listed_version(listing, version)  # proposed before proposals checked
             _go_live(listing, version)
         else:
             listing.proposed_version = None

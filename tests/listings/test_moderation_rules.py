@@ -3,7 +3,7 @@
 import pytest
 
 from listings import services
-from listings.models import ModerationAction
+from listings.models import Listing, ModerationAction
 from marketplace.errors import ApplicationError
 from tests.conftest import make_user
 from tests.listings.conftest import make_listing
@@ -96,3 +96,17 @@ def test_new_versions_only_go_on_published_listings(alice, carol, published):
         )
 
     assert raised.value.status == 409
+
+
+def test_approving_a_version_that_was_proposed_again_before_the_check_is_409(
+    alice, carol, published
+):
+    # A proposal saved before proposals were checked: the live version, offered again.
+    Listing.objects.filter(pk=published.pk).update(proposed_version=published.live_version)
+
+    with pytest.raises(ApplicationError) as raised:
+        services.listing_version_approve(moderator=carol, listing_id=published.id)
+
+    assert (raised.value.status, raised.value.code) == (409, "version_already_listed")
+    assert published.versions.count() == 1
+    assert not ModerationAction.objects.filter(action="approve_version").exists()
