@@ -7,14 +7,18 @@ rule with `upload_size_check`, every other view gets DATA_UPLOAD_MAX_MEMORY_SIZE
 
 Under WSGI a body without Content-Length is never read by Django (its stream is
 limited to the declared length), so a chunked body is refused with 411 instead of
-being silently dropped.
+being silently dropped. Under ASGI Django spools the whole body before any middleware
+runs, so `AsgiBodyLimit` applies the same rule in front of the ASGI application.
 """
 
+import json
 from collections.abc import Callable
 
 from django.conf import settings
 from django.http import HttpResponse, JsonResponse
 from django.shortcuts import render
+from django.urls import Resolver404, resolve
+from django.utils.html import escape
 
 from marketplace.errors import ApplicationError, PayloadTooLargeError, error_body, is_machine_path
 
@@ -56,6 +60,27 @@ class LengthRequiredError(ApplicationError):
     default_code = "length_required"
 
 
+def body_refusal(
+    *, method: str, view_func, content_length: str | None, transfer_encoding: str | None
+) -> ApplicationError | None:
+    """Why this request's body must be refused unread (413 or 411), or None."""
+    if method not in _METHODS_WITH_BODY:
+        return None
+    check = _upload_size_check(view_func) or _general_size_check
+    try:
+        if content_length:
+            try:
+                declared = int(content_length)
+            except ValueError:
+                raise LengthRequiredError("Content-Length must be a number.") from None
+            check(declared_bytes=declared)
+        elif transfer_encoding:
+            raise LengthRequiredError("Send a Content-Length; chunked bodies are not accepted.")
+    except ApplicationError as exc:
+        return exc
+    return None
+
+
 class RequestBodyLimitMiddleware:
     """Answers 413 (411 for a body of unknown length) without touching the body."""
 
@@ -66,28 +91,13 @@ class RequestBodyLimitMiddleware:
         return self.get_response(request)
 
     def process_view(self, request, view_func, view_args, view_kwargs):
-        if request.method not in _METHODS_WITH_BODY:
-            return None
-        check = _upload_size_check(view_func) or _general_size_check
-        try:
-            declared = self._declared_length(request)
-            if declared is not None:
-                check(declared_bytes=declared)
-        except ApplicationError as exc:
-            return self._refuse(request, exc)
-        return None
-
-    @staticmethod
-    def _declared_length(request) -> int | None:
-        raw = request.META.get("CONTENT_LENGTH")
-        if raw:
-            try:
-                return int(raw)
-            except ValueError:
-                raise LengthRequiredError("Content-Length must be a number.") from None
-        if request.META.get("HTTP_TRANSFER_ENCODING"):
-            raise LengthRequiredError("Send a Content-Length; chunked bodies are not accepted.")
-        return None  # no body at all
+        refusal = body_refusal(
+            method=request.method,
+            view_func=view_func,
+            content_length=request.META.get("CONTENT_LENGTH"),
+            transfer_encoding=request.META.get("HTTP_TRANSFER_ENCODING"),
+        )
+        return None if refusal is None else self._refuse(request, refusal)
 
     @staticmethod
     def _refuse(request, exc: ApplicationError) -> HttpResponse:
@@ -96,3 +106,45 @@ class RequestBodyLimitMiddleware:
             return JsonResponse(error_body(exc.code, exc.message, exc.fields), status=exc.status)
         context = {"status": exc.status, "message": exc.message}
         return render(request, "errors/error.html", context, status=exc.status)
+
+
+class AsgiBodyLimit:
+    """The same refusal in front of Django's ASGI handler, which reads and spools the
+    whole body before any middleware runs. The body is never received."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http":
+            refusal = self._refusal(scope)
+            if refusal is not None:
+                await self._send_refusal(scope["path"], refusal, send)
+                return
+        await self.app(scope, receive, send)
+
+    @staticmethod
+    def _refusal(scope) -> ApplicationError | None:
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        try:
+            view_func = resolve(scope["path"]).func
+        except Resolver404:
+            view_func = None
+        return body_refusal(
+            method=scope["method"],
+            view_func=view_func,
+            content_length=headers.get("content-length"),
+            transfer_encoding=headers.get("transfer-encoding"),
+        )
+
+    @staticmethod
+    async def _send_refusal(path: str, exc: ApplicationError, send) -> None:
+        if is_machine_path(path):
+            body = json.dumps(error_body(exc.code, exc.message, exc.fields)).encode()
+            content_type = b"application/json"
+        else:
+            body = f"<!doctype html><title>{exc.status}</title><p>{escape(exc.message)}</p>"
+            body, content_type = body.encode(), b"text/html; charset=utf-8"
+        headers = [(b"content-type", content_type), (b"content-length", str(len(body)).encode())]
+        await send({"type": "http.response.start", "status": exc.status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})

@@ -2,11 +2,15 @@
 
 Each test talks HTTP to a real server (pytest-django's live server) over a raw
 socket, sends a body larger than the limit, and checks that no upload handler saw a
-byte of it, the upload temp folder stayed empty and no dataset was stored.
+byte of it, the upload temp folder stayed empty and no dataset was stored. Under ASGI,
+where Django reads the whole body before any middleware, the project's ASGI
+application is called directly and must answer without receiving the body.
 """
 
+import asyncio
 import contextlib
 import http.client
+import json
 import socket
 import threading
 from urllib.parse import urlparse
@@ -183,3 +187,68 @@ def test_an_upload_under_the_limit_still_arrives(live_server, spool_dir, alice):
     assert response.status == 202, response.body
     assert files_seen_by_upload_handlers == ["notes.csv"]
     assert Dataset.objects.filter(owner=alice).count() == 1
+
+
+def call_asgi(method: str, path: str, headers: dict) -> tuple[dict, bytes, list]:
+    """One request through the project's ASGI application; records every body read."""
+    from marketplace.asgi import application
+
+    reads, sent = [], []
+
+    async def receive():
+        if reads:  # Django listens for a disconnect once it has the body: never comes
+            await asyncio.Event().wait()
+        reads.append("body")
+        return {"type": "http.request", "body": b"x" * 1024, "more_body": False}
+
+    async def send(message):
+        sent.append(message)
+
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": method,
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": b"",
+        "root_path": "",
+        "headers": [(k.lower().encode(), v.encode()) for k, v in headers.items()],
+        "client": ("127.0.0.1", 50000),
+        "server": ("testserver", 80),
+    }
+    asyncio.run(application(scope, receive, send))
+    start = next(m for m in sent if m["type"] == "http.response.start")
+    body = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
+    return start, body, reads
+
+
+def test_under_asgi_an_oversized_upload_is_refused_before_the_body_is_received(settings):
+    settings.DATASET_MAX_UPLOAD_BYTES = LIMIT
+
+    start, body, reads = call_asgi(
+        "POST",
+        "/api/v1/datasets",
+        {"Content-Length": str(4 * LIMIT), "Content-Type": "multipart/form-data; boundary=x"},
+    )
+
+    assert start["status"] == 413
+    assert json.loads(body)["error"]["code"] == "file_too_large"
+    assert reads == []
+
+
+def test_under_asgi_a_chunked_portal_upload_is_411_unread(settings):
+    start, body, reads = call_asgi("POST", "/studio/datasets/", {"Transfer-Encoding": "chunked"})
+
+    assert start["status"] == 411
+    assert b"Content-Length" in body
+    assert reads == []
+
+
+def test_under_asgi_a_small_body_reaches_django(settings):
+    start, body, reads = call_asgi("POST", "/api/v1/me", {"Content-Length": "1024"})
+
+    assert start["status"] == 401
+    assert json.loads(body)["error"]["code"] == "not_authenticated"
+    assert reads == ["body"]
