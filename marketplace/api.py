@@ -33,7 +33,8 @@ class BaseApi(APIView):
 
     `required_scopes = {"GET": "read", "POST": "train"}`; `PUBLIC` opens a method to
     anyone. A method the view serves without a declaration is refused to every caller,
-    sessions included (deny by default); HEAD follows GET. Sessions need no scope.
+    sessions included (deny by default): OPTIONS too, unless declared; HEAD follows GET.
+    A declared scope binds API keys; a signed-in session may do what its user may.
     """
 
     required_scopes: Mapping[str, str] = {}
