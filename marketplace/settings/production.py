@@ -12,6 +12,10 @@ from marketplace.settings.env import env_bool, env_int, env_list, env_str
 SECRET_KEY = env_str("SECRET_KEY")
 if len(SECRET_KEY) < 50 or len(set(SECRET_KEY)) < 5 or SECRET_KEY.startswith("insecure"):
     raise ImproperlyConfigured("SECRET_KEY must be at least 50 random characters.")
+# Optional, but never guessable when set: an empty one derives from SECRET_KEY / is off.
+for _name in ("SEALED_SPLIT_SECRET", "HEALTHZ_TOKEN"):
+    if 0 < len(globals()[_name]) < 32:
+        raise ImproperlyConfigured(f"{_name} must be at least 32 random characters.")
 DEBUG = False
 ALLOWED_HOSTS = env_list("ALLOWED_HOSTS")
 # Required here, unlike the embedded default that falls back to SQLite and local Redis.

@@ -83,6 +83,23 @@ def test_production_refuses_a_weak_secret_key():
     assert "SECRET_KEY must be at least 50" in result.stderr
 
 
+@pytest.mark.parametrize(
+    ("name", "message"),
+    [
+        ("SEALED_SPLIT_SECRET", "SEALED_SPLIT_SECRET must be at least 32"),
+        ("HEALTHZ_TOKEN", "HEALTHZ_TOKEN must be at least 32"),
+    ],
+)
+def test_production_refuses_a_guessable_split_secret_or_health_token(name, message):
+    env = {k: v for k, v in os.environ.items() if k not in PRODUCTION_ENV}
+    env |= PRODUCTION_ENV | {name: "guessable"}
+
+    result = _manage(["check"], env)
+
+    assert result.returncode != 0
+    assert message in result.stderr
+
+
 def test_docker_compose_parses_and_names_commands_that_exist():
     compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
     services = compose["services"]
