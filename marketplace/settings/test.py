@@ -51,7 +51,8 @@ STATIC_ROOT.mkdir(parents=True, exist_ok=True)  # whitenoise expects it
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-# Unit tests run tasks inline (on commit); integration tests switch this off and use
-# real worker processes.
+# Unit tests run tasks inline (on commit). Integration tests switch this off in the test
+# process and start real worker processes with marketplace.settings.test_worker (not
+# eager), so tasks a worker sends go through Redis too.
 CELERY_TASK_ALWAYS_EAGER = True
 CELERY_TASK_EAGER_PROPAGATES = True

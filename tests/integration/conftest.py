@@ -103,7 +103,9 @@ def worker_env(redis_url, django_db_setup, django_db_blocker) -> dict:
 
     env = os.environ.copy()
     env.update(
-        DJANGO_SETTINGS_MODULE="marketplace.settings.test",
+        # Not the unit tests' settings: those run every task inline (eager), so a task
+        # a worker sends would run in that worker instead of going through the queues.
+        DJANGO_SETTINGS_MODULE="marketplace.settings.test_worker",
         DATABASE_URL=database_url_of(connection.settings_dict),
         REDIS_URL=redis_url,
         PYTHONUNBUFFERED="1",
