@@ -12,6 +12,7 @@ import pytest
 from django.core.files.storage import default_storage
 from django.db import connection, connections
 from django.utils import timezone
+from kombu.exceptions import OperationalError
 
 from tests.training_worker.conftest import classification_csv, upload
 from training_worker import services, tasks
@@ -198,6 +199,29 @@ def test_an_upload_whose_message_was_lost_is_validated_by_the_sweep(
     assert counts["datasets_resent"] == 1
     assert client.get(f"/api/v1/datasets/{dataset_id}").json()["status"] == "ready"
     assert Dataset.objects.get(pk=dataset_id).requeues == 1
+
+
+def test_an_upload_the_broker_refuses_is_accepted_and_validated_by_the_sweep(
+    alice, api, settings, monkeypatch, django_capture_on_commit_callbacks
+):
+    def broker_down(*args):
+        raise OperationalError("Error 111 connecting to 127.0.0.1:6379. Connection refused.")
+
+    client = api(alice)
+    with monkeypatch.context() as patch:
+        patch.setattr(tasks.validate_dataset, "delay", broker_down)
+        with django_capture_on_commit_callbacks(execute=True):
+            response = client.post(
+                "/api/v1/datasets", {"file": upload("notes.csv", classification_csv())}
+            )
+
+    assert response.status_code == 202
+    dataset_id = response.json()["id"]
+    assert Dataset.objects.get(pk=dataset_id).status == DatasetStatus.UPLOADED
+    settings.STUDIO_UPLOADED_STALE_SECONDS = 0  # the broker is back; the sweep passes
+    with django_capture_on_commit_callbacks(execute=True):
+        tasks.sweep_stale_jobs()
+    assert client.get(f"/api/v1/datasets/{dataset_id}").json()["status"] == "ready"
 
 
 def test_a_queued_job_whose_message_was_lost_is_sent_again_then_failed_after_the_cap(
