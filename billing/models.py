@@ -1,0 +1,476 @@
+"""Commerce: offers, licences, the usage ledger, payments and Stripe's events.
+
+Money is integer minor units (cents) with a lower-case ISO-4217 currency. Status
+fields change only through billing.services, one locked, state-checked service per
+transition. Rows that record money or calls (payments, usage, webhook events, the
+billing audit log) are never edited by hand: the admin shows them read-only.
+"""
+
+import uuid
+
+from django.conf import settings
+from django.db import models
+from django.utils import timezone
+
+from listings.models import Listing, ListingVersion
+from training_worker.models import ModelVersion
+
+
+class ConnectAccount(models.Model):
+    """An expert's Stripe Connect Express account: where their share of a charge goes."""
+
+    expert = models.OneToOneField(
+        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="connect_account"
+    )
+    stripe_account_id = models.CharField(
+        max_length=64, unique=True, help_text="acct_… (a sandbox id when sandbox is set)."
+    )
+    charges_enabled = models.BooleanField(default=False, help_text="From account.updated.")
+    payouts_enabled = models.BooleanField(
+        default=False,
+        help_text="From account.updated; a priced offer cannot be bought until this is set.",
+    )
+    details_submitted = models.BooleanField(default=False, help_text="From account.updated.")
+    sandbox = models.BooleanField(
+        default=False, help_text="Created in sandbox mode: no Stripe account behind it."
+    )
+    created_at = models.DateTimeField(default=timezone.now)
+    updated_at = models.DateTimeField(default=timezone.now)
+
+    def __str__(self) -> str:
+        return f"{self.stripe_account_id} ({self.expert})"
+
+
+class OfferKind(models.TextChoices):
+    PER_CALL = "per_call", "Per call"
+    SUBSCRIPTION = "subscription", "Subscription"
+    DOWNLOAD = "download", "Download"
+    FREE_TRIAL = "free_trial", "Free trial"
+
+
+# Offer kinds whose licence lets its holder call the model through the API; a download
+# licence grants the export bundle only.
+CALL_KINDS = (OfferKind.PER_CALL, OfferKind.SUBSCRIPTION, OfferKind.FREE_TRIAL)
+
+
+class Overage(models.TextChoices):
+    REFUSE = "refuse", "Refuse calls over the quota"
+    BILL = "bill", "Bill calls over the quota"
+
+
+class OfferStatus(models.TextChoices):
+    ACTIVE = "active"
+    RETIRED = "retired"
+
+
+class Offer(models.Model):
+    """A price an expert sets on a listing. Immutable once a licence refers to it:
+    `offer_update` retires it and creates its successor."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    listing = models.ForeignKey(Listing, on_delete=models.PROTECT, related_name="offers")
+    kind = models.CharField(max_length=20, choices=OfferKind.choices)
+    name = models.CharField(
+        max_length=60, blank=True, help_text="Optional label shown to buyers, e.g. 'Team'."
+    )
+    currency = models.CharField(
+        max_length=3, help_text="ISO-4217, lower-case, e.g. 'usd' (Stripe's spelling)."
+    )
+    unit_amount = models.BigIntegerField(
+        help_text=(
+            "Minor units. per_call: per 1,000 calls; subscription: per month; "
+            "download: once; free_trial: 0."
+        )
+    )
+    included_calls = models.PositiveIntegerField(
+        null=True,
+        blank=True,
+        help_text="subscription: calls included per month; free_trial: calls in the trial.",
+    )
+    overage = models.CharField(
+        max_length=10,
+        choices=Overage.choices,
+        blank=True,
+        help_text="subscription only: what happens past included_calls.",
+    )
+    overage_unit_amount = models.BigIntegerField(
+        null=True,
+        blank=True,
+        help_text="subscription with overage=bill: minor units per 1,000 calls past the quota.",
+    )
+    status = models.CharField(
+        max_length=10, choices=OfferStatus.choices, default=OfferStatus.ACTIVE
+    )
+    replaces = models.ForeignKey(
+        "self",
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="+",
+        help_text="The retired offer this one succeeded (offer_update).",
+    )
+    created_at = models.DateTimeField(default=timezone.now)
+    retired_at = models.DateTimeField(null=True, blank=True)
+    stripe_product_id = models.CharField(max_length=64, blank=True, help_text="Set lazily.")
+    stripe_price_id = models.CharField(
+        max_length=64,
+        blank=True,
+        help_text="One-time, recurring or metered price, as the kind needs; set lazily.",
+    )
+    stripe_overage_price_id = models.CharField(
+        max_length=64,
+        blank=True,
+        help_text="subscription with overage=bill: the metered price for calls past the quota.",
+    )
+
+    class Meta:
+        ordering = ["listing", "created_at"]
+        indexes = [models.Index(fields=["listing", "status"])]
+        constraints = [
+            models.CheckConstraint(
+                condition=models.Q(unit_amount__gte=0), name="offer_amount_not_negative"
+            ),
+            models.CheckConstraint(
+                condition=~models.Q(kind="free_trial") | models.Q(unit_amount=0),
+                name="free_trial_is_free",
+            ),
+            models.CheckConstraint(
+                condition=models.Q(overage_unit_amount__isnull=True)
+                | models.Q(overage_unit_amount__gte=0),
+                name="offer_overage_not_negative",
+            ),
+            models.UniqueConstraint(
+                fields=["listing"],
+                condition=models.Q(kind="free_trial", status="active"),
+                name="one_active_free_trial_per_listing",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.get_kind_display()} {self.unit_amount} {self.currency} on {self.listing}"
+
+
+class LicenceStatus(models.TextChoices):
+    PENDING = "pending"
+    ACTIVE = "active"
+    PAST_DUE = "past_due"
+    CANCELLED = "cancelled"
+    EXPIRED = "expired"
+    REVOKED = "revoked"
+
+
+# A licence in one of these states is "live": it may serve calls or downloads.
+LIVE_LICENCE_STATUSES = (LicenceStatus.ACTIVE, LicenceStatus.PAST_DUE)
+ENDED_LICENCE_STATUSES = (LicenceStatus.CANCELLED, LicenceStatus.EXPIRED, LicenceStatus.REVOKED)
+
+
+class Licence(models.Model):
+    """A buyer's right to a listing under one offer and the terms agreed at purchase.
+
+    `pending → active → past_due | cancelled | expired | revoked` through billing.services.
+    A buyer holds at most one live calling licence (per_call, subscription or trial) and
+    one live download licence per listing; a free trial is taken once per listing.
+    Pending licences are not unique: an abandoned checkout must not block a retry.
+    """
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    buyer = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="licences"
+    )
+    listing = models.ForeignKey(Listing, on_delete=models.PROTECT, related_name="licences")
+    offer = models.ForeignKey(Offer, on_delete=models.PROTECT, related_name="licences")
+    kind = models.CharField(
+        max_length=20, choices=OfferKind.choices, help_text="The offer's kind, copied."
+    )
+    status = models.CharField(
+        max_length=20, choices=LicenceStatus.choices, default=LicenceStatus.PENDING
+    )
+    terms = models.JSONField(
+        help_text="billing.terms.LicenceTerms at purchase; never changes under the buyer."
+    )
+    sandbox = models.BooleanField(default=False, help_text="Bought in sandbox: no money moved.")
+    calls_included = models.PositiveIntegerField(
+        null=True, blank=True, help_text="The offer's included_calls, copied."
+    )
+    call_quota = models.PositiveIntegerField(
+        null=True,
+        blank=True,
+        help_text=(
+            "Hard limit of calls per period (whole trial for free_trial); calls past it "
+            "are refused. Null: no limit. From the offer and the terms' monthly cap."
+        ),
+    )
+    current_period_start = models.DateTimeField(null=True, blank=True)
+    current_period_end = models.DateTimeField(null=True, blank=True)
+    stripe_checkout_session_id = models.CharField(max_length=255, blank=True)
+    stripe_customer_id = models.CharField(max_length=64, blank=True)
+    stripe_subscription_id = models.CharField(max_length=64, blank=True)
+    stripe_subscription_item_id = models.CharField(
+        max_length=64, blank=True, help_text="The metered item usage is reported to."
+    )
+    stripe_payment_intent_id = models.CharField(max_length=64, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+    activated_at = models.DateTimeField(null=True, blank=True)
+    ended_at = models.DateTimeField(null=True, blank=True)
+    end_reason = models.TextField(blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        indexes = [
+            models.Index(fields=["buyer", "status"]),
+            models.Index(fields=["listing", "status"]),
+            models.Index(fields=["stripe_subscription_id"]),
+            models.Index(fields=["stripe_checkout_session_id"]),
+        ]
+        constraints = [
+            # Also the index licence_for_call reads: (buyer, listing) of live licences.
+            models.UniqueConstraint(
+                fields=["buyer", "listing"],
+                condition=models.Q(status__in=["active", "past_due"]) & ~models.Q(kind="download"),
+                name="one_live_calling_licence",
+            ),
+            models.UniqueConstraint(
+                fields=["buyer", "listing"],
+                condition=models.Q(status__in=["active", "past_due"], kind="download"),
+                name="one_live_download_licence",
+            ),
+            models.UniqueConstraint(
+                fields=["buyer", "listing"],
+                condition=models.Q(kind="free_trial"),
+                name="one_free_trial_per_buyer",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.buyer} · {self.listing} · {self.kind} ({self.status})"
+
+
+class UsageStatus(models.TextChoices):
+    OK = "ok", "Served"
+    ERROR = "error", "Failed (not billed)"
+
+
+class UsageRecord(models.Model):
+    """The ledger: one row per billable call, written once per idempotency key."""
+
+    id = models.BigAutoField(primary_key=True)
+    licence = models.ForeignKey(Licence, on_delete=models.PROTECT, related_name="usage")
+    buyer = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        on_delete=models.PROTECT,
+        related_name="+",
+        help_text="The licence's buyer, copied so a buyer's usage reads from one index.",
+    )
+    listing = models.ForeignKey(
+        Listing, on_delete=models.PROTECT, related_name="+", help_text="Copied from the licence."
+    )
+    api_key = models.ForeignKey(
+        "accounts.ApiKey",
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
+        help_text="The key that made the call; null for a session.",
+    )
+    listing_version = models.ForeignKey(
+        ListingVersion, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    units = models.PositiveIntegerField(default=1, help_text="Calls this row counts.")
+    latency_ms = models.PositiveIntegerField(null=True, blank=True)
+    status = models.CharField(max_length=10, choices=UsageStatus.choices, default=UsageStatus.OK)
+    idempotency_key = models.CharField(
+        max_length=128, unique=True, help_text="Serving's request id: the row is written once."
+    )
+    period_start = models.DateTimeField(help_text="The licence period the call counts in.")
+    created_at = models.DateTimeField(default=timezone.now)
+    reported_at = models.DateTimeField(
+        null=True, blank=True, help_text="When its period's usage was reported to Stripe."
+    )
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        indexes = [
+            models.Index(fields=["buyer", "created_at"]),
+            models.Index(fields=["licence", "period_start"]),
+            models.Index(fields=["listing", "created_at"]),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.units} call(s) on {self.licence_id} at {self.created_at:%Y-%m-%d %H:%M}"
+
+
+class LicenceUsagePeriod(models.Model):
+    """A licence's call counter for one period, incremented atomically by usage_record."""
+
+    licence = models.ForeignKey(Licence, on_delete=models.PROTECT, related_name="periods")
+    period_start = models.DateTimeField()
+    period_end = models.DateTimeField(null=True, blank=True, help_text="Null: a trial's.")
+    calls = models.BigIntegerField(default=0, help_text="Served calls counted in this period.")
+    stripe_reported_calls = models.BigIntegerField(
+        default=0, help_text="Calls already reported to Stripe's metered billing."
+    )
+    closed_at = models.DateTimeField(
+        null=True, blank=True, help_text="Set once the period's usage is fully reported."
+    )
+
+    class Meta:
+        ordering = ["-period_start"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["licence", "period_start"], name="one_counter_per_period"
+            ),
+            models.CheckConstraint(
+                condition=models.Q(calls__gte=0), name="period_calls_not_negative"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.licence_id} from {self.period_start:%Y-%m-%d}: {self.calls} calls"
+
+
+class PaymentKind(models.TextChoices):
+    CHARGE = "charge", "One-time charge"
+    INVOICE = "invoice", "Subscription invoice"
+    REFUND = "refund", "Refund"
+
+
+class Payment(models.Model):
+    """Money that moved for a licence. Refunds are rows of their own, negative."""
+
+    licence = models.ForeignKey(Licence, on_delete=models.PROTECT, related_name="payments")
+    kind = models.CharField(max_length=10, choices=PaymentKind.choices)
+    amount = models.BigIntegerField(help_text="Minor units the buyer paid; negative for a refund.")
+    currency = models.CharField(max_length=3, help_text="ISO-4217, lower-case.")
+    stripe_fee = models.BigIntegerField(
+        null=True,
+        blank=True,
+        help_text="Stripe's processing fee from the balance transaction; null when unknown.",
+    )
+    platform_fee = models.BigIntegerField(
+        default=0,
+        help_text="Application fee kept by the platform; negative when a refund returns it.",
+    )
+    period = models.DateField(help_text="First day of the month the statement counts it in.")
+    sandbox = models.BooleanField(default=False, help_text="No money moved.")
+    stripe_charge_id = models.CharField(max_length=64, blank=True)
+    stripe_invoice_id = models.CharField(max_length=64, blank=True)
+    stripe_refund_id = models.CharField(max_length=64, blank=True)
+    refunds = models.ForeignKey(
+        "self",
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="refund_rows",
+        help_text="For a refund: the payment it gives back.",
+    )
+    reason = models.TextField(blank=True, help_text="For a refund: why (also in the audit log).")
+    created_at = models.DateTimeField(default=timezone.now, db_index=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        indexes = [models.Index(fields=["period", "licence"])]
+        constraints = [
+            # A webhook delivered twice or a handler re-run records the money once.
+            models.UniqueConstraint(
+                fields=["stripe_charge_id"],
+                condition=models.Q(kind__in=["charge", "invoice"]) & ~models.Q(stripe_charge_id=""),
+                name="payment_charge_once",
+            ),
+            models.UniqueConstraint(
+                fields=["stripe_invoice_id"],
+                condition=~models.Q(stripe_invoice_id="") & models.Q(kind="invoice"),
+                name="payment_invoice_once",
+            ),
+            models.UniqueConstraint(
+                fields=["stripe_refund_id"],
+                condition=~models.Q(stripe_refund_id=""),
+                name="payment_refund_once",
+            ),
+            models.CheckConstraint(
+                condition=models.Q(kind="refund", amount__lte=0)
+                | (~models.Q(kind="refund") & models.Q(amount__gte=0)),
+                name="payment_sign_follows_kind",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.kind} {self.amount} {self.currency} for {self.licence_id}"
+
+
+class StripeEvent(models.Model):
+    """A webhook event, stored once by Stripe's id before it is processed."""
+
+    id = models.CharField(primary_key=True, max_length=255, help_text="Stripe's evt_… id.")
+    type = models.CharField(max_length=100, db_index=True)
+    payload = models.JSONField(help_text="The event as delivered (verified).")
+    received_at = models.DateTimeField(default=timezone.now, db_index=True)
+    processed_at = models.DateTimeField(null=True, blank=True)
+    attempts = models.PositiveIntegerField(default=0)
+    last_error = models.TextField(blank=True)
+
+    class Meta:
+        ordering = ["-received_at"]
+
+    def __str__(self) -> str:
+        return f"{self.type} {self.id}"
+
+
+class ExportDownload(models.Model):
+    """One download of a version's export bundle."""
+
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="export_downloads"
+    )
+    licence = models.ForeignKey(
+        Licence,
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="downloads",
+        help_text="Null when the version's owner downloads their own.",
+    )
+    model_version = models.ForeignKey(ModelVersion, on_delete=models.PROTECT, related_name="+")
+    manifest_sha256 = models.CharField(max_length=64)
+    created_at = models.DateTimeField(default=timezone.now, db_index=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"{self.user} downloaded {self.model_version_id}"
+
+
+class BillingAuditQuerySet(models.QuerySet):
+    def update(self, **kwargs):
+        raise PermissionError("billing audit entries are append-only")
+
+    def delete(self):
+        raise PermissionError("billing audit entries are append-only")
+
+
+class BillingAuditEntry(models.Model):
+    """Who did what to money or a licence by hand (refunds, revocations), and why."""
+
+    actor = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")
+    action = models.CharField(max_length=40, help_text="e.g. refund, licence_revoke.")
+    target_type = models.CharField(max_length=40, help_text="e.g. payment, licence.")
+    target_id = models.CharField(max_length=64)
+    reason = models.TextField()
+    created_at = models.DateTimeField(default=timezone.now, db_index=True)
+
+    objects = BillingAuditQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        verbose_name_plural = "billing audit entries"
+
+    def __str__(self) -> str:
+        return f"{self.actor} {self.action} {self.target_type}:{self.target_id}"
+
+    def save(self, *args, **kwargs):
+        if self.pk is not None:
+            raise PermissionError("billing audit entries are append-only")
+        super().save(*args, **kwargs)
+
+    def delete(self, *args, **kwargs):
+        raise PermissionError("billing audit entries are append-only")
