@@ -19,6 +19,10 @@ CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", [])
 HEALTHZ_TOKEN = env_str("HEALTHZ_TOKEN", "")
 # Keys the sealed-split seed (HMAC of the upload's hash); empty: derived from SECRET_KEY.
 SEALED_SPLIT_SECRET = env_str("SEALED_SPLIT_SECRET", "")
+# Signs export-bundle manifests: base64 of a 32-byte Ed25519 private key. Empty: one is
+# generated once into NICHE_SIGNING_KEY_FILE (embedded default, tests); production requires it.
+NICHE_SIGNING_KEY = env_str("NICHE_SIGNING_KEY", "")
+NICHE_SIGNING_KEY_FILE = VAR_DIR / "signing-key.b64"
 
 INSTALLED_APPS = [
     "django.contrib.admin",

@@ -1,7 +1,9 @@
 """Production: everything from the environment, secure by default.
 
-Required: SECRET_KEY, ALLOWED_HOSTS, DATABASE_URL, REDIS_URL.
+Required: SECRET_KEY, ALLOWED_HOSTS, DATABASE_URL, REDIS_URL, NICHE_SIGNING_KEY.
 """
+
+import base64
 
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
@@ -16,6 +18,15 @@ if len(SECRET_KEY) < 50 or len(set(SECRET_KEY)) < 5 or SECRET_KEY.startswith("in
 for _name in ("SEALED_SPLIT_SECRET", "HEALTHZ_TOKEN"):
     if 0 < len(globals()[_name]) < 32:
         raise ImproperlyConfigured(f"{_name} must be at least 32 random characters.")
+# Every machine signs export bundles with one key: never a key generated per machine.
+_signing_key = env_str("NICHE_SIGNING_KEY")
+try:
+    if len(base64.b64decode(_signing_key, validate=True)) != 32:
+        raise ValueError("not 32 bytes")
+except ValueError as exc:
+    raise ImproperlyConfigured(
+        "NICHE_SIGNING_KEY must be the base64 of a 32-byte Ed25519 private key."
+    ) from exc
 DEBUG = False
 ALLOWED_HOSTS = env_list("ALLOWED_HOSTS")
 # Required here, unlike the embedded default that falls back to SQLite and local Redis.

@@ -50,6 +50,7 @@ PRODUCTION_ENV = {
     "ALLOWED_HOSTS": "niche.example.com",
     "DATABASE_URL": "postgres://niche:secret@db.example.com:5432/niche",
     "REDIS_URL": "redis://cache.example.com:6379/0",
+    "NICHE_SIGNING_KEY": "5Z4cZ4SjJ2O8ULbEpWp4KQf0iHMAbD1fMnc7bqR3l2A=",
 }
 
 
@@ -98,6 +99,21 @@ def test_production_refuses_a_guessable_split_secret_or_health_token(name, messa
 
     assert result.returncode != 0
     assert message in result.stderr
+
+
+@pytest.mark.parametrize("value", [None, "", "c2hvcnQ=", "not base64!"])
+def test_production_refuses_a_missing_or_malformed_signing_key(value):
+    env = {k: v for k, v in os.environ.items() if k not in PRODUCTION_ENV}
+    env |= PRODUCTION_ENV
+    if value is None:
+        del env["NICHE_SIGNING_KEY"]
+    else:
+        env["NICHE_SIGNING_KEY"] = value
+
+    result = _manage(["check"], env)
+
+    assert result.returncode != 0
+    assert "NICHE_SIGNING_KEY" in result.stderr
 
 
 def test_docker_compose_parses_and_names_commands_that_exist():
