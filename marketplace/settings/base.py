@@ -4,6 +4,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import dj_database_url
+from django.core.exceptions import ImproperlyConfigured
 from kombu import Queue
 
 from marketplace.settings.env import env_bool, env_int, env_list, env_str
@@ -193,6 +194,21 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "COMPONENT_SPLIT_REQUEST": True,
 }
+
+# --- Payments (Stripe). No STRIPE_SECRET_KEY: sandbox mode (the embedded default): a
+# purchase completes at once, no money moves and the licence says sandbox. Production
+# refuses to start in sandbox mode (production.py).
+STRIPE_SECRET_KEY = env_str("STRIPE_SECRET_KEY", "")
+# Signing secrets (whsec_…) of the webhook endpoint /api/v1/billing/stripe/webhook: the
+# account's events and, when Connect events go to a separate endpoint, its secret too.
+STRIPE_WEBHOOK_SECRET = env_str("STRIPE_WEBHOOK_SECRET", "")
+STRIPE_CONNECT_WEBHOOK_SECRET = env_str("STRIPE_CONNECT_WEBHOOK_SECRET", "")
+# Empty: Stripe itself. Tests point it at the local Stripe server they start.
+STRIPE_API_BASE = env_str("STRIPE_API_BASE", "")
+# The platform's share of every destination charge, in percent of the amount.
+PLATFORM_FEE_PERCENT = env_int("PLATFORM_FEE_PERCENT", 20, minimum=0)
+if PLATFORM_FEE_PERCENT > 100:
+    raise ImproperlyConfigured("PLATFORM_FEE_PERCENT must be between 0 and 100.")
 
 # --- Product limits
 DATASET_MAX_UPLOAD_BYTES = env_int("DATASET_MAX_UPLOAD_BYTES", 50 * 1024 * 1024, minimum=1)

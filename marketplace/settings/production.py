@@ -1,6 +1,7 @@
 """Production: everything from the environment, secure by default.
 
-Required: SECRET_KEY, ALLOWED_HOSTS, DATABASE_URL, REDIS_URL, NICHE_SIGNING_KEY.
+Required: SECRET_KEY, ALLOWED_HOSTS, DATABASE_URL, REDIS_URL, NICHE_SIGNING_KEY,
+STRIPE_SECRET_KEY, STRIPE_WEBHOOK_SECRET.
 """
 
 import base64
@@ -27,6 +28,14 @@ except ValueError as exc:
     raise ImproperlyConfigured(
         "NICHE_SIGNING_KEY must be the base64 of a 32-byte Ed25519 private key."
     ) from exc
+# No sandbox in production: purchases must take real payments and webhooks must verify.
+for _name in ("STRIPE_SECRET_KEY", "STRIPE_WEBHOOK_SECRET"):
+    if not globals()[_name]:
+        raise ImproperlyConfigured(
+            f"{_name} is required in production (without it billing runs in sandbox mode)."
+        )
+if STRIPE_API_BASE:  # noqa: F405
+    raise ImproperlyConfigured("STRIPE_API_BASE is for tests; production talks to Stripe.")
 DEBUG = False
 ALLOWED_HOSTS = env_list("ALLOWED_HOSTS")
 # Required here, unlike the embedded default that falls back to SQLite and local Redis.

@@ -51,6 +51,8 @@ PRODUCTION_ENV = {
     "DATABASE_URL": "postgres://niche:secret@db.example.com:5432/niche",
     "REDIS_URL": "redis://cache.example.com:6379/0",
     "NICHE_SIGNING_KEY": "5Z4cZ4SjJ2O8ULbEpWp4KQf0iHMAbD1fMnc7bqR3l2A=",
+    "STRIPE_SECRET_KEY": "sk_live_placeholder_for_settings_checks",
+    "STRIPE_WEBHOOK_SECRET": "whsec_placeholder_for_settings_checks",
 }
 
 
@@ -94,6 +96,27 @@ def test_production_refuses_a_weak_secret_key():
 def test_production_refuses_a_guessable_split_secret_or_health_token(name, message):
     env = {k: v for k, v in os.environ.items() if k not in PRODUCTION_ENV}
     env |= PRODUCTION_ENV | {name: "guessable"}
+
+    result = _manage(["check"], env)
+
+    assert result.returncode != 0
+    assert message in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("unset", "extra", "message"),
+    [
+        ("STRIPE_SECRET_KEY", {}, "STRIPE_SECRET_KEY is required in production"),
+        ("STRIPE_WEBHOOK_SECRET", {}, "STRIPE_WEBHOOK_SECRET is required in production"),
+        (None, {"STRIPE_API_BASE": "http://127.0.0.1:9"}, "STRIPE_API_BASE is for tests"),
+        (None, {"PLATFORM_FEE_PERCENT": "120"}, "PLATFORM_FEE_PERCENT must be between"),
+    ],
+)
+def test_production_refuses_to_start_in_billing_sandbox(unset, extra, message):
+    env = {k: v for k, v in os.environ.items() if k not in PRODUCTION_ENV}
+    env |= PRODUCTION_ENV | extra
+    if unset:
+        del env[unset]
 
     result = _manage(["check"], env)
 
