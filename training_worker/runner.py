@@ -238,6 +238,8 @@ def job_run(*, job_id, worker: str, time_limit_error: type[BaseException] | None
         heartbeat.stopped.set()
         heartbeat.join(timeout=1)  # a daemon thread; never hold the worker for it
         shutil.rmtree(work_dir, ignore_errors=True)
+        with contextlib.suppress(OSError):  # only once no other attempt's folder is left
+            work_dir.parent.rmdir()
     return JobStatus.FAILED if failed else SUPERSEDED
 
 
