@@ -1,10 +1,15 @@
 from django.contrib.auth import views as auth_views
 from django.urls import path
 
-from frontend import catalogue_views, studio_views, views
+from frontend import billing_views, catalogue_views, studio_views, views
 
 urlpatterns = [
     path("", views.home, name="home"),
+    path(
+        ".well-known/niche-signing-key",
+        billing_views.signing_key_document,
+        name="signing-key",
+    ),
     path("signup/", views.sign_up, name="sign-up"),
     path("login/", auth_views.LoginView.as_view(), name="login"),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),

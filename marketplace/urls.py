@@ -9,6 +9,7 @@ api_v1 = [
     path("", include("accounts.urls")),
     path("", include("training_worker.urls")),
     path("", include("listings.urls")),
+    path("", include("billing.urls")),
 ]
 
 urlpatterns = [

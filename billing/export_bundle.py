@@ -1,0 +1,306 @@
+"""Export bundles: a model version as a zip its holder runs on their own machines.
+
+The zip holds the adapter exactly as the platform stores it (`adapter_model.safetensors`,
+`adapter_config.json`: `PeftModel.from_pretrained(base, folder)` loads the unpacked
+folder unchanged), `base_model.json` (the base's id and revision), the platform's
+`evaluation.json`, the model card as `README.md`, `LICENSE.txt` naming the licensee and
+the date, `MANIFEST.json` (SHA-256 and size of every other file) and `MANIFEST.sig`
+(the raw 64-byte Ed25519 signature of MANIFEST.json's bytes, see billing.signing).
+
+Who may download: the version's owner, and the holder of a live download licence of a
+listing that has served the version. Every download is recorded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import zipfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime
+
+from django.core.files.storage import default_storage
+from django.db import transaction
+from django.utils import timezone
+
+from accounts.models import User
+from billing.errors import LicenceRequired
+from billing.models import LIVE_LICENCE_STATUSES, ExportDownload, Licence, OfferKind
+from billing.signing import platform_signing_key
+from billing.terms import LicenceTerms
+from listings.models import ListingVersion
+from training_worker.artifacts import CHUNK
+from training_worker.errors import ModelVersionNotFound
+from training_worker.models import ModelVersion
+
+BUNDLE_FORMAT = "niche-export-bundle/1"
+MANIFEST = "MANIFEST.json"
+SIGNATURE = "MANIFEST.sig"
+
+
+class BundleIntegrityError(Exception):
+    """A stored adapter file no longer has the SHA-256 recorded when it was written."""
+
+
+@dataclass(frozen=True)
+class BundleFile:
+    """One file of the bundle: stored bytes (read from storage while streaming) or
+    bytes generated for this download."""
+
+    name: str
+    sha256: str
+    size: int
+    storage_name: str = ""
+    content: bytes = b""
+
+    @classmethod
+    def generated(cls, name: str, content: bytes) -> BundleFile:
+        return cls(name, hashlib.sha256(content).hexdigest(), len(content), content=content)
+
+
+@dataclass(frozen=True)
+class ExportBundle:
+    version: ModelVersion
+    files: tuple[BundleFile, ...]
+    manifest: bytes
+    signature: bytes
+
+    @property
+    def manifest_sha256(self) -> str:
+        return hashlib.sha256(self.manifest).hexdigest()
+
+    @property
+    def filename(self) -> str:
+        safe = "".join(c if c.isalnum() or c in "-_." else "-" for c in self.version.name)
+        return f"{safe}-{str(self.version.pk)[:8]}.zip"
+
+
+def _json_bytes(value) -> bytes:
+    return (json.dumps(value, indent=2, sort_keys=True, ensure_ascii=False) + "\n").encode()
+
+
+def _yes_no(value: bool, yes: str, no: str) -> str:
+    return yes if value else no
+
+
+def licence_text(
+    *, version: ModelVersion, licensee: User, licence: Licence | None, issued_at: datetime
+) -> str:
+    """LICENSE.txt: who may use these files, under which terms, since when."""
+    lines = [
+        f"Niche export licence — {version.name}",
+        "",
+        f"Licensee: {licensee.name} <{licensee.email}>",
+        f"Issued: {issued_at:%Y-%m-%d} (this copy downloaded {issued_at:%Y-%m-%d %H:%M} UTC)",
+        f"Model version: {version.pk}",
+        f"Adapter SHA-256: {version.adapter_sha256}",
+        f"Base model: {version.base_model.source}"
+        + (f" @ {version.base_model.revision}" if version.base_model.revision else ""),
+        f"Base model licence: {version.base_model.licence} (applies to the base weights)",
+        "",
+    ]
+    if licence is None:
+        lines += [
+            "Owner's copy: the licensee trained this adapter on Niche and owns it.",
+            "",
+        ]
+        return "\n".join(lines)
+    terms = LicenceTerms.from_json(licence.terms)
+    granted = licence.activated_at or licence.created_at
+    listing = licence.listing
+    lines += [
+        f"Licensor: {listing.owner.name}, through the Niche listing “{listing.title}” "
+        f"({listing.slug})",
+        f"Licence: {licence.pk}, granted {granted:%Y-%m-%d}"
+        + (" (sandbox: no payment was taken)" if licence.sandbox else ""),
+        "",
+        "Terms agreed at purchase (they never change under the licensee):",
+        "- Commercial use: "
+        + _yes_no(terms.commercial_use, "allowed", "not allowed (research and evaluation only)"),
+        "- Derivatives (fine-tuning, merging, distillation): "
+        + _yes_no(terms.derivatives_allowed, "allowed", "not allowed"),
+        "- Running on the licensee's own machines: "
+        + _yes_no(terms.on_prem_download, "allowed", "allowed for this downloaded copy only"),
+        "- Attribution: "
+        + _yes_no(terms.attribution_required, f"credit {listing.owner.name}", "not required"),
+        "- Redistribution of these files: not allowed",
+        "",
+    ]
+    if listing.licence_summary:
+        lines += ["Listing's licence summary:", listing.licence_summary, ""]
+    return "\n".join(lines)
+
+
+def _base_model_document(version: ModelVersion) -> dict:
+    base = version.base_model
+    return {
+        "id": base.source,
+        "revision": base.revision or None,
+        "slug": base.slug,
+        "architecture": base.architecture,
+        "licence": base.licence,
+        "task": version.task,
+        "labels": list(version.labels),
+        "how_to_load": (
+            "Load the base (AutoModelForSequenceClassification with num_labels=len(labels) "
+            "for text-classification, AutoModelForCausalLM for text-generation), then "
+            "peft.PeftModel.from_pretrained(base, this_folder)."
+        ),
+    }
+
+
+def export_bundle_build(
+    *, version: ModelVersion, licensee: User, licence: Licence | None, issued_at: datetime
+) -> ExportBundle:
+    """The bundle's files, its manifest and the platform's signature over the manifest.
+
+    The adapter files' hashes are the ones recorded when the version was written
+    (content-addressed storage); streaming re-hashes them and stops on a mismatch.
+    """
+    files = (
+        BundleFile(
+            "adapter_model.safetensors",
+            version.adapter_sha256,
+            version.adapter_size,
+            storage_name=version.adapter_path,
+        ),
+        BundleFile(
+            "adapter_config.json",
+            version.config_sha256,
+            version.config_size,
+            storage_name=version.config_path,
+        ),
+        BundleFile.generated("base_model.json", _json_bytes(_base_model_document(version))),
+        BundleFile.generated("evaluation.json", _json_bytes(version.evaluation)),
+        BundleFile.generated("README.md", version.card.encode()),
+        BundleFile.generated(
+            "LICENSE.txt",
+            licence_text(
+                version=version, licensee=licensee, licence=licence, issued_at=issued_at
+            ).encode(),
+        ),
+    )
+    key = platform_signing_key()
+    manifest = _json_bytes(
+        {
+            "format": BUNDLE_FORMAT,
+            "model_version": str(version.pk),
+            "name": version.name,
+            "licence": str(licence.pk) if licence else None,
+            "licensee": {"name": licensee.name, "email": licensee.email},
+            "issued_at": issued_at.isoformat(),
+            "signature": {"algorithm": "Ed25519", "key_id": key.key_id, "file": SIGNATURE},
+            "files": [{"name": f.name, "sha256": f.sha256, "size": f.size} for f in files],
+        }
+    )
+    return ExportBundle(
+        version=version, files=files, manifest=manifest, signature=key.sign(manifest)
+    )
+
+
+def _served_by_listing_of(licence_filter: dict, version: ModelVersion):
+    """Live download licences whose listing has put `version` live (now or before)."""
+    served_on = ListingVersion.objects.filter(model_version=version).values("listing_id")
+    return Licence.objects.filter(
+        listing_id__in=served_on,
+        kind=OfferKind.DOWNLOAD,
+        status__in=LIVE_LICENCE_STATUSES,
+        **licence_filter,
+    )
+
+
+def export_bundle_download(*, user: User, version_id) -> ExportBundle:
+    """Check the right to download, build the bundle and record the download.
+
+    The owner may always download; anyone else needs a live download licence of a
+    listing that has served this version (403 `licence_required` otherwise; a version
+    never listed is 404 to them, as the studio answers). The licence row is locked
+    while the download is recorded, so a revocation that commits first refuses it.
+    """
+    version = (
+        ModelVersion.objects.select_related("base_model", "owner").filter(pk=version_id).first()
+    )
+    if version is None:
+        raise ModelVersionNotFound("No model version with this id.")
+    issued_at = timezone.now()
+    with transaction.atomic():
+        licence = None
+        if version.owner_id != user.pk:
+            if not ListingVersion.objects.filter(model_version=version).exists():
+                raise ModelVersionNotFound("No model version with this id.")
+            licence = (
+                _served_by_listing_of({"buyer": user}, version)
+                .select_for_update(of=("self",))
+                .select_related("listing__owner")
+                .first()
+            )
+            if licence is None:
+                raise LicenceRequired(
+                    "Downloading this model needs a live download licence of its listing."
+                )
+        bundle = export_bundle_build(
+            version=version, licensee=user, licence=licence, issued_at=issued_at
+        )
+        ExportDownload.objects.create(
+            user=user,
+            licence=licence,
+            model_version=version,
+            manifest_sha256=bundle.manifest_sha256,
+            created_at=issued_at,
+        )
+    return bundle
+
+
+class _ChunkSink:
+    """A write-only file object: zipfile writes into it, the stream drains it."""
+
+    def __init__(self) -> None:
+        self.chunks: list[bytes] = []
+
+    def write(self, data: bytes) -> int:
+        self.chunks.append(bytes(data))
+        return len(data)
+
+    def flush(self) -> None:
+        pass
+
+    def drain(self) -> Iterator[bytes]:
+        chunks, self.chunks = self.chunks, []
+        yield from chunks
+
+
+def _stored_chunks(item: BundleFile) -> Iterator[bytes]:
+    digest = hashlib.sha256()
+    with default_storage.open(item.storage_name, "rb") as handle:
+        for chunk in iter(lambda: handle.read(CHUNK), b""):
+            digest.update(chunk)
+            yield chunk
+    if digest.hexdigest() != item.sha256:
+        # The zip stops here, unfinished: no client can take it for a complete bundle.
+        raise BundleIntegrityError(f"{item.storage_name} does not match its recorded SHA-256.")
+
+
+def export_bundle_stream(bundle: ExportBundle) -> Iterator[bytes]:
+    """The zip, chunk by chunk, without holding the adapter in memory.
+
+    Adapter weights are already dense floats: stored uncompressed; text is deflated.
+    """
+    sink = _ChunkSink()
+    with zipfile.ZipFile(sink, mode="w") as archive:  # type: ignore[arg-type]
+        for item in bundle.files:
+            compression = zipfile.ZIP_STORED if item.storage_name else zipfile.ZIP_DEFLATED
+            info = zipfile.ZipInfo(item.name, date_time=bundle.version.created_at.timetuple()[:6])
+            info.compress_type = compression
+            info.file_size = item.size
+            with archive.open(info, mode="w", force_zip64=item.size > 2**31) as entry:
+                chunks = _stored_chunks(item) if item.storage_name else iter((item.content,))
+                for chunk in chunks:
+                    entry.write(chunk)
+                    yield from sink.drain()
+            yield from sink.drain()
+        for name, content in ((MANIFEST, bundle.manifest), (SIGNATURE, bundle.signature)):
+            archive.writestr(zipfile.ZipInfo(name, bundle.version.created_at.timetuple()[:6]),
+                             content, compress_type=zipfile.ZIP_DEFLATED)  # fmt: skip
+            yield from sink.drain()
+    yield from sink.drain()
