@@ -70,3 +70,37 @@ class ReasonRequired(InvalidInputError):
 
 class InvalidPeriod(InvalidInputError):
     default_code = "invalid_period"
+
+
+# --- Stripe (billing/stripe_gateway.py turns StripeError into these)
+
+
+class PaymentProviderError(ApplicationError):
+    """Stripe refused a request we made: a bug or a misconfiguration on our side."""
+
+    status = 502
+    default_code = "payment_provider_error"
+
+
+class PaymentProviderUnavailable(ApplicationError):
+    """Stripe could not be reached or asked us to slow down; retrying is safe."""
+
+    status = 503
+    default_code = "payment_provider_unavailable"
+
+
+class PaymentDeclined(ConflictError):
+    default_code = "payment_declined"
+
+
+class InvalidWebhookSignature(ApplicationError):
+    """A webhook whose Stripe-Signature is missing, wrong or too old."""
+
+    status = 400
+    default_code = "invalid_signature"
+
+
+class ExpertPayoutsNotEnabled(ListingNotPurchasable):
+    """The listing's expert has not finished Stripe onboarding: nobody can pay them yet."""
+
+    default_code = "expert_payouts_not_enabled"
