@@ -68,6 +68,14 @@ class ReasonRequired(InvalidInputError):
     default_code = "reason_required"
 
 
+class VersionNotFound(NotFoundError):
+    default_code = "version_not_found"
+
+
+class IdempotencyKeyReused(ConflictError):
+    default_code = "idempotency_key_reused"
+
+
 class InvalidPeriod(InvalidInputError):
     default_code = "invalid_period"
 

@@ -89,6 +89,15 @@ class Listing(models.Model):
     rating_avg = models.FloatField(null=True, blank=True)
     rating_count = models.IntegerField(default=0)
     popularity = models.IntegerField(default=0, help_text="Buyers who hold or held a licence.")
+    # Copied from billing's active offers by listing_set_price_summary whenever they change.
+    min_price_minor = models.BigIntegerField(
+        null=True,
+        blank=True,
+        help_text="Lowest price of an active paid offer, in minor units; null: none on sale.",
+    )
+    price_currency = models.CharField(
+        max_length=3, blank=True, help_text="ISO-4217 (lower-case) of min_price_minor."
+    )
 
     created_at = models.DateTimeField(default=timezone.now, db_index=True)
     updated_at = models.DateTimeField(default=timezone.now)
@@ -102,6 +111,7 @@ class Listing(models.Model):
             models.Index(fields=["status", "lift_over_generalist"]),
             models.Index(fields=["status", "rating_avg"]),
             models.Index(fields=["status", "popularity"]),
+            models.Index(fields=["status", "price_currency", "min_price_minor"]),
         ]
 
     def __str__(self) -> str:

@@ -547,6 +547,35 @@ def entitlement_grant(*, listing: Listing, user: User, reference: str) -> Entitl
     return entitlement
 
 
+def listing_set_price_summary(
+    *, listing: Listing, min_price_minor: int | None, currency: str
+) -> None:
+    """Copy the lowest price on sale onto the listing, for the catalogue's price filter
+    and sort. Billing calls it whenever an offer changes (listings never reads offers).
+
+    `min_price_minor` None (with currency "") means nothing is on sale. Raises
+    InvalidListing for a negative amount or a currency that is not three lower-case
+    letters.
+    """
+    if min_price_minor is None:
+        currency = ""
+    elif (
+        isinstance(min_price_minor, bool)
+        or not isinstance(min_price_minor, int)
+        or min_price_minor < 0
+        or len(currency) != 3
+        or not (currency.isascii() and currency.isalpha() and currency.islower())
+    ):
+        raise InvalidListing(
+            "A price summary is a non-negative amount in minor units and an ISO currency.",
+            fields={"min_price_minor": [], "currency": []},
+        )
+    Listing.objects.filter(pk=listing.pk).update(
+        min_price_minor=min_price_minor, price_currency=currency
+    )
+    listing.min_price_minor, listing.price_currency = min_price_minor, currency
+
+
 def _refresh_rating(listing: Listing) -> None:
     """Recount the rating; the caller holds the listing row (_lock_listing_numbers)."""
     summary = Review.objects.filter(listing=listing).aggregate(avg=Avg("rating"), n=Count("id"))

@@ -1,0 +1,530 @@
+"""Reads of commerce: licence checks for serving, offers, usage and earnings statements."""
+
+from __future__ import annotations
+
+import calendar
+import uuid
+from collections import defaultdict
+from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta
+
+from django.db.models import Avg, Count, OuterRef, Q, QuerySet, Subquery, Sum
+from django.db.models.functions import TruncDay
+from django.utils import timezone
+
+from accounts.models import User
+from billing.errors import InvalidPeriod, LicenceRequired, QuotaExceeded, VersionNotFound
+from billing.models import (
+    CALL_KINDS,
+    LIVE_LICENCE_STATUSES,
+    Licence,
+    LicenceUsagePeriod,
+    Offer,
+    OfferKind,
+    OfferStatus,
+    Payment,
+    PaymentKind,
+    UsageRecord,
+    UsageStatus,
+)
+from listings.errors import ListingNotFound
+from listings.models import Listing, ListingStatus, ListingVersion, ListingVersionStatus
+
+# --- periods ------------------------------------------------------------------------
+
+
+def add_months(moment: datetime, months: int) -> datetime:
+    """The same day and time `months` later, clamped to the month's last day (Stripe's
+    rule for a billing anchor on the 29th to 31st)."""
+    index = moment.month - 1 + months
+    year, month = moment.year + index // 12, index % 12 + 1
+    return moment.replace(
+        year=year, month=month, day=min(moment.day, calendar.monthrange(year, month)[1])
+    )
+
+
+def licence_period_at(licence: Licence, at: datetime) -> tuple[datetime, datetime | None]:
+    """The period a call at `at` counts in: (start, end), end None for a free trial.
+
+    A trial is one period from activation. Monthly licences use the period Stripe last
+    told us (current_period_*) while `at` lies in it, and otherwise roll monthly from
+    its start, so counting never waits for a webhook.
+    """
+    anchor = licence.current_period_start or licence.activated_at or licence.created_at
+    if licence.kind == OfferKind.FREE_TRIAL:
+        return anchor, None
+    end = licence.current_period_end
+    if end is not None and anchor <= at < end:
+        return anchor, end
+    months = max(0, (at.year - anchor.year) * 12 + at.month - anchor.month)
+    while months > 0 and add_months(anchor, months) > at:
+        months -= 1
+    return add_months(anchor, months), add_months(anchor, months + 1)
+
+
+# --- the licence check serving makes on every call -----------------------------------
+
+
+@dataclass(frozen=True)
+class LicenceCheck:
+    """May this user call this listing now, under which licence, with how many calls
+    left this period, and which version answers. `licence_id` is None for the owner."""
+
+    listing_id: uuid.UUID
+    listing_slug: str
+    listing_version_id: int
+    version_number: int
+    model_version_id: uuid.UUID
+    licence_id: uuid.UUID | None
+    kind: str
+    status: str
+    sandbox: bool
+    period_start: datetime | None
+    calls_used: int
+    call_quota: int | None
+
+    @property
+    def is_owner(self) -> bool:
+        return self.licence_id is None
+
+    @property
+    def calls_left(self) -> int | None:
+        """None: no limit."""
+        if self.call_quota is None:
+            return None
+        return max(0, self.call_quota - self.calls_used)
+
+    def require_calls(self, units: int = 1) -> None:
+        """Raise QuotaExceeded (429) when fewer than `units` calls are left."""
+        left = self.calls_left
+        if left is not None and left < units:
+            raise QuotaExceeded(
+                f"This licence's {self.call_quota} calls for the period are used up.",
+                fields={"calls_left": [str(left)]},
+            )
+
+
+def _version_subqueries(version_number: int | None) -> dict:
+    """ListingVersion id, number and model version of the live or the pinned version."""
+    versions = ListingVersion.objects.filter(listing=OuterRef("listing_id"))
+    if version_number is None:
+        versions = versions.filter(model_version=OuterRef("listing__live_version_id"))
+    else:
+        versions = versions.filter(number=version_number, status=ListingVersionStatus.LIVE)
+    return {
+        "v_id": Subquery(versions.values("id")[:1]),
+        "v_number": Subquery(versions.values("number")[:1]),
+        "v_model": Subquery(versions.values("model_version_id")[:1]),
+    }
+
+
+def licence_for_call(
+    *,
+    user: User,
+    listing_slug: str,
+    version_number: int | None = None,
+    at: datetime | None = None,
+) -> LicenceCheck:
+    """The check serving makes before every call: one query when the caller holds a
+    live calling licence (index one_live_calling_licence on (buyer, listing) and the
+    period counter's unique (licence, period_start)).
+
+    past_due still serves (Stripe is retrying the payment); pending, cancelled, expired
+    and revoked do not; a download licence grants the bundle, not calls. Raises
+    ListingNotFound (404) for a listing that is not on sale, VersionNotFound (404) for
+    a version number that is not live, LicenceRequired (403) without a licence. The
+    listing's owner may call it without one. Quota is not enforced here (see
+    LicenceCheck.require_calls; usage_record enforces it atomically).
+    """
+    at = at or timezone.now()
+    latest = LicenceUsagePeriod.objects.filter(licence=OuterRef("pk")).order_by("-period_start")
+    row = (
+        Licence.objects.filter(
+            buyer=user,
+            listing__slug=listing_slug,
+            listing__status=ListingStatus.PUBLISHED,
+            listing__owner__is_active=True,
+            status__in=LIVE_LICENCE_STATUSES,
+            kind__in=CALL_KINDS,
+        )
+        .select_related("listing")
+        .annotate(
+            p_start=Subquery(latest.values("period_start")[:1]),
+            p_calls=Subquery(latest.values("calls")[:1]),
+            **_version_subqueries(version_number),
+        )
+        .first()
+    )
+    if row is not None:
+        if row.v_id is None:
+            raise _version_not_found(listing_slug, version_number)
+        start, _ = licence_period_at(row, at)
+        return LicenceCheck(
+            listing_id=row.listing_id,
+            listing_slug=listing_slug,
+            listing_version_id=row.v_id,
+            version_number=row.v_number,
+            model_version_id=row.v_model,
+            licence_id=row.id,
+            kind=row.kind,
+            status=row.status,
+            sandbox=row.sandbox,
+            period_start=start,
+            calls_used=row.p_calls if row.p_start == start else 0,
+            call_quota=row.call_quota,
+        )
+    return _refusal_or_owner(user=user, listing_slug=listing_slug, version_number=version_number)
+
+
+def _version_not_found(slug: str, number: int | None) -> VersionNotFound:
+    if number is None:
+        return VersionNotFound(f"{slug} has no live version.")
+    return VersionNotFound(f"{slug}@{number} is not a live version.")
+
+
+def _refusal_or_owner(*, user: User, listing_slug: str, version_number: int | None):
+    """The slow path (no live calling licence): explain the refusal, or admit the owner."""
+    listing = Listing.objects.filter(
+        slug=listing_slug, status=ListingStatus.PUBLISHED, owner__is_active=True
+    ).first()
+    if listing is None:
+        raise ListingNotFound(f"No published listing {listing_slug}.")
+    if listing.owner_id != user.pk:
+        holds_download = Licence.objects.filter(
+            buyer=user, listing=listing, status__in=LIVE_LICENCE_STATUSES
+        ).exists()
+        hint = " A download licence grants the bundle, not API calls." if holds_download else ""
+        raise LicenceRequired(f"You need a licence to call {listing_slug}.{hint}")
+    versions = ListingVersion.objects.filter(listing=listing)
+    if version_number is None:
+        version = versions.filter(model_version_id=listing.live_version_id).first()
+    else:
+        version = versions.filter(number=version_number, status=ListingVersionStatus.LIVE).first()
+    if version is None:
+        raise _version_not_found(listing_slug, version_number)
+    return LicenceCheck(
+        listing_id=listing.id,
+        listing_slug=listing_slug,
+        listing_version_id=version.id,
+        version_number=version.number,
+        model_version_id=version.model_version_id,
+        licence_id=None,
+        kind="owner",
+        status="owner",
+        sandbox=False,
+        period_start=None,
+        calls_used=0,
+        call_quota=None,
+    )
+
+
+def licence_for_download(*, user: User, listing: Listing) -> Licence | None:
+    """The buyer's live download licence of this listing, if any (export bundles)."""
+    return Licence.objects.filter(
+        buyer=user, listing=listing, kind=OfferKind.DOWNLOAD, status__in=LIVE_LICENCE_STATUSES
+    ).first()
+
+
+# --- offers and licences -------------------------------------------------------------
+
+
+def offer_list_public(*, listing: Listing) -> QuerySet[Offer]:
+    """What a buyer may buy on a listing: its active offers, cheapest first."""
+    return Offer.objects.filter(listing=listing, status=OfferStatus.ACTIVE).order_by(
+        "unit_amount", "created_at"
+    )
+
+
+def offer_list_mine(*, owner: User, listing_slug: str = "", include_retired: bool = False):
+    offers = Offer.objects.filter(listing__owner=owner).select_related("listing")
+    if listing_slug:
+        offers = offers.filter(listing__slug=listing_slug)
+    if not include_retired:
+        offers = offers.filter(status=OfferStatus.ACTIVE)
+    return offers.order_by("listing__slug", "created_at")
+
+
+def offer_get_mine(*, owner: User, offer_id) -> Offer:
+    from billing.errors import OfferNotFound
+
+    offer = Offer.objects.filter(pk=offer_id, listing__owner=owner).select_related("listing")
+    found = offer.first()
+    if found is None:
+        raise OfferNotFound("No such offer among your listings.")
+    return found
+
+
+def licence_list_for_buyer(*, buyer: User) -> QuerySet[Licence]:
+    return Licence.objects.filter(buyer=buyer).select_related("listing", "offer")
+
+
+def licence_get_for_buyer(*, buyer: User, licence_id) -> Licence:
+    from billing.errors import LicenceNotFound
+
+    licence = licence_list_for_buyer(buyer=buyer).filter(pk=licence_id).first()
+    if licence is None:
+        raise LicenceNotFound("No such licence of yours.")
+    return licence
+
+
+def licence_calls_this_period(*, licence: Licence, at: datetime | None = None) -> int:
+    start, _ = licence_period_at(licence, at or timezone.now())
+    period = LicenceUsagePeriod.objects.filter(licence=licence, period_start=start).first()
+    return period.calls if period else 0
+
+
+# --- usage ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class UsageRow:
+    day: date
+    listing_slug: str
+    api_key_id: uuid.UUID | None
+    api_key_prefix: str | None
+    calls: int
+    errors: int
+    avg_latency_ms: float | None
+
+
+MAX_USAGE_DAYS = 366
+
+
+def usage_by_day(
+    *,
+    buyer: User,
+    since: date,
+    until: date,
+    listing_slug: str = "",
+    api_key_id: uuid.UUID | None = None,
+) -> list[UsageRow]:
+    """A buyer's calls per day (UTC), listing and key, from the ledger; `until` inclusive.
+    Served calls count in `calls`; failed ones (not billed) in `errors`."""
+    if until < since:
+        raise InvalidPeriod("until is before since.", fields={"until": ["Before since."]})
+    if (until - since).days >= MAX_USAGE_DAYS:
+        raise InvalidPeriod(
+            f"At most {MAX_USAGE_DAYS} days at a time.", fields={"since": [], "until": []}
+        )
+    start = datetime(since.year, since.month, since.day, tzinfo=timezone.UTC)
+    end = datetime(until.year, until.month, until.day, tzinfo=timezone.UTC) + timedelta(days=1)
+    records = UsageRecord.objects.filter(buyer=buyer, created_at__gte=start, created_at__lt=end)
+    if listing_slug:
+        records = records.filter(listing__slug=listing_slug)
+    if api_key_id is not None:
+        records = records.filter(api_key_id=api_key_id)
+    rows = (
+        records.annotate(day=TruncDay("created_at", tzinfo=timezone.UTC))
+        .values("day", "listing__slug", "api_key_id", "api_key__prefix")
+        .annotate(
+            calls=Sum("units", filter=Q(status=UsageStatus.OK), default=0),
+            errors=Count("id", filter=Q(status=UsageStatus.ERROR)),
+            avg_latency=Avg("latency_ms"),
+        )
+        .order_by("day", "listing__slug", "api_key__prefix")
+    )
+    return [
+        UsageRow(
+            day=r["day"].date(),
+            listing_slug=r["listing__slug"],
+            api_key_id=r["api_key_id"],
+            api_key_prefix=r["api_key__prefix"],
+            calls=r["calls"],
+            errors=r["errors"],
+            avg_latency_ms=round(r["avg_latency"], 1) if r["avg_latency"] is not None else None,
+        )
+        for r in rows
+    ]
+
+
+# --- earnings statements -------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class StatementLine:
+    """One licence's money in the month. net = gross + refunds - platform_fee."""
+
+    licence_id: uuid.UUID
+    buyer: str
+    offer_kind: str
+    gross: int
+    refunds: int
+    platform_fee: int
+    stripe_fee: int
+    stripe_fee_known: bool
+    net: int
+
+
+@dataclass(frozen=True)
+class ListingStatement:
+    listing_id: uuid.UUID
+    listing_slug: str
+    listing_title: str
+    currency: str
+    lines: list[StatementLine]
+    gross: int
+    refunds: int
+    platform_fee: int
+    stripe_fee: int
+    stripe_fee_known: bool
+    net: int
+
+
+@dataclass(frozen=True)
+class Statement:
+    """An expert's month: per listing and currency, itemised by licence.
+
+    Amounts are minor units. gross: what buyers paid; refunds: what went back
+    (negative); platform_fee: the application fee kept, net of fees a refund returned;
+    net = gross + refunds - platform_fee, what the expert's Connect account receives.
+    stripe_fee is Stripe's processing fee where known; with destination charges the
+    platform pays it out of its fee, so it is shown, not deducted.
+    """
+
+    expert_id: int
+    month: date
+    sandbox: bool
+    listings: list[ListingStatement]
+    totals: dict[str, dict[str, int]] = field(default_factory=dict)
+
+
+def month_start(value: date | datetime) -> date:
+    return date(value.year, value.month, 1)
+
+
+def parse_month(text: str) -> date:
+    """'2026-11' → date(2026, 11, 1); InvalidPeriod otherwise."""
+    try:
+        year, month = text.split("-")
+        if len(year) != 4 or len(month) != 2:
+            raise ValueError
+        return date(int(year), int(month), 1)
+    except ValueError:
+        raise InvalidPeriod(
+            "month must look like 2026-11.", fields={"month": ["YYYY-MM."]}
+        ) from None
+
+
+def _sum_lines(lines: list[StatementLine]) -> dict:
+    return {
+        "gross": sum(x.gross for x in lines),
+        "refunds": sum(x.refunds for x in lines),
+        "platform_fee": sum(x.platform_fee for x in lines),
+        "stripe_fee": sum(x.stripe_fee for x in lines),
+        "stripe_fee_known": all(x.stripe_fee_known for x in lines),
+        "net": sum(x.net for x in lines),
+    }
+
+
+def statement_for(
+    *, expert: User, month: date, listing: Listing | None = None, sandbox: bool = False
+) -> Statement:
+    """The expert's statement for `month` (a date in it), from Payment rows whose
+    `period` is that month. Sandbox payments make a statement of their own
+    (`sandbox=True`), never mixed with real money. One aggregate query."""
+    month = month_start(month)
+    payments = Payment.objects.filter(licence__listing__owner=expert, period=month, sandbox=sandbox)
+    if listing is not None:
+        payments = payments.filter(licence__listing=listing)
+    rows = (
+        payments.values(
+            "licence_id",
+            "licence__kind",
+            "licence__buyer__email",
+            "licence__listing_id",
+            "licence__listing__slug",
+            "licence__listing__title",
+            "currency",
+        )
+        .annotate(
+            gross=Sum("amount", filter=~Q(kind=PaymentKind.REFUND), default=0),
+            refunds=Sum("amount", filter=Q(kind=PaymentKind.REFUND), default=0),
+            platform_fee=Sum("platform_fee", default=0),
+            stripe_fee=Sum("stripe_fee", default=0),
+            unknown_fees=Count("id", filter=Q(stripe_fee__isnull=True) & ~Q(kind="refund")),
+        )
+        .order_by("licence__listing__slug", "currency", "licence_id")
+    )
+    grouped: dict[tuple, list[StatementLine]] = defaultdict(list)
+    names: dict[uuid.UUID, tuple[str, str]] = {}
+    for r in rows:
+        key = (r["licence__listing_id"], r["currency"])
+        names[r["licence__listing_id"]] = (
+            r["licence__listing__slug"],
+            r["licence__listing__title"],
+        )
+        grouped[key].append(
+            StatementLine(
+                licence_id=r["licence_id"],
+                buyer=r["licence__buyer__email"],
+                offer_kind=r["licence__kind"],
+                gross=r["gross"],
+                refunds=r["refunds"],
+                platform_fee=r["platform_fee"],
+                stripe_fee=r["stripe_fee"],
+                stripe_fee_known=r["unknown_fees"] == 0,
+                net=r["gross"] + r["refunds"] - r["platform_fee"],
+            )
+        )
+    listings = []
+    totals: dict[str, dict[str, int]] = {}
+    for (listing_id, currency), lines in grouped.items():
+        sums = _sum_lines(lines)
+        slug, title = names[listing_id]
+        listings.append(
+            ListingStatement(
+                listing_id=listing_id,
+                listing_slug=slug,
+                listing_title=title,
+                currency=currency,
+                lines=lines,
+                **sums,
+            )
+        )
+        total = totals.setdefault(
+            currency, {"gross": 0, "refunds": 0, "platform_fee": 0, "stripe_fee": 0, "net": 0}
+        )
+        for name in total:
+            total[name] += sums[name]
+    return Statement(
+        expert_id=expert.pk, month=month, sandbox=sandbox, listings=listings, totals=totals
+    )
+
+
+@dataclass(frozen=True)
+class MonthTotal:
+    month: date
+    currency: str
+    gross: int
+    refunds: int
+    platform_fee: int
+    net: int
+
+
+def earnings_by_month(*, expert: User, months: int = 12, sandbox: bool = False) -> list[MonthTotal]:
+    """The last `months` months (this one included) with money, per currency: the
+    earnings chart. One aggregate query."""
+    this_month = month_start(timezone.now())
+    index = this_month.year * 12 + this_month.month - 1 - (months - 1)
+    first = date(index // 12, index % 12 + 1, 1)
+    rows = (
+        Payment.objects.filter(licence__listing__owner=expert, period__gte=first, sandbox=sandbox)
+        .values("period", "currency")
+        .annotate(
+            gross=Sum("amount", filter=~Q(kind=PaymentKind.REFUND), default=0),
+            refunds=Sum("amount", filter=Q(kind=PaymentKind.REFUND), default=0),
+            platform_fee=Sum("platform_fee", default=0),
+        )
+        .order_by("period", "currency")
+    )
+    return [
+        MonthTotal(
+            month=r["period"],
+            currency=r["currency"],
+            gross=r["gross"],
+            refunds=r["refunds"],
+            platform_fee=r["platform_fee"],
+            net=r["gross"] + r["refunds"] - r["platform_fee"],
+        )
+        for r in rows
+    ]

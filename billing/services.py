@@ -1,0 +1,719 @@
+"""Writes of commerce: offers, licence transitions, the usage ledger, the audit log.
+
+Each licence transition locks the licence row (select_for_update), checks the state
+and raises InvalidLicenceTransition (409) when the move is not allowed. Offer changes
+hold the listing row, so concurrent edits of one listing's prices serialize and the
+price summary copied onto the listing is always that of the committed offers.
+
+Stripe's side (checkout, webhooks, refunds, metered reporting) lives below the
+`# --- Stripe` marker and in billing/stripe_gateway.py.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from datetime import datetime
+
+from django.db import IntegrityError, connection, transaction
+from django.db.models import F, Min, Value
+from django.db.models.functions import Greatest
+from django.utils import timezone
+
+from accounts.models import User
+from billing.currencies import ISO_4217
+from billing.errors import (
+    FreeTrialAlreadyUsed,
+    IdempotencyKeyReused,
+    InvalidLicenceTransition,
+    InvalidOffer,
+    InvalidUsage,
+    LicenceAlreadyHeld,
+    LicenceNotFound,
+    LicenceRequired,
+    ListingNotPurchasable,
+    NotListingOwner,
+    OfferNotFound,
+    OfferRetired,
+    QuotaExceeded,
+    ReasonRequired,
+)
+from billing.models import (
+    CALL_KINDS,
+    LIVE_LICENCE_STATUSES,
+    BillingAuditEntry,
+    ConnectAccount,
+    Licence,
+    LicenceStatus,
+    LicenceUsagePeriod,
+    Offer,
+    OfferKind,
+    OfferStatus,
+    Overage,
+    UsageRecord,
+    UsageStatus,
+)
+from billing.selectors import licence_period_at
+from billing.terms import LicenceTerms
+from listings.errors import NotAModerator
+from listings.models import Listing, ListingStatus
+from listings.services import entitlement_grant, listing_set_price_summary
+
+# Stripe's largest amount for most currencies (8 digits); a typo'd price stops here.
+MAX_AMOUNT = 99_999_999
+MAX_INCLUDED_CALLS = 100_000_000
+MAX_UNITS_PER_RECORD = 10_000
+MAX_REASON_CHARS = 2000
+
+# --- offers --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class OfferSpec:
+    """An offer's price as an expert states it, checked before anything is written."""
+
+    kind: str
+    currency: str
+    unit_amount: int
+    included_calls: int | None = None
+    overage: str = ""
+    overage_unit_amount: int | None = None
+    name: str = ""
+
+    def normalized(self) -> OfferSpec:
+        currency = self.currency.strip().lower() if isinstance(self.currency, str) else ""
+        return replace(self, currency=currency, name=(self.name or "").strip())
+
+    def errors(self, *, listing: Listing) -> dict[str, list[str]]:
+        """Per-field errors (empty when the spec is valid for this listing)."""
+        errors: dict[str, list[str]] = {}
+        if self.kind not in OfferKind.values:
+            return {"kind": [f"One of {', '.join(OfferKind.values)}."]}
+        if self.currency not in ISO_4217:
+            errors["currency"] = ["An ISO-4217 currency code, e.g. usd."]
+        if len(self.name) > 60:
+            errors["name"] = ["At most 60 characters."]
+        _check_amount(errors, "unit_amount", self.unit_amount)
+        for name in ("included_calls", "overage_unit_amount"):
+            _check_amount(errors, name, getattr(self, name), optional=True)
+        if errors:
+            return errors
+
+        def forbid(*names: str) -> None:
+            for name in names:
+                if getattr(self, name) not in (None, ""):
+                    errors[name] = [f"Not used by a {self.kind} offer."]
+
+        if self.kind == OfferKind.FREE_TRIAL:
+            if self.unit_amount != 0:
+                errors["unit_amount"] = ["A free trial costs 0."]
+            if not self.included_calls:
+                errors["included_calls"] = ["How many calls the trial includes (at least 1)."]
+            forbid("overage", "overage_unit_amount")
+        else:
+            if self.unit_amount < 1:
+                errors["unit_amount"] = ["A paid offer costs at least 1 (minor unit)."]
+        if self.kind == OfferKind.PER_CALL:
+            forbid("included_calls", "overage", "overage_unit_amount")
+        elif self.kind == OfferKind.DOWNLOAD:
+            forbid("included_calls", "overage", "overage_unit_amount")
+            if not listing.on_prem_download:
+                errors["kind"] = ["This listing's licence terms do not allow on-prem download."]
+        elif self.kind == OfferKind.SUBSCRIPTION:
+            if not self.included_calls:
+                errors["included_calls"] = ["Calls included per month (at least 1)."]
+            if self.overage not in Overage.values:
+                errors["overage"] = ["refuse or bill: what happens past the included calls."]
+            elif self.overage == Overage.BILL and not self.overage_unit_amount:
+                errors["overage_unit_amount"] = ["Price per 1,000 calls past the quota."]
+            elif self.overage == Overage.REFUSE and self.overage_unit_amount is not None:
+                errors["overage_unit_amount"] = ["Only with overage=bill."]
+        return errors
+
+
+def _check_amount(errors: dict, name: str, value, *, optional: bool = False) -> None:
+    if value is None and optional:
+        return
+    limit = MAX_INCLUDED_CALLS if name == "included_calls" else MAX_AMOUNT
+    if isinstance(value, bool) or not isinstance(value, int):
+        errors[name] = ["A whole number (minor units for amounts)."]
+    elif not 0 <= value <= limit:
+        errors[name] = [f"From 0 to {limit}."]
+
+
+def _lock_listing(listing_id) -> Listing:
+    """Hold the listing row (NO KEY UPDATE) while its offers change."""
+    listing = (
+        Listing.objects.select_for_update(no_key=True)
+        .select_related("owner")
+        .filter(pk=listing_id)
+        .first()
+    )
+    if listing is None:
+        raise OfferNotFound("No such listing.")
+    return listing
+
+
+def _refuse_unless_owner(owner: User, listing: Listing) -> None:
+    if listing.owner_id != owner.pk:
+        raise NotListingOwner("Only the listing's expert sets its offers.")
+    if listing.status == ListingStatus.DELISTED:
+        raise ListingNotPurchasable("A delisted listing takes no new offers.")
+
+
+def _validated(spec: OfferSpec, listing: Listing, replacing: Offer | None = None) -> OfferSpec:
+    spec = spec.normalized()
+    errors = spec.errors(listing=listing)
+    if errors:
+        raise InvalidOffer("The offer is not valid.", fields=errors)
+    others = (
+        Offer.objects.filter(listing=listing, status=OfferStatus.ACTIVE)
+        .exclude(currency=spec.currency)
+        .exclude(pk=replacing.pk if replacing else None)
+        .values_list("currency", flat=True)
+        .first()
+    )
+    if others:
+        raise InvalidOffer(
+            f"This listing's offers are priced in {others}; use one currency per listing.",
+            fields={"currency": [f"Use {others}."]},
+        )
+    return spec
+
+
+def _refresh_price_summary(listing: Listing) -> None:
+    """Copy the lowest active paid price onto the listing (the catalogue's "from …")."""
+    paid = Offer.objects.filter(listing=listing, status=OfferStatus.ACTIVE, unit_amount__gt=0)
+    summary = paid.values("currency").annotate(low=Min("unit_amount")).order_by("low").first()
+    listing_set_price_summary(
+        listing=listing,
+        min_price_minor=summary["low"] if summary else None,
+        currency=summary["currency"] if summary else "",
+    )
+
+
+def offer_create(
+    *,
+    owner: User,
+    listing: Listing,
+    kind: str,
+    currency: str,
+    unit_amount: int = 0,
+    included_calls: int | None = None,
+    overage: str = "",
+    overage_unit_amount: int | None = None,
+    name: str = "",
+) -> Offer:
+    """A new active offer on the owner's listing. Raises NotListingOwner (403) and
+    InvalidOffer (422) with per-field errors (a second active free trial is one).
+    All of a listing's active offers share one currency; amounts are minor units."""
+    spec = OfferSpec(
+        kind, currency, unit_amount, included_calls, overage, overage_unit_amount, name
+    )
+    with transaction.atomic():
+        listing = _lock_listing(listing.pk)
+        _refuse_unless_owner(owner, listing)
+        spec = _validated(spec, listing)
+        if (
+            spec.kind == OfferKind.FREE_TRIAL
+            and Offer.objects.filter(
+                listing=listing, kind=OfferKind.FREE_TRIAL, status=OfferStatus.ACTIVE
+            ).exists()
+        ):
+            raise InvalidOffer(
+                "This listing already has a free trial; change or retire it.",
+                fields={"kind": ["One free trial per listing."]},
+            )
+        offer = _insert_offer(listing, spec)
+        _refresh_price_summary(listing)
+    return offer
+
+
+def _insert_offer(listing: Listing, spec: OfferSpec, replaces: Offer | None = None) -> Offer:
+    return Offer.objects.create(
+        listing=listing,
+        kind=spec.kind,
+        name=spec.name,
+        currency=spec.currency,
+        unit_amount=spec.unit_amount,
+        included_calls=spec.included_calls,
+        overage=spec.overage,
+        overage_unit_amount=spec.overage_unit_amount,
+        replaces=replaces,
+    )
+
+
+def _lock_owned_offer(owner: User, offer_id) -> tuple[Listing, Offer]:
+    listing_id = Offer.objects.filter(pk=offer_id).values_list("listing_id", flat=True).first()
+    if listing_id is None:
+        raise OfferNotFound("No such offer.")
+    listing = _lock_listing(listing_id)
+    if listing.owner_id != owner.pk:
+        raise OfferNotFound("No such offer among your listings.")
+    offer = Offer.objects.select_for_update().get(pk=offer_id)
+    if offer.status != OfferStatus.ACTIVE:
+        raise OfferRetired("This offer is retired; create a new one.")
+    return listing, offer
+
+
+UPDATABLE_OFFER_FIELDS = (
+    "name", "currency", "unit_amount", "included_calls", "overage", "overage_unit_amount",
+)  # fmt: skip
+
+
+def offer_update(*, owner: User, offer_id, **changes) -> Offer:
+    """Change an offer's price or quota. An offer nobody has bought is edited in place;
+    one that has a licence is retired and succeeded by a new offer (`replaces`), so
+    the terms a buyer paid for never change. Returns the offer now on sale.
+    Raises OfferRetired (409) for a retired offer, InvalidOffer (422)."""
+    unknown = sorted(set(changes) - set(UPDATABLE_OFFER_FIELDS))
+    if unknown:
+        raise InvalidOffer(
+            "Only the price, currency, quota, overage and name can change.",
+            fields={name: ["Cannot change; create a new offer."] for name in unknown},
+        )
+    with transaction.atomic():
+        listing, offer = _lock_owned_offer(owner, offer_id)
+        _refuse_unless_owner(owner, listing)
+        current = {name: getattr(offer, name) for name in UPDATABLE_OFFER_FIELDS}
+        spec = OfferSpec(kind=offer.kind, **(current | changes))
+        spec = _validated(spec, listing, replacing=offer)
+        if not offer.licences.exists():
+            for name in UPDATABLE_OFFER_FIELDS:
+                setattr(offer, name, getattr(spec, name))
+            # Stripe prices are immutable: the gateway makes new ones on next use.
+            offer.stripe_price_id = offer.stripe_overage_price_id = ""
+            offer.save()
+            result = offer
+        else:
+            offer.status, offer.retired_at = OfferStatus.RETIRED, timezone.now()
+            offer.save(update_fields=["status", "retired_at"])
+            result = _insert_offer(listing, spec, replaces=offer)
+            # The product (the listing's offer line) stays; only the price is new.
+            result.stripe_product_id = offer.stripe_product_id
+            result.save(update_fields=["stripe_product_id"])
+        _refresh_price_summary(listing)
+    return result
+
+
+def offer_retire(*, owner: User, offer_id) -> Offer:
+    """Take an offer off sale; licences bought under it keep their terms.
+    Raises OfferRetired (409) when it already is."""
+    with transaction.atomic():
+        listing, offer = _lock_owned_offer(owner, offer_id)
+        offer.status, offer.retired_at = OfferStatus.RETIRED, timezone.now()
+        offer.save(update_fields=["status", "retired_at"])
+        _refresh_price_summary(listing)
+    return offer
+
+
+# --- licences ------------------------------------------------------------------------
+
+
+def _call_quota(kind: str, offer: Offer, terms: LicenceTerms) -> int | None:
+    """The hard limit per period: the offer's quota where calls past it are refused,
+    and the listing's monthly cap agreed in the terms."""
+    if kind == OfferKind.DOWNLOAD:
+        return 0  # a download licence grants the bundle, not calls
+    cap = terms.max_calls_per_month
+    limits: list[int] = [cap] if cap is not None else []
+    if kind == OfferKind.FREE_TRIAL or (
+        kind == OfferKind.SUBSCRIPTION and offer.overage == Overage.REFUSE
+    ):
+        limits.append(offer.included_calls or 0)
+    return min(limits) if limits else None
+
+
+def offer_refuse_unless_purchasable(*, offer: Offer, buyer: User, sandbox: bool) -> None:
+    """Raise unless `buyer` may buy `offer` now: the offer active, the listing published
+    and its expert active and not the buyer, and (for a priced, non-sandbox purchase)
+    the expert's Connect account able to receive payouts."""
+    listing = offer.listing
+    if offer.status != OfferStatus.ACTIVE:
+        raise OfferRetired("This offer is no longer on sale.")
+    if listing.status != ListingStatus.PUBLISHED or not listing.owner.is_active:
+        raise ListingNotPurchasable("This listing is not on sale.")
+    if listing.owner_id == buyer.pk:
+        raise ListingNotPurchasable("You cannot buy a licence to your own listing.")
+    if offer.unit_amount > 0 and not sandbox:
+        payable = ConnectAccount.objects.filter(
+            expert_id=listing.owner_id, payouts_enabled=True, sandbox=False
+        ).exists()
+        if not payable:
+            raise ListingNotPurchasable(
+                "The expert cannot receive payouts yet; this offer cannot be bought."
+            )
+
+
+def _refuse_if_held(buyer: User, offer: Offer) -> None:
+    live = Licence.objects.filter(
+        buyer=buyer, listing_id=offer.listing_id, status__in=LIVE_LICENCE_STATUSES
+    )
+    if offer.kind == OfferKind.FREE_TRIAL:
+        if Licence.objects.filter(
+            buyer=buyer, listing_id=offer.listing_id, kind=OfferKind.FREE_TRIAL
+        ).exists():
+            raise FreeTrialAlreadyUsed("You have already had this listing's free trial.")
+        if live.filter(kind__in=CALL_KINDS).exists():
+            raise LicenceAlreadyHeld("You already hold a licence to call this listing.")
+    elif offer.kind == OfferKind.DOWNLOAD:
+        if live.filter(kind=OfferKind.DOWNLOAD).exists():
+            raise LicenceAlreadyHeld("You already hold a download licence for this listing.")
+    elif live.filter(kind__in=(OfferKind.PER_CALL, OfferKind.SUBSCRIPTION)).exists():
+        raise LicenceAlreadyHeld("You already hold a licence to call this listing.")
+
+
+def licence_create(*, buyer: User, offer: Offer, sandbox: bool = False) -> Licence:
+    """A pending licence for a purchase about to start (Checkout or the sandbox), with
+    the listing's terms snapshotted now. Raises OfferRetired / ListingNotPurchasable /
+    LicenceAlreadyHeld / FreeTrialAlreadyUsed (409). A live trial does not block
+    buying: activation supersedes it."""
+    with transaction.atomic():
+        offer = Offer.objects.select_related("listing", "listing__owner").get(pk=offer.pk)
+        offer_refuse_unless_purchasable(offer=offer, buyer=buyer, sandbox=sandbox)
+        _refuse_if_held(buyer, offer)
+        terms = LicenceTerms.of_listing(offer.listing)
+        try:
+            with transaction.atomic():
+                return Licence.objects.create(
+                    buyer=buyer,
+                    listing=offer.listing,
+                    offer=offer,
+                    kind=offer.kind,
+                    terms=terms.to_json(),
+                    sandbox=sandbox,
+                    calls_included=offer.included_calls,
+                    call_quota=_call_quota(offer.kind, offer, terms),
+                )
+        except IntegrityError:
+            raise FreeTrialAlreadyUsed("You have already had this listing's free trial.") from None
+
+
+def _locked_licence(licence_id) -> Licence:
+    licence = (
+        Licence.objects.select_for_update(of=("self",))
+        .select_related("listing", "buyer")
+        .filter(pk=licence_id)
+        .first()
+    )
+    if licence is None:
+        raise LicenceNotFound("No such licence.")
+    return licence
+
+
+def _require_state(licence: Licence, allowed: tuple, verb: str) -> None:
+    if licence.status not in allowed:
+        raise InvalidLicenceTransition(
+            f"A {licence.status} licence cannot be {verb}.",
+            fields={"status": [licence.status]},
+        )
+
+
+def licence_activate(
+    *,
+    licence_id,
+    period_start: datetime | None = None,
+    period_end: datetime | None = None,
+    stripe_customer_id: str = "",
+    stripe_subscription_id: str = "",
+    stripe_subscription_item_id: str = "",
+    stripe_payment_intent_id: str = "",
+    at: datetime | None = None,
+) -> Licence:
+    """pending → active, once payment is confirmed (or at once for a trial or sandbox).
+
+    Holds the licence row; supersedes (expires) the buyer's live free trial of the
+    listing when a paid calling licence starts; grants the listing's entitlement
+    (reviews, popularity) in the same transaction. Raises InvalidLicenceTransition
+    (409) unless pending, LicenceAlreadyHeld (409) if another live licence of the same
+    kind appeared meanwhile (the caller refunds)."""
+    now = at or timezone.now()
+    with transaction.atomic():
+        licence = _locked_licence(licence_id)
+        _require_state(licence, (LicenceStatus.PENDING,), "activated")
+        live = Licence.objects.select_for_update().filter(
+            buyer_id=licence.buyer_id,
+            listing_id=licence.listing_id,
+            status__in=LIVE_LICENCE_STATUSES,
+        )
+        if licence.kind in (OfferKind.PER_CALL, OfferKind.SUBSCRIPTION):
+            for trial in live.filter(kind=OfferKind.FREE_TRIAL):
+                _end(trial, LicenceStatus.EXPIRED, f"Superseded by licence {licence.id}.", now)
+        same = (
+            live.filter(kind=OfferKind.DOWNLOAD)
+            if licence.kind == OfferKind.DOWNLOAD
+            else live.filter(kind__in=CALL_KINDS)
+        )
+        if same.exclude(pk=licence.pk).exists():
+            raise LicenceAlreadyHeld("The buyer already holds a live licence of this kind.")
+        licence.status = LicenceStatus.ACTIVE
+        licence.activated_at = now
+        if licence.kind in (OfferKind.PER_CALL, OfferKind.SUBSCRIPTION):
+            licence.current_period_start = period_start or now
+            licence.current_period_end = period_end or licence_period_at(licence, now)[1]
+        elif licence.kind == OfferKind.FREE_TRIAL:
+            licence.current_period_start = now
+        for name, value in (
+            ("stripe_customer_id", stripe_customer_id),
+            ("stripe_subscription_id", stripe_subscription_id),
+            ("stripe_subscription_item_id", stripe_subscription_item_id),
+            ("stripe_payment_intent_id", stripe_payment_intent_id),
+        ):
+            if value:
+                setattr(licence, name, value)
+        licence.save()
+        entitlement_grant(listing=licence.listing, user=licence.buyer, reference=str(licence.id))
+    return licence
+
+
+def licence_start_free_trial(*, buyer: User, offer: Offer) -> Licence:
+    """Take a listing's free trial: no card, no Stripe; active at once through the same
+    path as a paid licence (entitlement included), with the trial's own quota."""
+    if offer.kind != OfferKind.FREE_TRIAL:
+        raise InvalidOffer("This offer is not a free trial.", fields={"offer": ["Not a trial."]})
+    with transaction.atomic():
+        licence = licence_create(buyer=buyer, offer=offer, sandbox=False)
+        return licence_activate(licence_id=licence.id)
+
+
+def _end(licence: Licence, status: str, reason: str, now: datetime) -> None:
+    licence.status, licence.ended_at, licence.end_reason = status, now, reason
+    licence.save(update_fields=["status", "ended_at", "end_reason"])
+
+
+def licence_mark_past_due(*, licence_id) -> Licence:
+    """active → past_due (a renewal failed; Stripe retries). Calls still serve."""
+    with transaction.atomic():
+        licence = _locked_licence(licence_id)
+        _require_state(licence, (LicenceStatus.ACTIVE,), "marked past due")
+        licence.status = LicenceStatus.PAST_DUE
+        licence.save(update_fields=["status"])
+    return licence
+
+
+def licence_renew(*, licence_id, period_start: datetime, period_end: datetime) -> Licence:
+    """active | past_due → active with the period Stripe just invoiced (invoice.paid)."""
+    if period_end <= period_start:
+        raise InvalidUsage("period_end must be after period_start.")
+    with transaction.atomic():
+        licence = _locked_licence(licence_id)
+        _require_state(licence, LIVE_LICENCE_STATUSES, "renewed")
+        if licence.kind not in (OfferKind.PER_CALL, OfferKind.SUBSCRIPTION):
+            raise InvalidLicenceTransition("Only monthly licences renew.")
+        licence.status = LicenceStatus.ACTIVE
+        licence.current_period_start, licence.current_period_end = period_start, period_end
+        licence.save(update_fields=["status", "current_period_start", "current_period_end"])
+    return licence
+
+
+def _finish(licence_id, status: str, reason: str, verb: str, at: datetime | None) -> Licence:
+    with transaction.atomic():
+        licence = _locked_licence(licence_id)
+        _require_state(licence, (LicenceStatus.PENDING, *LIVE_LICENCE_STATUSES), verb)
+        _end(licence, status, reason, at or timezone.now())
+    return licence
+
+
+def licence_cancel(*, licence_id, reason: str = "", at: datetime | None = None) -> Licence:
+    """pending | active | past_due → cancelled (subscription deleted, checkout
+    abandoned, buyer's choice). Serving access ends at once."""
+    return _finish(licence_id, LicenceStatus.CANCELLED, reason, "cancelled", at)
+
+
+def licence_expire(*, licence_id, reason: str = "", at: datetime | None = None) -> Licence:
+    """pending | active | past_due → expired (ran its course, or superseded)."""
+    return _finish(licence_id, LicenceStatus.EXPIRED, reason, "expired", at)
+
+
+def _require_reason(reason: str) -> str:
+    reason = (reason or "").strip()
+    if not reason:
+        raise ReasonRequired("Give a reason; it goes in the audit log.")
+    if len(reason) > MAX_REASON_CHARS:
+        raise ReasonRequired(f"The reason is over {MAX_REASON_CHARS} characters.")
+    return reason
+
+
+def billing_audit(
+    *, actor: User, action: str, target_type: str, target_id, reason: str
+) -> BillingAuditEntry:
+    """Append to the billing audit log (refunds, revocations by hand)."""
+    return BillingAuditEntry.objects.create(
+        actor=actor,
+        action=action,
+        target_type=target_type,
+        target_id=str(target_id),
+        reason=_require_reason(reason),
+    )
+
+
+def licence_revoke(
+    *, licence_id, reason: str, actor: User | None = None, at: datetime | None = None
+) -> Licence:
+    """pending | active | past_due → revoked: access and downloads stop at once.
+    With an actor (a moderator acting by hand) the reason is audited; without one it
+    is the system's (a refund, a dispute). Raises NotAModerator (403), ReasonRequired
+    (422), InvalidLicenceTransition (409)."""
+    reason = _require_reason(reason)
+    if actor is not None and not actor.is_moderator:
+        raise NotAModerator("Only moderators revoke licences.")
+    with transaction.atomic():
+        licence = _finish(licence_id, LicenceStatus.REVOKED, reason, "revoked", at)
+        if actor is not None:
+            billing_audit(
+                actor=actor,
+                action="licence_revoke",
+                target_type="licence",
+                target_id=licence.id,
+                reason=reason,
+            )
+    return licence
+
+
+# --- the usage ledger ----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class UsageOutcome:
+    record: UsageRecord
+    recorded: bool  # False: this idempotency key was already in the ledger
+    calls_used: int  # in the record's period, after this call
+    calls_left: int | None  # None: no limit
+
+
+def _validate_usage(idempotency_key: str, units: int, status: str) -> None:
+    fields = {}
+    if not isinstance(idempotency_key, str) or not 1 <= len(idempotency_key) <= 128:
+        fields["idempotency_key"] = ["1 to 128 characters."]
+    if isinstance(units, bool) or not isinstance(units, int):
+        fields["units"] = ["A whole number."]
+    elif not 1 <= units <= MAX_UNITS_PER_RECORD:
+        fields["units"] = [f"1 to {MAX_UNITS_PER_RECORD}."]
+    if status not in UsageStatus.values:
+        fields["status"] = [f"One of {', '.join(UsageStatus.values)}."]
+    if fields:
+        raise InvalidUsage("The usage record is not valid.", fields=fields)
+
+
+def _count(period_id: int, units: int, quota: int | None) -> int | None:
+    """Add `units` to the period's counter unless it would pass `quota`: one conditional
+    UPDATE, so concurrent callers serialize on the row and none is lost. Returns the
+    new count, or None when refused."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "UPDATE billing_licenceusageperiod SET calls = calls + %s "
+            "WHERE id = %s AND (%s::bigint IS NULL OR calls + %s <= %s::bigint) "
+            "RETURNING calls",
+            [units, period_id, quota, units, quota],
+        )
+        row = cursor.fetchone()
+    return row[0] if row else None
+
+
+def usage_record(
+    *,
+    licence_id,
+    idempotency_key: str,
+    units: int = 1,
+    api_key_id=None,
+    listing_version_id: int | None = None,
+    latency_ms: int | None = None,
+    status: str = UsageStatus.OK,
+    at: datetime | None = None,
+) -> UsageOutcome:
+    """Write a call to the ledger and count it in its period: exactly once per
+    idempotency key (a replay returns the first row, counted once), atomically (no
+    lost or double counts under concurrency), refused past the licence's quota
+    (QuotaExceeded 429, nothing written). A failed call (`status="error"`) is
+    written but not counted. Serving may record before running the model and settle
+    the outcome after (usage_settle). Raises LicenceRequired (403) unless the licence
+    is live and allows calls."""
+    _validate_usage(idempotency_key, units, status)
+    now = at or timezone.now()
+    licence = Licence.objects.filter(pk=licence_id).first()
+    if licence is None:
+        raise LicenceNotFound("No such licence.")
+    existing = UsageRecord.objects.filter(idempotency_key=idempotency_key).first()
+    if existing is not None:
+        return _replayed(existing, licence)
+    if licence.status not in LIVE_LICENCE_STATUSES or licence.kind not in CALL_KINDS:
+        raise LicenceRequired("This licence does not allow calls now.")
+    start, end = licence_period_at(licence, now)
+    with transaction.atomic():
+        period, _ = LicenceUsagePeriod.objects.get_or_create(
+            licence=licence, period_start=start, defaults={"period_end": end}
+        )
+        try:
+            with transaction.atomic():
+                record = UsageRecord.objects.create(
+                    licence=licence,
+                    buyer_id=licence.buyer_id,
+                    listing_id=licence.listing_id,
+                    api_key_id=api_key_id,
+                    listing_version_id=listing_version_id,
+                    units=units,
+                    latency_ms=latency_ms,
+                    status=status,
+                    idempotency_key=idempotency_key,
+                    period_start=start,
+                    created_at=now,
+                )
+        except IntegrityError:
+            existing = UsageRecord.objects.filter(idempotency_key=idempotency_key).first()
+            if existing is None:
+                raise
+            return _replayed(existing, licence)
+        if status == UsageStatus.ERROR:
+            calls = LicenceUsagePeriod.objects.values_list("calls", flat=True).get(pk=period.pk)
+        else:
+            calls = _count(period.pk, units, licence.call_quota)
+            if calls is None:
+                raise QuotaExceeded(
+                    f"This licence's {licence.call_quota} calls for the period are used up.",
+                    fields={"calls_left": ["0"]},
+                )
+    left = None if licence.call_quota is None else max(0, licence.call_quota - calls)
+    return UsageOutcome(record=record, recorded=True, calls_used=calls, calls_left=left)
+
+
+def _replayed(record: UsageRecord, licence: Licence) -> UsageOutcome:
+    if record.licence_id != licence.pk:
+        raise IdempotencyKeyReused("This idempotency key was used for another licence.")
+    calls = (
+        LicenceUsagePeriod.objects.filter(licence=licence, period_start=record.period_start)
+        .values_list("calls", flat=True)
+        .first()
+    ) or 0
+    left = None if licence.call_quota is None else max(0, licence.call_quota - calls)
+    return UsageOutcome(record=record, recorded=False, calls_used=calls, calls_left=left)
+
+
+def usage_settle(
+    *, idempotency_key: str, status: str, latency_ms: int | None = None
+) -> UsageRecord:
+    """Record how a call recorded before it ran turned out. ok → error gives the call
+    back to the period (failed calls are not billed); settling twice changes nothing.
+    Raises InvalidLicenceTransition (409) for error → ok."""
+    _validate_usage(idempotency_key, 1, status)
+    with transaction.atomic():
+        record = (
+            UsageRecord.objects.select_for_update().filter(idempotency_key=idempotency_key).first()
+        )
+        if record is None:
+            raise InvalidUsage(
+                "No call with this idempotency key.", fields={"idempotency_key": ["Unknown."]}
+            )
+        if record.status == UsageStatus.ERROR and status == UsageStatus.OK:
+            raise InvalidLicenceTransition("A failed call cannot be settled as served.")
+        if record.status == UsageStatus.OK and status == UsageStatus.ERROR:
+            LicenceUsagePeriod.objects.filter(
+                licence_id=record.licence_id, period_start=record.period_start
+            ).update(calls=Greatest(F("calls") - record.units, Value(0)))
+        record.status = status
+        if latency_ms is not None:
+            record.latency_ms = latency_ms
+        record.save(update_fields=["status", "latency_ms"])
+    return record
+
+
+# --- Stripe ------------------------------------------------------------------------
+# (H's checkout, webhook handlers, refunds and metered reporting go below this line.)
