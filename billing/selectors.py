@@ -437,11 +437,14 @@ def statement_for(
             "currency",
         )
         .annotate(
-            gross=Sum("amount", filter=~Q(kind=PaymentKind.REFUND), default=0),
-            refunds=Sum("amount", filter=Q(kind=PaymentKind.REFUND), default=0),
-            platform_fee=Sum("platform_fee", default=0),
-            stripe_fee=Sum("stripe_fee", default=0),
-            unknown_fees=Count("id", filter=Q(stripe_fee__isnull=True) & ~Q(kind="refund")),
+            # Names unlike the columns': an annotation would shadow them in FILTER.
+            s_gross=Sum("amount", filter=~Q(kind=PaymentKind.REFUND), default=0),
+            s_refunds=Sum("amount", filter=Q(kind=PaymentKind.REFUND), default=0),
+            s_platform_fee=Sum("platform_fee", default=0),
+            s_stripe_fee=Sum("stripe_fee", default=0),
+            unknown_fees=Count(
+                "id", filter=Q(stripe_fee__isnull=True) & ~Q(kind=PaymentKind.REFUND)
+            ),
         )
         .order_by("licence__listing__slug", "currency", "licence_id")
     )
@@ -458,12 +461,12 @@ def statement_for(
                 licence_id=r["licence_id"],
                 buyer=r["licence__buyer__email"],
                 offer_kind=r["licence__kind"],
-                gross=r["gross"],
-                refunds=r["refunds"],
-                platform_fee=r["platform_fee"],
-                stripe_fee=r["stripe_fee"],
+                gross=r["s_gross"],
+                refunds=r["s_refunds"],
+                platform_fee=r["s_platform_fee"],
+                stripe_fee=r["s_stripe_fee"],
                 stripe_fee_known=r["unknown_fees"] == 0,
-                net=r["gross"] + r["refunds"] - r["platform_fee"],
+                net=r["s_gross"] + r["s_refunds"] - r["s_platform_fee"],
             )
         )
     listings = []
@@ -511,9 +514,9 @@ def earnings_by_month(*, expert: User, months: int = 12, sandbox: bool = False) 
         Payment.objects.filter(licence__listing__owner=expert, period__gte=first, sandbox=sandbox)
         .values("period", "currency")
         .annotate(
-            gross=Sum("amount", filter=~Q(kind=PaymentKind.REFUND), default=0),
-            refunds=Sum("amount", filter=Q(kind=PaymentKind.REFUND), default=0),
-            platform_fee=Sum("platform_fee", default=0),
+            s_gross=Sum("amount", filter=~Q(kind=PaymentKind.REFUND), default=0),
+            s_refunds=Sum("amount", filter=Q(kind=PaymentKind.REFUND), default=0),
+            s_platform_fee=Sum("platform_fee", default=0),
         )
         .order_by("period", "currency")
     )
@@ -521,10 +524,10 @@ def earnings_by_month(*, expert: User, months: int = 12, sandbox: bool = False) 
         MonthTotal(
             month=r["period"],
             currency=r["currency"],
-            gross=r["gross"],
-            refunds=r["refunds"],
-            platform_fee=r["platform_fee"],
-            net=r["gross"] + r["refunds"] - r["platform_fee"],
+            gross=r["s_gross"],
+            refunds=r["s_refunds"],
+            platform_fee=r["s_platform_fee"],
+            net=r["s_gross"] + r["s_refunds"] - r["s_platform_fee"],
         )
         for r in rows
     ]
