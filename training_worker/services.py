@@ -1,6 +1,8 @@
 """Writes of the studio: datasets, fine-tuning jobs and their transitions.
 
-The run of a job on a worker (claim, train, write the version) is in runner.py.
+The run of a job on a worker (claim, train, write the version) is in runner.py. Tasks
+are sent by name once the transaction commits (marketplace.celery.send_after_commit);
+this module never imports tasks.py, and the sweeps resend what the broker lost.
 """
 
 from __future__ import annotations
