@@ -80,6 +80,37 @@ def test_a_dataset_deleted_while_it_validates_stays_deleted_and_leaves_no_files(
     assert files_under(f"datasets/{dataset_id}") == []
 
 
+def test_a_dataset_with_a_cancelled_job_deleted_while_it_validates_stays_deleted(
+    alice, api, monkeypatch, django_capture_on_commit_callbacks
+):
+    client = api(alice)
+    dataset_id = post_dataset(client, "notes.csv", classification_csv())
+    job = client.post(
+        "/api/v1/fine_tuning/jobs",
+        {"base_model": "minilm-l6", "dataset": dataset_id},
+        format="json",
+    ).json()
+    assert client.post(f"/api/v1/fine_tuning/jobs/{job['id']}/cancel").status_code == 200
+    real_validate = services.validate_dataset
+
+    def validate_while_alice_deletes(raw, **kwargs):
+        result = real_validate(raw, **kwargs)
+        with django_capture_on_commit_callbacks(execute=True):
+            assert client.delete(f"/api/v1/datasets/{dataset_id}").status_code == 204
+        return result
+
+    monkeypatch.setattr(services, "validate_dataset", validate_while_alice_deletes)
+
+    with django_capture_on_commit_callbacks(execute=True):
+        services.dataset_validate(dataset_id=dataset_id)
+
+    dataset = Dataset.objects.get(pk=dataset_id)  # a job used it: the record stays
+    assert dataset.deleted_at is not None
+    assert (dataset.source_path, dataset.train_path, dataset.sealed_path) == ("", "", "")
+    assert client.get(f"/api/v1/datasets/{dataset_id}").status_code == 404
+    assert files_under(f"datasets/{dataset_id}") == []
+
+
 # --- a job created while its dataset finishes validation ---------------------------
 
 
