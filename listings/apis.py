@@ -52,6 +52,7 @@ class ListingCardOutput(serializers.Serializer):
     lift_over_generalist = serializers.SerializerMethodField()
     rating = serializers.SerializerMethodField()
     popularity = serializers.IntegerField()
+    price = serializers.SerializerMethodField()
     licence = LicenceOutput(source="*")
     expert = ExpertSummaryOutput(source="owner")
     published_at = serializers.DateTimeField(allow_null=True)
@@ -67,6 +68,12 @@ class ListingCardOutput(serializers.Serializer):
 
     def get_rating(self, listing) -> dict:
         return {"average": listing.rating_avg, "count": listing.rating_count}
+
+    def get_price(self, listing) -> dict | None:
+        """The lowest price on sale, "from …"; null when nothing is on sale."""
+        if listing.min_price_minor is None:
+            return None
+        return {"from_minor": listing.min_price_minor, "currency": listing.price_currency}
 
 
 class ListingDetailOutput(ListingCardOutput):
@@ -149,13 +156,15 @@ class ListingCatalogueApi(BaseApi):
     @extend_schema(
         parameters=[
             OpenApiParameter(name, OpenApiTypes.STR)
-            for name in ("q", "domain", "task", "tag", "sort", "cursor")
+            for name in ("q", "domain", "task", "tag", "sort", "cursor", "currency")
         ]
         + [OpenApiParameter(f, OpenApiTypes.BOOL) for f in selectors.LICENCE_FLAGS]
         + [
             OpenApiParameter("min_lift", OpenApiTypes.FLOAT),
             OpenApiParameter("min_rating", OpenApiTypes.FLOAT),
             OpenApiParameter("limit", OpenApiTypes.INT),
+            OpenApiParameter("min_price", OpenApiTypes.INT, description="Minor units."),
+            OpenApiParameter("max_price", OpenApiTypes.INT, description="Minor units."),
         ],
         responses=ListingCardOutput(many=True),
     )

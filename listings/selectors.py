@@ -23,13 +23,17 @@ from listings.models import (
     Review,
 )
 
-# Sort name → column, always descending with nulls last; ties broken by id.
+# Sort name → column, descending with nulls last; ties broken by id.
 SORTS = {
     "newest": "published_at",
     "best_lift": "lift_over_generalist",
     "rating": "rating_avg",
     "popularity": "popularity",
+    "price_asc": "min_price_minor",
+    "price_desc": "min_price_minor",
 }
+# Sorts that run ascending (cheapest first); nulls (nothing on sale) still come last.
+ASCENDING_SORTS = {"price_asc"}
 SORT_CHOICES = ("relevance", *SORTS)
 MAX_LIMIT = 100
 MAX_CURSOR_CHARS = 512  # the cursors handed out are under 120
@@ -55,6 +59,9 @@ class CatalogueQuery:
     min_lift: float | None = None
     min_rating: float | None = None
     tag: str = ""
+    min_price: int | None = None
+    max_price: int | None = None
+    currency: str = ""
     sort: str = ""
     cursor: str = ""
     limit: int = 20
@@ -84,6 +91,9 @@ def catalogue_query_from_params(params) -> CatalogueQuery:
             limit=int(params.get("limit") or 20),
             min_lift=float(params["min_lift"]) if params.get("min_lift") else None,
             min_rating=float(params["min_rating"]) if params.get("min_rating") else None,
+            min_price=_price_param(params, "min_price"),
+            max_price=_price_param(params, "max_price"),
+            currency=params.get("currency", "").strip().lower(),
             **{
                 flag: params[flag].lower() in ("1", "true", "yes", "on")
                 for flag in LICENCE_FLAGS
@@ -95,6 +105,19 @@ def catalogue_query_from_params(params) -> CatalogueQuery:
             "limit, min_lift and min_rating must be numbers.",
             fields={"limit": [], "min_lift": [], "min_rating": []},
         ) from None
+
+
+def _price_param(params, name: str) -> int | None:
+    """A price bound in minor units (cents): a whole number from 0."""
+    raw = params.get(name, "").strip()
+    if not raw:
+        return None
+    if not raw.isascii() or not raw.isdigit() or len(raw) > 15:
+        raise InvalidListing(
+            f"{name} must be a whole number of minor units (cents), from 0.",
+            fields={name: ["A whole number from 0."]},
+        )
+    return int(raw)
 
 
 @dataclass(frozen=True)
@@ -151,7 +174,7 @@ def _keyset_of(cursor: dict, field: str) -> tuple[object, uuid.UUID]:
             value = None
         if value is None or value.tzinfo is None:
             raise _invalid_cursor()
-    elif field == "popularity":
+    elif field in ("popularity", "min_price_minor"):
         if type(value) is not int:
             raise _invalid_cursor()
     elif type(value) not in (int, float) or not math.isfinite(value):
@@ -185,6 +208,29 @@ def _search(queryset: QuerySet[Listing], q: str) -> QuerySet[Listing]:
     return queryset
 
 
+def _filter_price(listings: QuerySet[Listing], query: CatalogueQuery) -> QuerySet[Listing]:
+    """Price range in one currency: amounts in different currencies do not compare."""
+    if query.currency:
+        if len(query.currency) != 3 or not (query.currency.isascii() and query.currency.isalpha()):
+            raise InvalidListing(
+                "currency must be an ISO-4217 code such as usd.",
+                fields={"currency": ["Three letters."]},
+            )
+        listings = listings.filter(price_currency=query.currency)
+    if query.min_price is None and query.max_price is None:
+        return listings
+    if not query.currency:
+        raise InvalidListing(
+            "A price range needs a currency, e.g. currency=usd.",
+            fields={"currency": ["Required with min_price or max_price."]},
+        )
+    if query.min_price is not None:
+        listings = listings.filter(min_price_minor__gte=query.min_price)
+    if query.max_price is not None:
+        listings = listings.filter(min_price_minor__lte=query.max_price)
+    return listings
+
+
 def listing_search(*, query: CatalogueQuery) -> CataloguePage:
     """The catalogue: published only; filters, a sort, and cursor pages.
 
@@ -214,6 +260,7 @@ def listing_search(*, query: CatalogueQuery) -> CataloguePage:
         listings = listings.filter(rating_avg__gte=query.min_rating)
     if query.tag:
         listings = listings.filter(tags__icontains=query.tag.lower())
+    listings = _filter_price(listings, query)
 
     sort = query.sort or ("relevance" if query.q else "newest")
     if query.q:
@@ -232,15 +279,20 @@ def listing_search(*, query: CatalogueQuery) -> CataloguePage:
         return CataloguePage(rows[: query.limit], has_more, next_cursor)
 
     field = SORTS[sort]
-    listings = listings.order_by(F(field).desc(nulls_last=True), "-id")
+    if sort in ASCENDING_SORTS:
+        listings = listings.order_by(F(field).asc(nulls_last=True), "id")
+        after, id_after = f"{field}__gt", "id__gt"
+    else:
+        listings = listings.order_by(F(field).desc(nulls_last=True), "-id")
+        after, id_after = f"{field}__lt", "id__lt"
     if cursor is not None:
         value, last_id = _keyset_of(cursor, field)
         if value is None:
-            listings = listings.filter(**{f"{field}__isnull": True}, id__lt=last_id)
+            listings = listings.filter(**{f"{field}__isnull": True, id_after: last_id})
         else:
             listings = listings.filter(
-                Q(**{f"{field}__lt": value})
-                | Q(**{field: value}, id__lt=last_id)
+                Q(**{after: value})
+                | Q(**{field: value, id_after: last_id})
                 | Q(**{f"{field}__isnull": True})
             )
     rows = list(listings[: query.limit + 1])
