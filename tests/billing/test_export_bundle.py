@@ -14,6 +14,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from django.conf import settings
 from django.utils import timezone
 
+from billing import services as billing_services
 from billing.models import ExportDownload, Licence, LicenceStatus, Offer, OfferKind
 from billing.terms import LicenceTerms
 from listings import services as listing_services
@@ -260,9 +261,7 @@ def test_a_revoked_licence_stops_downloads_at_once(alice, bob, carol, api, tmp_p
     assert client.get(f"/api/v1/models/{version.id}/export").status_code == 200
 
     # When the licence is revoked, then the very next download is refused
-    Licence.objects.filter(pk=licence.pk).update(
-        status=LicenceStatus.REVOKED, ended_at=timezone.now(), end_reason="chargeback"
-    )
+    billing_services.licence_revoke(licence_id=licence.pk, reason="chargeback")
     response = client.get(f"/api/v1/models/{version.id}/export")
 
     assert response.status_code == 403
