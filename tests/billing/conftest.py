@@ -7,6 +7,11 @@ import pytest
 
 from billing import services
 from billing.models import ConnectAccount, Offer, OfferKind
+from tests.billing.stripe_server import (  # noqa: F401  (fixtures: the local Stripe)
+    local_stripe_server,
+    stripe_server,
+    stripe_webhooks_to_live_server,
+)
 from tests.listings.conftest import make_listing
 
 

@@ -812,3 +812,20 @@ def stripe_webhooks_to_live_server(stripe_server, live_server):
     """Webhooks travel over real HTTP to a live Niche server."""
     stripe_server.set_webhook_endpoint(f"{live_server.url}/api/v1/billing/stripe/webhook")
     return stripe_server
+
+
+WEBHOOK_PATH = "/api/v1/billing/stripe/webhook"
+
+
+def post_webhook(client, delivery: dict, *, payload: str | None = None, signature=None):
+    """Hand a delivery (as the fake's routes return it) to Django's test client, running
+    what the request commits (the processing task, eager in tests)."""
+    from django.test import TestCase
+
+    with TestCase.captureOnCommitCallbacks(execute=True):
+        return client.post(
+            WEBHOOK_PATH,
+            data=(delivery["payload"] if payload is None else payload).encode(),
+            content_type="application/json",
+            HTTP_STRIPE_SIGNATURE=delivery["signature"] if signature is None else signature,
+        )

@@ -1,0 +1,169 @@
+"""Buying each kind of offer through Stripe Checkout against the local Stripe server.
+
+The real `stripe` SDK talks to localstripe + the fake (tests/billing/stripe_server.py);
+webhooks travel over real HTTP to a live Niche server. A licence is active only once
+Stripe's webhook says the money arrived.
+"""
+
+import pytest
+from django.test import TestCase
+
+from billing.models import ConnectAccount, Licence, LicenceStatus, OfferKind, Payment, StripeEvent
+from tests.billing.conftest import make_offer
+from tests.billing.stripe_server import post_webhook
+
+CHECKOUT = "/api/v1/billing/checkout"
+
+
+def onboard(api, expert, stripe_server, client=None) -> ConnectAccount:
+    """The expert asks for an onboarding link and finishes Stripe's form."""
+    response = api(expert).post("/api/v1/billing/connect/onboard", {}, format="json")
+    assert response.status_code == 201, response.content
+    assert response.json()["url"].startswith(stripe_server.base_url)
+    account = ConnectAccount.objects.get(expert=expert)
+    delivery = stripe_server.complete_onboarding(account.stripe_account_id)
+    if client is not None:
+        assert post_webhook(client, delivery).status_code == 200
+    account.refresh_from_db()
+    return account
+
+
+@pytest.mark.django_db(transaction=True, serialized_rollback=True)  # a live server
+@pytest.mark.parametrize(
+    ("kind", "mode", "fee"),
+    [
+        (OfferKind.DOWNLOAD, "payment", {"application_fee_amount": "5000"}),
+        (OfferKind.SUBSCRIPTION, "subscription", {"application_fee_percent": "20"}),
+        (OfferKind.PER_CALL, "subscription", {"application_fee_percent": "20"}),
+    ],
+)
+def test_each_offer_kind_is_bought_end_to_end_and_active_only_after_the_webhook(
+    kind, mode, fee, alice, bob, api, listing, stripe_webhooks_to_live_server
+):
+    stripe = stripe_webhooks_to_live_server
+    account = onboard(api, alice, stripe)
+    assert account.payouts_enabled and account.details_submitted  # via account.updated
+    offer = make_offer(listing, kind)
+
+    response = api(bob).post(CHECKOUT, {"offer_id": str(offer.id)}, format="json")
+
+    assert response.status_code == 201, response.content
+    body = response.json()
+    assert body["sandbox"] is False and body["url"].startswith(stripe.base_url)
+    licence = Licence.objects.get(pk=body["licence_id"])
+    assert licence.status == LicenceStatus.PENDING
+    session = stripe.state.sessions[licence.stripe_checkout_session_id]
+    assert session["mode"] == mode
+    charge_data = session["payment_intent_data"] or session["subscription_data"]
+    assert charge_data["transfer_data"] == {"destination": account.stripe_account_id}
+    assert {k: charge_data[k] for k in fee} == fee
+    assert session["client_reference_id"] == str(licence.pk)
+
+    completed = stripe.complete_checkout(session["id"])
+
+    assert completed["delivery_status"] == 200
+    licence.refresh_from_db()
+    assert licence.status == LicenceStatus.ACTIVE
+    assert licence.sandbox is False
+    assert StripeEvent.objects.get(pk=completed["event"]["id"]).processed_at is not None
+    if kind == OfferKind.DOWNLOAD:
+        payment = Payment.objects.get(licence=licence)
+        assert (payment.kind, payment.amount, payment.platform_fee) == ("charge", 25_000, 5_000)
+        transfer = next(iter(stripe.state.transfers.values()))
+        assert transfer["destination"] == account.stripe_account_id
+        assert transfer["amount"] == 20_000
+    else:
+        assert licence.stripe_subscription_id == completed["session"]["subscription"]
+        assert licence.current_period_start is not None
+        assert licence.current_period_end > licence.current_period_start
+    if kind == OfferKind.SUBSCRIPTION:
+        payment = Payment.objects.get(licence=licence)
+        assert (payment.kind, payment.amount, payment.platform_fee) == ("invoice", 4900, 980)
+    if kind == OfferKind.PER_CALL:
+        assert licence.stripe_subscription_item_id.startswith("si_")
+        assert not Payment.objects.filter(licence=licence).exists()  # billed from usage
+
+
+def test_a_priced_offer_cannot_be_bought_before_the_expert_can_receive_payouts(
+    alice, bob, api, listing, stripe_server
+):
+    api(alice).post("/api/v1/billing/connect/onboard", {}, format="json")  # not finished
+    offer = make_offer(listing, OfferKind.DOWNLOAD)
+
+    response = api(bob).post(CHECKOUT, {"offer_id": str(offer.id)}, format="json")
+
+    assert response.status_code == 409
+    assert response.json()["error"]["code"] == "expert_payouts_not_enabled"
+    assert not Licence.objects.exists()
+    assert stripe_server.state.sessions == {}
+
+
+def test_a_retried_checkout_gets_the_same_session_not_a_second_one(
+    alice, bob, api, client, listing, stripe_server
+):
+    onboard(api, alice, stripe_server, client)
+    offer = make_offer(listing, OfferKind.DOWNLOAD)
+    bob_api = api(bob)
+
+    first = bob_api.post(CHECKOUT, {"offer_id": str(offer.id)}, format="json")
+    second = bob_api.post(CHECKOUT, {"offer_id": str(offer.id)}, format="json")
+
+    assert first.status_code == second.status_code == 201
+    assert first.json()["checkout_session_id"] == second.json()["checkout_session_id"]
+    assert first.json()["licence_id"] == second.json()["licence_id"]
+    assert len(stripe_server.state.sessions) == 1
+    assert Licence.objects.filter(buyer=bob).count() == 1
+
+
+def test_every_post_to_stripe_carries_an_idempotency_key_derived_from_our_row(
+    alice, bob, api, client, listing, stripe_server
+):
+    onboard(api, alice, stripe_server, client)
+    for kind in (OfferKind.DOWNLOAD, OfferKind.PER_CALL):
+        offer = make_offer(listing, kind)
+        response = api(bob).post(CHECKOUT, {"offer_id": str(offer.id)}, format="json")
+        assert response.status_code == 201, response.content
+
+    posts = stripe_server.posts()
+
+    assert {p.path for p in posts} >= {
+        "/v1/accounts", "/v1/account_links", "/v1/products", "/v1/prices",
+        "/v1/billing/meters", "/v1/checkout/sessions",
+    }  # fmt: skip
+    assert [p for p in posts if not (p.idempotency_key or "").startswith("niche:")] == []
+    session_keys = {p.idempotency_key for p in posts if p.path == "/v1/checkout/sessions"}
+    assert session_keys == {
+        f"niche:checkout-session:{licence.pk}" for licence in Licence.objects.all()
+    }
+
+
+def test_in_sandbox_mode_a_purchase_completes_at_once_and_says_sandbox(
+    alice, bob, api, listing, settings
+):
+    settings.STRIPE_SECRET_KEY = ""
+    offer = make_offer(listing, OfferKind.DOWNLOAD)  # alice never onboarded: no money moves
+
+    with TestCase.captureOnCommitCallbacks(execute=True):
+        response = api(bob).post(CHECKOUT, {"offer_id": str(offer.id)}, format="json")
+
+    assert response.status_code == 201, response.content
+    assert response.json()["sandbox"] is True
+    licence = Licence.objects.get(pk=response.json()["licence_id"])
+    assert (licence.status, licence.sandbox) == (LicenceStatus.ACTIVE, True)
+    payment = Payment.objects.get(licence=licence)
+    assert (payment.sandbox, payment.amount, payment.platform_fee) == (True, 25_000, 5_000)
+
+
+def test_return_addresses_must_be_on_this_site(alice, bob, api, listing, settings):
+    settings.STRIPE_SECRET_KEY = ""
+    offer = make_offer(listing, OfferKind.DOWNLOAD)
+
+    response = api(bob).post(
+        CHECKOUT,
+        {"offer_id": str(offer.id), "success_url": "https://evil.example/phish"},
+        format="json",
+    )
+
+    assert response.status_code == 422
+    assert response.json()["error"]["fields"] == {"success_url": ["A path on this site."]}
+    assert not Licence.objects.exists()
