@@ -6,7 +6,7 @@ import calendar
 import uuid
 from collections import defaultdict
 from dataclasses import dataclass, field
-from datetime import date, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 
 from django.db.models import Avg, Count, OuterRef, Q, QuerySet, Subquery, Sum
 from django.db.models.functions import TruncDay
@@ -255,7 +255,28 @@ def offer_get_mine(*, owner: User, offer_id) -> Offer:
 
 
 def licence_list_for_buyer(*, buyer: User) -> QuerySet[Licence]:
-    return Licence.objects.filter(buyer=buyer).select_related("listing", "offer")
+    """The buyer's licences, newest first, with their latest period counter (read
+    with licence_calls_used) so a page is one query."""
+    latest = LicenceUsagePeriod.objects.filter(licence=OuterRef("pk")).order_by("-period_start")
+    return (
+        Licence.objects.filter(buyer=buyer)
+        .select_related("listing", "offer")
+        .annotate(
+            p_start=Subquery(latest.values("period_start")[:1]),
+            p_calls=Subquery(latest.values("calls")[:1]),
+        )
+    )
+
+
+def licence_calls_used(licence: Licence, at: datetime | None = None) -> int:
+    """Calls counted in the licence's current period, from licence_list_for_buyer's
+    annotations (or one query without them)."""
+    if not hasattr(licence, "p_start"):
+        return licence_calls_this_period(licence=licence, at=at)
+    if licence.kind not in CALL_KINDS or licence.p_start is None:
+        return 0
+    start, _ = licence_period_at(licence, at or timezone.now())
+    return licence.p_calls if licence.p_start == start else 0
 
 
 def licence_get_for_buyer(*, buyer: User, licence_id) -> Licence:
@@ -306,15 +327,15 @@ def usage_by_day(
         raise InvalidPeriod(
             f"At most {MAX_USAGE_DAYS} days at a time.", fields={"since": [], "until": []}
         )
-    start = datetime(since.year, since.month, since.day, tzinfo=timezone.UTC)
-    end = datetime(until.year, until.month, until.day, tzinfo=timezone.UTC) + timedelta(days=1)
+    start = datetime(since.year, since.month, since.day, tzinfo=UTC)
+    end = datetime(until.year, until.month, until.day, tzinfo=UTC) + timedelta(days=1)
     records = UsageRecord.objects.filter(buyer=buyer, created_at__gte=start, created_at__lt=end)
     if listing_slug:
         records = records.filter(listing__slug=listing_slug)
     if api_key_id is not None:
         records = records.filter(api_key_id=api_key_id)
     rows = (
-        records.annotate(day=TruncDay("created_at", tzinfo=timezone.UTC))
+        records.annotate(day=TruncDay("created_at", tzinfo=UTC))
         .values("day", "listing__slug", "api_key_id", "api_key__prefix")
         .annotate(
             calls=Sum("units", filter=Q(status=UsageStatus.OK), default=0),
@@ -345,7 +366,7 @@ class StatementLine:
     """One licence's money in the month. net = gross + refunds - platform_fee."""
 
     licence_id: uuid.UUID
-    buyer: str
+    buyer: str  # the buyer's display name (an expert does not see buyers' emails)
     offer_kind: str
     gross: int
     refunds: int
@@ -431,6 +452,7 @@ def statement_for(
             "licence_id",
             "licence__kind",
             "licence__buyer__email",
+            "licence__buyer__display_name",
             "licence__listing_id",
             "licence__listing__slug",
             "licence__listing__title",
@@ -459,7 +481,7 @@ def statement_for(
         grouped[key].append(
             StatementLine(
                 licence_id=r["licence_id"],
-                buyer=r["licence__buyer__email"],
+                buyer=r["licence__buyer__display_name"] or r["licence__buyer__email"].split("@")[0],
                 offer_kind=r["licence__kind"],
                 gross=r["s_gross"],
                 refunds=r["s_refunds"],
