@@ -96,6 +96,8 @@ class Child:
         """Whether it has exited; it is left a zombie, so its group id cannot be reused."""
         if self.reaped:
             return True
+        if not hasattr(os, "waitid"):  # not on every Unix: poll, which reaps
+            return self.popen.poll() is not None
         try:
             state = os.waitid(os.P_PID, self.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
         except ChildProcessError:

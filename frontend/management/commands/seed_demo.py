@@ -1,6 +1,6 @@
-"""Seed the demo (idempotent): accounts, the tiny causal base, the expert's datasets."""
-
-from pathlib import Path
+"""Seed the demo (idempotent): accounts, the tiny causal base, the expert's datasets,
+and on the first start a fine-tune per dataset that is listed when it finishes.
+"""
 
 from django.contrib.auth.models import Group
 from django.core.files.uploadedfile import SimpleUploadedFile
@@ -10,36 +10,46 @@ from django.db import transaction
 
 from accounts.models import MODERATORS_GROUP, ExpertProfile, User
 from accounts.services import moderators_group_sync
+from frontend.services import (
+    DEMO_DATA,
+    DEMO_EXPERT_EMAIL,
+    DEMO_MODERATOR_EMAIL,
+    DEMO_SPECIALISTS,
+    demo_training_start,
+)
 from training_worker import services as studio_services
 from training_worker.models import Dataset
 
-DEMO_DATA = Path(__file__).resolve().parents[2] / "demo_data"
-DEMO_DATASETS = {
-    # file name: (name shown, what it is)
-    "support_tickets.csv": "Support tickets (noisy, 4 classes)",
-    "arithmetic.jsonl": "Arithmetic questions (generation)",
-}
-
 DEMO_PASSWORD = "niche-demo-2026"  # noqa: S105  public demo accounts, printed on start
 DEMO_ACCOUNTS = {
-    "expert@demo.niche": {"display_name": "Dr. Ada Expert", "is_expert": True},
+    DEMO_EXPERT_EMAIL: {"display_name": "Dr. Ada Expert", "is_expert": True},
     "buyer@demo.niche": {"display_name": "Bea Buyer", "is_expert": False},
-    "moderator@demo.niche": {"display_name": "Mo Moderator", "is_staff": True},
+    DEMO_MODERATOR_EMAIL: {"display_name": "Mo Moderator", "is_staff": True},
 }
 
 
 class Command(BaseCommand):
-    help = "Create the demo accounts and datasets (idempotent) and print the logins."
+    help = (
+        "Create the demo accounts and datasets, queue the demo fine-tunes on the first "
+        "run (idempotent) and print the logins."
+    )
 
     def add_arguments(self, parser):
         parser.add_argument(
             "--skip-models", action="store_true", help="Do not build the tiny causal LM."
         )
+        parser.add_argument(
+            "--skip-training",
+            action="store_true",
+            help="Do not queue the demo fine-tunes (nor watch them).",
+        )
 
-    def handle(self, *args, skip_models: bool = False, **options):
+    def handle(self, *args, skip_models: bool = False, skip_training: bool = False, **options):
         if not skip_models:
             call_command("build_tiny_causal", stdout=self.stderr)
         self._seed()
+        if not skip_training:
+            self._start_demo_training()
 
     @transaction.atomic
     def _seed(self):
@@ -60,13 +70,24 @@ class Command(BaseCommand):
                 )
             if user.is_staff:
                 user.groups.add(moderators)
-        expert = User.objects.get(email="expert@demo.niche")
-        for filename, name in DEMO_DATASETS.items():
-            if not Dataset.objects.filter(owner=expert, name=name).exists():
-                content = (DEMO_DATA / filename).read_bytes()
+        expert = User.objects.get(email=DEMO_EXPERT_EMAIL)
+        for spec in DEMO_SPECIALISTS:
+            if not Dataset.objects.filter(owner=expert, name=spec.dataset_name).exists():
+                content = (DEMO_DATA / spec.filename).read_bytes()
                 studio_services.dataset_upload(
-                    owner=expert, file=SimpleUploadedFile(filename, content), name=name
+                    owner=expert,
+                    file=SimpleUploadedFile(spec.filename, content),
+                    name=spec.dataset_name,
                 )
         self.stdout.write(f"Demo accounts (password for each: {DEMO_PASSWORD}):")
         for email in DEMO_ACCOUNTS:
             self.stdout.write(f"  {email}")
+
+    @transaction.atomic
+    def _start_demo_training(self):
+        expert = User.objects.get(email=DEMO_EXPERT_EMAIL)
+        for job in demo_training_start(expert=expert):
+            self.stderr.write(
+                f"demo fine-tune {job.suffix} is {job.status}; "
+                "it is listed in the catalogue when it succeeds"
+            )

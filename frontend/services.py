@@ -1,0 +1,200 @@
+"""The living demo: a fine-tune per demo dataset, listed through moderation when done.
+
+On the first `make run` the catalogue would be empty. `demo_training_start` (called by
+`seed_demo` on every start) queues one short fine-tune per demo dataset as the demo
+expert and arms a watcher task; the watcher calls `demo_listing_publish`, which lists
+the finished specialist through the same services an expert and a moderator use (the
+approval is audited). Both are idempotent: the job's suffix and the listing's slug
+are the keys, so later starts queue nothing twice and list nothing twice.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from accounts.models import User
+from listings import selectors as listing_selectors
+from listings import services as listing_services
+from listings.errors import InvalidListingTransition, SlugTaken
+from listings.models import Listing, ListingStatus
+from marketplace.celery import send_after_commit
+from training_worker import selectors as studio_selectors
+from training_worker import services as studio_services
+from training_worker.models import FineTuningJob, JobStatus
+
+DEMO_DATA = Path(__file__).resolve().parent / "demo_data"
+DEMO_EXPERT_EMAIL = "expert@demo.niche"
+DEMO_MODERATOR_EMAIL = "moderator@demo.niche"
+DEMO_PUBLISH_TASK = "frontend.tasks.demo_publish_when_trained"
+DEMO_APPROVAL_REASON = (
+    "Demo specialist seeded by make run; its scores are the platform's own evaluation "
+    "on the sealed split."
+)
+# A demo dataset whose fine-tunes keep failing is not retried for ever.
+MAX_DEMO_JOBS_PER_DATASET = 3
+WAITING_STATUSES = (JobStatus.VALIDATING_FILES, JobStatus.QUEUED, JobStatus.RUNNING)
+
+
+@dataclass(frozen=True)
+class DemoSpecialist:
+    """One demo dataset, the short fine-tune on it, and the listing it becomes."""
+
+    filename: str  # in frontend/demo_data
+    dataset_name: str
+    base_model: str
+    job_suffix: str  # marks the demo's jobs: the key that keeps later starts idempotent
+    hyperparameters: dict
+    listing: dict = field(default_factory=dict)  # slug and content for listing_create
+
+
+DEMO_SPECIALISTS = (
+    DemoSpecialist(
+        filename="support_tickets.csv",
+        dataset_name="Support tickets (noisy, 4 classes)",
+        base_model="minilm-l6",
+        job_suffix="demo-support-triage",
+        # ~1,600 examples seen: about a minute on two busy cores (3 epochs scored
+        # 0.0075 better on the benchmark's noisy tickets; the demo favours speed).
+        hyperparameters={"n_epochs": 2},
+        listing={
+            "slug": "demo-support-ticket-triage",
+            "title": "Support ticket triage (demo)",
+            "summary": "Routes a customer message to account, billing, shipping or "
+            "technical support.",
+            "description": "A LoRA adapter on MiniLM-L6, fine-tuned by `make run` on the "
+            "demo's 1,000 noisy support tickets. The scores are the platform's evaluation "
+            "on a sealed split the expert never saw.",
+            "domain": "customer-support",
+            "tags": ["demo", "triage", "support"],
+            "languages": ["en"],
+            "intended_use": "Trying Niche: search, the evaluation page, the playground.",
+            "out_of_scope_use": "Real customers: it learnt from synthetic tickets.",
+            "commercial_use": False,
+            "attribution_required": True,
+        },
+    ),
+    DemoSpecialist(
+        filename="arithmetic.jsonl",
+        dataset_name="Arithmetic questions (generation)",
+        base_model="tiny-causal",
+        job_suffix="demo-arithmetic",
+        hyperparameters={"n_epochs": 4},
+        listing={
+            "slug": "demo-arithmetic-answers",
+            "title": "Arithmetic answers (demo)",
+            "summary": "Answers 'What is a plus b?' with the number, on a tiny causal LM.",
+            "description": "A LoRA adapter on the tiny causal LM that ships with Niche, "
+            "fine-tuned by `make run` on 200 arithmetic questions. Its token F1 is measured "
+            "against the base model on a sealed split.",
+            "domain": "education",
+            "tags": ["demo", "arithmetic", "generation"],
+            "languages": ["en"],
+            "intended_use": "Trying Niche's generation API and evaluation.",
+            "out_of_scope_use": "Any real arithmetic.",
+            "commercial_use": False,
+            "attribution_required": True,
+        },
+    ),
+)
+
+
+class DemoOutcome(enum.StrEnum):
+    WAITING = "waiting"  # the fine-tune has not finished
+    PUBLISHED = "published"
+    NOT_TRAINED = "not_trained"  # the fine-tune failed or was cancelled: nothing to list
+    LEFT_TO_MODERATORS = "left_to_moderators"  # rejected, suspended or delisted by a person
+    SLUG_TAKEN = "slug_taken"  # another user's listing has the demo's slug
+
+
+def _demo_specialist_of(job: FineTuningJob) -> DemoSpecialist | None:
+    return next((s for s in DEMO_SPECIALISTS if s.job_suffix == job.suffix), None)
+
+
+def _demo_listing(expert: User, spec: DemoSpecialist) -> Listing | None:
+    mine = listing_selectors.listing_list_mine(owner=expert)
+    return mine.filter(slug=spec.listing["slug"]).first()
+
+
+def demo_training_start(*, expert: User) -> list[FineTuningJob]:
+    """Queue the demo fine-tunes that are needed, and arm a watcher for each one.
+
+    For each demo dataset of the expert: nothing if its listing exists and is past
+    review; otherwise the newest demo job that is waiting or succeeded is watched
+    again (a restart loses the broker's scheduled tasks), and a new job is queued
+    only when there is none (at most MAX_DEMO_JOBS_PER_DATASET ever). Idempotent.
+    Returns the jobs being watched.
+    """
+    datasets = {d.name: d for d in studio_selectors.dataset_list(owner=expert)}
+    watched = []
+    for spec in DEMO_SPECIALISTS:
+        dataset = datasets.get(spec.dataset_name)
+        if dataset is None:
+            continue
+        listing = _demo_listing(expert, spec)
+        if listing is not None and listing.status not in (
+            ListingStatus.DRAFT,
+            ListingStatus.IN_REVIEW,
+        ):
+            continue
+        jobs = studio_selectors.job_list(owner=expert).filter(
+            dataset=dataset, suffix=spec.job_suffix
+        )
+        job = jobs.filter(status__in=(*WAITING_STATUSES, JobStatus.SUCCEEDED)).first()
+        if job is None and jobs.count() < MAX_DEMO_JOBS_PER_DATASET:
+            job = studio_services.job_create(
+                owner=expert,
+                base_model=spec.base_model,
+                dataset_id=dataset.id,
+                hyperparameters=spec.hyperparameters,
+                seed=2026,
+                suffix=spec.job_suffix,
+            )
+        if job is not None:
+            send_after_commit(DEMO_PUBLISH_TASK, str(job.id))
+            watched.append(job)
+    return watched
+
+
+def demo_listing_publish(*, job_id) -> DemoOutcome:
+    """List a finished demo fine-tune: create and submit as the expert, approve as the
+    demo moderator (audited, as any approval). Safe to call again and concurrently:
+    the listing's slug is unique, each step is one locked, state-checked service, and
+    a step another call already took is skipped.
+    """
+    expert = User.objects.get(email=DEMO_EXPERT_EMAIL)
+    job = studio_selectors.job_get(owner=expert, job_id=job_id)
+    spec = _demo_specialist_of(job)
+    if spec is None:
+        return DemoOutcome.NOT_TRAINED
+    if job.status in WAITING_STATUSES:
+        return DemoOutcome.WAITING
+    if job.status != JobStatus.SUCCEEDED or job.fine_tuned_model_id is None:
+        return DemoOutcome.NOT_TRAINED
+    listing = _demo_listing(expert, spec)
+    if listing is None:
+        try:
+            listing = listing_services.listing_create(
+                owner=expert, model_version_id=job.fine_tuned_model_id, **spec.listing
+            )
+        except SlugTaken:  # another call created it meanwhile, or someone else owns the slug
+            listing = _demo_listing(expert, spec)
+            if listing is None:
+                return DemoOutcome.SLUG_TAKEN
+    if listing.status == ListingStatus.DRAFT:
+        try:
+            listing = listing_services.listing_submit(owner=expert, listing_id=listing.id)
+        except InvalidListingTransition:
+            listing = _demo_listing(expert, spec)
+    if listing.status == ListingStatus.IN_REVIEW:
+        moderator = User.objects.get(email=DEMO_MODERATOR_EMAIL)
+        try:
+            listing = listing_services.listing_approve(
+                moderator=moderator, listing_id=listing.id, reason=DEMO_APPROVAL_REASON
+            )
+        except InvalidListingTransition:
+            listing = _demo_listing(expert, spec)
+    if listing.status == ListingStatus.PUBLISHED:
+        return DemoOutcome.PUBLISHED
+    return DemoOutcome.LEFT_TO_MODERATORS

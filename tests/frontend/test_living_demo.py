@@ -1,0 +1,149 @@
+"""The living demo's services: what seed_demo queues on each start, and how a finished
+demo fine-tune is listed. The integration test runs the same on a real worker."""
+
+import pytest
+from django.core.management import call_command
+
+from accounts.models import User
+from frontend.services import (
+    DEMO_PUBLISH_TASK,
+    DEMO_SPECIALISTS,
+    MAX_DEMO_JOBS_PER_DATASET,
+    DemoOutcome,
+    demo_listing_publish,
+    demo_training_start,
+)
+from listings import services as listing_services
+from listings.models import Listing, ListingStatus, ModerationAction, ModerationActionType
+from tests.listings.conftest import classification_evaluation
+from training_worker.models import FineTuningJob, JobStatus, ModelVersion
+
+SUPPORT = DEMO_SPECIALISTS[0]
+
+
+@pytest.fixture
+def demo(db) -> dict[str, User]:
+    """The demo accounts and datasets as seed_demo leaves them, without the fine-tunes."""
+    call_command("seed_demo", "--skip-models", "--skip-training", stdout=None, stderr=None)
+    return {
+        "expert": User.objects.get(email="expert@demo.niche"),
+        "moderator": User.objects.get(email="moderator@demo.niche"),
+    }
+
+
+def start(expert, django_capture_on_commit_callbacks) -> tuple[list[FineTuningJob], list]:
+    """demo_training_start, keeping the tasks it would send once committed."""
+    with django_capture_on_commit_callbacks(execute=False) as sent:
+        jobs = demo_training_start(expert=expert)
+    return jobs, sent
+
+
+def finish(job: FineTuningJob, status: str = JobStatus.SUCCEEDED) -> FineTuningJob:
+    """What the worker writes when a classification fine-tune ends."""
+    job.status = status
+    job.save(update_fields=["status"])
+    if status == JobStatus.SUCCEEDED:
+        version = ModelVersion.objects.create(
+            owner=job.owner, job=job, base_model=job.base_model, name=f"demo:{job.pk}",
+            task="text-classification", labels=["account", "billing"], adapter_path="a",
+            adapter_sha256="a" * 64, adapter_size=1, config_path="c", config_sha256="c" * 64,
+            config_size=1, dataset_sha256=job.dataset.sha256, run_record={},
+            evaluation=classification_evaluation(0.81, 0.4), card="---\n---\n",
+        )  # fmt: skip
+        FineTuningJob.objects.filter(pk=job.pk).update(fine_tuned_model=version)
+    return FineTuningJob.objects.get(pk=job.pk)
+
+
+def test_first_start_queues_one_fine_tune_per_demo_dataset_and_later_starts_none(
+    demo, django_capture_on_commit_callbacks
+):
+    expert = demo["expert"]
+
+    jobs, sent = start(expert, django_capture_on_commit_callbacks)
+
+    assert sorted(j.suffix for j in jobs) == sorted(s.job_suffix for s in DEMO_SPECIALISTS)
+    assert {j.base_model.slug for j in jobs} == {"minilm-l6", "tiny-causal"}
+    assert all(j.owner == expert and j.status == JobStatus.VALIDATING_FILES for j in jobs)
+    assert len(sent) == 2  # one watcher per job (the datasets validate first)
+
+    # A later start while they train: no new job, the watchers armed again (the
+    # embedded broker forgets scheduled tasks when it stops).
+    again, sent = start(expert, django_capture_on_commit_callbacks)
+    assert {j.pk for j in again} == {j.pk for j in jobs}
+    assert len(sent) == 2
+    assert FineTuningJob.objects.filter(owner=expert).count() == 2
+
+
+def test_a_finished_demo_fine_tune_is_listed_through_audited_moderation_once(
+    demo, django_capture_on_commit_callbacks
+):
+    expert, moderator = demo["expert"], demo["moderator"]
+    jobs, _ = start(expert, django_capture_on_commit_callbacks)
+    job = next(j for j in jobs if j.suffix == SUPPORT.job_suffix)
+    assert demo_listing_publish(job_id=job.pk) == DemoOutcome.WAITING
+    assert not Listing.objects.exists()
+
+    job = finish(job)
+    outcome = demo_listing_publish(job_id=job.pk)
+
+    assert outcome == DemoOutcome.PUBLISHED
+    listing = Listing.objects.get(slug=SUPPORT.listing["slug"])
+    assert listing.owner == expert and listing.status == ListingStatus.PUBLISHED
+    assert listing.live_version_id == job.fine_tuned_model_id
+    assert listing.score == pytest.approx(0.81)  # the platform's own evaluation
+    approval = ModerationAction.objects.get(listing=listing)
+    assert approval.actor == moderator and approval.action == ModerationActionType.APPROVE
+    assert approval.reason
+
+    # A second watcher for the same job, and a later start, change nothing.
+    assert demo_listing_publish(job_id=job.pk) == DemoOutcome.PUBLISHED
+    again, sent = start(expert, django_capture_on_commit_callbacks)
+    assert job.pk not in {j.pk for j in again}
+    assert len(sent) == 1  # only the arithmetic fine-tune, still waiting, is watched
+    assert Listing.objects.count() == 1 and ModerationAction.objects.count() == 1
+    assert FineTuningJob.objects.filter(owner=expert).count() == 2
+
+
+def test_a_demo_listing_a_moderator_rejected_is_left_to_the_moderators(
+    demo, carol, django_capture_on_commit_callbacks
+):
+    expert = demo["expert"]
+    jobs, _ = start(expert, django_capture_on_commit_callbacks)
+    job = finish(next(j for j in jobs if j.suffix == SUPPORT.job_suffix))
+    listing = listing_services.listing_create(
+        owner=expert, model_version_id=job.fine_tuned_model_id, **SUPPORT.listing
+    )
+    listing_services.listing_submit(owner=expert, listing_id=listing.id)
+    listing_services.listing_reject(moderator=carol, listing_id=listing.id, reason="Not today.")
+
+    assert demo_listing_publish(job_id=job.pk) == DemoOutcome.LEFT_TO_MODERATORS
+
+    assert Listing.objects.get(pk=listing.pk).status == ListingStatus.REJECTED
+    again, _ = start(expert, django_capture_on_commit_callbacks)
+    assert job.pk not in {j.pk for j in again}
+
+
+def test_a_failed_demo_fine_tune_is_tried_again_on_the_next_start_a_bounded_number_of_times(
+    demo, django_capture_on_commit_callbacks
+):
+    expert = demo["expert"]
+    for attempt in range(MAX_DEMO_JOBS_PER_DATASET):
+        jobs, _ = start(expert, django_capture_on_commit_callbacks)
+        job = next(j for j in jobs if j.suffix == SUPPORT.job_suffix)
+        assert demo_listing_publish(job_id=finish(job, JobStatus.FAILED).pk) == (
+            DemoOutcome.NOT_TRAINED
+        )
+        assert FineTuningJob.objects.filter(suffix=SUPPORT.job_suffix).count() == attempt + 1
+
+    jobs, _ = start(expert, django_capture_on_commit_callbacks)
+
+    assert SUPPORT.job_suffix not in {j.suffix for j in jobs}
+    assert FineTuningJob.objects.filter(suffix=SUPPORT.job_suffix).count() == (
+        MAX_DEMO_JOBS_PER_DATASET
+    )
+
+
+def test_the_watcher_task_is_registered_under_the_name_services_send():
+    from marketplace.celery import app
+
+    assert DEMO_PUBLISH_TASK in app.tasks
