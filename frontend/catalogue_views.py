@@ -6,6 +6,7 @@ from django.contrib.auth.decorators import login_required
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_POST
 
+from frontend.billing_views import listing_commerce
 from frontend.charts import comparison_bars
 from frontend.views import not_found
 from listings import selectors as catalogue
@@ -50,16 +51,18 @@ def listing_page(request, slug):
     except ApplicationError as exc:
         return not_found(request, exc)
     evaluation = catalogue.evaluation_summary(listing.live_version or listing.proposed_version)
+    is_owner = request.user.is_authenticated and listing.owner_id == request.user.pk
     return render(
         request,
         "frontend/listing.html",
         {
+            **listing_commerce(request, listing, is_owner=is_owner),
             "listing": listing,
             "evaluation": evaluation,
             "bars": comparison_bars(evaluation),
             "reviews": catalogue.review_list(listing=listing),
             "may_review": catalogue.user_may_review(user=request.user, listing=listing),
-            "is_owner": request.user.is_authenticated and listing.owner_id == request.user.pk,
+            "is_owner": is_owner,
             "history": catalogue.moderation_history(listing=listing),
             "report_reasons": ReportReason.choices,
         },

@@ -1,4 +1,8 @@
-"""Data for the portal's charts, computed from the platform's evaluation reports."""
+"""Data for the portal's charts: evaluation reports and earnings."""
+
+from datetime import date
+
+from frontend.money import format_money
 
 
 def comparison_bars(evaluation: dict | None) -> list[dict]:
@@ -20,4 +24,24 @@ def comparison_bars(evaluation: dict | None) -> list[dict]:
              "high": high}]  # fmt: skip
     for name, baseline in evaluation.get("baselines", {}).items():
         bars.append({"name": name.replace("_", " ").capitalize(), "value": baseline["accuracy"]})
+    return bars
+
+
+def monthly_bars(
+    months: list[date], totals: dict[date, int], currency: str, *, plot_height: int = 150
+) -> list[dict]:
+    """One bar per month (oldest first) of an expert's net earnings in one currency.
+
+    `px` is the bar's height in the plot (the best month fills it) and `top` its upper
+    edge; months without money keep their slot on the axis with an empty bar.
+    """
+    tallest = max((abs(v) for v in totals.values()), default=0) or 1
+    bars = []
+    for month in months:
+        value = totals.get(month, 0)
+        px = round(plot_height * max(value, 0) / tallest)
+        bars.append({
+            "month": month, "label": f"{month:%b %y}", "value": value,
+            "text": format_money(value, currency), "px": px, "top": 20 + plot_height - px,
+        })  # fmt: skip
     return bars

@@ -53,4 +53,27 @@ urlpatterns = [
         catalogue_views.listing_report,
         name="catalogue-listing-report",
     ),
+    path("catalogue/<slug:slug>/offers/", billing_views.offer_create, name="offer-create"),
+    path(
+        "catalogue/<slug:slug>/offers/<uuid:offer_id>/",
+        billing_views.offer_update,
+        name="offer-update",
+    ),
+    path(
+        "catalogue/<slug:slug>/offers/<uuid:offer_id>/retire/",
+        billing_views.offer_retire,
+        name="offer-retire",
+    ),
+    path("catalogue/<slug:slug>/buy/", billing_views.checkout_start, name="checkout-start"),
+    path("licences/", billing_views.licence_list, name="licences"),
+    path("licences/return/", billing_views.licence_return, name="licence-return"),
+    path(
+        "licences/<uuid:licence_id>/status/",
+        billing_views.licence_status,
+        name="licence-status",
+    ),
+    path("payouts/", billing_views.payouts, name="payouts"),
+    path("payouts/onboard/", billing_views.payouts_onboard, name="payouts-onboard"),
+    path("payouts/return/", billing_views.payouts_return, name="payouts-return"),
+    path("earnings/", billing_views.earnings, name="earnings"),
 ]

@@ -1,0 +1,339 @@
+"""Commerce in the portal: alice prices her listing and gets paid, bob buys, waits for the
+payment to land, and finds his licence; mallory touches nothing of theirs."""
+
+import re
+from datetime import date
+
+import pytest
+from django.test import Client
+from django.utils import timezone
+
+from billing import services as billing_services
+from billing.models import (
+    ConnectAccount,
+    Licence,
+    Offer,
+    OfferKind,
+    OfferStatus,
+    Payment,
+    PaymentKind,
+)
+from tests.listings.conftest import make_listing
+
+
+def portal(user=None) -> Client:
+    client = Client()
+    if user is not None:
+        client.force_login(user)
+    return client
+
+
+def page_of(response) -> str:
+    assert response.status_code == 200, response.status_code
+    return response.content.decode()
+
+
+def flashes(response) -> list[str]:
+    return [str(m) for m in response.context["messages"]] if response.context else []
+
+
+@pytest.fixture
+def listing(alice, carol):
+    return make_listing(alice, moderator=carol, on_prem_download=True, commercial_use=True)
+
+
+@pytest.fixture
+def payouts_ready(alice):
+    """alice finished Stripe onboarding (sandbox: the portal's button does it at once)."""
+    portal(alice).post("/payouts/onboard/")
+    return ConnectAccount.objects.get(expert=alice)
+
+
+def offer(listing, kind=OfferKind.DOWNLOAD, **fields) -> Offer:
+    defaults = {
+        OfferKind.DOWNLOAD: {"currency": "usd", "unit_amount": 49_00},
+        OfferKind.SUBSCRIPTION: {"currency": "usd", "unit_amount": 20_00,
+                                 "included_calls": 1000, "overage": "refuse"},
+        OfferKind.PER_CALL: {"currency": "usd", "unit_amount": 2_50},
+        OfferKind.FREE_TRIAL: {"currency": "usd", "unit_amount": 0, "included_calls": 50},
+    }[kind]  # fmt: skip
+    return billing_services.offer_create(
+        owner=listing.owner, listing=listing, kind=kind, **(defaults | fields)
+    )
+
+
+# --- the expert's side
+
+
+def test_alice_prices_her_listing_and_bob_sees_the_offers_with_prices(alice, bob, listing):
+    response = portal(alice).post(
+        f"/catalogue/{listing.slug}/offers/",
+        {"kind": "subscription", "currency": "usd", "price": "20.00", "included_calls": "1,000",
+         "overage": "bill", "overage_price": "1.5"},
+        follow=True,
+    )  # fmt: skip
+    portal(alice).post(
+        f"/catalogue/{listing.slug}/offers/",
+        {"kind": "download", "currency": "usd", "price": "49", "name": "On-prem"},
+    )
+
+    assert "Offer added. Buyers see it on this page." in flashes(response)
+    subscription, download = Offer.objects.order_by("created_at")
+    assert (subscription.unit_amount, subscription.included_calls) == (2000, 1000)
+    assert (subscription.overage, subscription.overage_unit_amount) == ("bill", 150)
+    assert (download.kind, download.unit_amount, download.name) == ("download", 4900, "On-prem")
+
+    page = page_of(portal(bob).get(f"/catalogue/{listing.slug}/"))
+    assert "20.00 USD" in page and "per month" in page and "1000 calls a month" in page
+    assert "then 1.50 USD per 1,000" in page
+    assert "49.00 USD" in page and 'data-testid="buy-download"' in page
+    assert "Your offers" not in page and "Add an offer" not in page  # the editor is alice's
+    anonymous = page_of(portal().get(f"/catalogue/{listing.slug}/"))
+    assert "49.00 USD" in anonymous and "Log in to buy" in anonymous
+
+
+def test_a_bad_offer_is_refused_with_the_field_and_nothing_is_written(alice, listing):
+    client = portal(alice)
+
+    typo = client.post(
+        f"/catalogue/{listing.slug}/offers/",
+        {"kind": "download", "currency": "usd", "price": "4O.00"},
+        follow=True,
+    )
+    no_quota = client.post(
+        f"/catalogue/{listing.slug}/offers/",
+        {"kind": "subscription", "currency": "usd", "price": "20", "overage": "refuse"},
+        follow=True,
+    )
+    too_precise = client.post(
+        f"/catalogue/{listing.slug}/offers/",
+        {"kind": "download", "currency": "jpy", "price": "100.5"},
+        follow=True,
+    )
+
+    assert "“4O.00” is not an amount." in flashes(typo)
+    assert any("Included calls: Calls included per month" in m for m in flashes(no_quota))
+    assert "JPY has 0 decimal places at most." in flashes(too_precise)
+    assert not Offer.objects.exists()
+
+
+def test_changing_a_bought_offer_retires_it_and_adds_its_successor(
+    alice, bob, listing, payouts_ready
+):
+    download = offer(listing)
+    portal(bob).post(f"/catalogue/{listing.slug}/buy/", {"offer": download.id})  # sandbox
+    held = Licence.objects.get(buyer=bob)
+
+    response = portal(alice).post(
+        f"/catalogue/{listing.slug}/offers/{download.id}/",
+        {"currency": "usd", "price": "59.00"},
+        follow=True,
+    )
+
+    assert "Offer changed. It had buyers, so the old one is retired and kept." in flashes(response)
+    download.refresh_from_db()
+    successor = Offer.objects.get(replaces=download)
+    assert download.status == OfferStatus.RETIRED and successor.unit_amount == 5900
+    held.refresh_from_db()
+    assert held.offer == download  # bob's licence keeps what he paid for
+    page = page_of(portal(bob).get(f"/catalogue/{listing.slug}/"))
+    assert "59.00 USD" in page and "49.00 USD" not in page
+
+
+def test_alice_retires_an_offer_and_buyers_no_longer_see_it(alice, bob, listing):
+    trial = offer(listing, OfferKind.FREE_TRIAL)
+
+    portal(alice).post(f"/catalogue/{listing.slug}/offers/{trial.id}/retire/")
+
+    trial.refresh_from_db()
+    assert trial.status == OfferStatus.RETIRED
+    assert "Start trial" not in page_of(portal(bob).get(f"/catalogue/{listing.slug}/"))
+
+
+def test_mallory_cannot_change_or_retire_alices_offers(alice, mallory, listing):
+    download = offer(listing)
+
+    changed = portal(mallory).post(
+        f"/catalogue/{listing.slug}/offers/{download.id}/",
+        {"currency": "usd", "price": "0.01"},
+        follow=True,
+    )
+    retired = portal(mallory).post(
+        f"/catalogue/{listing.slug}/offers/{download.id}/retire/", follow=True
+    )
+    added = portal(mallory).post(
+        f"/catalogue/{listing.slug}/offers/",
+        {"kind": "download", "currency": "usd", "price": "1"},
+        follow=True,
+    )
+
+    assert "No such offer among your listings." in flashes(changed)
+    assert "No such offer among your listings." in flashes(retired)
+    assert flashes(added) and "Offer added" not in flashes(added)[0]
+    download.refresh_from_db()
+    assert (download.unit_amount, download.status) == (4900, OfferStatus.ACTIVE)
+    assert Offer.objects.count() == 1
+
+
+def test_alice_onboards_to_payouts_in_the_sandbox_and_sees_her_status(alice, listing):
+    assert "Not set up yet." in page_of(portal(alice).get("/payouts/"))
+
+    response = portal(alice).post("/payouts/onboard/")
+
+    assert response.status_code == 302 and response["Location"].endswith("/payouts/return/")
+    account = ConnectAccount.objects.get(expert=alice)
+    assert account.sandbox and account.payouts_enabled
+    after = portal(alice).get(response["Location"], follow=True)
+    assert re.search(r'id="payouts-enabled">yes<', page_of(after))
+
+
+def test_buyers_cannot_open_the_expert_pages(bob):
+    for path in ("/earnings/", "/payouts/"):
+        assert portal(bob).get(path).status_code == 403
+    assert portal(bob).post("/payouts/onboard/").status_code == 403
+    assert not ConnectAccount.objects.exists()
+    assert portal().get("/earnings/").status_code == 302  # to the login page
+
+
+def test_earnings_page_shows_the_month_itemised_and_a_bar_per_month(
+    alice, bob, mallory, listing, payouts_ready
+):
+    download = offer(listing)
+    portal(bob).post(f"/catalogue/{listing.slug}/buy/", {"offer": download.id})
+    portal(mallory).post(f"/catalogue/{listing.slug}/buy/", {"offer": download.id})
+    # and a sale three months ago
+    earlier = Licence.objects.get(buyer=mallory)
+    this_month = timezone.now().date().replace(day=1)
+    index = this_month.year * 12 + this_month.month - 1 - 3
+    three_months_ago = date(index // 12, index % 12 + 1, 1)
+    Payment.objects.create(
+        licence=earlier, kind=PaymentKind.CHARGE, amount=10_00, currency="usd", stripe_fee=0,
+        platform_fee=2_00, period=three_months_ago, sandbox=True,
+    )  # fmt: skip
+
+    page = page_of(portal(alice).get("/earnings/"))
+
+    # This month: two sales of 49.00, 20% platform fee each → 78.40 net
+    assert Payment.objects.filter(period=this_month, sandbox=True).count() == 2
+    assert "<td>Bob</td>" in page and "<td>Mallory</td>" in page  # names, never emails
+    assert "bob@example.com" not in page
+    assert '<th class="net">78.40 USD</th>' in page
+    bars = dict(re.findall(r'data-month="(\d{4}-\d\d)" data-value="(-?\d+)"', page))
+    assert len(bars) == 12
+    assert bars[f"{this_month:%Y-%m}"] == "7840"
+    assert bars[f"{three_months_ago:%Y-%m}"] == "800"
+    assert sum(int(v) for v in bars.values()) == 7840 + 800
+    older = page_of(portal(alice).get(f"/earnings/?month={three_months_ago:%Y-%m}"))
+    assert '<th class="net">8.00 USD</th>' in older
+
+
+# --- the buyer's side
+
+
+def test_bob_buys_in_the_sandbox_and_the_return_page_shows_his_licence(
+    alice, bob, listing, payouts_ready
+):
+    subscription = offer(listing, OfferKind.SUBSCRIPTION)
+
+    response = portal(bob).post(f"/catalogue/{listing.slug}/buy/", {"offer": subscription.id})
+
+    licence = Licence.objects.get(buyer=bob)
+    assert (licence.status, licence.sandbox, licence.offer) == ("active", True, subscription)
+    assert response["Location"] == f"/licences/return/?licence={licence.id}"
+    page = page_of(portal(bob).get(response["Location"]))
+    assert 'id="licence-active"' in page and "sandbox: no money moved" in page
+    assert str(licence.id) in page
+    assert 'id="held-licence"' in page_of(portal(bob).get(f"/catalogue/{listing.slug}/"))
+    # nobody else can look at it
+    assert portal(alice).get(response["Location"]).status_code == 404
+
+
+def test_with_stripe_configured_nobody_can_buy_until_the_expert_can_be_paid(
+    alice, bob, listing, settings
+):
+    settings.STRIPE_SECRET_KEY = "sk_test_configured"  # refused before Stripe is called
+    download = offer(listing)  # alice never set up payouts
+
+    response = portal(bob).post(
+        f"/catalogue/{listing.slug}/buy/", {"offer": download.id}, follow=True
+    )
+
+    assert flashes(response) == [
+        "The expert has not finished setting up payouts; this offer cannot be bought yet."
+    ]
+    assert not Licence.objects.exists()
+    assert 'id="payouts-needed"' in page_of(portal(alice).get(f"/catalogue/{listing.slug}/"))
+    ConnectAccount.objects.create(expert=alice, stripe_account_id="acct_1a", payouts_enabled=True)
+    assert 'id="payouts-needed"' not in page_of(portal(alice).get(f"/catalogue/{listing.slug}/"))
+
+
+def test_the_return_page_waits_for_the_webhook_then_shows_the_licence(alice, bob, mallory, listing):
+    # Given a real (not sandbox) checkout bob completed at Stripe, not yet confirmed
+    ConnectAccount.objects.create(
+        expert=alice, stripe_account_id="acct_1alice", payouts_enabled=True, charges_enabled=True
+    )
+    download = offer(listing)
+    licence = billing_services.licence_create(buyer=bob, offer=download)
+    Licence.objects.filter(pk=licence.pk).update(stripe_checkout_session_id="cs_test_bob")
+    back_from_stripe = "/licences/return/?session_id=cs_test_bob"
+
+    # When Stripe sends bob back before its webhook has arrived, the page waits
+    waiting = page_of(portal(bob).get(back_from_stripe))
+    assert "Confirming your payment" in waiting and 'data-status="pending"' in waiting
+    status_url = f"/licences/{licence.id}/status/"
+    assert portal(bob).get(status_url).json() == {"id": str(licence.id), "status": "pending"}
+
+    # Then the webhook activates the licence and the page shows it
+    billing_services.licence_activate(licence_id=licence.id, stripe_payment_intent_id="pi_1")
+    assert portal(bob).get(status_url).json()["status"] == "active"
+    shown = page_of(portal(bob).get(back_from_stripe))
+    assert 'id="licence-active"' in shown and "sandbox" not in shown.split("<main>")[1]
+
+    # mallory cannot read bob's purchase by its session id or its licence id
+    assert portal(mallory).get(back_from_stripe).status_code == 404
+    assert portal(mallory).get(status_url).status_code == 404
+
+
+def test_my_licences_shows_usage_against_the_quota_and_a_download_button(
+    alice, bob, listing, payouts_ready
+):
+    subscription = offer(listing, OfferKind.SUBSCRIPTION)
+    download = offer(listing, OfferKind.DOWNLOAD)
+    client = portal(bob)
+    client.post(f"/catalogue/{listing.slug}/buy/", {"offer": subscription.id})
+    client.post(f"/catalogue/{listing.slug}/buy/", {"offer": download.id})
+    calling = Licence.objects.get(buyer=bob, kind=OfferKind.SUBSCRIPTION)
+    for n in range(3):
+        billing_services.usage_record(licence_id=calling.id, idempotency_key=f"req-{n}")
+
+    page = page_of(client.get("/licences/"))
+
+    assert "Calls this period: <strong>3</strong> of 1000" in page
+    export_url = f"/api/v1/models/{listing.live_version_id}/export"
+    assert f'href="{export_url}"' in page and 'data-testid="download-bundle"' in page
+    assert page.count('data-testid="download-bundle"') == 1  # only the download licence
+    # a revoked licence shows as such and loses its button at once
+    held = Licence.objects.get(buyer=bob, kind=OfferKind.DOWNLOAD)
+    billing_services.licence_revoke(licence_id=held.id, reason="chargeback")
+    after = page_of(client.get("/licences/"))
+    assert 'data-testid="download-bundle"' not in after
+    assert f'id="licence-{held.id}" data-status="revoked"' in after
+    assert client.get(export_url).status_code == 403
+
+
+def test_the_sandbox_banner_shows_on_every_page_only_in_sandbox_mode(bob, settings):
+    settings.STRIPE_SECRET_KEY = ""
+    for path in ("/", "/catalogue/", "/licences/"):
+        assert 'id="sandbox-banner"' in page_of(portal(bob).get(path))
+
+    settings.STRIPE_SECRET_KEY = "sk_test_configured"
+    assert 'id="sandbox-banner"' not in page_of(portal(bob).get("/"))
+
+
+def test_the_signing_key_is_public_at_its_well_known_url(db):
+    response = portal().get("/.well-known/niche-signing-key")
+
+    assert response.status_code == 200
+    body = response.json()
+    assert body["algorithm"] == "Ed25519" and len(body["key_id"]) == 16
+    assert body["public_key_pem"].startswith("-----BEGIN PUBLIC KEY-----")
