@@ -13,7 +13,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 
 from django.db import transaction
-from django.db.models import Sum
+from django.db.models import Max, Sum
 from django.utils import timezone
 
 from billing import stripe_gateway as gateway
@@ -62,16 +62,15 @@ def usage_report_to_stripe(*, now: datetime | None = None) -> int:
     return sent
 
 
-def _claimed_calls(period: LicenceUsagePeriod) -> int:
-    return (
-        UsageRecord.objects.filter(
-            licence_id=period.licence_id,
-            period_start=period.period_start,
-            reported_at__isnull=False,
-            status=UsageStatus.OK,
-        ).aggregate(s=Sum("units"))["s"]
-        or 0
-    )
+def _claimed(period: LicenceUsagePeriod) -> tuple[int, datetime | None]:
+    """Calls claimed for reporting so far, and when the latest batch was claimed."""
+    totals = UsageRecord.objects.filter(
+        licence_id=period.licence_id,
+        period_start=period.period_start,
+        reported_at__isnull=False,
+        status=UsageStatus.OK,
+    ).aggregate(calls=Sum("units"), at=Max("reported_at"))
+    return totals["calls"] or 0, totals["at"]
 
 
 def usage_period_report(*, period_id: int, now: datetime | None = None) -> int:
@@ -93,7 +92,7 @@ def usage_period_report(*, period_id: int, now: datetime | None = None) -> int:
                 period.closed_at = now
                 period.save(update_fields=["closed_at"])
             return 0
-        claimed = _claimed_calls(period)
+        claimed, claimed_at = _claimed(period)
         if claimed == period.stripe_reported_calls:
             # Nothing in flight: claim the settled calls not yet reported.
             settled_before = now if ended else now - timedelta(seconds=SETTLE_SECONDS)
@@ -103,12 +102,13 @@ def usage_period_report(*, period_id: int, now: datetime | None = None) -> int:
                 reported_at__isnull=True,
                 created_at__lte=settled_before,
             ).update(reported_at=now)
-            claimed = _claimed_calls(period)
+            claimed, claimed_at = _claimed(period)
     value = _billable(licence, claimed) - _billable(licence, period.stripe_reported_calls)
     sent = 0
     if value > 0:
-        end = period.period_end or now
-        moment = min(now, end - timedelta(seconds=1))
+        # The batch's claim time: a resent batch repeats its parameters exactly.
+        end = period.period_end or claimed_at
+        moment = min(claimed_at, end - timedelta(seconds=1))
         gateway.meter_event_create(
             event_name=gateway.meter_event_name(licence.offer_id),
             customer_id=licence.stripe_customer_id,

@@ -1,0 +1,232 @@
+"""Settings shared by every environment; each value that varies comes from env.py."""
+
+from datetime import timedelta
+from pathlib import Path
+
+import dj_database_url
+from django.core.exceptions import ImproperlyConfigured
+from kombu import Queue
+
+from marketplace.settings.env import env_bool, env_int, env_list, env_str
+
+BASE_DIR = Path(__file__).resolve().parent.parent.parent
+VAR_DIR = Path(env_str("NICHE_VAR_DIR", str(BASE_DIR / "var")))
+
+SECRET_KEY = env_str("SECRET_KEY", "insecure-local-only-key-change-me-in-production-0123456789")
+DEBUG = env_bool("DEBUG", False)
+ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", ["127.0.0.1", "localhost"])
+CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", [])
+# Bearer token that unlocks the details of /healthz (empty: staff sessions only).
+HEALTHZ_TOKEN = env_str("HEALTHZ_TOKEN", "")
+# Keys the sealed-split seed (HMAC of the upload's hash); empty: derived from SECRET_KEY.
+SEALED_SPLIT_SECRET = env_str("SEALED_SPLIT_SECRET", "")
+# Signs export-bundle manifests: base64 of a 32-byte Ed25519 private key. Empty: one is
+# generated once into NICHE_SIGNING_KEY_FILE (embedded default, tests); production requires it.
+NICHE_SIGNING_KEY = env_str("NICHE_SIGNING_KEY", "")
+NICHE_SIGNING_KEY_FILE = VAR_DIR / "signing-key.b64"
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "rest_framework",
+    "drf_spectacular",
+    "drf_spectacular_sidecar",
+    "marketplace",
+    "accounts",
+    "training_worker",
+    "listings",
+    "billing",
+    "serving",
+    "frontend",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    # Before CSRF, which parses form bodies: refuses an oversized body unread.
+    "marketplace.middleware.RequestBodyLimitMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "marketplace.urls"
+WSGI_APPLICATION = "marketplace.wsgi.application"
+ASGI_APPLICATION = "marketplace.asgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+                "frontend.context_processors.payments",
+            ],
+        },
+    },
+]
+
+# --- Database: DATABASE_URL (Postgres in production), SQLite under var/ otherwise.
+DATABASE_URL = env_str("DATABASE_URL", f"sqlite:///{VAR_DIR / 'niche.sqlite3'}")
+DATABASES = {"default": dj_database_url.parse(DATABASE_URL, conn_max_age=60)}
+if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    # A web and a worker process share the file: wait for locks instead of failing.
+    DATABASES["default"]["OPTIONS"] = {"timeout": 20, "transaction_mode": "IMMEDIATE"}
+    DATABASES["default"]["CONN_MAX_AGE"] = 0
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+AUTH_USER_MODEL = "accounts.User"
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+LOGIN_URL = "login"
+LOGIN_REDIRECT_URL = "dashboard"
+LOGOUT_REDIRECT_URL = "home"
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATIC_ROOT = VAR_DIR / "static"
+MEDIA_ROOT = Path(env_str("STORAGE_ROOT", str(VAR_DIR / "media")))
+MEDIA_URL = "media/"
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
+}
+NICHE_WORK_DIR = Path(env_str("NICHE_WORK_DIR", str(VAR_DIR / "work")))
+# The model cache holds base models built or downloaded on a worker (never user files).
+MODEL_CACHE_DIR = Path(env_str("MODEL_CACHE_DIR", str(VAR_DIR / "models")))
+
+# --- Redis / Valkey: Celery broker, result backend and the Django cache.
+REDIS_URL = env_str("REDIS_URL", "redis://127.0.0.1:6379/0")
+CACHES = {
+    "default": {
+        "BACKEND": "django.core.cache.backends.redis.RedisCache",
+        "LOCATION": REDIS_URL,
+        "KEY_PREFIX": "niche",
+    }
+}
+
+# --- Celery (read by marketplace/celery.py with namespace="CELERY").
+CELERY_BROKER_URL = REDIS_URL
+CELERY_RESULT_BACKEND = REDIS_URL
+CELERY_ACCEPT_CONTENT = ["json"]
+CELERY_TASK_SERIALIZER = "json"
+CELERY_RESULT_SERIALIZER = "json"
+CELERY_RESULT_EXPIRES = timedelta(days=1)
+CELERY_TIMEZONE = "UTC"
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+CELERY_TASK_DEFAULT_QUEUE = "default"
+CELERY_TASK_QUEUES = (Queue("default"), Queue("training"), Queue("inference"))
+# Routed by the module a task lives in, so a new task lands on the right queue.
+CELERY_TASK_ROUTES = {
+    "training_worker.tasks.train_*": {"queue": "training"},
+    "serving.tasks.*": {"queue": "inference"},
+}
+# Training tasks run for minutes: take one at a time, so a busy worker does not
+# hold a second job that another worker could start.
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+CELERY_TASK_SOFT_TIME_LIMIT = env_int("CELERY_TASK_SOFT_TIME_LIMIT", 300, minimum=1)
+CELERY_TASK_TIME_LIMIT = env_int("CELERY_TASK_TIME_LIMIT", 360, minimum=1)
+TRAINING_SOFT_TIME_LIMIT = env_int("TRAINING_SOFT_TIME_LIMIT", 6 * 3600, minimum=1)
+TRAINING_TIME_LIMIT = env_int("TRAINING_TIME_LIMIT", 6 * 3600 + 300, minimum=1)
+TRAINING_HEARTBEAT_SECONDS = env_int("TRAINING_HEARTBEAT_SECONDS", 5, minimum=1)
+TRAINING_HEARTBEAT_STALE_SECONDS = env_int("TRAINING_HEARTBEAT_STALE_SECONDS", 90, minimum=5)
+# The studio sweep (every 30 s) resends a task whose row sat too long in a waiting state
+# (a lost message, a dead worker), at most STUDIO_MAX_REQUEUES times; then the row fails
+# with a reason its owner sees.
+STUDIO_UPLOADED_STALE_SECONDS = env_int("STUDIO_UPLOADED_STALE_SECONDS", 300, minimum=1)
+STUDIO_VALIDATING_STALE_SECONDS = env_int("STUDIO_VALIDATING_STALE_SECONDS", 600, minimum=1)
+STUDIO_VALIDATING_FILES_STALE_SECONDS = env_int(
+    "STUDIO_VALIDATING_FILES_STALE_SECONDS", 120, minimum=1
+)
+# A queued job waits for a free training worker: keep this above the longest wait.
+STUDIO_QUEUED_STALE_SECONDS = env_int("STUDIO_QUEUED_STALE_SECONDS", 3600, minimum=1)
+STUDIO_MAX_REQUEUES = env_int("STUDIO_MAX_REQUEUES", 3, minimum=0)
+CELERY_BEAT_SCHEDULE = {
+    "sweep-stale-training-jobs": {
+        "task": "training_worker.tasks.sweep_stale_jobs",
+        "schedule": 30.0,
+    },
+    # Per-call usage to Stripe's metered billing (exactly once), closing ended periods.
+    "report-metered-usage": {"task": "billing.report_metered_usage", "schedule": 300.0},
+    # Webhook events whose processing task was lost or failed go round again.
+    "resend-unprocessed-stripe-events": {
+        "task": "billing.resend_unprocessed_stripe_events",
+        "schedule": 120.0,
+    },
+}
+CELERY_TASK_ALWAYS_EAGER = False
+
+# --- REST API
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "accounts.authentication.ApiKeyAuthentication",
+        "rest_framework.authentication.SessionAuthentication",
+    ],
+    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+    "DEFAULT_PARSER_CLASSES": [
+        "rest_framework.parsers.JSONParser",
+        "rest_framework.parsers.MultiPartParser",
+        "rest_framework.parsers.FormParser",
+    ],
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "EXCEPTION_HANDLER": "marketplace.errors.api_exception_handler",
+    "UNAUTHENTICATED_USER": "django.contrib.auth.models.AnonymousUser",
+}
+SPECTACULAR_SETTINGS = {
+    "TITLE": "Niche API",
+    "DESCRIPTION": "Specialist models: datasets, fine-tuning, catalogue, licences, inference.",
+    "VERSION": "1.0.0",
+    "SERVE_INCLUDE_SCHEMA": False,
+    "SERVE_PERMISSIONS": ["rest_framework.permissions.AllowAny"],
+    "SWAGGER_UI_DIST": "SIDECAR",  # served from our static files: no CDN needed
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "COMPONENT_SPLIT_REQUEST": True,
+}
+
+# --- Payments (Stripe). No STRIPE_SECRET_KEY: sandbox mode (the embedded default): a
+# purchase completes at once, no money moves and the licence says sandbox. Production
+# refuses to start in sandbox mode (production.py).
+STRIPE_SECRET_KEY = env_str("STRIPE_SECRET_KEY", "")
+# Signing secrets (whsec_…) of the webhook endpoint /api/v1/billing/stripe/webhook: the
+# account's events and, when Connect events go to a separate endpoint, its secret too.
+STRIPE_WEBHOOK_SECRET = env_str("STRIPE_WEBHOOK_SECRET", "")
+STRIPE_CONNECT_WEBHOOK_SECRET = env_str("STRIPE_CONNECT_WEBHOOK_SECRET", "")
+# Empty: Stripe itself. Tests point it at the local Stripe server they start.
+STRIPE_API_BASE = env_str("STRIPE_API_BASE", "")
+# The platform's share of every destination charge, in percent of the amount.
+PLATFORM_FEE_PERCENT = env_int("PLATFORM_FEE_PERCENT", 20, minimum=0)
+if PLATFORM_FEE_PERCENT > 100:
+    raise ImproperlyConfigured("PLATFORM_FEE_PERCENT must be between 0 and 100.")
+
+# --- Product limits
+DATASET_MAX_UPLOAD_BYTES = env_int("DATASET_MAX_UPLOAD_BYTES", 50 * 1024 * 1024, minimum=1)
+FILE_UPLOAD_MAX_MEMORY_SIZE = 5 * 1024 * 1024
+DATA_UPLOAD_MAX_MEMORY_SIZE = 5 * 1024 * 1024
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO")},
+}

@@ -11,6 +11,7 @@ import time
 
 import pytest
 
+from billing import stripe_gateway
 from billing.errors import LicenceRequired
 from billing.models import (
     BillingAuditEntry,
@@ -122,7 +123,6 @@ def test_five_events_delivered_in_every_order_end_in_one_state(
     offer = make_offer(listing, OfferKind.SUBSCRIPTION)
     licence, completed = buy(api, bob, offer, stripe_server, client)
     subscription = completed["session"]["subscription"]
-    first_invoice = stripe_server.state.events[completed["event"]["id"]]  # for its id only
     sub_now = stripe_server.send_event("customer.subscription.updated", subscription)
     paid = stripe_server.send_event(
         "invoice.paid", sub_now["event"]["data"]["object"]["latest_invoice"]
@@ -132,12 +132,9 @@ def test_five_events_delivered_in_every_order_end_in_one_state(
     failed = stripe_server.send_event("invoice.payment_failed", failed_invoice["id"])
     updated = stripe_server.send_event("customer.subscription.updated", subscription)
     assert updated["event"]["data"]["object"]["status"] == "past_due"
-    from billing import stripe_gateway
-
     stripe_gateway.subscription_cancel(subscription)
     deleted = stripe_server.send_event("customer.subscription.deleted", subscription)
     events = [completed, paid, failed, updated, deleted]
-    assert first_invoice["type"] == "checkout.session.completed"
 
     # When they arrive in each of the 120 orders, then every order ends the same way.
     outcomes = set()
@@ -190,8 +187,6 @@ def test_a_refund_made_in_stripe_ends_a_download_licence_through_the_webhook(
         api, bob, make_offer(listing, OfferKind.DOWNLOAD), stripe_server, client
     )
     post_webhook(client, delivery)
-    from billing import stripe_gateway
-
     payment = Payment.objects.get(licence=licence)
     stripe_gateway.refund_create(
         payment_id=payment.pk,
@@ -221,7 +216,6 @@ def test_a_deleted_subscription_ends_the_licence_and_serving_access(
     licence.refresh_from_db()
     check = licence_for_call(user=bob, listing_slug=listing.slug)
     assert check.licence_id == licence.pk
-    from billing import stripe_gateway
 
     stripe_gateway.subscription_cancel(licence.stripe_subscription_id)
     deleted = stripe_server.send_event(
