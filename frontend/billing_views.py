@@ -190,10 +190,10 @@ def offer_retire(request, slug, offer_id):
 @require_POST
 def checkout_start(request, slug):
     """Buy an offer: off to Stripe Checkout, or (sandbox) straight to the return page."""
-    # Stripe puts the session's id in place of the placeholder when it sends the buyer back.
-    success_url = request.build_absolute_uri(
-        f"{reverse('licence-return')}?session_id={{CHECKOUT_SESSION_ID}}"
-    )
+    # Stripe puts the session's id in place of the placeholder when it sends the buyer
+    # back. Appended after build_absolute_uri, which would percent-encode the braces.
+    success_url = request.build_absolute_uri(reverse("licence-return"))
+    success_url += "?session_id={CHECKOUT_SESSION_ID}"
     try:
         started = billing_checkout.checkout_start(
             buyer=request.user,

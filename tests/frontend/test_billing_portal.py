@@ -337,3 +337,48 @@ def test_the_signing_key_is_public_at_its_well_known_url(db):
     body = response.json()
     assert body["algorithm"] == "Ed25519" and len(body["key_id"]) == 16
     assert body["public_key_pem"].startswith("-----BEGIN PUBLIC KEY-----")
+
+
+# --- the same flow against the local Stripe server (real SDK, webhooks over HTTP)
+
+
+@pytest.mark.django_db(transaction=True, serialized_rollback=True)  # a live server
+def test_bob_buys_through_stripe_checkout_and_the_portal_follows_the_webhooks(
+    alice, bob, carol, shipped_base_models, stripe_webhooks_to_live_server
+):
+    stripe = stripe_webhooks_to_live_server
+    listing = make_listing(alice, moderator=carol, on_prem_download=True)
+
+    # alice onboards: Stripe's hosted form, then account.updated reaches Niche
+    response = portal(alice).post("/payouts/onboard/")
+    assert response.status_code == 302 and response["Location"].startswith(stripe.base_url)
+    account = ConnectAccount.objects.get(expert=alice)
+    assert not account.payouts_enabled and not account.sandbox
+    assert stripe.complete_onboarding(account.stripe_account_id)["delivery_status"] == 200
+    back = portal(alice).get("/payouts/return/", follow=True)
+    assert re.search(r'id="payouts-enabled">yes<', page_of(back))
+    portal(alice).post(
+        f"/catalogue/{listing.slug}/offers/",
+        {"kind": "download", "currency": "usd", "price": "250"},
+    )
+
+    # bob buys: off to Stripe's Checkout page, his licence pending
+    download = Offer.objects.get(listing=listing)
+    response = portal(bob).post(f"/catalogue/{listing.slug}/buy/", {"offer": download.id})
+    assert response.status_code == 302 and response["Location"].startswith(stripe.base_url)
+    licence = Licence.objects.get(buyer=bob)
+    assert licence.status == "pending"
+    session = stripe.state.sessions[licence.stripe_checkout_session_id]
+    return_path = session["success_url"].removeprefix("http://testserver")
+    assert return_path == f"/licences/return/?session_id={session['id']}"
+    assert "Confirming your payment" in page_of(portal(bob).get(return_path))
+
+    # Stripe takes the money and tells Niche; the page (and its poll) shows the licence
+    assert stripe.complete_checkout(session["id"])["delivery_status"] == 200
+    status = portal(bob).get(f"/licences/{licence.id}/status/").json()
+    assert status["status"] == "active"
+    shown = page_of(portal(bob).get(return_path))
+    assert 'id="licence-active"' in shown and "no money moved" not in shown
+    payment = Payment.objects.get(licence=licence)
+    assert (payment.amount, payment.platform_fee, payment.sandbox) == (25_000, 5_000, False)
+    assert 'data-testid="download-bundle"' in page_of(portal(bob).get("/licences/"))
