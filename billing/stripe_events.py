@@ -20,6 +20,7 @@ from django.db.models import F, Sum
 from django.utils import timezone
 
 from billing import stripe_gateway as gateway
+from billing.errors import InvalidWebhookSignature
 from billing.checkout import connect_account_sync, month_of
 from billing.models import (
     ENDED_LICENCE_STATUSES,
@@ -53,8 +54,11 @@ def stripe_event_receive(*, event: dict) -> tuple[StripeEvent, bool]:
     Returns (row, created). A replay of a processed event changes nothing; a replay of
     one still unprocessed (its task lost or failed) sends it again, which is safe
     because processing is idempotent."""
+    event_id, event_type = event.get("id"), event.get("type")
+    if not (isinstance(event_id, str) and event_id and isinstance(event_type, str)):
+        raise InvalidWebhookSignature("The webhook body is not a Stripe event.", code="bad_event")
     row, created = StripeEvent.objects.get_or_create(
-        id=event["id"], defaults={"type": event.get("type", ""), "payload": event}
+        id=event_id, defaults={"type": event_type, "payload": event}
     )
     if row.processed_at is None:
         send_after_commit(PROCESS_TASK, row.id)
