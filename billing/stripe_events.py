@@ -20,8 +20,8 @@ from django.db.models import F, Sum
 from django.utils import timezone
 
 from billing import stripe_gateway as gateway
-from billing.errors import InvalidWebhookSignature
 from billing.checkout import connect_account_sync, month_of
+from billing.errors import InvalidWebhookSignature
 from billing.models import (
     ENDED_LICENCE_STATUSES,
     Licence,
