@@ -14,7 +14,11 @@ import enum
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from django.db import transaction
+
 from accounts.models import User
+from billing import selectors as billing_selectors
+from billing import services as billing_services
 from listings import selectors as listing_selectors
 from listings import services as listing_services
 from listings.errors import InvalidListingTransition, SlugTaken
@@ -47,6 +51,8 @@ class DemoSpecialist:
     job_suffix: str  # marks the demo's jobs: the key that keeps later starts idempotent
     hyperparameters: dict
     listing: dict = field(default_factory=dict)  # slug and content for listing_create
+    # Priced once published (billing's offer_create arguments), so `make run` can sell.
+    offers: tuple[dict, ...] = ()
 
 
 DEMO_SPECIALISTS = (
@@ -72,8 +78,21 @@ DEMO_SPECIALISTS = (
             "intended_use": "Trying Niche: search, the evaluation page, the playground.",
             "out_of_scope_use": "Real customers: it learnt from synthetic tickets.",
             "commercial_use": False,
+            "on_prem_download": True,
             "attribution_required": True,
         },
+        offers=(
+            {"kind": "free_trial", "currency": "usd", "included_calls": 100},
+            {
+                "kind": "subscription",
+                "currency": "usd",
+                "unit_amount": 19_00,
+                "included_calls": 10_000,
+                "overage": "refuse",
+                "name": "Team",
+            },
+            {"kind": "download", "currency": "usd", "unit_amount": 49_00, "name": "On-prem"},
+        ),
     ),
     DemoSpecialist(
         filename="arithmetic.jsonl",
@@ -96,6 +115,10 @@ DEMO_SPECIALISTS = (
             "commercial_use": False,
             "attribution_required": True,
         },
+        offers=(
+            {"kind": "free_trial", "currency": "usd", "included_calls": 50},
+            {"kind": "per_call", "currency": "usd", "unit_amount": 1_00},
+        ),
     ),
 )
 
@@ -133,6 +156,8 @@ def demo_training_start(*, expert: User) -> list[FineTuningJob]:
         if dataset is None:
             continue
         listing = _demo_listing(expert, spec)
+        if listing is not None and listing.status == ListingStatus.PUBLISHED:
+            _demo_offers_ensure(expert=expert, listing=listing, spec=spec)  # listed before
         if listing is not None and listing.status not in (
             ListingStatus.DRAFT,
             ListingStatus.IN_REVIEW,
@@ -196,5 +221,21 @@ def demo_listing_publish(*, job_id) -> DemoOutcome:
         except InvalidListingTransition:
             listing = _demo_listing(expert, spec)
     if listing.status == ListingStatus.PUBLISHED:
+        _demo_offers_ensure(expert=expert, listing=listing, spec=spec)
         return DemoOutcome.PUBLISHED
     return DemoOutcome.LEFT_TO_MODERATORS
+
+
+def _demo_offers_ensure(*, expert: User, listing: Listing, spec: DemoSpecialist) -> None:
+    """Price a demo listing once: only a listing that never had an offer gets the demo's,
+    so an expert's own changes are never undone. Holds the listing row, so two watchers
+    cannot both price it."""
+    with transaction.atomic():
+        Listing.objects.select_for_update().filter(pk=listing.pk).values("pk").first()
+        priced = billing_selectors.offer_list_mine(
+            owner=expert, listing_slug=listing.slug, include_retired=True
+        )
+        if priced.exists():
+            return
+        for offer in spec.offers:
+            billing_services.offer_create(owner=expert, listing=listing, **offer)

@@ -5,9 +5,11 @@ import re
 from datetime import date
 
 import pytest
+from django.core.management import call_command
 from django.test import Client
 from django.utils import timezone
 
+from accounts.models import User
 from billing import services as billing_services
 from billing.models import (
     ConnectAccount,
@@ -18,6 +20,9 @@ from billing.models import (
     Payment,
     PaymentKind,
 )
+from frontend.services import DemoOutcome, demo_listing_publish
+from listings.models import Listing
+from tests.frontend.test_living_demo import SUPPORT, finish, start
 from tests.listings.conftest import make_listing
 
 
@@ -382,3 +387,38 @@ def test_bob_buys_through_stripe_checkout_and_the_portal_follows_the_webhooks(
     payment = Payment.objects.get(licence=licence)
     assert (payment.amount, payment.platform_fee, payment.sandbox) == (25_000, 5_000, False)
     assert 'data-testid="download-bundle"' in page_of(portal(bob).get("/licences/"))
+
+
+# --- make run: the demo's specialists are for sale
+
+
+def test_a_demo_specialist_is_listed_with_offers_once_and_the_demo_buyer_can_buy_it(
+    db, django_capture_on_commit_callbacks
+):
+    call_command("seed_demo", "--skip-models", "--skip-training", stdout=None, stderr=None)
+    expert = User.objects.get(email="expert@demo.niche")
+    jobs, _ = start(expert, django_capture_on_commit_callbacks)
+    job = finish(next(j for j in jobs if j.suffix == SUPPORT.job_suffix))
+
+    assert demo_listing_publish(job_id=job.pk) == DemoOutcome.PUBLISHED
+
+    listing = Listing.objects.get(slug=SUPPORT.listing["slug"])
+    offers = {o.kind: o for o in Offer.objects.filter(listing=listing)}
+    assert set(offers) == {"free_trial", "subscription", "download"}
+    assert (offers["subscription"].unit_amount, offers["download"].unit_amount) == (1900, 4900)
+    # the expert retires one; a second watcher and a later start do not put it back
+    billing_services.offer_retire(owner=expert, offer_id=offers["download"].id)
+    assert demo_listing_publish(job_id=job.pk) == DemoOutcome.PUBLISHED
+    start(expert, django_capture_on_commit_callbacks)
+    assert Offer.objects.filter(listing=listing).count() == 3
+    assert Offer.objects.filter(listing=listing, status=OfferStatus.ACTIVE).count() == 2
+
+    # The demo buyer buys the subscription from the page in the sandbox
+    bea = User.objects.get(email="buyer@demo.niche")
+    page = page_of(portal(bea).get(f"/catalogue/{listing.slug}/"))
+    assert "19.00 USD" in page and 'id="sandbox-banner"' in page
+    response = portal(bea).post(
+        f"/catalogue/{listing.slug}/buy/", {"offer": offers["subscription"].id}, follow=True
+    )
+    assert "Your licence is active" in page_of(response)
+    assert Licence.objects.get(buyer=bea).status == "active"
