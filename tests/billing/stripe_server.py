@@ -472,6 +472,9 @@ class LocalStripe:
             sub = R.Subscription(
                 customer=customer_id, items=[item], metadata=sub_data.get("metadata")
             )
+            # localstripe subscribes to one plan: further (metered) items join afterwards.
+            for extra in session["line_items"]["data"][1:]:
+                sub.items._list.append(R.SubscriptionItem(subscription=sub.id, plan=extra["price"]))
             fee_percent = sub_data.get("application_fee_percent")
             sub.application_fee_percent = None if fee_percent is None else float(fee_percent)
             destination = (sub_data.get("transfer_data") or {}).get("destination")

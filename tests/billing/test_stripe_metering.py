@@ -92,3 +92,34 @@ def test_sandbox_usage_is_never_sent_to_stripe_and_its_periods_close(
     period.refresh_from_db()
     assert period.closed_at is not None and period.stripe_reported_calls == 0
     assert stripe_server.state.meter_events == {}
+
+
+def test_a_subscription_that_bills_overage_reports_only_the_calls_past_its_quota(
+    alice_paid_out, bob, api, client, listing, stripe_server
+):
+    offer = make_offer(
+        listing,
+        OfferKind.SUBSCRIPTION,
+        included_calls=2,
+        overage="bill",
+        overage_unit_amount=500,
+    )
+    licence, delivery = buy(api, bob, offer, stripe_server, client)
+    session = stripe_server.state.sessions[licence.stripe_checkout_session_id]
+    offer.refresh_from_db()
+    assert [item["price"] for item in session["line_items"]["data"]] == [
+        offer.stripe_price_id,
+        offer.stripe_overage_price_id,
+    ]
+    post_webhook(client, delivery)
+    licence.refresh_from_db()
+    overage_price = stripe_server.state.prices[offer.stripe_overage_price_id]
+    assert overage_price["unit_amount_decimal"] == "0.5"  # 500 per 1,000 calls
+    items = stripe_gateway.subscription_retrieve(licence.stripe_subscription_id)["items"]["data"]
+    overage_item = next(i for i in items if i["plan"]["id"] == offer.stripe_overage_price_id)
+    assert licence.stripe_subscription_item_id == overage_item["id"]
+
+    calls(licence, *(f"req-{n}" for n in range(5)))
+    usage_report_to_stripe(now=timezone.now() + timedelta(minutes=5))
+
+    assert stripe_server.metered_total(licence.stripe_customer_id) == 3  # 5 calls - 2 included
