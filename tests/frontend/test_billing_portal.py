@@ -13,6 +13,7 @@ from accounts.models import User
 from billing import services as billing_services
 from billing.models import (
     ConnectAccount,
+    ExportDownload,
     Licence,
     Offer,
     OfferKind,
@@ -422,3 +423,13 @@ def test_a_demo_specialist_is_listed_with_offers_once_and_the_demo_buyer_can_buy
     )
     assert "Your licence is active" in page_of(response)
     assert Licence.objects.get(buyer=bea).status == "active"
+
+
+def test_alice_downloads_her_own_version_from_the_studio_page(alice, listing):
+    page = page_of(portal(alice).get(f"/studio/models/{listing.live_version_id}/"))
+
+    export_url = f"/api/v1/models/{listing.live_version_id}/export"
+    assert f'href="{export_url}"' in page and 'data-testid="download-bundle"' in page
+    response = portal(alice).get(export_url)  # the portal's session is enough
+    assert response.status_code == 200 and response["Content-Type"] == "application/zip"
+    assert ExportDownload.objects.get().user == alice
