@@ -35,7 +35,7 @@ from frontend.money import parse_major_units
 from frontend.views import not_found
 from listings import selectors as catalogue
 from listings.models import Listing
-from marketplace.errors import ApplicationError
+from marketplace.errors import ApplicationError, error_body
 
 # --- the public key of export bundles
 
@@ -261,7 +261,7 @@ def licence_status(request, licence_id):
     try:
         licence = billing.licence_get_for_buyer(buyer=request.user, licence_id=licence_id)
     except ApplicationError as exc:
-        return JsonResponse({"error": {"code": exc.code, "message": exc.message}}, status=404)
+        return JsonResponse(error_body(exc.code, exc.message), status=404)
     return JsonResponse({"id": str(licence.pk), "status": licence.status})
 
 

@@ -297,7 +297,9 @@ def test_the_return_page_waits_for_the_webhook_then_shows_the_licence(alice, bob
 
     # mallory cannot read bob's purchase by its session id or its licence id
     assert portal(mallory).get(back_from_stripe).status_code == 404
-    assert portal(mallory).get(status_url).status_code == 404
+    refused = portal(mallory).get(status_url)
+    assert refused.status_code == 404
+    assert refused.json()["error"]["code"] == "licence_not_found"
 
 
 def test_my_licences_shows_usage_against_the_quota_and_a_download_button(
