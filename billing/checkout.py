@@ -33,6 +33,7 @@ from billing.models import (
 )
 from billing.services import (
     licence_activate,
+    licence_cancel,
     licence_create,
     licence_start_free_trial,
     offer_refuse_unless_purchasable,
@@ -84,6 +85,15 @@ def checkout_start(*, buyer: User, offer_id, success_url: str, cancel_url: str) 
         return CheckoutStart(_sandbox_purchase(buyer, offer), success_url, sandbox=True)
 
     licence = _pending_licence(buyer, offer)
+    if licence.stripe_checkout_session_id:
+        # Asked again: the session this licence already has, as Stripe holds it now.
+        session = gateway.checkout_session_retrieve(licence.stripe_checkout_session_id)
+        if session["status"] == "open":
+            return CheckoutStart(licence, session["url"], sandbox=False)
+        if session["status"] == "complete":  # paid: the webhook is on its way
+            return CheckoutStart(licence, success_url, sandbox=False)
+        licence_cancel(licence_id=licence.pk, reason="Checkout expired unpaid.")
+        licence = _pending_licence(buyer, offer)
     account = ConnectAccount.objects.get(expert_id=offer.listing.owner_id)
     prices = offer_stripe_prices_ensure(offer_id=offer.pk)
     if offer.kind == OfferKind.DOWNLOAD:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from urllib.parse import urlsplit
 
+from django.urls import NoReverseMatch, reverse
 from drf_spectacular.utils import extend_schema
 from rest_framework import serializers, status
 from rest_framework.response import Response
@@ -15,13 +16,26 @@ from billing.stripe_events import stripe_event_receive
 from marketplace.api import PUBLIC, BaseApi, ObjectTypeField
 from marketplace.errors import InvalidInputError
 
+# Stripe puts the session's id in place of this when it sends the buyer back.
+SESSION_ID_TEMPLATE = "{CHECKOUT_SESSION_ID}"
+
+
+def _default_return_path() -> str:
+    try:  # the portal's return page, when the portal is installed
+        return reverse("licence-return") + "?session_id=" + SESSION_ID_TEMPLATE
+    except NoReverseMatch:
+        return "/"
+
 
 def own_url(request, value: str, *, default: str, field: str) -> str:
     """An absolute URL on this site for Stripe to send the browser back to: a path, or
     a URL on our own host (never elsewhere: no open redirect through Stripe)."""
     value = (value or default).strip()
     if value.startswith("/") and not value.startswith("//"):
-        return request.build_absolute_uri(value)
+        # build_absolute_uri would percent-encode the template's braces.
+        marker = "niche-checkout-session-id"
+        absolute = request.build_absolute_uri(value.replace(SESSION_ID_TEMPLATE, marker))
+        return absolute.replace(marker, SESSION_ID_TEMPLATE)
     parts = urlsplit(value)
     if parts.scheme in ("http", "https") and parts.netloc == request.get_host():
         return value
@@ -62,7 +76,7 @@ class CheckoutApi(BaseApi):
             success_url=own_url(
                 request,
                 data.validated_data.get("success_url", ""),
-                default="/dashboard/",
+                default=_default_return_path(),
                 field="success_url",
             ),
             cancel_url=own_url(

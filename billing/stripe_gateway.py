@@ -242,6 +242,15 @@ def checkout_session_retrieve(session_id: str) -> dict:
     return _get(_client().v1.checkout.sessions.retrieve, session_id)
 
 
+def checkout_session_expire(*, licence_id: object, session_id: str) -> dict:
+    """Closes an open session so it can no longer be paid."""
+    return _post(
+        lambda params, options: _client().v1.checkout.sessions.expire(session_id, params, options),
+        {},
+        key=idempotency_key("checkout-session-expire", licence_id),
+    )
+
+
 # --- Connect --------------------------------------------------------------------------
 
 

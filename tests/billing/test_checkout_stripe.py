@@ -8,6 +8,7 @@ Stripe's webhook says the money arrived.
 import pytest
 from django.test import TestCase
 
+from billing import stripe_gateway
 from billing.models import ConnectAccount, Licence, LicenceStatus, OfferKind, Payment, StripeEvent
 from tests.billing.conftest import make_offer
 from tests.billing.stripe_server import post_webhook
@@ -167,3 +168,36 @@ def test_return_addresses_must_be_on_this_site(alice, bob, api, listing, setting
     assert response.status_code == 422
     assert response.json()["error"]["fields"] == {"success_url": ["A path on this site."]}
     assert not Licence.objects.exists()
+
+
+def test_a_checkout_asked_for_again_after_its_session_expired_starts_a_fresh_one(
+    alice, bob, api, client, listing, stripe_server
+):
+    onboard(api, alice, stripe_server, client)
+    offer = make_offer(listing, OfferKind.DOWNLOAD)
+    first = api(bob).post(CHECKOUT, {"offer_id": str(offer.id)}, format="json").json()
+    stripe_gateway.checkout_session_expire(
+        licence_id=first["licence_id"], session_id=first["checkout_session_id"]
+    )
+
+    second = api(bob).post(CHECKOUT, {"offer_id": str(offer.id)}, format="json")
+
+    assert second.status_code == 201
+    assert second.json()["checkout_session_id"] != first["checkout_session_id"]
+    old = Licence.objects.get(pk=first["licence_id"])
+    assert (old.status, old.end_reason) == (LicenceStatus.CANCELLED, "Checkout expired unpaid.")
+    assert Licence.objects.get(pk=second.json()["licence_id"]).status == LicenceStatus.PENDING
+
+
+def test_stripe_sends_the_buyer_back_to_the_return_page_with_its_session_id(
+    alice, bob, api, client, listing, stripe_server
+):
+    onboard(api, alice, stripe_server, client)
+    offer = make_offer(listing, OfferKind.DOWNLOAD)
+
+    response = api(bob).post(CHECKOUT, {"offer_id": str(offer.id)}, format="json")
+
+    session = stripe_server.state.sessions[response.json()["checkout_session_id"]]
+    assert session["success_url"] == (
+        f"http://testserver/licences/return/?session_id={session['id']}"
+    )
