@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from datetime import datetime
 
-from django.db import IntegrityError, connection, transaction
+from django.db import IntegrityError, transaction
 from django.db.models import F, Min, Value
 from django.db.models.functions import Greatest
 from django.utils import timezone
@@ -596,17 +596,15 @@ def _validate_usage(idempotency_key: str, units: int, status: str) -> None:
 
 def _count(period_id: int, units: int, quota: int | None) -> int | None:
     """Add `units` to the period's counter unless it would pass `quota`: one conditional
-    UPDATE, so concurrent callers serialize on the row and none is lost. Returns the
-    new count, or None when refused."""
-    with connection.cursor() as cursor:
-        cursor.execute(
-            "UPDATE billing_licenceusageperiod SET calls = calls + %s "
-            "WHERE id = %s AND (%s::bigint IS NULL OR calls + %s <= %s::bigint) "
-            "RETURNING calls",
-            [units, period_id, quota, units, quota],
-        )
-        row = cursor.fetchone()
-    return row[0] if row else None
+    UPDATE, so concurrent callers serialize on the row (re-checking the condition on
+    the row they waited for) and none is lost. Returns the new count, or None when
+    refused. The caller's transaction holds the row until it commits."""
+    counter = LicenceUsagePeriod.objects.filter(pk=period_id)
+    if quota is not None:
+        counter = counter.filter(calls__lte=quota - units)
+    if not counter.update(calls=F("calls") + units):
+        return None
+    return LicenceUsagePeriod.objects.values_list("calls", flat=True).get(pk=period_id)
 
 
 def usage_record(

@@ -20,6 +20,10 @@ from tests.billing.conftest import make_active_licence, make_offer
 from tests.listings.conftest import make_listing
 from tests.training_worker.conftest import shipped_base_models  # noqa: F401  flushed rows back
 
+postgres_only = pytest.mark.skipif(
+    connection.vendor != "postgresql", reason="row locks and the written-out SQL are Postgres"
+)
+
 
 def a_call(licence, **fields):
     return services.usage_record(
@@ -181,11 +185,11 @@ def _in_threads(n: int, work) -> list:
     return results
 
 
+@postgres_only
 @pytest.mark.django_db(transaction=True)
 @pytest.mark.usefixtures("shipped_base_models")
 def test_twenty_threads_metering_at_once_count_exactly(bob, listing):
     licence = make_active_licence(bob, make_offer(listing, OfferKind.PER_CALL))
-    assert connection.vendor == "postgresql"
 
     results = _in_threads(20, lambda i: [a_call(licence, key=f"t{i}-{j}") for j in range(5)])
 
@@ -195,6 +199,7 @@ def test_twenty_threads_metering_at_once_count_exactly(bob, listing):
     assert LicenceUsagePeriod.objects.filter(licence=licence).count() == 1
 
 
+@postgres_only
 @pytest.mark.django_db(transaction=True)
 @pytest.mark.usefixtures("shipped_base_models")
 def test_twenty_threads_racing_for_the_last_calls_never_pass_the_quota(bob, listing):
@@ -211,6 +216,7 @@ def test_twenty_threads_racing_for_the_last_calls_never_pass_the_quota(bob, list
     assert UsageRecord.objects.filter(licence=licence).count() == 15
 
 
+@postgres_only
 @pytest.mark.django_db(transaction=True)
 @pytest.mark.usefixtures("shipped_base_models")
 def test_one_request_id_delivered_by_ten_threads_is_one_row(bob, listing):
@@ -242,6 +248,23 @@ def test_the_licence_check_answers_in_one_query(bob, listing, django_assert_num_
     assert (check.calls_used, check.calls_left, check.call_quota) == (2, 8, 10)
     assert (check.version_number, check.model_version_id) == (1, listing.live_version_id)
     assert check.kind == "subscription"
+
+
+@postgres_only
+@pytest.mark.django_db
+def test_the_orm_lookup_answers_the_same_row_as_the_sql(alice, bob, carol, listing):
+    """licence_for_call runs written-out SQL on Postgres and the ORM elsewhere (SQLite)."""
+    from billing.selectors import _licence_row_orm, _licence_row_sql
+
+    other = make_listing(alice, moderator=carol, title="Other", on_prem_download=True)
+    licence = make_active_licence(bob, make_offer(listing, OfferKind.PER_CALL))
+    a_call(licence)
+    make_active_licence(bob, make_offer(other, OfferKind.DOWNLOAD))
+
+    for slug, number in [(listing.slug, None), (listing.slug, 1), (listing.slug, 2),
+                         (other.slug, None), ("nothing", None)]:  # fmt: skip
+        assert _licence_row_orm(bob, slug, number) == _licence_row_sql(bob, slug, number)
+    assert _licence_row_sql(bob, listing.slug, None)[0] == licence.id
 
 
 @pytest.mark.django_db
