@@ -39,12 +39,10 @@ def payment_refund(
         raise InvalidUsage("A refund cannot be refunded.")
     with transaction.atomic():
         payment = Payment.objects.select_for_update().select_related("licence").get(pk=payment.pk)
-        refunded_before = -(
-            Payment.objects.filter(refunds=payment, kind=PaymentKind.REFUND).aggregate(
-                s=Sum("amount")
-            )["s"]
-            or 0
+        earlier = Payment.objects.filter(refunds=payment, kind=PaymentKind.REFUND).aggregate(
+            amount=Sum("amount"), fee=Sum("platform_fee")
         )
+        refunded_before = -(earlier["amount"] or 0)
         left = payment.amount - refunded_before
         amount = left if amount is None else amount
         if left <= 0:
@@ -52,6 +50,8 @@ def payment_refund(
         if not 0 < amount <= left:
             raise InvalidUsage(f"Refund between 1 and {left} (minor units).")
         fee_back = -((payment.platform_fee * amount) // max(payment.amount, 1))
+        if amount == left:  # the last refund returns what is left of the fee, to the cent
+            fee_back = -(payment.platform_fee + (earlier["fee"] or 0))
         now = timezone.now()
         if payment.sandbox:
             refund = Payment.objects.create(
