@@ -163,7 +163,7 @@ class ListingOffersApi(BaseApi):
         return Response(list_body(data, sandbox=_sandbox_mode()))
 
 
-class LicenceOutput(serializers.Serializer):
+class BuyerLicenceOutput(serializers.Serializer):
     id = serializers.UUIDField()
     object = ObjectTypeField("billing.licence")
     listing = serializers.CharField(source="listing.slug")
@@ -192,23 +192,23 @@ class LicenceListApi(BaseApi):
 
     required_scopes = {"GET": "read"}
 
-    @extend_schema(responses=LicenceOutput(many=True))
+    @extend_schema(responses=BuyerLicenceOutput(many=True))
     def get(self, request):
         paginator = CursorIdPagination()
         licences = selectors.licence_list_for_buyer(buyer=request.user).select_related(
             "offer__listing"
         )
         page = paginator.paginate_queryset(licences, request)
-        return paginator.get_paginated_response(LicenceOutput(page, many=True).data)
+        return paginator.get_paginated_response(BuyerLicenceOutput(page, many=True).data)
 
 
 class LicenceDetailApi(BaseApi):
     required_scopes = {"GET": "read"}
 
-    @extend_schema(responses=LicenceOutput)
+    @extend_schema(responses=BuyerLicenceOutput)
     def get(self, request, licence_id):
         licence = selectors.licence_get_for_buyer(buyer=request.user, licence_id=licence_id)
-        return Response(LicenceOutput(licence).data)
+        return Response(BuyerLicenceOutput(licence).data)
 
 
 class UsageRowOutput(serializers.Serializer):
