@@ -5,7 +5,6 @@ Checkout, Connect and the Stripe webhook are in billing/stripe_apis.py.
 
 from datetime import date, timedelta
 
-from django.conf import settings
 from django.utils import timezone
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema
@@ -15,14 +14,10 @@ from rest_framework.response import Response
 from billing import selectors, services
 from billing.errors import InvalidPeriod
 from billing.models import ConnectAccount, OfferKind, Overage
+from billing.stripe_gateway import sandbox_mode
 from listings import selectors as listing_selectors
 from marketplace.api import PUBLIC, BaseApi, ObjectTypeField
 from marketplace.pagination import CursorIdPagination, list_body
-
-
-def _sandbox_mode() -> bool:
-    """No Stripe key configured: purchases complete in the sandbox."""
-    return not settings.STRIPE_SECRET_KEY
 
 
 class OfferOutput(serializers.Serializer):
@@ -154,13 +149,13 @@ class ListingOffersApi(BaseApi):
         listing = listing_selectors.listing_get_public(slug=slug, viewer=request.user)
         offers = selectors.offer_list_public(listing=listing).select_related("listing")
         payable = (
-            _sandbox_mode()
+            sandbox_mode()
             or ConnectAccount.objects.filter(
                 expert_id=listing.owner_id, payouts_enabled=True, sandbox=False
             ).exists()
         )
         data = PublicOfferOutput(offers, many=True, context={"payable": payable}).data
-        return Response(list_body(data, sandbox=_sandbox_mode()))
+        return Response(list_body(data, sandbox=sandbox_mode()))
 
 
 class BuyerLicenceOutput(serializers.Serializer):
@@ -329,7 +324,7 @@ class EarningsApi(BaseApi):
         responses=OpenApiTypes.OBJECT,
     )
     def get(self, request):
-        sandbox = _sandbox_mode()
+        sandbox = sandbox_mode()
         month = request.query_params.get("month", "")
         if not month:
             months = selectors.earnings_by_month(expert=request.user, sandbox=sandbox)
