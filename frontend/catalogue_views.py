@@ -21,6 +21,8 @@ SORT_LABELS = {
     "best_lift": "Best lift over generalist",
     "rating": "Rating",
     "popularity": "Popularity",
+    "price_asc": "Price: low to high",
+    "price_desc": "Price: high to low",
 }
 
 
