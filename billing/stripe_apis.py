@@ -53,12 +53,12 @@ class CheckoutApi(BaseApi):
 
     required_scopes = {"POST": "infer"}
 
-    class InputSerializer(serializers.Serializer):
+    class CheckoutInputSerializer(serializers.Serializer):
         offer_id = serializers.UUIDField()
         success_url = serializers.CharField(required=False, allow_blank=True, max_length=2000)
         cancel_url = serializers.CharField(required=False, allow_blank=True, max_length=2000)
 
-    class OutputSerializer(serializers.Serializer):
+    class CheckoutOutputSerializer(serializers.Serializer):
         object = ObjectTypeField("billing.checkout")
         url = serializers.CharField()
         sandbox = serializers.BooleanField()
@@ -66,9 +66,9 @@ class CheckoutApi(BaseApi):
         licence_status = serializers.CharField(source="licence.status")
         checkout_session_id = serializers.CharField(source="licence.stripe_checkout_session_id")
 
-    @extend_schema(request=InputSerializer, responses={201: OutputSerializer})
+    @extend_schema(request=CheckoutInputSerializer, responses={201: CheckoutOutputSerializer})
     def post(self, request):
-        data = self.InputSerializer(data=request.data)
+        data = self.CheckoutInputSerializer(data=request.data)
         data.is_valid(raise_exception=True)
         started = checkout_start(
             buyer=request.user,
@@ -86,7 +86,7 @@ class CheckoutApi(BaseApi):
                 field="cancel_url",
             ),
         )
-        return Response(self.OutputSerializer(started).data, status=status.HTTP_201_CREATED)
+        return Response(self.CheckoutOutputSerializer(started).data, status=status.HTTP_201_CREATED)
 
 
 class ConnectAccountOutputSerializer(serializers.Serializer):
@@ -123,18 +123,20 @@ class ConnectOnboardApi(BaseApi):
 
     required_scopes = {"POST": "train"}
 
-    class InputSerializer(serializers.Serializer):
+    class ConnectOnboardInputSerializer(serializers.Serializer):
         return_url = serializers.CharField(required=False, allow_blank=True, max_length=2000)
         refresh_url = serializers.CharField(required=False, allow_blank=True, max_length=2000)
 
-    class OutputSerializer(serializers.Serializer):
+    class AccountLinkOutputSerializer(serializers.Serializer):
         object = ObjectTypeField("billing.account_link")
         url = serializers.CharField()
         sandbox = serializers.BooleanField()
 
-    @extend_schema(request=InputSerializer, responses={201: OutputSerializer})
+    @extend_schema(
+        request=ConnectOnboardInputSerializer, responses={201: AccountLinkOutputSerializer}
+    )
     def post(self, request):
-        data = self.InputSerializer(data=request.data)
+        data = self.ConnectOnboardInputSerializer(data=request.data)
         data.is_valid(raise_exception=True)
         url = connect_account_onboard(
             expert=request.user,
@@ -152,7 +154,7 @@ class ConnectOnboardApi(BaseApi):
             ),
         )
         body = {"url": url, "sandbox": gateway.sandbox_mode()}
-        return Response(self.OutputSerializer(body).data, status=status.HTTP_201_CREATED)
+        return Response(self.AccountLinkOutputSerializer(body).data, status=status.HTTP_201_CREATED)
 
 
 class StripeWebhookApi(BaseApi):
