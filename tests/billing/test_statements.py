@@ -117,3 +117,36 @@ def test_earnings_by_month_for_the_chart(alice, alices_month, monkeypatch):
 def test_a_month_is_yyyy_mm(text):
     with pytest.raises(InvalidPeriod):
         selectors.parse_month(text)
+
+
+def test_a_busy_month_adds_up_to_the_cent(alice, carol, listing):
+    """Many buyers, odd amounts, partial refunds: every sum is the ledger's sum."""
+    import random
+
+    rng = random.Random(2026)
+    second = make_listing(alice, moderator=carol, title="Second")
+    offers = [make_offer(listing, "per_call", unit_amount=137), make_offer(second, "per_call")]
+    for n in range(30):
+        buyer = make_user(f"buyer{n}@example.com")
+        licence = make_active_licence(buyer, offers[n % 2])
+        for _ in range(rng.randint(1, 4)):
+            amount = rng.randint(1, 99_999)
+            fee = amount * 20 // 100
+            pay(licence, amount, fee=fee, stripe_fee=rng.choice([None, amount // 33]))
+            if rng.random() < 0.3:
+                back = rng.randint(1, amount)
+                pay(licence, -back, fee=-(fee * back // amount))
+
+    statement = selectors.statement_for(expert=alice, month=NOVEMBER)
+
+    real = Payment.objects.filter(period=NOVEMBER, sandbox=False)
+    totals = statement.totals["usd"]
+    assert totals["gross"] == sum(p.amount for p in real if p.kind != PaymentKind.REFUND)
+    assert totals["refunds"] == sum(p.amount for p in real if p.kind == PaymentKind.REFUND)
+    assert totals["platform_fee"] == sum(p.platform_fee for p in real)
+    assert totals["stripe_fee"] == sum(p.stripe_fee or 0 for p in real)
+    assert totals["net"] == sum(p.amount for p in real) - sum(p.platform_fee for p in real)
+    assert sum(len(part.lines) for part in statement.listings) == 30
+    for part in statement.listings:
+        for name in ("gross", "refunds", "platform_fee", "stripe_fee", "net"):
+            assert getattr(part, name) == sum(getattr(line, name) for line in part.lines)
