@@ -6,6 +6,7 @@ typed error becomes a flash message with the same text.
 """
 
 import uuid
+from dataclasses import fields
 from datetime import date
 
 from django.contrib import messages
@@ -30,6 +31,7 @@ from billing.models import (
 )
 from billing.signing import platform_signing_key
 from billing.stripe_gateway import sandbox_mode
+from billing.terms import LicenceTerms
 from frontend.charts import monthly_bars
 from frontend.money import parse_major_units
 from frontend.views import not_found
@@ -265,6 +267,12 @@ def licence_status(request, licence_id):
     return JsonResponse({"id": str(licence.pk), "status": licence.status})
 
 
+def _terms_rows(snapshot: dict) -> list[tuple[str, object]]:
+    """The terms agreed at purchase as (what it means, value) lines."""
+    terms = LicenceTerms.from_json(snapshot)
+    return [(f.metadata["help"], getattr(terms, f.name)) for f in fields(terms)]
+
+
 @login_required
 @require_GET
 def licence_list(request):
@@ -284,6 +292,7 @@ def licence_list(request):
                     if live and licence.kind != OfferKind.DOWNLOAD
                     else None
                 ),
+                "terms": _terms_rows(licence.terms),
                 "download_version": (
                     licence.listing.live_version
                     if live and licence.kind == OfferKind.DOWNLOAD

@@ -317,6 +317,7 @@ def test_my_licences_shows_usage_against_the_quota_and_a_download_button(
     page = page_of(client.get("/licences/"))
 
     assert "Calls this period: <strong>3</strong> of 1000" in page
+    assert "Outputs may be used commercially. <strong>yes</strong>" in page  # terms at purchase
     export_url = f"/api/v1/models/{listing.live_version_id}/export"
     assert f'href="{export_url}"' in page and 'data-testid="download-bundle"' in page
     assert page.count('data-testid="download-bundle"') == 1  # only the download licence
