@@ -20,7 +20,7 @@ from django.utils import timezone
 
 from accounts.models import User
 from billing import stripe_gateway as gateway
-from billing.errors import ExpertPayoutsNotEnabled, OfferNotFound
+from billing.errors import ExpertPayoutsNotEnabled, OfferNotFound, PaymentProviderError
 from billing.models import (
     ConnectAccount,
     Licence,
@@ -105,17 +105,23 @@ def checkout_start(*, buyer: User, offer_id, success_url: str, cancel_url: str) 
     else:  # per_call: metered, no quantity
         line_items = [{"price": prices.stripe_price_id}]
     one_time = offer.kind == OfferKind.DOWNLOAD
-    session = gateway.checkout_session_create(
-        licence_id=licence.pk,
-        mode="payment" if one_time else "subscription",
-        line_items=line_items,
-        customer_email=buyer.email,
-        success_url=success_url,
-        cancel_url=cancel_url,
-        destination_account_id=account.stripe_account_id,
-        application_fee_amount=platform_fee(offer.unit_amount) if one_time else None,
-        application_fee_percent=None if one_time else settings.PLATFORM_FEE_PERCENT,
-    )
+    try:
+        session = gateway.checkout_session_create(
+            licence_id=licence.pk,
+            mode="payment" if one_time else "subscription",
+            line_items=line_items,
+            customer_email=buyer.email,
+            success_url=success_url,
+            cancel_url=cancel_url,
+            destination_account_id=account.stripe_account_id,
+            application_fee_amount=platform_fee(offer.unit_amount) if one_time else None,
+            application_fee_percent=None if one_time else settings.PLATFORM_FEE_PERCENT,
+        )
+    except PaymentProviderError as exc:
+        # Stripe answers a refused key the same way for 24 h: this licence is spent, and
+        # the next attempt starts a new one (an unreachable Stripe keeps it, to retry).
+        licence_cancel(licence_id=licence.pk, reason=f"Stripe refused the checkout: {exc}")
+        raise
     Licence.objects.filter(pk=licence.pk).update(stripe_checkout_session_id=session["id"])
     licence.stripe_checkout_session_id = session["id"]
     return CheckoutStart(licence, session["url"], sandbox=False)

@@ -65,10 +65,11 @@ def _translated() -> Iterator[None]:
     try:
         yield
     except stripe.StripeError as exc:
-        fields = {"stripe_code": exc.code or "", "stripe_request_id": exc.request_id or ""}
+        # The contract's shape: {name: [details]}.
+        fields = {"stripe_code": [exc.code or ""], "stripe_request_id": [exc.request_id or ""]}
         param = getattr(exc, "param", None)
         if param:
-            fields["param"] = param
+            fields["param"] = [param]
         message = exc.user_message or str(exc) or type(exc).__name__
         if isinstance(exc, stripe.CardError):
             raise PaymentDeclined(message, fields=fields) from exc
@@ -362,6 +363,6 @@ def meter_event_create(
             key=idempotency_key("meter-event", identifier),
         )
     except PaymentProviderError as exc:
-        if exc.fields.get("stripe_code") == "duplicate_meter_event":
+        if exc.fields.get("stripe_code") == ["duplicate_meter_event"]:
             return None
         raise

@@ -214,3 +214,27 @@ def test_stripe_sends_the_buyer_back_to_the_return_page_with_its_session_id(
     assert session["success_url"] == (
         f"http://testserver/licences/return/?session_id={session['id']}"
     )
+
+
+def test_a_checkout_stripe_refuses_is_a_typed_error_and_the_next_try_starts_afresh(
+    alice, bob, api, client, listing, stripe_server
+):
+    account = onboard(api, alice, stripe_server, client)
+    stripe_server.state.accounts[account.stripe_account_id]["charges_enabled"] = False
+    offer = make_offer(listing, OfferKind.DOWNLOAD)
+
+    refused = api(bob).post(CHECKOUT, {"offer_id": str(offer.id)}, format="json")
+
+    assert refused.status_code == 502
+    error = refused.json()["error"]
+    assert error["code"] == "payment_provider_error"
+    assert error["fields"]["stripe_code"] == ["insufficient_capabilities_for_transfer"]
+    spent = Licence.objects.get(buyer=bob)
+    assert spent.status == LicenceStatus.CANCELLED
+
+    stripe_server.state.accounts[account.stripe_account_id]["charges_enabled"] = True
+    again = api(bob).post(CHECKOUT, {"offer_id": str(offer.id)}, format="json")
+
+    assert again.status_code == 201
+    assert again.json()["licence_id"] != str(spent.pk)
+    assert len(stripe_server.state.sessions) == 1
