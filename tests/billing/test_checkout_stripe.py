@@ -238,3 +238,14 @@ def test_a_checkout_stripe_refuses_is_a_typed_error_and_the_next_try_starts_afre
     assert again.status_code == 201
     assert again.json()["licence_id"] != str(spent.pk)
     assert len(stripe_server.state.sessions) == 1
+
+
+def test_a_free_trial_starts_at_once_without_stripe(alice, bob, api, listing, stripe_server):
+    offer = make_offer(listing, OfferKind.FREE_TRIAL)
+
+    response = api(bob).post(CHECKOUT, {"offer_id": str(offer.id)}, format="json")
+
+    assert response.status_code == 201, response.content
+    licence = Licence.objects.get(pk=response.json()["licence_id"])
+    assert (licence.status, licence.sandbox, licence.call_quota) == ("active", False, 100)
+    assert stripe_server.posts() == []
