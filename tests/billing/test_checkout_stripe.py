@@ -6,12 +6,17 @@ Stripe's webhook says the money arrived.
 """
 
 import importlib
+from datetime import timedelta
 
 import pytest
 from django.test import TestCase
+from django.utils import timezone
 
 from billing import stripe_gateway
+from billing.metering import usage_report_to_stripe
 from billing.models import ConnectAccount, Licence, LicenceStatus, OfferKind, Payment, StripeEvent
+from billing.refunds import payment_refund
+from billing.services import usage_record
 from tests.billing.conftest import make_offer
 from tests.billing.stripe_server import post_webhook
 
@@ -130,25 +135,37 @@ def test_a_retried_checkout_gets_the_same_session_not_a_second_one(
 
 
 def test_every_post_to_stripe_carries_an_idempotency_key_derived_from_our_row(
-    alice, bob, api, client, listing, stripe_server
+    alice, bob, carol, api, client, listing, stripe_server
 ):
+    # A whole life of commerce: onboarding, two purchases paid, usage reported, a refund.
     onboard(api, alice, stripe_server, client)
+    licences = {}
     for kind in (OfferKind.DOWNLOAD, OfferKind.PER_CALL):
         offer = make_offer(listing, kind)
         response = api(bob).post(CHECKOUT, {"offer_id": str(offer.id)}, format="json")
         assert response.status_code == 201, response.content
+        licence = Licence.objects.get(pk=response.json()["licence_id"])
+        paid = stripe_server.complete_checkout(licence.stripe_checkout_session_id)
+        assert post_webhook(client, paid).status_code == 200
+        licences[kind] = licence
+    usage_record(licence_id=licences[OfferKind.PER_CALL].pk, idempotency_key="req-1")
+    usage_report_to_stripe(now=timezone.now() + timedelta(minutes=5))
+    payment_refund(
+        payment=Payment.objects.get(licence=licences[OfferKind.DOWNLOAD]),
+        actor=carol,
+        reason="Duplicate purchase",
+    )
 
     posts = stripe_server.posts()
 
-    assert {p.path for p in posts} >= {
+    assert {p.path for p in posts} == {
         "/v1/accounts", "/v1/account_links", "/v1/products", "/v1/prices",
-        "/v1/billing/meters", "/v1/checkout/sessions",
+        "/v1/billing/meters", "/v1/checkout/sessions", "/v1/billing/meter_events",
+        "/v1/refunds",
     }  # fmt: skip
     assert [p for p in posts if not (p.idempotency_key or "").startswith("niche:")] == []
     session_keys = {p.idempotency_key for p in posts if p.path == "/v1/checkout/sessions"}
-    assert session_keys == {
-        f"niche:checkout-session:{licence.pk}" for licence in Licence.objects.all()
-    }
+    assert session_keys == {f"niche:checkout-session:{licence.pk}" for licence in licences.values()}
 
 
 def test_in_sandbox_mode_a_purchase_completes_at_once_and_says_sandbox(
