@@ -199,46 +199,56 @@ def export_bundle_build(
     )
 
 
-def _served_by_listing_of(licence_filter: dict, version: ModelVersion):
-    """Live download licences whose listing has put `version` live (now or before)."""
-    served_on = ListingVersion.objects.filter(model_version=version).values("listing_id")
-    return Licence.objects.filter(
-        listing_id__in=served_on,
-        kind=OfferKind.DOWNLOAD,
-        status__in=LIVE_LICENCE_STATUSES,
-        **licence_filter,
-    )
+def _download_grant(*, user: User, version_id, lock: bool) -> tuple[ModelVersion, Licence | None]:
+    """The version and the licence that lets `user` download it (None for its owner).
 
-
-def export_bundle_download(*, user: User, version_id) -> ExportBundle:
-    """Check the right to download, build the bundle and record the download.
-
-    The owner may always download; anyone else needs a live download licence of a
-    listing that has served this version (403 `licence_required` otherwise; a version
-    never listed is 404 to them, as the studio answers). The licence row is locked
-    while the download is recorded, so a revocation that commits first refuses it.
+    Anyone but the owner needs a live download licence of a listing that has put the
+    version live, now or before (403 `licence_required`); a version never listed is
+    404 to them, as the studio answers. With `lock`, the licence row is held (call
+    inside a transaction).
     """
     version = (
         ModelVersion.objects.select_related("base_model", "owner").filter(pk=version_id).first()
     )
     if version is None:
         raise ModelVersionNotFound("No model version with this id.")
+    if version.owner_id == user.pk:
+        return version, None
+    served_on = ListingVersion.objects.filter(model_version=version).values("listing_id")
+    if not served_on.exists():
+        raise ModelVersionNotFound("No model version with this id.")
+    licences = Licence.objects.filter(
+        buyer=user,
+        listing_id__in=served_on,
+        kind=OfferKind.DOWNLOAD,
+        status__in=LIVE_LICENCE_STATUSES,
+    ).select_related("listing__owner")
+    if lock:
+        licences = licences.select_for_update(of=("self",))
+    licence = licences.first()
+    if licence is None:
+        raise LicenceRequired(
+            "Downloading this model needs a live download licence of its listing."
+        )
+    return version, licence
+
+
+def export_bundle_check(*, user: User, version_id) -> ModelVersion:
+    """Whether `user` may download the bundle now, without building or recording one
+    (what a HEAD request asks). Raises as export_bundle_download does."""
+    version, _ = _download_grant(user=user, version_id=version_id, lock=False)
+    return version
+
+
+def export_bundle_download(*, user: User, version_id) -> ExportBundle:
+    """Check the right to download, build the bundle and record the download.
+
+    The licence row is locked while the download is recorded, so a revocation that
+    commits first refuses it. Raises ModelVersionNotFound (404), LicenceRequired (403).
+    """
     issued_at = timezone.now()
     with transaction.atomic():
-        licence = None
-        if version.owner_id != user.pk:
-            if not ListingVersion.objects.filter(model_version=version).exists():
-                raise ModelVersionNotFound("No model version with this id.")
-            licence = (
-                _served_by_listing_of({"buyer": user}, version)
-                .select_for_update(of=("self",))
-                .select_related("listing__owner")
-                .first()
-            )
-            if licence is None:
-                raise LicenceRequired(
-                    "Downloading this model needs a live download licence of its listing."
-                )
+        version, licence = _download_grant(user=user, version_id=version_id, lock=True)
         bundle = export_bundle_build(
             version=version, licensee=user, licence=licence, issued_at=issued_at
         )

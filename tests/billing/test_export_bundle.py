@@ -309,3 +309,16 @@ def test_a_key_without_the_read_scope_cannot_export(alice, api, tmp_path):
 
     assert response.status_code == 403
     assert not ExportDownload.objects.exists()
+
+
+def test_a_head_request_answers_who_may_download_and_records_nothing(
+    alice, bob, mallory, carol, api, tmp_path
+):
+    version = stored_version(alice, tmp_path)
+    download_licence(bob, published_listing(alice, carol, version))
+    url = f"/api/v1/models/{version.id}/export"
+
+    assert api(bob, scopes=["read"]).head(url).status_code == 200
+    assert api(alice, scopes=["read"]).head(url).status_code == 200
+    assert api(mallory, scopes=["read"]).head(url).status_code == 403
+    assert not ExportDownload.objects.exists()
