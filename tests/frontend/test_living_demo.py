@@ -12,13 +12,14 @@ from frontend.services import (
     DemoOutcome,
     demo_listing_publish,
     demo_training_start,
+    demo_watch,
 )
 from listings import services as listing_services
 from listings.models import Listing, ListingStatus, ModerationAction, ModerationActionType
 from tests.listings.conftest import classification_evaluation
 from training_worker.models import FineTuningJob, JobStatus, ModelVersion
 
-SUPPORT = DEMO_SPECIALISTS[0]
+SUPPORT, ARITHMETIC = DEMO_SPECIALISTS
 
 
 @pytest.fixture
@@ -54,24 +55,43 @@ def finish(job: FineTuningJob, status: str = JobStatus.SUCCEEDED) -> FineTuningJ
     return FineTuningJob.objects.get(pk=job.pk)
 
 
-def test_first_start_queues_one_fine_tune_per_demo_dataset_and_later_starts_none(
+def test_first_start_queues_the_first_demo_fine_tune_and_later_starts_none_while_it_runs(
     demo, django_capture_on_commit_callbacks
 ):
     expert = demo["expert"]
 
     jobs, sent = start(expert, django_capture_on_commit_callbacks)
 
-    assert sorted(j.suffix for j in jobs) == sorted(s.job_suffix for s in DEMO_SPECIALISTS)
-    assert {j.base_model.slug for j in jobs} == {"minilm-l6", "tiny-causal"}
-    assert all(j.owner == expert and j.status == JobStatus.VALIDATING_FILES for j in jobs)
-    assert len(sent) == 2  # one watcher per job (the datasets validate first)
+    # One at a time: two trainings at once oversubscribe a small machine's cores.
+    assert [(j.suffix, j.base_model.slug) for j in jobs] == [(SUPPORT.job_suffix, "minilm-l6")]
+    assert jobs[0].owner == expert and jobs[0].status == JobStatus.VALIDATING_FILES
+    assert len(sent) == 1  # its watcher (the dataset validates first)
 
-    # A later start while they train: no new job, the watchers armed again (the
+    # A later start while it trains: no new job, the watcher armed again (the
     # embedded broker forgets scheduled tasks when it stops).
     again, sent = start(expert, django_capture_on_commit_callbacks)
-    assert {j.pk for j in again} == {j.pk for j in jobs}
-    assert len(sent) == 2
-    assert FineTuningJob.objects.filter(owner=expert).count() == 2
+    assert [j.pk for j in again] == [jobs[0].pk]
+    assert len(sent) == 1
+    assert FineTuningJob.objects.filter(owner=expert).count() == 1
+
+
+def test_when_a_demo_fine_tune_ends_its_watcher_lists_it_and_queues_the_next(
+    demo, django_capture_on_commit_callbacks
+):
+    expert = demo["expert"]
+    jobs, _ = start(expert, django_capture_on_commit_callbacks)
+    assert demo_watch(job_id=jobs[0].pk) == DemoOutcome.WAITING
+    assert FineTuningJob.objects.filter(owner=expert).count() == 1
+
+    finish(jobs[0])
+    with django_capture_on_commit_callbacks(execute=False) as sent:
+        outcome = demo_watch(job_id=jobs[0].pk)
+
+    assert outcome == DemoOutcome.PUBLISHED
+    assert Listing.objects.get(slug=SUPPORT.listing["slug"]).status == ListingStatus.PUBLISHED
+    arithmetic = FineTuningJob.objects.get(owner=expert, suffix=ARITHMETIC.job_suffix)
+    assert arithmetic.base_model.slug == "tiny-causal"
+    assert len(sent) == 1  # the next one's watcher, and no second watcher for the first
 
 
 def test_a_finished_demo_fine_tune_is_listed_through_audited_moderation_once(
@@ -99,7 +119,8 @@ def test_a_finished_demo_fine_tune_is_listed_through_audited_moderation_once(
     assert demo_listing_publish(job_id=job.pk) == DemoOutcome.PUBLISHED
     again, sent = start(expert, django_capture_on_commit_callbacks)
     assert job.pk not in {j.pk for j in again}
-    assert len(sent) == 1  # only the arithmetic fine-tune, still waiting, is watched
+    assert [j.suffix for j in again] == [ARITHMETIC.job_suffix]  # the next one, queued
+    assert len(sent) == 1
     assert Listing.objects.count() == 1 and ModerationAction.objects.count() == 1
     assert FineTuningJob.objects.filter(owner=expert).count() == 2
 
