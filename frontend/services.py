@@ -3,10 +3,10 @@
 On the first `make run` the catalogue would be empty. `demo_training_start` (called by
 `seed_demo` on every start) queues a short fine-tune per demo dataset as the demo
 expert, one at a time (on two cores the arithmetic one took 232 s beside the other,
-10-37 s alone), and arms a watcher task; the watcher (`demo_watch`) lists the finished specialist through
-the same services an expert and a moderator use (the approval is audited), then
-queues the next one. All are idempotent: the job's suffix and the listing's slug are
-the keys, so later starts queue nothing twice and list nothing twice.
+10-37 s alone), and arms a watcher task; the watcher (`demo_watch`) lists the finished
+specialist through the same services an expert and a moderator use (the approval is
+audited), then queues the next one. All are idempotent: the job's suffix and the
+listing's slug are the keys, so later starts queue nothing twice and list nothing twice.
 """
 
 from __future__ import annotations
