@@ -229,7 +229,7 @@ class Launcher:
                 if keep:
                     child.captured.append(line)
                 else:
-                    self._write(f"[{child.name}]".ljust(9) + line + "\n")
+                    self._write(f"[{child.name}]".ljust(8) + " " + line + "\n")
 
     def check(self) -> None:
         """Raise if a stop was requested or a server child exited."""
