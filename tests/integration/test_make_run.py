@@ -71,6 +71,7 @@ class MakeRun:
             "NICHE_VAR_DIR": str(var_dir),
             "DJANGO_SETTINGS_MODULE": "marketplace.settings.local",
             "MODEL_CACHE_DIR": str(ROOT / "var" / "models"),  # reuse the built tiny LM
+            "HEALTHZ_TOKEN": "smoke-test-token",  # unlocks the details of /healthz
             self.marker: "1",
         }
         with log_path.open("w") as log:
@@ -165,7 +166,15 @@ def test_make_run_starts_the_platform_and_stops_cleanly(make_run):
 
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=10) as r:
         assert r.status == 200
-        assert json.load(r) == {"status": "ok"}
+        assert json.load(r) == {"status": "ok"}  # the public learns nothing more
+    health_request = urllib.request.Request(
+        f"http://127.0.0.1:{port}/healthz",
+        headers={"Authorization": "Bearer smoke-test-token"},
+    )
+    with urllib.request.urlopen(health_request, timeout=10) as r:  # noqa: S310 (http://127.0.0.1)
+        details = json.load(r)
+    assert details["checks"]["database"]["vendor"] == "sqlite"
+    assert details["checks"]["broker"]["ok"] and details["checks"]["workers"]["ok"]
 
     # Log in as the demo expert through the real login form.
     jar = http.cookiejar.CookieJar()
