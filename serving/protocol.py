@@ -1,0 +1,242 @@
+"""The contract between the gateway (web processes) and the engine (inference workers).
+
+Plain dataclasses and JSON, no torch: web processes import this module, workers too.
+
+- The gateway sends ONE Celery task per HTTP request, ``serving.tasks.infer`` (routed to
+  the ``inference`` queue), whose single argument is ``InferenceRequest.to_dict()``.
+- Whole answers come back through the Celery result backend: the task returns
+  ``InferenceResult.to_dict()`` or ``InferenceError.to_dict()`` (``{"error": {...}}``);
+  read either with ``result_from_dict``.
+- Streamed tokens (``stream=True``, generation only) travel on a Redis stream per request,
+  ``stream_key(request_id)``: XADD entries ``{"type": "token", "text": ...}``, then exactly
+  one ``{"type": "done", "finish_reason": ..., "usage": "<json>"}`` or
+  ``{"type": "error", "code": ..., "message": ...}``. The key expires after
+  ``STREAM_TTL_SECONDS``. A stream is ordered and replayable, so a reader that connects
+  late misses nothing; the web reads it with ``XREAD BLOCK`` (redis-py). The task still
+  returns the whole result through the result backend as well.
+- A client that goes away: the gateway sets ``cancel_key(request_id)`` (any value, with a
+  TTL); the worker checks it between decode steps, stops and frees its batch slot, and
+  finishes with ``finish_reason="cancelled"``.
+- ``deadline`` is a unix time; a worker that picks the request up after it drops it with
+  the error code ``deadline_exceeded`` (nobody is waiting any more).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+TASK_NAME = "serving.tasks.infer"
+QUEUE = "inference"
+
+TEXT_CLASSIFICATION = "text-classification"
+TEXT_GENERATION = "text-generation"
+Task = Literal["text-classification", "text-generation"]
+
+STREAM_TTL_SECONDS = 300
+CANCEL_TTL_SECONDS = 300
+
+
+def stream_key(request_id: str) -> str:
+    return f"serving:stream:{request_id}"
+
+
+def cancel_key(request_id: str) -> str:
+    return f"serving:cancel:{request_id}"
+
+
+class ErrorCode:
+    """Codes an engine error may carry (the gateway maps them to HTTP statuses)."""
+
+    ADAPTER_INTEGRITY = "adapter_integrity"  # stored bytes do not hash to the request's sha256
+    ADAPTER_UNAVAILABLE = "adapter_unavailable"  # files missing, not safetensors, unsupported
+    BASE_UNAVAILABLE = "base_unavailable"  # the base model cannot be loaded on this worker
+    INPUT_TOO_LONG = "input_too_long"  # more tokens than the base's context
+    INVALID_REQUEST = "invalid_request"  # a request the protocol does not allow
+    DEADLINE_EXCEEDED = "deadline_exceeded"  # picked up after its deadline
+    ENGINE_ERROR = "engine_error"  # anything else (logged on the worker)
+
+
+@dataclass(frozen=True)
+class AdapterRef:
+    """Which adapter to apply: the version row's files and the hash they must have."""
+
+    model_version_id: str
+    sha256: str  # SHA-256 of adapter_model.safetensors, from the ModelVersion row
+    adapter_path: str  # storage name of adapter_model.safetensors
+    config_path: str  # storage name of adapter_config.json
+    labels: list[str] = field(default_factory=list)  # classification labels, in id order
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> AdapterRef:
+        return cls(
+            model_version_id=str(data["model_version_id"]),
+            sha256=str(data["sha256"]),
+            adapter_path=str(data["adapter_path"]),
+            config_path=str(data["config_path"]),
+            labels=[str(label) for label in data.get("labels") or []],
+        )
+
+
+@dataclass(frozen=True)
+class GenerationParameters:
+    max_new_tokens: int = 64
+    temperature: float = 0.0  # 0 means greedy
+    top_p: float = 1.0
+    stop: list[str] = field(default_factory=list)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any] | None) -> GenerationParameters:
+        data = data or {}
+        stop = data.get("stop") or []
+        if isinstance(stop, str):
+            stop = [stop]
+        return cls(
+            max_new_tokens=int(data.get("max_new_tokens", cls.max_new_tokens)),
+            temperature=float(data.get("temperature", cls.temperature)),
+            top_p=float(data.get("top_p", cls.top_p)),
+            stop=[str(s) for s in stop],
+        )
+
+
+@dataclass(frozen=True)
+class ChatMessage:
+    role: str  # "system" | "user" | "assistant"
+    content: str
+
+
+@dataclass(frozen=True)
+class InferenceRequest:
+    """One HTTP request's work.
+
+    - classification: ``inputs`` is a list of texts;
+    - generation: exactly one of ``prompt`` (completions, /predict) or ``messages`` (chat;
+      the worker renders them with the base's chat template, because web processes have
+      no tokenizer).
+    ``adapter`` None means the bare base model (generation only).
+    """
+
+    request_id: str
+    task: Task
+    base_model: str  # BaseModel slug
+    adapter: AdapterRef | None
+    inputs: list[str] = field(default_factory=list)
+    prompt: str | None = None
+    messages: list[ChatMessage] = field(default_factory=list)
+    parameters: GenerationParameters = field(default_factory=GenerationParameters)
+    stream: bool = False
+    deadline: float | None = None  # unix time
+
+    def to_dict(self) -> dict[str, Any]:
+        return json.loads(json.dumps(asdict(self)))
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> InferenceRequest:
+        task = data["task"]
+        if task not in (TEXT_CLASSIFICATION, TEXT_GENERATION):
+            raise ValueError(f"task must be text-classification or text-generation: {task!r}")
+        adapter = data.get("adapter")
+        return cls(
+            request_id=str(data["request_id"]),
+            task=task,
+            base_model=str(data["base_model"]),
+            adapter=AdapterRef.from_dict(adapter) if adapter else None,
+            inputs=[str(text) for text in data.get("inputs") or []],
+            prompt=data.get("prompt"),
+            messages=[
+                ChatMessage(role=str(m["role"]), content=str(m["content"]))
+                for m in data.get("messages") or []
+            ],
+            parameters=GenerationParameters.from_dict(data.get("parameters")),
+            stream=bool(data.get("stream", False)),
+            deadline=data.get("deadline"),
+        )
+
+
+@dataclass(frozen=True)
+class Usage:
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+@dataclass(frozen=True)
+class ClassificationOutput:
+    label: str
+    scores: dict[str, float]  # every label's softmax probability
+
+
+@dataclass(frozen=True)
+class GenerationOutput:
+    text: str
+    finish_reason: str  # "stop" (eos or a stop string) | "length" | "cancelled"
+
+
+@dataclass(frozen=True)
+class InferenceResult:
+    """A whole answer: ``outputs`` is a list of ClassificationOutput (one per input) for
+    classification and one GenerationOutput for generation."""
+
+    request_id: str
+    outputs: list[ClassificationOutput] | GenerationOutput
+    usage: Usage
+    adapter_sha256: str | None
+    batch_size: int  # rows in the forward pass this request shared
+    engine_ms: float  # time on the worker from pickup to answer
+
+    def to_dict(self) -> dict[str, Any]:
+        return json.loads(json.dumps(asdict(self)))
+
+
+@dataclass(frozen=True)
+class InferenceError:
+    request_id: str
+    code: str
+    message: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "request_id": self.request_id,
+            "error": {"code": self.code, "message": self.message},
+        }
+
+
+def result_from_dict(data: dict[str, Any]) -> InferenceResult | InferenceError:
+    """Parse what the task returned (result backend)."""
+    if "error" in data:
+        return InferenceError(
+            request_id=str(data.get("request_id", "")),
+            code=str(data["error"]["code"]),
+            message=str(data["error"]["message"]),
+        )
+    outputs_data = data["outputs"]
+    outputs: list[ClassificationOutput] | GenerationOutput
+    if isinstance(outputs_data, list):
+        outputs = [
+            ClassificationOutput(label=o["label"], scores=dict(o["scores"])) for o in outputs_data
+        ]
+    else:
+        outputs = GenerationOutput(
+            text=outputs_data["text"], finish_reason=outputs_data["finish_reason"]
+        )
+    return InferenceResult(
+        request_id=str(data["request_id"]),
+        outputs=outputs,
+        usage=Usage(**data["usage"]),
+        adapter_sha256=data.get("adapter_sha256"),
+        batch_size=int(data["batch_size"]),
+        engine_ms=float(data["engine_ms"]),
+    )
+
+
+def stream_event_token(text: str) -> dict[str, str]:
+    return {"type": "token", "text": text}
+
+
+def stream_event_done(finish_reason: str, usage: Usage) -> dict[str, str]:
+    return {"type": "done", "finish_reason": finish_reason, "usage": json.dumps(asdict(usage))}
+
+
+def stream_event_error(code: str, message: str) -> dict[str, str]:
+    return {"type": "error", "code": code, "message": message}
