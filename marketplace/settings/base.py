@@ -218,6 +218,19 @@ PLATFORM_FEE_PERCENT = env_int("PLATFORM_FEE_PERCENT", 20, minimum=0)
 if PLATFORM_FEE_PERCENT > 100:
     raise ImproperlyConfigured("PLATFORM_FEE_PERCENT must be between 0 and 100.")
 
+# --- Serving (the inference gateway and engine; see serving/protocol.py)
+# A request the engine has not answered within this many seconds gets 504 engine_timeout
+# (503 engine_unavailable when no worker consumes the inference queue).
+SERVING_TIMEOUT_SECONDS = env_int("SERVING_TIMEOUT_SECONDS", 30, minimum=1)
+SERVING_MAX_INPUTS = env_int("SERVING_MAX_INPUTS", 64, minimum=1)
+SERVING_MAX_INPUT_CHARS = env_int("SERVING_MAX_INPUT_CHARS", 4000, minimum=1)
+SERVING_MAX_NEW_TOKENS = env_int("SERVING_MAX_NEW_TOKENS", 256, minimum=1)
+# Per API key (per user for signed-in sessions), a fixed one-minute window in Redis.
+SERVING_RATE_LIMIT_PER_MINUTE = env_int("SERVING_RATE_LIMIT_PER_MINUTE", 600, minimum=1)
+SERVING_BATCH_MAX_SIZE = env_int("SERVING_BATCH_MAX_SIZE", 32, minimum=1)
+SERVING_BATCH_MAX_WAIT_MS = env_int("SERVING_BATCH_MAX_WAIT_MS", 10, minimum=0)
+SERVING_ADAPTER_CACHE_BYTES = env_int("SERVING_ADAPTER_CACHE_BYTES", 512 * 1024 * 1024, minimum=1)
+
 # --- Product limits
 DATASET_MAX_UPLOAD_BYTES = env_int("DATASET_MAX_UPLOAD_BYTES", 50 * 1024 * 1024, minimum=1)
 FILE_UPLOAD_MAX_MEMORY_SIZE = 5 * 1024 * 1024
