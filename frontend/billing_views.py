@@ -7,7 +7,7 @@ typed error becomes a flash message with the same text.
 
 import uuid
 from dataclasses import fields
-from datetime import date
+from datetime import UTC, date, timedelta
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
@@ -32,8 +32,9 @@ from billing.models import (
 from billing.signing import platform_signing_key
 from billing.stripe_gateway import sandbox_mode
 from billing.terms import LicenceTerms
-from frontend.charts import monthly_bars
+from frontend.charts import daily_bars, monthly_bars
 from frontend.money import parse_major_units
+from frontend.snippets import KEY_VARIABLE, call_snippets
 from frontend.views import not_found
 from listings import selectors as catalogue
 from listings.models import Listing
@@ -273,34 +274,63 @@ def _terms_rows(snapshot: dict) -> list[tuple[str, object]]:
     return [(f.metadata["help"], getattr(terms, f.name)) for f in fields(terms)]
 
 
+USAGE_CHART_DAYS = 30
+
+
+def _calls_per_day(*, buyer, days: list[date]) -> dict[str, dict[date, int]]:
+    """Served calls per listing slug and UTC day over `days`, summed over API keys (one
+    query for the whole page)."""
+    per_listing: dict[str, dict[date, int]] = {}
+    for row in billing.usage_by_day(buyer=buyer, since=days[0], until=days[-1]):
+        by_day = per_listing.setdefault(row.listing_slug, {})
+        by_day[row.day] = by_day.get(row.day, 0) + row.calls
+    return per_listing
+
+
 @login_required
 @require_GET
 def licence_list(request):
     """My licences: each with its terms, this period's calls against the quota, and the
-    export bundle's download button for download licences."""
+    export bundle's download button for download licences; calling licences get code
+    to paste (the slug filled in, the key a placeholder) and their calls per day."""
+    today = timezone.now().astimezone(UTC).date()
+    days = [today - timedelta(days=n) for n in range(USAGE_CHART_DAYS - 1, -1, -1)]
+    calls_per_day = _calls_per_day(buyer=request.user, days=days)
+    site = request.build_absolute_uri("/").rstrip("/")
     rows = []
     for licence in billing.licence_list_for_buyer(buyer=request.user).select_related(
         "listing__live_version"
     ):
         live = licence.status in LIVE_LICENCE_STATUSES
+        calling = live and licence.kind != OfferKind.DOWNLOAD
+        listing = licence.listing
         rows.append(
             {
                 "licence": licence,
                 "live": live,
-                "calls": (
-                    billing.licence_calls_this_period(licence=licence)
-                    if live and licence.kind != OfferKind.DOWNLOAD
-                    else None
-                ),
+                "calls": (billing.licence_calls_this_period(licence=licence) if calling else None),
                 "terms": _terms_rows(licence.terms),
                 "download_version": (
-                    licence.listing.live_version
-                    if live and licence.kind == OfferKind.DOWNLOAD
-                    else None
+                    listing.live_version if live and licence.kind == OfferKind.DOWNLOAD else None
                 ),
+                "snippets": (
+                    call_snippets(site=site, slug=listing.slug, task=listing.task)
+                    if calling
+                    else []
+                ),
+                "usage_bars": (
+                    daily_bars(days, calls_per_day.get(listing.slug, {}))
+                    if licence.kind != OfferKind.DOWNLOAD
+                    else []
+                ),
+                "usage_total": sum(calls_per_day.get(listing.slug, {}).values()),
             }
         )
-    return render(request, "frontend/licences.html", {"rows": rows})
+    return render(
+        request,
+        "frontend/licences.html",
+        {"rows": rows, "usage_days": USAGE_CHART_DAYS, "key_variable": KEY_VARIABLE},
+    )
 
 
 # --- expert: payouts and earnings

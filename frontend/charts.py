@@ -1,4 +1,4 @@
-"""Data for the portal's charts: evaluation reports and earnings."""
+"""Data for the portal's charts: evaluation reports, earnings and usage."""
 
 from datetime import date
 
@@ -43,5 +43,23 @@ def monthly_bars(
         bars.append({
             "month": month, "label": f"{month:%b %y}", "value": value,
             "text": format_money(value, currency), "px": px, "top": 20 + plot_height - px,
+        })  # fmt: skip
+    return bars
+
+
+def daily_bars(days: list[date], calls: dict[date, int], *, plot_height: int = 80) -> list[dict]:
+    """One bar per day (oldest first) of a buyer's served calls on one listing.
+
+    Same geometry as monthly_bars: `px` the bar's height (the busiest day fills the
+    plot), `top` its upper edge; days without calls keep their slot with an empty bar.
+    """
+    busiest = max(calls.values(), default=0) or 1
+    bars = []
+    for day in days:
+        value = calls.get(day, 0)
+        px = round(plot_height * value / busiest)
+        bars.append({
+            "day": day, "label": f"{day:%d %b}", "value": value,
+            "px": px, "top": 10 + plot_height - px,
         })  # fmt: skip
     return bars

@@ -1,0 +1,120 @@
+"""Ready-to-paste code that calls a licensed specialist: curl, Python requests and the
+openai client, with the listing's slug and the site's address filled in.
+
+The key stays a placeholder (`$NICHE_KEY`): the portal never shows a key again after
+its creation, and a snippet in a ticket or a chat must not carry one.
+"""
+
+import json
+from dataclasses import dataclass
+
+KEY_VARIABLE = "NICHE_KEY"
+CLASSIFICATION = "text-classification"
+SAMPLE_TEXT = "Paste the text to classify here."
+SAMPLE_PROMPT = "Hello! What can you do?"
+SAMPLE_MAX_TOKENS = 64
+
+
+@dataclass(frozen=True)
+class Snippet:
+    name: str  # "curl", "python-requests", "openai"
+    title: str
+    language: str  # "shell" | "python"
+    code: str
+
+
+def call_snippets(*, site: str, slug: str, task: str) -> list[Snippet]:
+    """Snippets for one listing, chosen by its task: classification calls
+    `POST /api/v1/models/<slug>/predict`, generation the OpenAI-compatible
+    `POST /v1/chat/completions` (which the openai client speaks).
+
+    `site` is the portal's own address without a trailing slash
+    (`https://niche.example`); `slug` the listing's, optionally pinned (`slug@2`)."""
+    site = site.rstrip("/")
+    if task == CLASSIFICATION:
+        return _classification(site, slug)
+    return _generation(site, slug)
+
+
+def _classification(site: str, slug: str) -> list[Snippet]:
+    url = f"{site}/api/v1/models/{slug}/predict"
+    body = {"inputs": [SAMPLE_TEXT]}
+    return [
+        Snippet("curl", "curl", "shell", _curl(url, body)),
+        Snippet(
+            "python-requests",
+            "Python (requests)",
+            "python",
+            f"""import os
+
+import requests
+
+response = requests.post(
+    "{url}",
+    headers={{"Authorization": f"Bearer {{os.environ['{KEY_VARIABLE}']}}"}},
+    json={{"inputs": [{json.dumps(SAMPLE_TEXT)}]}},
+    timeout=60,
+)
+response.raise_for_status()
+print(response.json())
+""",
+        ),
+    ]
+
+
+def _generation(site: str, slug: str) -> list[Snippet]:
+    url = f"{site}/v1/chat/completions"
+    messages = [{"role": "user", "content": SAMPLE_PROMPT}]
+    body = {"model": slug, "messages": messages, "max_tokens": SAMPLE_MAX_TOKENS}
+    return [
+        Snippet("curl", "curl", "shell", _curl(url, body)),
+        Snippet(
+            "python-requests",
+            "Python (requests)",
+            "python",
+            f"""import os
+
+import requests
+
+response = requests.post(
+    "{url}",
+    headers={{"Authorization": f"Bearer {{os.environ['{KEY_VARIABLE}']}}"}},
+    json={{
+        "model": "{slug}",
+        "messages": [{{"role": "user", "content": {json.dumps(SAMPLE_PROMPT)}}}],
+        "max_tokens": {SAMPLE_MAX_TOKENS},
+    }},
+    timeout=60,
+)
+response.raise_for_status()
+print(response.json()["choices"][0]["message"]["content"])
+""",
+        ),
+        Snippet(
+            "openai",
+            "Python (openai client)",
+            "python",
+            f"""import os
+
+from openai import OpenAI
+
+client = OpenAI(base_url="{site}/v1", api_key=os.environ["{KEY_VARIABLE}"])
+reply = client.chat.completions.create(
+    model="{slug}",
+    messages=[{{"role": "user", "content": {json.dumps(SAMPLE_PROMPT)}}}],
+    max_tokens={SAMPLE_MAX_TOKENS},
+)
+print(reply.choices[0].message.content)
+""",
+        ),
+    ]
+
+
+def _curl(url: str, body: dict) -> str:
+    # Single quotes around the JSON: the shell passes it as is (the samples hold none).
+    return (
+        f"curl -sS -X POST {url} \\\n"
+        f'  -H "Authorization: Bearer ${KEY_VARIABLE}" \\\n'
+        f'  -H "Content-Type: application/json" \\\n'
+        f"  -d '{json.dumps(body)}'\n"
+    )

@@ -1,0 +1,165 @@
+"""Serving in the portal: bob finds code to call what he licensed and his calls per day
+on My licences; on a listing page he tries a specialist through the real gateway.
+
+alice (expert) sells, bob buys, carol moderates, mallory has no licence.
+"""
+
+import re
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from django.test import Client
+from django.utils import timezone
+
+from billing import services as billing_services
+from billing.models import OfferKind
+from tests.billing.conftest import make_active_licence, make_offer
+from tests.listings.conftest import make_listing
+from training_worker.models import BaseModel, ModelVersion
+
+
+def portal(user=None) -> Client:
+    client = Client()
+    if user is not None:
+        client.force_login(user)
+    return client
+
+
+def page_of(response) -> str:
+    assert response.status_code == 200, response.status_code
+    return response.content.decode()
+
+
+def snippet(page: str, name: str) -> str:
+    """The text of one snippet on My licences (HTML entities decoded)."""
+    import html
+
+    found = re.search(rf'data-snippet="{name}"><code[^>]*>(.*?)</code>', page, re.S)
+    assert found, f"no {name} snippet"
+    return html.unescape(found.group(1))
+
+
+def make_generation_listing(owner, moderator, **fields):
+    """A published listing whose live version generates text (tiny-causal)."""
+    listing = make_listing(owner, title="Support replies", **fields)
+    version = listing.proposed_version
+    ModelVersion.objects.filter(pk=version.pk).update(
+        task="text-generation", base_model=BaseModel.objects.get(slug="tiny-causal")
+    )
+    listing.task = "text-generation"
+    listing.save(update_fields=["task"])
+    from listings import services
+
+    services.listing_submit(owner=owner, listing_id=listing.id)
+    return services.listing_approve(moderator=moderator, listing_id=listing.id)
+
+
+@pytest.fixture
+def triage(alice, carol):
+    """alice's classification listing."""
+    return make_listing(alice, moderator=carol, commercial_use=True, on_prem_download=True)
+
+
+@pytest.fixture
+def replies(alice, carol):
+    """alice's generation listing."""
+    return make_generation_listing(alice, carol, commercial_use=True)
+
+
+# --- My licences: code to paste
+
+
+def test_bob_gets_curl_and_requests_snippets_that_call_predict_on_his_classifier(bob, triage):
+    make_active_licence(bob, make_offer(triage, OfferKind.SUBSCRIPTION))
+
+    page = page_of(portal(bob).get("/licences/"))
+
+    curl = snippet(page, "curl")
+    assert f"curl -sS -X POST http://testserver/api/v1/models/{triage.slug}/predict" in curl
+    assert 'Authorization: Bearer $NICHE_KEY' in curl
+    assert '"inputs": ["' in curl
+    requests_code = snippet(page, "python-requests")
+    assert f'"http://testserver/api/v1/models/{triage.slug}/predict"' in requests_code
+    assert "os.environ['NICHE_KEY']" in requests_code
+    compile(requests_code, "snippet", "exec")  # pastes as valid Python
+    assert "export NICHE_KEY=" in page
+
+
+def test_bob_gets_chat_completions_and_openai_client_snippets_for_a_generator(bob, replies):
+    make_active_licence(bob, make_offer(replies, OfferKind.PER_CALL))
+
+    page = page_of(portal(bob).get("/licences/"))
+
+    curl = snippet(page, "curl")
+    assert "http://testserver/v1/chat/completions" in curl
+    assert f'"model": "{replies.slug}"' in curl
+    openai_code = snippet(page, "openai")
+    assert 'OpenAI(base_url="http://testserver/v1", api_key=os.environ["NICHE_KEY"])' in (
+        openai_code
+    )
+    assert f'model="{replies.slug}"' in openai_code
+    compile(openai_code, "snippet", "exec")
+    compile(snippet(page, "python-requests"), "snippet", "exec")
+    assert "/predict" not in page
+
+
+def test_a_download_licence_and_a_revoked_one_get_no_code_to_call(bob, carol, triage, replies):
+    make_active_licence(bob, make_offer(triage, OfferKind.DOWNLOAD))
+    revoked = make_active_licence(bob, make_offer(replies, OfferKind.PER_CALL))
+    billing_services.licence_revoke(licence_id=revoked.id, reason="abuse", actor=carol)
+
+    page = page_of(portal(bob).get("/licences/"))
+
+    assert 'data-testid="snippets"' not in page
+    assert "Download the export bundle" in page
+
+
+def test_mallory_sees_no_snippets_of_bobs_licences(bob, mallory, triage):
+    make_active_licence(bob, make_offer(triage, OfferKind.SUBSCRIPTION))
+
+    page = page_of(portal(mallory).get("/licences/"))
+
+    assert triage.slug not in page
+    assert "No licences yet" in page
+
+
+# --- My licences: calls per day
+
+
+def test_bobs_calls_per_day_are_drawn_from_the_ledger(bob, triage):
+    licence = make_active_licence(
+        bob, make_offer(triage, OfferKind.SUBSCRIPTION),
+        period_start=timezone.now() - timedelta(days=10),
+    )  # fmt: skip
+    today = timezone.now().astimezone(UTC)
+    three_days_ago = today - timedelta(days=3)
+    for n, at in enumerate([three_days_ago, three_days_ago, today, today, today]):
+        billing_services.usage_record(licence_id=licence.id, idempotency_key=f"k{n}", at=at)
+    billing_services.usage_record(
+        licence_id=licence.id, idempotency_key="failed", at=today, status="error"
+    )
+
+    page = page_of(portal(bob).get("/licences/"))
+
+    chart = re.search(r'<svg[^>]*class="usage-chart"[^>]*>(.*?)</svg>', page, re.S).group(1)
+    values = dict(re.findall(r'data-day="([\d-]+)" data-value="(\d+)"', chart))
+    assert len(values) == 30
+    assert values[f"{three_days_ago:%Y-%m-%d}"] == "2"
+    assert values[f"{today:%Y-%m-%d}"] == "3"  # the failed call is not billed, not drawn
+    assert sum(map(int, values.values())) == 5
+    assert "5 in all" in page
+
+
+def test_a_day_outside_the_chart_does_not_count(bob, triage):
+    licence = make_active_licence(
+        bob, make_offer(triage, OfferKind.SUBSCRIPTION),
+        period_start=datetime.now(UTC) - timedelta(days=60),
+    )  # fmt: skip
+    billing_services.usage_record(
+        licence_id=licence.id, idempotency_key="old", at=timezone.now() - timedelta(days=45)
+    )
+
+    page = page_of(portal(bob).get("/licences/"))
+
+    assert "0 in all" in page
+    assert 'data-value="1"' not in page
