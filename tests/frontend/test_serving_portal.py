@@ -76,7 +76,7 @@ def test_bob_gets_curl_and_requests_snippets_that_call_predict_on_his_classifier
 
     curl = snippet(page, "curl")
     assert f"curl -sS -X POST http://testserver/api/v1/models/{triage.slug}/predict" in curl
-    assert 'Authorization: Bearer $NICHE_KEY' in curl
+    assert "Authorization: Bearer $NICHE_KEY" in curl
     assert '"inputs": ["' in curl
     requests_code = snippet(page, "python-requests")
     assert f'"http://testserver/api/v1/models/{triage.slug}/predict"' in requests_code
