@@ -56,7 +56,8 @@ response = requests.post(
     timeout=60,
 )
 response.raise_for_status()
-print(response.json())
+for prediction in response.json()["predictions"]:
+    print(prediction["label"], prediction["scores"])
 """,
         ),
     ]
