@@ -1,0 +1,284 @@
+"""Each base model once per process; adapters on demand, checked, in an LRU bounded by bytes.
+
+- An adapter is read as bytes from storage, its SHA-256 compared with the one the request
+  carries (the version row's) BEFORE anything parses it; a mismatch raises
+  ``AdapterIntegrityError`` and is logged. The bytes that were hashed are the bytes that are
+  parsed, so nothing can swap the file in between.
+- Only safetensors: the file name must end in ``.safetensors`` and parse as safetensors
+  (a format that cannot carry pickled code); anything else is refused.
+- LoRA weights go into one shared ``PeftModel`` per base (``add_adapter`` +
+  ``set_peft_model_state_dict``); a classification head (peft's ``modules_to_save``) is
+  kept beside it as a small ``Linear`` per adapter, so adapters with different label
+  counts share one base.
+- Eviction: least recently used first with peft's ``delete_adapter``, until the adapters'
+  bytes fit ``cache_bytes``; adapters the running batch uses are never evicted.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from serving.protocol import TEXT_CLASSIFICATION, AdapterRef, ErrorCode
+
+logger = logging.getLogger(__name__)
+
+HEAD_MODULE_NAMES = ("classifier", "score")
+
+
+class EngineError(Exception):
+    code = ErrorCode.ENGINE_ERROR
+
+    def __init__(self, message: str, code: str | None = None):
+        super().__init__(message)
+        if code:
+            self.code = code
+
+
+class AdapterIntegrityError(EngineError):
+    code = ErrorCode.ADAPTER_INTEGRITY
+
+
+class AdapterUnavailable(EngineError):
+    code = ErrorCode.ADAPTER_UNAVAILABLE
+
+
+class BaseUnavailable(EngineError):
+    code = ErrorCode.BASE_UNAVAILABLE
+
+
+def pick_device() -> tuple[torch.device, torch.dtype]:
+    """CUDA with bf16 when present, else CPU with float32."""
+    if torch.cuda.is_available():
+        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.device("cuda"), dtype
+    return torch.device("cpu"), torch.float32
+
+
+@dataclass
+class LoadedAdapter:
+    name: str  # the peft adapter name
+    sha256: str
+    nbytes: int
+    head: torch.nn.Linear | None  # classification only
+
+
+@dataclass
+class LoadedBase:
+    slug: str
+    task: str
+    tokenizer: Any
+    model: Any  # the transformers model, wrapped in a PeftModel once an adapter loads
+    device: torch.device
+    dtype: torch.dtype
+    head_name: str | None = None
+    adapters: OrderedDict[str, LoadedAdapter] = field(default_factory=OrderedDict)
+    captured: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    @property
+    def peft_model(self) -> Any | None:
+        from peft import PeftModel
+
+        return self.model if isinstance(self.model, PeftModel) else None
+
+    @property
+    def adapter_bytes(self) -> int:
+        return sum(a.nbytes for a in self.adapters.values())
+
+
+def adapter_name_for(sha256: str) -> str:
+    # Content-addressed: peft names may not contain dots; a SHA-256 prefix cannot.
+    return f"sha_{sha256[:32]}"
+
+
+class ModelRegistry:
+    """Holds loaded bases and their adapters. Not thread-safe by itself: the batcher thread
+    is its only user (a lock guards it anyway so tests and benches may call it directly)."""
+
+    def __init__(
+        self,
+        *,
+        resolve_base: Callable[[str], str],
+        read_bytes: Callable[[str], bytes],
+        cache_bytes: int,
+        device: torch.device | None = None,
+        dtype: torch.dtype | None = None,
+    ):
+        self.resolve_base = resolve_base
+        self.read_bytes = read_bytes
+        self.cache_bytes = cache_bytes
+        default_device, default_dtype = pick_device()
+        self.device = device or default_device
+        self.dtype = dtype or default_dtype
+        self.bases: dict[tuple[str, str], LoadedBase] = {}
+        self.lock = threading.RLock()
+
+    # ------------------------------------------------------------------ bases
+    def base(self, slug: str, task: str) -> LoadedBase:
+        with self.lock:
+            key = (slug, task)
+            if key not in self.bases:
+                self.bases[key] = self._load_base(slug, task)
+            return self.bases[key]
+
+    def _load_base(self, slug: str, task: str) -> LoadedBase:
+        from training_worker.ml.base_models import load_tokenizer_and_model
+        from training_worker.ml.errors import BaseModelUnavailable
+
+        try:
+            path = self.resolve_base(slug)
+            tokenizer, model = load_tokenizer_and_model(path, None, task)
+        except BaseModelUnavailable as exc:
+            raise BaseUnavailable(f"Base model {slug!r} cannot be loaded: {exc}") from exc
+        model.to(device=self.device, dtype=self.dtype).eval()
+        loaded = LoadedBase(
+            slug=slug,
+            task=task,
+            tokenizer=tokenizer,
+            model=model,
+            device=self.device,
+            dtype=self.dtype,
+        )
+        if task == TEXT_CLASSIFICATION:
+            loaded.head_name = next(n for n in HEAD_MODULE_NAMES if hasattr(model, n))
+
+            def capture(_module, args):
+                loaded.captured["features"] = args[0]
+
+            getattr(model, loaded.head_name).register_forward_pre_hook(capture)
+        logger.info("serving: loaded base %s for %s on %s", slug, task, self.device)
+        return loaded
+
+    # --------------------------------------------------------------- adapters
+    def ensure_adapters(self, base: LoadedBase, refs: Iterable[AdapterRef]) -> None:
+        """Load what is missing (checked), mark all as recently used, then evict to fit."""
+        with self.lock:
+            wanted = {}
+            for ref in refs:
+                wanted[adapter_name_for(ref.sha256)] = ref
+            for name, ref in wanted.items():
+                if name in base.adapters:
+                    base.adapters.move_to_end(name)
+                else:
+                    base.adapters[name] = self._load_adapter(base, ref, name)
+                self._check_labels(base, base.adapters[name], ref)
+            self._evict(base, keep=set(wanted))
+
+    def _check_labels(self, base: LoadedBase, adapter: LoadedAdapter, ref: AdapterRef) -> None:
+        if base.task != TEXT_CLASSIFICATION:
+            return
+        if adapter.head is None:
+            raise AdapterUnavailable("This classification adapter has no head.")
+        if adapter.head.out_features != len(ref.labels):
+            raise AdapterUnavailable(
+                f"The adapter's head has {adapter.head.out_features} outputs but the version "
+                f"names {len(ref.labels)} labels."
+            )
+
+    def _load_adapter(self, base: LoadedBase, ref: AdapterRef, name: str) -> LoadedAdapter:
+        from peft import PeftModel, get_peft_model
+        from peft.config import PeftConfig
+        from peft.utils import set_peft_model_state_dict
+        from safetensors import SafetensorError
+        from safetensors.torch import load as load_safetensors
+
+        if not ref.adapter_path.endswith(".safetensors"):
+            raise AdapterUnavailable("Only safetensors adapter files are served.")
+        try:
+            payload = self.read_bytes(ref.adapter_path)
+            config_payload = self.read_bytes(ref.config_path)
+        except (FileNotFoundError, OSError) as exc:
+            raise AdapterUnavailable(f"Adapter files are missing: {exc}") from exc
+        actual = hashlib.sha256(payload).hexdigest()
+        if actual != ref.sha256:
+            logger.error(
+                "serving: adapter integrity failure for version %s: expected %s, stored %s (%s)",
+                ref.model_version_id,
+                ref.sha256,
+                actual,
+                ref.adapter_path,
+            )
+            raise AdapterIntegrityError(
+                "The stored adapter does not match the version's SHA-256; refused."
+            )
+        try:
+            state = load_safetensors(payload)
+        except (SafetensorError, ValueError, RuntimeError) as exc:
+            raise AdapterUnavailable(f"The adapter is not a valid safetensors file: {exc}") from exc
+        try:
+            config_dict = json.loads(config_payload)
+            if config_dict.get("peft_type") != "LORA":
+                raise ValueError("only LoRA adapters are served")
+            if config_dict.get("bias", "none") != "none" or config_dict.get("use_dora"):
+                raise ValueError("LoRA with trained biases or DoRA is not served")
+            head_names = list(config_dict.get("modules_to_save") or [])
+            config_dict.update(task_type=None, modules_to_save=None, inference_mode=True)
+            config = PeftConfig.from_peft_type(**config_dict)
+        except (ValueError, TypeError) as exc:
+            raise AdapterUnavailable(f"Unsupported adapter configuration: {exc}") from exc
+
+        head_state = {
+            key: value
+            for key, value in state.items()
+            if any(f".{head}." in f".{key}" for head in head_names + list(HEAD_MODULE_NAMES))
+            and "lora_" not in key
+        }
+        lora_state = {k: v for k, v in state.items() if k not in head_state}
+        head = None
+        if base.task == TEXT_CLASSIFICATION:
+            head = self._build_head(head_state)
+        try:
+            if base.peft_model is None:
+                base.model = get_peft_model(base.model, config, adapter_name=name)
+            else:
+                base.model.add_adapter(name, config)
+            result = set_peft_model_state_dict(base.model, lora_state, adapter_name=name)
+            unexpected = [k for k in result.unexpected_keys if "lora_" in k]
+            if unexpected:
+                raise ValueError(f"weights for modules the base does not have: {unexpected[:3]}")
+        except (ValueError, RuntimeError, KeyError) as exc:
+            if isinstance(base.model, PeftModel) and name in base.model.peft_config:
+                base.model.delete_adapter(name)
+            raise AdapterUnavailable(f"The adapter does not fit base {base.slug}: {exc}") from exc
+        base.model.to(device=base.device, dtype=base.dtype).eval()
+        nbytes = sum(t.numel() * torch.finfo(base.dtype).bits // 8 for t in state.values())
+        logger.info("serving: loaded adapter %s (%d bytes) on %s", ref.sha256, nbytes, base.slug)
+        return LoadedAdapter(name=name, sha256=ref.sha256, nbytes=nbytes, head=head)
+
+    def _build_head(self, head_state: dict[str, torch.Tensor]) -> torch.nn.Linear:
+        weights = {k.rsplit(".", 1)[-1]: v for k, v in head_state.items()}
+        if set(weights) - {"weight", "bias"} or "weight" not in weights:
+            raise AdapterUnavailable("Only a single Linear classification head is served.")
+        weight = weights["weight"]
+        head = torch.nn.Linear(weight.shape[1], weight.shape[0], bias="bias" in weights)
+        head.weight.data.copy_(weight)
+        if "bias" in weights:
+            head.bias.data.copy_(weights["bias"])
+        return head.to(device=self.device, dtype=self.dtype).eval()
+
+    def _evict(self, base: LoadedBase, keep: set[str]) -> None:
+        while sum(b.adapter_bytes for b in self.bases.values()) > self.cache_bytes:
+            victim = next((n for n in base.adapters if n not in keep), None)
+            if victim is None:
+                victim_base = next(
+                    (b for b in self.bases.values() if b is not base and b.adapters), None
+                )
+                if victim_base is None:
+                    return  # only what this batch uses is left: keep it over budget
+                self.evict(victim_base, next(iter(victim_base.adapters)))
+                continue
+            self.evict(base, victim)
+
+    def evict(self, base: LoadedBase, name: str) -> None:
+        with self.lock:
+            base.adapters.pop(name)
+            base.model.delete_adapter(name)
+            logger.info("serving: evicted adapter %s from %s", name, base.slug)

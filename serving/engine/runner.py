@@ -1,0 +1,268 @@
+"""One mixed-adapter forward pass for a batch of rows over one base.
+
+``classify_rows``: every row is a text with its adapter; one encoder pass with the
+gathered LoRA, then each row's own head on its pooled features.
+``generate_rows``: every row is a prompt with its adapter and its own sampling
+parameters; prefill plus a KV-cached decode loop, all rows in one forward per step.
+Finished or cancelled rows leave the batch (their KV cache rows are dropped), so the
+remaining rows run at the smaller batch size.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from serving.engine.lora_batched import gathered_lora
+from serving.engine.registry import AdapterUnavailable, EngineError, LoadedBase, adapter_name_for
+from serving.protocol import AdapterRef, ErrorCode, GenerationParameters
+
+CLASSIFICATION_MAX_TOKENS = 256
+
+
+@dataclass
+class ClassificationRow:
+    text: str
+    adapter: AdapterRef
+
+
+@dataclass
+class GenerationRow:
+    prompt: str
+    adapter: AdapterRef | None
+    parameters: GenerationParameters
+    on_text: Callable[[str], None] | None = None  # streamed text deltas
+    seed: int | None = None
+
+
+@dataclass
+class GenerationRowResult:
+    text: str
+    finish_reason: str
+    prompt_tokens: int
+    completion_tokens: int
+    token_ids: list[int] = field(default_factory=list)
+
+
+def _lora_context(base: LoadedBase, adapters: Sequence[AdapterRef | None]):
+    if base.peft_model is None:
+        if any(a is not None for a in adapters):
+            raise AdapterUnavailable("Adapter not loaded.")
+        return contextlib.nullcontext()
+    return gathered_lora(base.model, [adapter_name_for(a.sha256) if a else None for a in adapters])
+
+
+def _backbone(base: LoadedBase):
+    """The transformers model under peft's wrapper (the LoRA layers live inside it)."""
+    peft_model = base.peft_model
+    return peft_model.get_base_model() if peft_model is not None else base.model
+
+
+def classify_rows(base: LoadedBase, rows: Sequence[ClassificationRow]) -> list[dict[str, float]]:
+    """Per row ``{label: probability}`` in the adapter's label order."""
+    tokenizer = base.tokenizer
+    encoded = tokenizer(
+        [row.text for row in rows],
+        padding=True,
+        truncation=True,
+        max_length=CLASSIFICATION_MAX_TOKENS,
+        return_tensors="pt",
+    ).to(base.device)
+    model = _backbone(base)
+    with torch.inference_mode(), _lora_context(base, [row.adapter for row in rows]):
+        model(**encoded)
+        features = base.captured.pop("features")
+        if features.dim() == 3:  # decoder heads score every position; keep the last real one
+            ids = encoded["input_ids"]
+            non_pad = (ids != model.config.pad_token_id).int()
+            positions = torch.arange(ids.shape[-1], device=ids.device)
+            last = (positions * non_pad).argmax(-1)
+            features = features[torch.arange(len(rows), device=ids.device), last]
+        results: list[dict[str, float]] = [{} for _ in rows]
+        by_adapter: dict[str, list[int]] = {}
+        for index, row in enumerate(rows):
+            by_adapter.setdefault(row.adapter.sha256, []).append(index)
+        for sha256, indices in by_adapter.items():
+            adapter = base.adapters[adapter_name_for(sha256)]
+            labels = rows[indices[0]].adapter.labels
+            logits = adapter.head(features[indices])
+            probabilities = torch.softmax(logits.float(), dim=-1).cpu()
+            for row_index, row_probabilities in zip(indices, probabilities, strict=True):
+                results[row_index] = dict(zip(labels, row_probabilities.tolist(), strict=True))
+    return results
+
+
+def count_tokens(base: LoadedBase, texts: Sequence[str]) -> list[int]:
+    return [
+        len(
+            base.tokenizer(text, truncation=True, max_length=CLASSIFICATION_MAX_TOKENS)["input_ids"]
+        )
+        for text in texts
+    ]
+
+
+def render_chat(base: LoadedBase, messages: Sequence[dict[str, str]]) -> str:
+    """The base's chat template when it has one, else a plain ``role: content`` transcript."""
+    tokenizer = base.tokenizer
+    if getattr(tokenizer, "chat_template", None):
+        return tokenizer.apply_chat_template(
+            list(messages), tokenize=False, add_generation_prompt=True
+        )
+    lines = [f"{m['role']}: {m['content']}" for m in messages]
+    return "\n".join([*lines, "assistant:"])
+
+
+def _context_limit(base: LoadedBase) -> int:
+    return int(getattr(base.model.config, "max_position_embeddings", 2048) or 2048)
+
+
+def _next_tokens(
+    logits: torch.Tensor, rows: Sequence[GenerationRow], generators: list
+) -> torch.Tensor:
+    chosen = logits.argmax(-1)
+    for i, row in enumerate(rows):
+        temperature = row.parameters.temperature
+        if temperature <= 0:
+            continue
+        probabilities = torch.softmax(logits[i].float() / temperature, dim=-1)
+        top_p = row.parameters.top_p
+        if 0 < top_p < 1:
+            sorted_p, order = probabilities.sort(descending=True)
+            outside = sorted_p.cumsum(-1) - sorted_p > top_p
+            sorted_p[outside] = 0
+            probabilities = torch.zeros_like(probabilities).scatter(0, order, sorted_p)
+        chosen[i] = torch.multinomial(probabilities, 1, generator=generators[i])[0]
+    return chosen
+
+
+class _RowState:
+    def __init__(self, row: GenerationRow, prompt_tokens: int, stop_hold: int):
+        self.row = row
+        self.prompt_tokens = prompt_tokens
+        self.token_ids: list[int] = []
+        self.text = ""
+        self.emitted = 0
+        self.stop_hold = stop_hold
+        self.finish_reason: str | None = None
+
+    def emit(self, final: bool) -> None:
+        text = self.text
+        safe = len(text) if final else max(self.emitted, len(text) - self.stop_hold)
+        if not final:
+            while safe > self.emitted and text[safe - 1] == "\ufffd":  # an unfinished UTF-8 char
+                safe -= 1
+        if safe > self.emitted and self.row.on_text is not None:
+            self.row.on_text(text[self.emitted : safe])
+        self.emitted = max(self.emitted, safe)
+
+
+def generate_rows(
+    base: LoadedBase,
+    rows: Sequence[GenerationRow],
+    cancelled: Callable[[Sequence[int]], set[int]] | None = None,
+) -> list[GenerationRowResult]:
+    """Generate for every row in one batch; ``cancelled(live_row_indices)`` (checked between
+    decode steps) returns the rows whose client went away."""
+    tokenizer = base.tokenizer
+    device = base.device
+    eos_id = tokenizer.eos_token_id
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_id
+    limit = _context_limit(base)
+    prompt_ids = [tokenizer(row.prompt)["input_ids"] for row in rows]
+    for ids, row in zip(prompt_ids, rows, strict=True):
+        if len(ids) + row.parameters.max_new_tokens > limit:
+            raise EngineError(
+                f"The prompt has {len(ids)} tokens; with max_new_tokens "
+                f"{row.parameters.max_new_tokens} it exceeds the model's {limit}.",
+                code=ErrorCode.INPUT_TOO_LONG,
+            )
+    width = max(len(ids) for ids in prompt_ids)
+    input_ids = torch.tensor(
+        [[pad_id] * (width - len(ids)) + ids for ids in prompt_ids], device=device
+    )
+    mask = torch.tensor(
+        [[0] * (width - len(ids)) + [1] * len(ids) for ids in prompt_ids], device=device
+    )
+    states = [
+        _RowState(row, len(ids), max((len(s) for s in row.parameters.stop), default=1) - 1)
+        for row, ids in zip(rows, prompt_ids, strict=True)
+    ]
+    generators = []
+    for row in rows:
+        generator = torch.Generator(device=device)
+        generator.manual_seed(row.seed if row.seed is not None else torch.seed())
+        generators.append(generator)
+
+    model = _backbone(base)
+    live = list(range(len(rows)))
+    past = None
+    step_ids = input_ids
+    with torch.inference_mode(), contextlib.ExitStack() as lora:
+        lora.enter_context(_lora_context(base, [row.adapter for row in rows]))
+        while live:
+            live_rows = [rows[i] for i in live]
+            positions = (mask.cumsum(-1) - 1).clamp(min=0)
+            if past is not None:
+                positions = positions[:, -1:]
+            out = model(
+                input_ids=step_ids,
+                attention_mask=mask,
+                position_ids=positions,
+                cache=past,
+                use_cache=True,
+                logits_to_keep=1,
+            )
+            past = out.cache
+            next_ids = _next_tokens(out.logits[:, -1, :], live_rows, [generators[i] for i in live])
+            keep: list[int] = []
+            for slot, row_index in enumerate(live):
+                state = states[row_index]
+                token = int(next_ids[slot])
+                if token == eos_id:
+                    state.finish_reason = "stop"
+                else:
+                    state.token_ids.append(token)
+                    state.text = tokenizer.decode(state.token_ids, skip_special_tokens=True)
+                    hits = [
+                        state.text.find(s) for s in state.row.parameters.stop if s in state.text
+                    ]
+                    if hits:
+                        state.text = state.text[: min(hits)]
+                        state.finish_reason = "stop"
+                    elif len(state.token_ids) >= state.row.parameters.max_new_tokens:
+                        state.finish_reason = "length"
+                state.emit(final=state.finish_reason is not None)
+                if state.finish_reason is None:
+                    keep.append(slot)
+            if cancelled is not None and keep:
+                gone = cancelled([live[slot] for slot in keep])
+                for slot in list(keep):
+                    if live[slot] in gone:
+                        states[live[slot]].finish_reason = "cancelled"
+                        states[live[slot]].emit(final=True)
+                        keep.remove(slot)
+            if not keep:
+                break
+            if len(keep) < len(live):  # drop finished rows: the rest runs smaller
+                index = torch.tensor(keep, device=device)
+                past.batch_select_indices(index)
+                mask = mask[index]
+                next_ids = next_ids[index]
+                live = [live[slot] for slot in keep]
+                lora.close()  # the per-row LoRA stacks are gathered again for the rows left
+                lora.enter_context(_lora_context(base, [rows[i].adapter for i in live]))
+            step_ids = next_ids[:, None]
+            mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=-1)
+    return [
+        GenerationRowResult(
+            text=s.text,
+            finish_reason=s.finish_reason or "length",
+            prompt_tokens=s.prompt_tokens,
+            completion_tokens=len(s.token_ids),
+            token_ids=s.token_ids,
+        )
+        for s in states
+    ]
