@@ -10,6 +10,7 @@ api_v1 = [
     path("", include("training_worker.urls")),
     path("", include("listings.urls")),
     path("", include("billing.urls")),
+    path("", include("serving.urls")),
 ]
 
 urlpatterns = [
@@ -18,6 +19,8 @@ urlpatterns = [
     path("api/v1/", include(api_v1)),
     path("api/schema/", SpectacularAPIView.as_view(), name="api-schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),
+    # The OpenAI-compatible API (its own error shape, its own catch-all for /v1/…).
+    path("v1/", include("serving.openai_urls")),
     re_path(r"^(api|v1)/", api_not_found),
     path("", include("frontend.urls")),
 ]

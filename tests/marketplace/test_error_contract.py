@@ -46,7 +46,10 @@ def assert_error_shape(response, status: int, code: str) -> dict:
 
 def test_unknown_api_path_is_404_in_the_contract(db):
     assert_error_shape(APIClient().get("/api/v1/no-such-thing"), 404, "not_found")
-    assert_error_shape(APIClient().get("/v1/no-such-thing"), 404, "not_found")
+    # /v1 is the OpenAI-compatible API: its errors take OpenAI's shape (issue #9).
+    openai_error = APIClient().get("/v1/no-such-thing").json()["error"]
+    assert set(openai_error) == {"message", "type", "param", "code"}
+    assert openai_error["code"] == "not_found"
 
 
 def test_wrong_method_is_405(bob, api):

@@ -1,0 +1,203 @@
+"""The gateway refuses before the engine: key scope, licence, input limits, quota, rate.
+
+None of these calls reaches a worker, and none writes a ledger row. The engine's own
+answers are tested with real inference workers in test_gateway_on_workers.py.
+"""
+
+import uuid
+
+from django.test import override_settings
+from django.urls import resolve
+
+from billing.models import OfferKind, UsageRecord
+from billing.services import licence_revoke, licence_start_free_trial, usage_record
+from serving import apis, openai_api
+from serving.ratelimit import rate_limit_admit
+from tests.billing.conftest import make_offer
+from tests.serving.gateway.conftest import key_for
+
+
+def predict(client, key, slug, body):
+    return client.post(
+        f"/api/v1/models/{slug}/predict", body, format="json", HTTP_AUTHORIZATION=f"Bearer {key}"
+    )
+
+
+def chat(client, key, model, **extra):
+    body = {"model": model, "messages": [{"role": "user", "content": "Hello"}]} | extra
+    return client.post(
+        "/v1/chat/completions", body, format="json", HTTP_AUTHORIZATION=f"Bearer {key}"
+    )
+
+
+def test_predict_and_v1_routes_reach_serving_and_model_versions_stay_with_the_studio():
+    assert resolve("/api/v1/models/support-triage/predict").func.view_class is apis.PredictApi
+    assert resolve("/api/v1/models/support-triage@2/predict").kwargs == {
+        "listing": "support-triage@2"
+    }
+    studio_route = resolve(f"/api/v1/models/{uuid.uuid4()}")
+    assert studio_route.func.view_class.__module__ == "training_worker.apis"
+    assert resolve("/v1/chat/completions").func.view_class is openai_api.ChatCompletionsApi
+    assert resolve("/v1/completions").func.view_class is openai_api.CompletionsApi
+    assert resolve("/v1/models").func.view_class is openai_api.ModelListApi
+
+
+def test_mallory_without_a_licence_gets_403_in_each_error_shape(api, mallory, triage):
+    key = key_for(mallory)
+
+    response = predict(api(), key, triage.slug, {"inputs": ["My invoice is wrong"]})
+    assert response.status_code == 403
+    assert response.json()["error"]["code"] == "licence_required"
+
+    response = chat(api(), key, triage.slug)
+    assert response.status_code == 403
+    error = response.json()["error"]
+    assert error["code"] == "licence_required"
+    assert error["type"] == "permission_error"
+    assert set(error) == {"message", "type", "param", "code"}
+    assert UsageRecord.objects.count() == 0
+
+
+def test_a_key_without_the_infer_scope_is_refused(api, bob, bob_licence, triage):
+    key = key_for(bob, scopes=("read",))
+
+    response = predict(api(), key, triage.slug, {"inputs": ["My invoice is wrong"]})
+
+    assert response.status_code == 403
+    assert "'infer' scope" in response.json()["error"]["message"]
+    response = api().get("/v1/models", HTTP_AUTHORIZATION=f"Bearer {key}")
+    assert response.status_code == 403
+    assert response.json()["error"]["type"] == "permission_error"
+    assert UsageRecord.objects.count() == 0
+
+
+def test_v1_without_a_key_is_401_and_unknown_paths_404_in_openai_shape(api):
+    response = api().post("/v1/chat/completions", {"model": "x"}, format="json")
+    assert response.status_code == 401
+    assert response.json()["error"]["type"] == "authentication_error"
+
+    response = api().get("/v1/embeddings")
+    assert response.status_code == 404
+    assert response.json()["error"] == {
+        "message": "No endpoint at /v1/embeddings.",
+        "type": "not_found_error",
+        "param": None,
+        "code": "not_found",
+    }
+
+
+def test_an_unknown_listing_or_version_is_404(api, bob, bob_licence, triage):
+    key = key_for(bob)
+
+    response = predict(api(), key, "no-such-listing", {"inputs": ["x"]})
+    assert response.status_code == 404
+    assert response.json()["error"]["code"] == "listing_not_found"
+
+    response = predict(api(), key, f"{triage.slug}@9", {"inputs": ["x"]})
+    assert response.status_code == 404
+    assert response.json()["error"]["code"] == "version_not_found"
+
+
+@override_settings(SERVING_MAX_INPUTS=3, SERVING_MAX_INPUT_CHARS=20)
+def test_inputs_past_the_limits_are_422_and_cost_nothing(api, bob, bob_licence, triage):
+    key = key_for(bob)
+
+    too_many = predict(api(), key, triage.slug, {"inputs": ["a", "b", "c", "d"]})
+    too_long = predict(api(), key, triage.slug, {"inputs": ["x" * 21]})
+    not_text = predict(api(), key, triage.slug, {"inputs": [3]})
+    no_inputs = predict(api(), key, triage.slug, {"text": "hello"})
+
+    for response in (too_many, too_long, not_text, no_inputs):
+        assert response.status_code == 422
+        assert response.json()["error"]["fields"]["inputs"]
+    assert "At most 3 inputs per call" in too_many.json()["error"]["message"]
+    assert UsageRecord.objects.count() == 0
+
+
+def test_chat_with_a_classification_model_is_a_clear_422(api, bob, bob_licence, triage):
+    response = chat(api(), key_for(bob), triage.slug)
+
+    assert response.status_code == 422
+    error = response.json()["error"]
+    assert error["code"] == "wrong_task"
+    assert error["type"] == "invalid_request_error"
+    assert error["param"] == "model"
+
+
+@override_settings(SERVING_MAX_NEW_TOKENS=8)
+def test_openai_parameters_past_the_limits_are_refused(api, bob, bob_licence, triage):
+    response = chat(api(), key_for(bob), triage.slug, max_tokens=9)
+
+    assert response.status_code == 422
+    assert response.json()["error"]["param"] == "max_new_tokens"
+
+
+def test_a_used_up_free_trial_is_429_quota_exceeded_with_no_new_row(api, bob, triage):
+    trial = licence_start_free_trial(
+        buyer=bob, offer=make_offer(triage, OfferKind.FREE_TRIAL, included_calls=2)
+    )
+    for n in range(2):
+        usage_record(licence_id=trial.id, idempotency_key=f"earlier-{n}")
+
+    response = predict(api(), key_for(bob), triage.slug, {"inputs": ["My invoice is wrong"]})
+
+    assert response.status_code == 429
+    assert response.json()["error"]["code"] == "quota_exceeded"
+    assert UsageRecord.objects.filter(licence=trial).count() == 2
+
+
+def test_classification_counts_each_input_against_the_quota(api, bob, triage):
+    trial = licence_start_free_trial(
+        buyer=bob, offer=make_offer(triage, OfferKind.FREE_TRIAL, included_calls=2)
+    )
+
+    response = predict(api(), key_for(bob), triage.slug, {"inputs": ["a", "b", "c"]})
+
+    assert response.status_code == 429
+    assert response.json()["error"]["fields"] == {"calls_left": ["2"]}
+    assert not UsageRecord.objects.filter(licence=trial).exists()
+
+
+@override_settings(SERVING_RATE_LIMIT_PER_MINUTE=2)
+def test_a_key_past_its_rate_gets_429_with_retry_after(api, bob, bob_licence, triage, real_redis):
+    from accounts.selectors import api_key_resolve
+
+    key = key_for(bob)
+    subject = f"key:{api_key_resolve(plaintext=key).pk}"
+    for _ in range(2):  # this minute's two calls, already made
+        rate_limit_admit(subject=subject)
+
+    response = predict(api(), key, triage.slug, {"inputs": ["My invoice is wrong"]})
+    assert response.status_code == 429
+    assert response.json()["error"]["code"] == "rate_limited"
+    assert 1 <= int(response["Retry-After"]) <= 60
+    assert UsageRecord.objects.count() == 0
+
+
+def test_a_revoked_licence_stops_at_once(api, bob, carol, bob_licence, triage):
+    licence_revoke(licence_id=bob_licence.id, reason="chargeback", actor=carol)
+
+    response = predict(api(), key_for(bob), triage.slug, {"inputs": ["My invoice is wrong"]})
+
+    assert response.status_code == 403
+    assert response.json()["error"]["code"] == "licence_required"
+    assert UsageRecord.objects.count() == 0
+
+
+def test_v1_models_lists_only_what_this_key_may_call(
+    api, alice, bob, mallory, carol, triage, bob_licence
+):
+    from tests.listings.conftest import make_listing
+
+    make_listing(alice, moderator=carol, title="Contract clause finder")  # bob holds none
+
+    bobs = api().get("/v1/models", HTTP_AUTHORIZATION=f"Bearer {key_for(bob)}")
+    mallorys = api().get("/v1/models", HTTP_AUTHORIZATION=f"Bearer {key_for(mallory)}")
+    alices = api().get("/v1/models", HTTP_AUTHORIZATION=f"Bearer {key_for(alice)}")
+
+    assert bobs.status_code == 200
+    assert bobs.json()["object"] == "list"
+    assert [m["id"] for m in bobs.json()["data"]] == [triage.slug]
+    assert bobs.json()["data"][0]["object"] == "model"
+    assert mallorys.json()["data"] == []
+    assert len(alices.json()["data"]) == 2  # the owner calls her own listings
