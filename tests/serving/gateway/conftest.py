@@ -11,7 +11,8 @@ from accounts.services import api_key_create
 from billing.models import OfferKind
 from tests.billing.conftest import make_active_licence, make_offer
 from tests.integration.conftest import require
-from tests.listings.conftest import make_listing
+from tests.listings.conftest import make_listing, make_version
+from training_worker.models import BaseModel, ModelVersion
 
 
 def key_for(user, scopes=("read", "infer")) -> str:
@@ -32,6 +33,18 @@ def real_redis():
 
 
 @pytest.fixture
+def tasks_through_the_broker():
+    """The unit-test settings run tasks inline; the gateway's go through Redis (as in
+    production) and its answers come back through the result backend."""
+    from marketplace.celery import app
+
+    previous = app.conf.task_always_eager
+    app.conf.task_always_eager = False
+    yield
+    app.conf.task_always_eager = previous
+
+
+@pytest.fixture
 def triage(alice, carol):
     """alice's published classification listing (minilm-l6), sold by subscription."""
     listing = make_listing(alice, moderator=carol, title="Support ticket triage")
@@ -44,3 +57,40 @@ def bob_licence(bob, triage):
     """bob's sandbox subscription to triage (10,000 calls a month)."""
     offer = triage.offers.get(kind=OfferKind.SUBSCRIPTION)
     return make_active_licence(bob, offer, sandbox=True)
+
+
+def make_served_listing(owner, *, moderator, title: str, task: str, adapter=None):
+    """A published listing whose live version runs `task`: on tiny-causal for generation,
+    on minilm-l6 for classification. `adapter` (serving.engine.synthetic.BuiltAdapter,
+    its files already in storage) makes the version point at real files."""
+    from listings import services
+
+    version = make_version(owner)
+    fields = {"task": task}
+    if task == "text-generation":
+        fields |= {"base_model": BaseModel.objects.get(slug="tiny-causal"), "labels": []}
+    if adapter is not None:
+        fields |= {
+            "adapter_path": adapter.ref.adapter_path,
+            "adapter_sha256": adapter.ref.sha256,
+            "config_path": adapter.ref.config_path,
+            "labels": list(adapter.ref.labels),
+        }
+    ModelVersion.objects.filter(pk=version.pk).update(**fields)
+    listing = services.listing_create(
+        owner=owner, model_version_id=version.id, title=title,
+        summary="Answers in the house style.", domain="legal",
+    )  # fmt: skip
+    services.listing_submit(owner=owner, listing_id=listing.id)
+    return services.listing_approve(moderator=moderator, listing_id=listing.id)
+
+
+@pytest.fixture
+def drafting(alice, carol):
+    """alice's published generation listing (tiny-causal; no adapter files: for calls
+    that never reach a worker), sold by subscription."""
+    listing = make_served_listing(
+        alice, moderator=carol, title="Clause drafting", task="text-generation"
+    )
+    make_offer(listing, OfferKind.SUBSCRIPTION)
+    return listing

@@ -1,0 +1,55 @@
+"""With no inference worker the gateway answers 503 in seconds, never a hung request;
+the call's ledger row is settled as an error (not billed)."""
+
+import time
+
+import pytest
+from django.conf import settings
+
+from billing.models import LicenceUsagePeriod, OfferKind, UsageRecord, UsageStatus
+from tests.billing.conftest import make_active_licence
+from tests.serving.gateway.conftest import key_for
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def no_inference_worker(real_redis, tasks_through_the_broker):
+    from marketplace.celery import queue_has_workers
+
+    assert not queue_has_workers("inference"), "this test needs the inference queue unserved"
+
+
+def test_predict_without_a_worker_is_503_and_the_row_is_an_unbilled_error(
+    api, bob, bob_licence, triage, no_inference_worker
+):
+    started = time.monotonic()
+    response = api().post(
+        f"/api/v1/models/{triage.slug}/predict",
+        {"inputs": ["My invoice is wrong"]},
+        format="json",
+        HTTP_AUTHORIZATION=f"Bearer {key_for(bob)}",
+    )
+
+    assert response.status_code == 503
+    assert response.json()["error"]["code"] == "engine_unavailable"
+    assert time.monotonic() - started < settings.SERVING_TIMEOUT_SECONDS
+    record = UsageRecord.objects.get(licence=bob_licence)
+    assert record.status == UsageStatus.ERROR
+    assert LicenceUsagePeriod.objects.get(licence=bob_licence).calls == 0
+
+
+def test_a_stream_without_a_worker_is_503_in_openai_shape(api, bob, drafting, no_inference_worker):
+    licence = make_active_licence(bob, drafting.offers.get(kind=OfferKind.SUBSCRIPTION))
+
+    response = api().post(
+        "/v1/chat/completions",
+        {"model": drafting.slug, "stream": True, "messages": [{"role": "user", "content": "Hi"}]},
+        format="json",
+        HTTP_AUTHORIZATION=f"Bearer {key_for(bob)}",
+    )
+
+    assert response.status_code == 503
+    assert response.json()["error"]["type"] == "api_error"
+    assert response.json()["error"]["code"] == "engine_unavailable"
+    assert UsageRecord.objects.get(licence=licence).status == UsageStatus.ERROR
