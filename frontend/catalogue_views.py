@@ -8,6 +8,7 @@ from django.views.decorators.http import require_POST
 
 from frontend.billing_views import listing_commerce
 from frontend.charts import comparison_bars
+from frontend.serving_views import try_it_context
 from frontend.views import not_found
 from listings import selectors as catalogue
 from listings import services as catalogue_services
@@ -67,6 +68,7 @@ def listing_page(request, slug):
             "is_owner": is_owner,
             "history": catalogue.moderation_history(listing=listing),
             "report_reasons": ReportReason.choices,
+            "try_it": try_it_context(request, listing, is_owner=is_owner),
         },
     )
 

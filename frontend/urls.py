@@ -1,7 +1,7 @@
 from django.contrib.auth import views as auth_views
 from django.urls import path
 
-from frontend import billing_views, catalogue_views, studio_views, views
+from frontend import billing_views, catalogue_views, serving_views, studio_views, views
 
 urlpatterns = [
     path("", views.home, name="home"),
@@ -65,6 +65,7 @@ urlpatterns = [
         name="offer-retire",
     ),
     path("catalogue/<slug:slug>/buy/", billing_views.checkout_start, name="checkout-start"),
+    path("catalogue/<slug:slug>/try/", serving_views.listing_try, name="catalogue-listing-try"),
     path("licences/", billing_views.licence_list, name="licences"),
     path("licences/return/", billing_views.licence_return, name="licence-return"),
     path(

@@ -12,7 +12,7 @@ from django.test import Client
 from django.utils import timezone
 
 from billing import services as billing_services
-from billing.models import OfferKind
+from billing.models import OfferKind, UsageRecord
 from tests.billing.conftest import make_active_licence, make_offer
 from tests.listings.conftest import make_listing
 from training_worker.models import BaseModel, ModelVersion
@@ -163,3 +163,113 @@ def test_a_day_outside_the_chart_does_not_count(bob, triage):
 
     assert "0 in all" in page
     assert 'data-value="1"' not in page
+
+
+# --- the listing page's try-it box: who sees it
+
+
+def test_bob_without_a_licence_sees_the_offers_instead_of_the_try_it_box(bob, triage):
+    make_offer(triage, OfferKind.FREE_TRIAL)
+
+    page = page_of(portal(bob).get(f"/catalogue/{triage.slug}/"))
+
+    assert 'id="try-it-needs-licence"' in page
+    assert 'id="try-it-form"' not in page
+    assert 'data-testid="buy-free_trial"' in page
+
+
+def test_a_visitor_is_asked_to_log_in_before_trying(triage):
+    page = page_of(portal().get(f"/catalogue/{triage.slug}/"))
+
+    assert 'id="try-it-form"' not in page
+    assert f"/login/?next=/catalogue/{triage.slug}/" in page
+
+
+def test_bob_on_a_free_trial_gets_the_try_it_box_with_his_calls_left(bob, triage):
+    billing_services.licence_start_free_trial(
+        buyer=bob, offer=make_offer(triage, OfferKind.FREE_TRIAL, included_calls=25)
+    )
+
+    page = page_of(portal(bob).get(f"/catalogue/{triage.slug}/"))
+
+    assert 'id="try-it-form"' in page
+    assert f'action="/catalogue/{triage.slug}/try/"' in page
+    assert "Texts to classify, one per line" in page
+    assert "under your free trial licence" in page
+    assert "(25 calls left this period)" in page
+
+
+def test_bob_trying_a_generator_gets_a_message_box_and_a_length_limit(bob, replies):
+    make_active_licence(bob, make_offer(replies, OfferKind.PER_CALL))
+
+    page = page_of(portal(bob).get(f"/catalogue/{replies.slug}/"))
+
+    assert 'id="try-it-form"' in page
+    assert 'name="max_new_tokens"' in page
+
+
+def test_alice_may_try_her_own_model_without_a_licence(alice, triage):
+    page = page_of(portal(alice).get(f"/catalogue/{triage.slug}/"))
+
+    assert 'id="try-it-form"' in page
+    assert "Your own model: your tries are not billed." in page
+
+
+def test_a_revoked_licence_takes_the_try_it_box_away_at_once(bob, carol, triage):
+    licence = make_active_licence(bob, make_offer(triage, OfferKind.SUBSCRIPTION))
+    billing_services.licence_revoke(licence_id=licence.id, reason="abuse", actor=carol)
+
+    page = page_of(portal(bob).get(f"/catalogue/{triage.slug}/"))
+
+    assert 'id="try-it-form"' not in page
+    assert 'id="try-it-needs-licence"' in page
+
+
+# --- the try-it box: calls the gateway refuses (no engine needed)
+
+
+def test_mallory_trying_without_a_licence_gets_403_and_nothing_is_written(mallory, triage):
+    response = portal(mallory).post(
+        f"/catalogue/{triage.slug}/try/", {"text": "hello"}, HTTP_X_REQUESTED_WITH="fetch"
+    )
+
+    assert response.status_code == 403
+    assert 'data-code="licence_required"' in response.content.decode()
+    assert f"You need a licence to call {triage.slug}." in response.content.decode()
+    assert not UsageRecord.objects.exists()
+
+
+def test_a_try_past_the_quota_is_429_and_writes_no_row(bob, triage):
+    trial = billing_services.licence_start_free_trial(
+        buyer=bob, offer=make_offer(triage, OfferKind.FREE_TRIAL, included_calls=1)
+    )
+
+    response = portal(bob).post(
+        f"/catalogue/{triage.slug}/try/", {"text": "one\ntwo"}, HTTP_X_REQUESTED_WITH="fetch"
+    )
+
+    assert response.status_code == 429
+    assert 'data-code="quota_exceeded"' in response.content.decode()
+    assert not UsageRecord.objects.filter(licence=trial).exists()
+
+
+def test_too_many_lines_are_422_in_the_box(bob, triage, settings):
+    settings.SERVING_MAX_INPUTS = 2
+    make_active_licence(bob, make_offer(triage, OfferKind.SUBSCRIPTION))
+
+    response = portal(bob).post(
+        f"/catalogue/{triage.slug}/try/", {"text": "a\nb\nc"}, HTTP_X_REQUESTED_WITH="fetch"
+    )
+
+    assert response.status_code == 422
+    assert "At most 2 inputs per call; this call has 3." in response.content.decode()
+    assert not UsageRecord.objects.exists()
+
+
+def test_without_scripts_the_answer_comes_on_a_page_of_its_own(mallory, triage):
+    response = portal(mallory).post(f"/catalogue/{triage.slug}/try/", {"text": "hello"})
+
+    assert response.status_code == 403
+    page = response.content.decode()
+    assert "<h1>Try Radiology report triage</h1>" in page
+    assert 'id="try-error"' in page

@@ -1,0 +1,117 @@
+"""Serving in the portal: the listing page's try-it box.
+
+A try is a real call through the serving gateway, the same path as the API's (licence
+check, rate limit, engine, ledger); the portal passes the signed-in user instead of an
+API key. The answer is rendered on the server as a fragment: the page's script puts it
+in the box, and a browser without scripts gets it on a page of its own.
+"""
+
+from django.conf import settings
+from django.contrib.auth.decorators import login_required
+from django.shortcuts import render
+from django.views.decorators.cache import never_cache
+from django.views.decorators.http import require_POST
+
+from billing import selectors as billing
+from frontend.views import not_found
+from listings import selectors as catalogue
+from listings.models import Listing, ListingStatus
+from marketplace.errors import ApplicationError
+from serving import gateway
+
+CLASSIFICATION = "text-classification"
+DEFAULT_NEW_TOKENS = 64
+
+
+def try_it_context(request, listing: Listing, *, is_owner: bool) -> dict | None:
+    """What the try-it box shows: None (no box) for a listing with nothing live to call;
+    the form for the owner and for a holder of a live calling licence (a free trial
+    included); otherwise a pointer to the offers."""
+    if listing.status != ListingStatus.PUBLISHED or listing.live_version_id is None:
+        return None
+    context = {
+        "allowed": False,
+        "is_owner": is_owner,
+        "classification": listing.task == CLASSIFICATION,
+        "max_inputs": settings.SERVING_MAX_INPUTS,
+        "max_chars": settings.SERVING_MAX_INPUT_CHARS,
+        "max_chars_total": settings.SERVING_MAX_INPUT_CHARS * settings.SERVING_MAX_INPUTS,
+        "max_new_tokens": settings.SERVING_MAX_NEW_TOKENS,
+        "default_new_tokens": min(DEFAULT_NEW_TOKENS, settings.SERVING_MAX_NEW_TOKENS),
+        "text": request.POST.get("text", "") if request.method == "POST" else "",
+    }
+    if not request.user.is_authenticated:
+        return context
+    try:
+        check = billing.licence_for_call(user=request.user, listing_slug=listing.slug)
+    except ApplicationError:
+        return context  # no licence that allows calls: the box points to the offers
+    return context | {
+        "allowed": True,
+        "licence_kind": check.kind.replace("_", " "),
+        "calls_left": check.calls_left,
+    }
+
+
+def try_payload(listing: Listing, post) -> dict:
+    """The form → the body the API would get for this listing's task."""
+    text = post.get("text", "")
+    if listing.task == CLASSIFICATION:
+        return {"inputs": [line.strip() for line in text.splitlines() if line.strip()]}
+    try:
+        max_new_tokens = int(post.get("max_new_tokens") or DEFAULT_NEW_TOKENS)
+    except ValueError:
+        max_new_tokens = DEFAULT_NEW_TOKENS
+    return {"inputs": text, "parameters": {"max_new_tokens": max_new_tokens}}
+
+
+def try_call(*, user, listing: Listing, payload: dict) -> tuple[dict, int]:
+    """One call through the gateway as `user`, without an API key (the rate limit counts
+    per user): (what the box shows, HTTP status)."""
+    try:
+        answer = gateway.predict(user=user, api_key=None, listing_ref=listing.slug, payload=payload)
+    except ApplicationError as exc:
+        return {"error": {"code": exc.code, "message": exc.message}}, exc.status
+    result = answer.result
+    shown = {
+        "latency_ms": answer.latency_ms,
+        "engine_ms": round(result.engine_ms),
+        "version": answer.target.check.version_number,
+        "adapter_sha256": result.adapter_sha256 or answer.target.adapter.sha256,
+    }
+    if isinstance(result.outputs, list):
+        shown["predictions"] = [
+            {
+                "input": text,
+                "label": output.label,
+                "scores": sorted(output.scores.items(), key=lambda item: -item[1]),
+            }
+            for text, output in zip(payload["inputs"], result.outputs, strict=True)
+        ]
+    else:
+        shown["text"] = result.outputs.text
+        shown["finish_reason"] = result.outputs.finish_reason
+    return shown, 200
+
+
+@never_cache
+@login_required
+@require_POST
+def listing_try(request, slug):
+    """Run the try-it form: the answer fragment for the page's script, or a page with
+    the answer for a browser without scripts."""
+    try:
+        listing = catalogue.listing_get_public(slug=slug, viewer=request.user)
+    except ApplicationError as exc:
+        return not_found(request, exc)
+    result, status = try_call(
+        user=request.user, listing=listing, payload=try_payload(listing, request.POST)
+    )
+    if request.headers.get("X-Requested-With") == "fetch":
+        return render(request, "frontend/_try_result.html", {"try_result": result}, status=status)
+    return render(
+        request,
+        "frontend/try_result.html",
+        {"listing": listing, "try_result": result},
+        status=status,
+    )
