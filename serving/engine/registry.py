@@ -69,6 +69,7 @@ class LoadedAdapter:
     sha256: str
     nbytes: int
     head: torch.nn.Linear | None  # classification only
+    last_used: int = 0
 
 
 @dataclass
@@ -119,6 +120,7 @@ class ModelRegistry:
         self.device = device or default_device
         self.dtype = dtype or default_dtype
         self.bases: dict[tuple[str, str], LoadedBase] = {}
+        self.clock = 0  # ticks on every use: the LRU order across bases
         self.lock = threading.RLock()
 
     # ------------------------------------------------------------------ bases
@@ -158,8 +160,11 @@ class ModelRegistry:
         return loaded
 
     # --------------------------------------------------------------- adapters
-    def ensure_adapters(self, base: LoadedBase, refs: Iterable[AdapterRef]) -> None:
-        """Load what is missing (checked), mark all as recently used, then evict to fit."""
+    def ensure_adapters(
+        self, base: LoadedBase, refs: Iterable[AdapterRef], pinned: set[str] | None = None
+    ) -> None:
+        """Load what is missing (checked), mark all as recently used, then evict to fit,
+        never evicting ``refs`` or the ``pinned`` adapter names (the running batch's)."""
         with self.lock:
             wanted = {}
             for ref in refs:
@@ -169,8 +174,10 @@ class ModelRegistry:
                     base.adapters.move_to_end(name)
                 else:
                     base.adapters[name] = self._load_adapter(base, ref, name)
+                self.clock += 1
+                base.adapters[name].last_used = self.clock
                 self._check_labels(base, base.adapters[name], ref)
-            self._evict(base, keep=set(wanted))
+            self._evict(base, keep=set(wanted) | (pinned or set()))
 
     def _check_labels(self, base: LoadedBase, adapter: LoadedAdapter, ref: AdapterRef) -> None:
         if base.task != TEXT_CLASSIFICATION:
@@ -265,17 +272,18 @@ class ModelRegistry:
         return head.to(device=self.device, dtype=self.dtype).eval()
 
     def _evict(self, base: LoadedBase, keep: set[str]) -> None:
+        """Least recently used first across every base, until the bytes fit."""
         while sum(b.adapter_bytes for b in self.bases.values()) > self.cache_bytes:
-            victim = next((n for n in base.adapters if n not in keep), None)
-            if victim is None:
-                victim_base = next(
-                    (b for b in self.bases.values() if b is not base and b.adapters), None
-                )
-                if victim_base is None:
-                    return  # only what this batch uses is left: keep it over budget
-                self.evict(victim_base, next(iter(victim_base.adapters)))
-                continue
-            self.evict(base, victim)
+            candidates = [
+                (adapter.last_used, owner, name)
+                for owner in self.bases.values()
+                for name, adapter in owner.adapters.items()
+                if not (owner is base and name in keep)
+            ]
+            if not candidates:
+                return  # only what this batch uses is left: keep it, over budget
+            _, owner, name = min(candidates, key=lambda c: c[0])
+            self.evict(owner, name)
 
     def evict(self, base: LoadedBase, name: str) -> None:
         with self.lock:
