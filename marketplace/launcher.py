@@ -1,7 +1,8 @@
 """`make run`: the whole platform on one machine, in one terminal.
 
 Starts an embedded Valkey server (unless REDIS_URL is set), migrates, seeds the demo
-data, then runs one web process (gunicorn) and one Celery worker (all queues), each
+data, then runs one web process (gunicorn), one Celery worker for the default and
+training queues and one for inference (threads pool, so requests meet in one batch), each
 line of their output prefixed with the process name. Ctrl-C, SIGTERM or SIGHUP, sent
 to the launcher alone or to its whole process group, stops every process it started.
 
@@ -329,10 +330,21 @@ class Launcher:
             "worker",
             [
                 sys.executable, "-m", "celery", "-A", "marketplace", "worker",
-                "-Q", "default,training,inference", "--concurrency", "2",
+                "-Q", "default,training", "--concurrency", "2",
                 "-n", "niche@%h", "--loglevel", "INFO",
                 # One machine: beat (the stale-job sweep) runs inside the worker.
                 "--beat", "--schedule", str(self.var_dir / "celerybeat-schedule"),
+            ],
+            keep_running=True,
+        )  # fmt: skip
+        self.spawn(
+            "inference",
+            [
+                # Threads: every waiting request sits in one process, on its one batcher
+                # and its one copy of each base model (serving/engine/batching.py).
+                sys.executable, "-m", "celery", "-A", "marketplace", "worker",
+                "-Q", "inference", "-P", "threads", "--concurrency", "64",
+                "-n", "inference@%h", "--loglevel", "INFO",
             ],
             keep_running=True,
         )  # fmt: skip

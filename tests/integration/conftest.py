@@ -45,10 +45,17 @@ def database_url_of(settings_dict: dict) -> str:
     return f"postgres://{user}{password}@{host}:{port}/{settings_dict['NAME']}"
 
 
+# How `make run` and docker-compose start the inference worker: one process, many threads
+# waiting on its one batcher (serving/engine/batching.py).
+INFERENCE_POOL_ARGS = ("-P", "threads", "--concurrency", "16")
+
+
 class WorkerProcess:
     """`celery worker` in a process group of its own, on the test database."""
 
-    def __init__(self, env: dict, queues: str, name: str):
+    def __init__(
+        self, env: dict, queues: str, name: str, pool_args: tuple[str, ...] = ("--concurrency", "1")
+    ):
         self.name = name
         self.log_path = ROOT / "var" / f"test-worker-{name}.log"
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -56,7 +63,7 @@ class WorkerProcess:
         self.process = subprocess.Popen(
             [
                 sys.executable, "-m", "celery", "-A", "marketplace", "worker",
-                "-Q", queues, "--concurrency", "1", "-n", f"{name}@%h",
+                "-Q", queues, *pool_args, "-n", f"{name}@%h",
                 "--loglevel", "INFO", "--without-gossip", "--without-mingle",
             ],
             cwd=ROOT, env=env, stdout=self.log, stderr=subprocess.STDOUT,
@@ -132,8 +139,8 @@ def spawn_worker(worker_env):
     """Start extra worker processes inside one test; each is stopped afterwards."""
     started: list[WorkerProcess] = []
 
-    def spawn(queues: str = "training") -> WorkerProcess:
-        worker = WorkerProcess(worker_env, queues, f"tmp-{uuid.uuid4().hex[:6]}")
+    def spawn(queues: str = "training", pool_args: tuple[str, ...] = ("--concurrency", "1")):
+        worker = WorkerProcess(worker_env, queues, f"tmp-{uuid.uuid4().hex[:6]}", pool_args)
         started.append(worker)
         worker.wait_ready()
         return worker

@@ -149,7 +149,12 @@ def test_docker_compose_parses_and_names_commands_that_exist():
     gpu = services["gpu-worker"]["deploy"]["resources"]["reservations"]["devices"][0]
     assert gpu["driver"] == "nvidia" and "gpu" in gpu["capabilities"]
     gpu_command = services["gpu-worker"]["command"]
-    assert gpu_command[gpu_command.index("-Q") + 1] == "training,inference"
+    assert gpu_command[gpu_command.index("-Q") + 1] == "training"
+    # Inference has a worker of its own on the GPU, threads pool: one batcher per process.
+    inference = services["gpu-inference"]["command"]
+    assert inference[inference.index("-Q") + 1] == "inference"
+    assert inference[inference.index("-P") + 1] == "threads"
+    assert services["gpu-inference"]["deploy"] == services["gpu-worker"]["deploy"]
 
     for name, service in services.items():
         command = service.get("command")
