@@ -10,7 +10,12 @@ from django.conf import settings
 from accounts.services import api_key_create
 from billing.models import OfferKind
 from tests.billing.conftest import make_active_licence, make_offer
-from tests.integration.conftest import require
+from tests.integration.conftest import (  # noqa: F401  (fixtures: real worker processes)
+    redis_url,
+    require,
+    shipped_base_models,
+    worker_env,
+)
 from tests.listings.conftest import make_listing, make_version
 from training_worker.models import BaseModel, ModelVersion
 
