@@ -14,7 +14,11 @@ from django.utils import timezone
 from billing import services as billing_services
 from billing.models import OfferKind, UsageRecord
 from tests.billing.conftest import make_active_licence, make_offer
+from tests.integration.conftest import redis_url, worker_env  # noqa: F401  fixtures
+from tests.integration.specialists import LABELS as SPECIALIST_LABELS
+from tests.integration.specialists import InferenceWorker, publish_specialist
 from tests.listings.conftest import make_listing
+from tests.training_worker.conftest import tiny_causal_built  # noqa: F401  fixture
 from training_worker.models import BaseModel, ModelVersion
 
 
@@ -273,3 +277,82 @@ def test_without_scripts_the_answer_comes_on_a_page_of_its_own(mallory, triage):
     page = response.content.decode()
     assert "<h1>Try Radiology report triage</h1>" in page
     assert 'id="try-error"' in page
+
+
+# --- the try-it box through the real gateway and a real inference worker
+
+
+@pytest.fixture(scope="module")
+def inference_worker(worker_env):  # noqa: F811
+    worker = InferenceWorker(worker_env).wait_ready()
+    yield worker
+    worker.stop()
+
+
+@pytest.fixture
+def answers_from_workers(inference_worker):
+    """The gateway reads answers from the result backend, which eager mode bypasses."""
+    from marketplace.celery import app
+
+    previous = app.conf.task_always_eager
+    app.conf.task_always_eager = False
+    yield inference_worker
+    app.conf.task_always_eager = previous
+
+
+def try_it(user, listing, **form):
+    return portal(user).post(f"/catalogue/{listing.slug}/try/", form, HTTP_X_REQUESTED_WITH="fetch")
+
+
+@pytest.mark.integration
+def test_bob_tries_a_classifier_and_the_call_is_one_row_in_the_ledger(
+    answers_from_workers, alice, bob, carol, tmp_path
+):
+    specialist = publish_specialist(alice, carol, folder=tmp_path)
+    licence = make_active_licence(bob, make_offer(specialist, OfferKind.SUBSCRIPTION))
+
+    response = try_it(bob, specialist, text="My card was charged twice.\nThe app crashes.")
+
+    fragment = page_of(response)
+    labels = re.findall(r'<strong class="label">(\w+)</strong>', fragment)
+    assert len(labels) == 2 and set(labels) <= set(SPECIALIST_LABELS)
+    latency = re.search(r'data-latency-ms="(\d+)"', fragment)
+    assert latency and f"Answered in <strong>{latency.group(1)} ms</strong>" in fragment
+    version = specialist.live_version
+    assert f"<code>{version.adapter_sha256[:12]}…</code>" in fragment
+    row = UsageRecord.objects.get()  # exactly one row for the call, two inputs as two units
+    assert (row.licence_id, row.units, row.status) == (licence.id, 2, "ok")
+    assert row.api_key_id is None  # the portal calls as bob, with no key
+    assert row.listing_version.model_version_id == version.id
+
+
+@pytest.mark.integration
+def test_bob_tries_a_generator_and_sees_the_text(
+    answers_from_workers,
+    tiny_causal_built,
+    alice,
+    bob,
+    carol,
+    tmp_path,  # noqa: F811
+):
+    specialist = publish_specialist(alice, carol, task="text-generation", folder=tmp_path)
+    make_active_licence(bob, make_offer(specialist, OfferKind.PER_CALL))
+
+    response = try_it(bob, specialist, text="Hello there", max_new_tokens="8")
+
+    fragment = page_of(response)
+    assert 'id="try-text-answer"' in fragment
+    assert re.search(r"Stopped: (length|stop)", fragment)
+    assert UsageRecord.objects.get().units == 1
+
+
+@pytest.mark.integration
+def test_alice_tries_her_own_model_and_nothing_is_billed(
+    answers_from_workers, alice, carol, tmp_path
+):
+    specialist = publish_specialist(alice, carol, folder=tmp_path)
+
+    response = try_it(alice, specialist, text="Great support, thanks!")
+
+    assert 'class="label"' in page_of(response)
+    assert not UsageRecord.objects.exists()
