@@ -52,14 +52,15 @@ def daily_bars(days: list[date], calls: dict[date, int], *, plot_height: int = 8
 
     Same geometry as monthly_bars: `px` the bar's height (the busiest day fills the
     plot), `top` its upper edge; days without calls keep their slot with an empty bar.
+    `tick`: the axis names every seventh day, counted back from the last (today).
     """
     busiest = max(calls.values(), default=0) or 1
     bars = []
-    for day in days:
+    for index, day in enumerate(days):
         value = calls.get(day, 0)
         px = round(plot_height * value / busiest)
         bars.append({
-            "day": day, "label": f"{day:%d %b}", "value": value,
-            "px": px, "top": 10 + plot_height - px,
+            "day": day, "label": f"{day:%d %b}", "value": value, "px": px,
+            "top": 10 + plot_height - px, "tick": (len(days) - 1 - index) % 7 == 0,
         })  # fmt: skip
     return bars

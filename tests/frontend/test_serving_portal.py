@@ -152,6 +152,8 @@ def test_bobs_calls_per_day_are_drawn_from_the_ledger(bob, triage):
     assert values[f"{today:%Y-%m-%d}"] == "3"  # the failed call is not billed, not drawn
     assert sum(map(int, values.values())) == 5
     assert "5 in all" in page
+    ticks = re.findall(r'text-anchor="middle">([^<]+)</text>', chart)
+    assert len(ticks) == 5 and ticks[-1] == f"{today:%d %b}"  # weekly, counted back from today
 
 
 def test_a_day_outside_the_chart_does_not_count(bob, triage):
