@@ -7,7 +7,6 @@ gives random A and B, so every adapter really changes the output.
 from __future__ import annotations
 
 import hashlib
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,11 +35,28 @@ def build_adapter(
     target_modules: list[str] | None = None,
 ) -> BuiltAdapter:
     """Save a random LoRA adapter of ``base_model`` (left untouched) under ``dest``."""
+    return build_adapters(
+        base_model, task, [dest], seeds=[seed], rank=rank, labels=labels,
+        target_modules=target_modules,
+    )[0]  # fmt: skip
+
+
+def build_adapters(
+    base_model,
+    task: str,
+    dests: list[Path],
+    *,
+    seeds: list[int],
+    rank: int = 8,
+    labels: list[str] | None = None,
+    target_modules: list[str] | None = None,
+) -> list[BuiltAdapter]:
+    """One random adapter per destination: one peft model, its LoRA weights and head drawn
+    again from each seed before each save (a benchmark needs a hundred of them)."""
     import copy
 
     from peft import LoraConfig, TaskType, get_peft_model
 
-    torch.manual_seed(seed)
     model = copy.deepcopy(base_model)
     classification = task == TEXT_CLASSIFICATION
     labels = list(labels or [])
@@ -63,22 +79,30 @@ def build_adapter(
         modules_to_save=([head_name] if classification else None),
     )
     peft_model = get_peft_model(model, config)
-    with torch.no_grad():  # large enough that each adapter visibly changes the logits
-        for name, parameter in peft_model.named_parameters():
-            if "lora_B" in name:
-                parameter.normal_(0, 0.05)
-    dest.mkdir(parents=True, exist_ok=True)
-    peft_model.save_pretrained(dest, safe_serialization=True)
-    payload = (dest / "adapter_model.safetensors").read_bytes()
-    ref = AdapterRef(
-        model_version_id=f"synthetic-{seed}",
-        sha256=hashlib.sha256(payload).hexdigest(),
-        adapter_path=str(dest / "adapter_model.safetensors"),
-        config_path=str(dest / "adapter_config.json"),
-        labels=labels,
-    )
-    json.loads((dest / "adapter_config.json").read_text())  # written and readable
-    return BuiltAdapter(ref=ref, directory=dest)
+    built = []
+    for dest, seed in zip(dests, seeds, strict=True):
+        generator = torch.Generator().manual_seed(seed)
+        with torch.no_grad():  # large enough that each adapter visibly changes the logits
+            for name, parameter in peft_model.named_parameters():
+                if "lora_A" in name:
+                    bound = 1 / parameter.shape[1] ** 0.5
+                    parameter.copy_(
+                        torch.empty_like(parameter).uniform_(-bound, bound, generator=generator)
+                    )
+                elif "lora_B" in name or "modules_to_save" in name:
+                    parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.05)
+        dest.mkdir(parents=True, exist_ok=True)
+        peft_model.save_pretrained(dest, safe_serialization=True)
+        payload = (dest / "adapter_model.safetensors").read_bytes()
+        ref = AdapterRef(
+            model_version_id=f"synthetic-{seed}",
+            sha256=hashlib.sha256(payload).hexdigest(),
+            adapter_path=str(dest / "adapter_model.safetensors"),
+            config_path=str(dest / "adapter_config.json"),
+            labels=labels,
+        )
+        built.append(BuiltAdapter(ref=ref, directory=dest))
+    return built
 
 
 def read_local_bytes(path: str) -> bytes:
