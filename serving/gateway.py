@@ -109,7 +109,11 @@ class GatewayAnswer:
 
     @property
     def headers(self) -> dict[str, str]:
-        return self.target.headers | {"X-Niche-Request-Id": self.request_id}
+        return self.target.headers | {
+            "X-Niche-Request-Id": self.request_id,
+            # the worker's own time on this request (the rest is queue, network, checks)
+            "X-Niche-Engine-Ms": f"{self.result.engine_ms:.1f}",
+        }
 
 
 # --- input limits -----------------------------------------------------------------------

@@ -14,6 +14,7 @@ from tests.integration.conftest import (  # noqa: F401  (fixtures: real worker p
     redis_url,
     require,
     shipped_base_models,
+    spawn_worker,
     worker_env,
 )
 from tests.listings.conftest import make_listing, make_version
