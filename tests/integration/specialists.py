@@ -2,12 +2,7 @@
 inference worker can load and run them: built in-process with peft (random weights, a
 few seconds on CPU), stored content-addressed like the studio stores a fine-tune."""
 
-import contextlib
 import itertools
-import os
-import signal
-import subprocess
-import sys
 import uuid
 from pathlib import Path
 
@@ -16,7 +11,7 @@ from django.conf import settings
 from listings import services as listing_services
 from listings.models import Listing
 from serving.protocol import TEXT_CLASSIFICATION
-from tests.integration.conftest import ROOT, WorkerProcess
+from tests.integration.conftest import INFERENCE_POOL_ARGS, WorkerProcess
 from training_worker import artifacts
 from training_worker.models import BaseModel, Dataset, FineTuningJob, ModelVersion
 
@@ -85,47 +80,20 @@ def publish_specialist(
     return listing_services.listing_approve(moderator=moderator, listing_id=listing.id)
 
 
-class InferenceWorker:
-    """An inference worker as the launcher runs it: `-P threads`, so that every message
-    waits in its own thread on the process's one batcher. In a process group of its own,
-    on the test database; `env` adds settings (e.g. SERVING_BATCH_MAX_WAIT_MS)."""
+class InferenceWorker(WorkerProcess):
+    """An inference worker as `make run` starts it (threads pool, one batcher), in a
+    process group of its own on the test database; `env` adds settings such as
+    SERVING_BATCH_MAX_WAIT_MS."""
 
-    def __init__(self, worker_env: dict, *, threads: int = 16, **env: str):
-        self.name = f"inf-{uuid.uuid4().hex[:6]}"
-        self.log_path = ROOT / "var" / f"test-worker-{self.name}.log"
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        self.log = self.log_path.open("w")
-        self.process = subprocess.Popen(
-            [
-                sys.executable, "-m", "celery", "-A", "marketplace", "worker",
-                "-Q", "inference", "-P", "threads", "--concurrency", str(threads),
-                "-n", f"{self.name}@%h", "--loglevel", "INFO",
-                "--without-gossip", "--without-mingle",
-            ],
-            cwd=ROOT, env=worker_env | env, stdout=self.log, stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )  # fmt: skip
+    def __init__(self, worker_env: dict, **env: str):
+        name = f"inf-{uuid.uuid4().hex[:6]}"
+        super().__init__(worker_env | env, "inference", name, INFERENCE_POOL_ARGS)
 
     def wait_ready(self, timeout: float = 120) -> "InferenceWorker":
-        WorkerProcess.wait_ready(self, timeout)  # same ping loop; needs name, process, log_path
+        super().wait_ready(timeout)
         return self
 
     def received(self) -> int:
         """How many inference tasks this worker has taken off the queue so far."""
         lines = self.log_path.read_text().splitlines()
         return sum("serving.tasks.infer[" in line and "] received" in line for line in lines)
-
-    def kill(self) -> None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.process.pid, signal.SIGKILL)
-        self.process.wait(timeout=30)
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.kill()
-        self.log.close()
