@@ -168,6 +168,24 @@ def test_a_licensed_key_gets_predictions_named_by_version_and_adapter(live_serve
     assert record.latency_ms is not None
 
 
+def test_predict_on_a_generation_listing_returns_text_within_its_parameters(live_server, shop):
+    response = requests.post(
+        f"{live_server.url}/api/v1/models/{shop.clauses.slug}@1/predict",
+        json={"inputs": "The tenant shall", "parameters": {"max_new_tokens": 5}},
+        headers={"Authorization": f"Bearer {shop.bob_key}"},
+        timeout=60,
+    )
+
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert isinstance(body["generated_text"], str)
+    assert body["finish_reason"] in ("stop", "length")
+    assert body["usage"]["completion_tokens"] <= 5
+    assert response.headers["X-Niche-Version"] == "1"
+    record = UsageRecord.objects.get()
+    assert (record.units, record.status) == (1, UsageStatus.OK)
+
+
 def test_the_openai_client_chats_completes_and_streams_unchanged(live_server, shop):
     client = client_for(live_server, shop.bob_key)
     model = shop.clauses.slug
