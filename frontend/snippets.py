@@ -67,8 +67,17 @@ def _generation(site: str, slug: str) -> list[Snippet]:
     url = f"{site}/v1/chat/completions"
     messages = [{"role": "user", "content": SAMPLE_PROMPT}]
     body = {"model": slug, "messages": messages, "max_tokens": SAMPLE_MAX_TOKENS}
+    # A model fine-tuned on prompt/completion pairs answers best to the same plain prompt
+    # (chat messages are rendered as a transcript or with the base's chat template).
+    plain = {"model": slug, "prompt": SAMPLE_PROMPT, "max_tokens": SAMPLE_MAX_TOKENS}
     return [
         Snippet("curl", "curl", "shell", _curl(url, body)),
+        Snippet(
+            "curl-completions",
+            "curl, plain prompt (models fine-tuned on prompt/completion pairs)",
+            "shell",
+            _curl(f"{site}/v1/completions", plain),
+        ),
         Snippet(
             "python-requests",
             "Python (requests)",

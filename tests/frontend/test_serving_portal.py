@@ -97,6 +97,8 @@ def test_bob_gets_chat_completions_and_openai_client_snippets_for_a_generator(bo
     curl = snippet(page, "curl")
     assert "http://testserver/v1/chat/completions" in curl
     assert f'"model": "{replies.slug}"' in curl
+    plain = snippet(page, "curl-completions")
+    assert "http://testserver/v1/completions" in plain and '"prompt": "' in plain
     openai_code = snippet(page, "openai")
     assert 'OpenAI(base_url="http://testserver/v1", api_key=os.environ["NICHE_KEY"])' in (
         openai_code
@@ -329,14 +331,8 @@ def test_bob_tries_a_classifier_and_the_call_is_one_row_in_the_ledger(
 
 
 @pytest.mark.integration
-def test_bob_tries_a_generator_and_sees_the_text(
-    answers_from_workers,
-    tiny_causal_built,
-    alice,
-    bob,
-    carol,
-    tmp_path,  # noqa: F811
-):
+@pytest.mark.usefixtures("tiny_causal_built")
+def test_bob_tries_a_generator_and_sees_the_text(answers_from_workers, alice, bob, carol, tmp_path):
     specialist = publish_specialist(alice, carol, task="text-generation", folder=tmp_path)
     make_active_licence(bob, make_offer(specialist, OfferKind.PER_CALL))
 
