@@ -44,28 +44,33 @@ def _gathered_forward(self: LoraLinear, x: torch.Tensor, *args, **kwargs) -> tor
 def _row_stacks(
     layer: LoraLinear, adapters: Sequence[str | None], rank: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per distinct adapter (plus a zero slot) A and s*B padded to ``rank``; then per row."""
-    base = layer.base_layer
-    in_features, out_features = base.in_features, base.out_features
-    weight = base.weight
-    distinct = list(dict.fromkeys(adapters))
-    a_stack = torch.zeros(
-        len(distinct), rank, in_features, dtype=weight.dtype, device=weight.device
-    )
-    b_stack = torch.zeros(
-        len(distinct), out_features, rank, dtype=weight.dtype, device=weight.device
-    )
-    for slot, name in enumerate(distinct):
+    """Each row's A^T and (s*B)^T, zero-padded to ``rank``: (B, in, r) and (B, r, out).
+
+    Two ``torch.stack`` calls per layer whatever the number of distinct adapters (a
+    Python loop over adapters per layer made a batch drawn from 100 adapters slow).
+    """
+    weight = layer.base_layer.weight
+    zero_a = torch.zeros(rank, weight.shape[1], dtype=weight.dtype, device=weight.device)
+    zero_b = torch.zeros(weight.shape[0], rank, dtype=weight.dtype, device=weight.device)
+    a_rows, b_rows, scales = [], [], []
+    for name in adapters:
         if name is None or name not in layer.lora_A:
-            continue  # the base model, or an adapter that does not touch this layer
+            a_rows.append(zero_a)  # the base model, or an adapter that skips this layer
+            b_rows.append(zero_b)
+            scales.append(0.0)
+            continue
         a = layer.lora_A[name].weight
         b = layer.lora_B[name].weight
-        r = a.shape[0]
-        a_stack[slot, :r] = a
-        b_stack[slot, :, :r] = b * layer.scaling[name]
-    index = torch.tensor([distinct.index(name) for name in adapters], device=weight.device)
-    # Gather once per batch: every decode step then reuses these per-row views.
-    return a_stack[index].transpose(1, 2).contiguous(), b_stack[index].transpose(1, 2).contiguous()
+        if a.shape[0] != rank:  # a smaller rank: zero rows of A and columns of B add nothing
+            a = torch.cat([a, zero_a[: rank - a.shape[0]]])
+            b = torch.cat([b, zero_b[:, : rank - b.shape[1]]], dim=1)
+        a_rows.append(a)
+        b_rows.append(b)
+        scales.append(float(layer.scaling[name]))
+    scale = torch.tensor(scales, dtype=weight.dtype, device=weight.device)[:, None, None]
+    a_stack = torch.stack(a_rows).transpose(1, 2).contiguous()
+    b_stack = (torch.stack(b_rows) * scale).transpose(1, 2).contiguous()
+    return a_stack, b_stack
 
 
 @contextlib.contextmanager

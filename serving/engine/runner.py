@@ -36,6 +36,7 @@ class GenerationRow:
     parameters: GenerationParameters
     on_text: Callable[[str], None] | None = None  # streamed text deltas
     seed: int | None = None
+    stop_at_eos: bool = True  # False: always max_new_tokens (benchmarks compare equal work)
 
 
 @dataclass
@@ -221,7 +222,7 @@ def generate_rows(
             for slot, row_index in enumerate(live):
                 state = states[row_index]
                 token = int(next_ids[slot])
-                if token == eos_id:
+                if token == eos_id and state.row.stop_at_eos:
                     state.finish_reason = "stop"
                 else:
                     state.token_ids.append(token)

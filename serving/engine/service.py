@@ -45,6 +45,8 @@ from serving.protocol import (
 
 logger = logging.getLogger(__name__)
 
+UNBOUNDED_WAIT_SECONDS = 300  # a request without a deadline still gives up
+
 
 @dataclass
 class Answer:
@@ -74,8 +76,9 @@ class Engine:
             return self._fail(request, ErrorCode.DEADLINE_EXCEEDED, "Picked up after its deadline.")
         rows = len(request.inputs) if request.task == TEXT_CLASSIFICATION else 1
         future = self.batcher.submit(request, rows=max(rows, 1))
-        if timeout is None and request.deadline is not None:
-            timeout = max(request.deadline - time.time(), 0) + 5
+        if timeout is None:  # Celery enforces no time limit on a threads pool: we do
+            remaining = request.deadline - time.time() if request.deadline else None
+            timeout = max(remaining, 0) + 5 if remaining is not None else UNBOUNDED_WAIT_SECONDS
         try:
             answer: Answer = future.result(timeout=timeout)
         except FutureTimeout:
