@@ -50,9 +50,12 @@ from serving.protocol import (
 from serving.ratelimit import rate_limit_admit, serving_redis
 from training_worker.models import ModelVersion
 
-# After this long without an answer the gateway asks whether any worker consumes the
-# inference queue, so a dead engine answers 503 in seconds, not at the full timeout.
-LIVENESS_CHECK_AFTER_SECONDS = 2.0
+# Every this many seconds without an answer the gateway asks whether any worker still
+# consumes the inference queue, so a dead engine answers 503 in seconds, not at the full
+# timeout; a yes is trusted for LIVENESS_TRUST_SECONDS (one broadcast per web process).
+LIVENESS_CHECK_EVERY_SECONDS = 2.0
+LIVENESS_TRUST_SECONDS = 5.0
+_workers_seen_at = float("-inf")
 CHAT_ROLES = ("system", "user", "assistant")
 MAX_STOP_STRINGS = 4
 
@@ -322,6 +325,16 @@ def _no_worker_error() -> EngineUnavailable:
     return EngineUnavailable("No inference worker is running; try again shortly.")
 
 
+def _inference_workers_alive() -> bool:
+    global _workers_seen_at
+    if time.monotonic() - _workers_seen_at < LIVENESS_TRUST_SECONDS:
+        return True
+    if queue_has_workers(protocol.QUEUE):
+        _workers_seen_at = time.monotonic()
+        return True
+    return False
+
+
 def _send(request: InferenceRequest) -> None:
     try:
         send_by_name(
@@ -335,22 +348,20 @@ def _engine_call(request: InferenceRequest, deadline: float) -> InferenceResult:
     """Send the task and wait for its answer until `deadline` (monotonic): 503 when no
     worker consumes the inference queue, 504 when the workers are too slow."""
     _send(request)
-    checked_liveness = False
     while True:
         left = deadline - time.monotonic()
         if left <= 0:
             raise _timeout_error()
-        wait = left if checked_liveness else min(left, LIVENESS_CHECK_AFTER_SECONDS)
         try:
-            data = wait_for_answer(request.request_id, timeout=wait)
+            data = wait_for_answer(
+                request.request_id, timeout=min(left, LIVENESS_CHECK_EVERY_SECONDS)
+            )
             break
         except BrokerUnavailable as exc:
             raise EngineUnavailable("The inference queue is unreachable.") from exc
         except NoAnswer:
-            if not checked_liveness:
-                checked_liveness = True
-                if not queue_has_workers(protocol.QUEUE):
-                    raise _no_worker_error() from None
+            if time.monotonic() < deadline and not _inference_workers_alive():
+                raise _no_worker_error() from None
     answer = protocol.result_from_dict(data)
     if isinstance(answer, InferenceError):
         raise _engine_error(answer.code, answer.message)
@@ -520,17 +531,15 @@ class GatewayStream:
     def _wait_first(self) -> None:
         """Block until the worker's first event (errors before it get an HTTP status)."""
         deadline = self.started + settings.SERVING_TIMEOUT_SECONDS
-        checked_liveness = False
         while not self._pending:
             left = deadline - time.monotonic()
             if left <= 0:
                 raise _timeout_error()
-            wait = left if checked_liveness else min(left, LIVENESS_CHECK_AFTER_SECONDS)
+            wait = min(left, LIVENESS_CHECK_EVERY_SECONDS)
             self._pending = self._read(max(1, int(wait * 1000)))
-            if not self._pending and not checked_liveness:
-                checked_liveness = True
-                if not queue_has_workers(protocol.QUEUE):
-                    raise _no_worker_error()
+            answered_or_late = self._pending or time.monotonic() >= deadline
+            if not answered_or_late and not _inference_workers_alive():
+                raise _no_worker_error()
         if self._pending[0].type == "error":
             first = self._pending[0]
             raise _engine_error(first.code, first.message)
