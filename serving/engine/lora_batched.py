@@ -27,8 +27,17 @@ import torch
 from peft.tuners.lora import Linear as LoraLinear
 
 
-def lora_linears(model: torch.nn.Module) -> list[tuple[str, LoraLinear]]:
-    return [(name, m) for name, m in model.named_modules() if isinstance(m, LoraLinear)]
+def lora_linears(model: torch.nn.Module) -> list[LoraLinear]:
+    """The LoRA layers, without walking into them: each holds a ModuleDict entry per loaded
+    adapter, and ``named_modules()`` over 100 adapters cost ~10 ms per batch."""
+    found, stack = [], [model]
+    while stack:
+        module = stack.pop()
+        if isinstance(module, LoraLinear):
+            found.append(module)
+        else:
+            stack.extend(child for child in module._modules.values() if child is not None)
+    return found
 
 
 def _gathered_forward(self: LoraLinear, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
@@ -81,7 +90,7 @@ def gathered_lora(model: torch.nn.Module, adapters: Sequence[str | None]) -> Ite
     """
     layers = lora_linears(model)
     try:
-        for _, layer in layers:
+        for layer in layers:
             names = [n for n in dict.fromkeys(adapters) if n is not None and n in layer.lora_A]
             for name in names:
                 if name in layer.lora_variant or layer.use_dora.get(name, False):
@@ -91,6 +100,6 @@ def gathered_lora(model: torch.nn.Module, adapters: Sequence[str | None]) -> Ite
             layer.forward = types.MethodType(_gathered_forward, layer)
         yield
     finally:
-        for _, layer in layers:
+        for layer in layers:
             layer.__dict__.pop("forward", None)
             layer.__dict__.pop("_niche_rows", None)
