@@ -82,18 +82,40 @@ def classify_rows(base: LoadedBase, rows: Sequence[ClassificationRow]) -> list[d
             positions = torch.arange(ids.shape[-1], device=ids.device)
             last = (positions * non_pad).argmax(-1)
             features = features[torch.arange(len(rows), device=ids.device), last]
-        results: list[dict[str, float]] = [{} for _ in rows]
-        by_adapter: dict[str, list[int]] = {}
-        for index, row in enumerate(rows):
-            by_adapter.setdefault(row.adapter.sha256, []).append(index)
-        for sha256, indices in by_adapter.items():
-            adapter = base.adapters[adapter_name_for(sha256)]
-            labels = rows[indices[0]].adapter.labels
-            logits = adapter.head(features[indices])
-            probabilities = torch.softmax(logits.float(), dim=-1).cpu()
-            for row_index, row_probabilities in zip(indices, probabilities, strict=True):
-                results[row_index] = dict(zip(labels, row_probabilities.tolist(), strict=True))
-    return results
+        heads = [base.adapters[adapter_name_for(row.adapter.sha256)].head for row in rows]
+        probabilities = _apply_heads(heads, features)
+    return [
+        dict(zip(row.adapter.labels, row_probabilities, strict=True))
+        for row, row_probabilities in zip(rows, probabilities, strict=True)
+    ]
+
+
+def _apply_heads(heads: Sequence[torch.nn.Linear], features: torch.Tensor) -> list[list[float]]:
+    """Each row's softmax through its own head. Heads of one shape (the usual case: one label
+    count)
+    are gathered per row into one batched product, as the LoRA weights are; otherwise one
+    product per distinct head."""
+    first = heads[0]
+    same_shape = all(
+        h.weight.shape == first.weight.shape and (h.bias is None) == (first.bias is None)
+        for h in heads
+    )
+    if same_shape:
+        weights = torch.stack([h.weight for h in heads])  # (B, labels, hidden)
+        logits = torch.bmm(weights, features[:, :, None]).squeeze(-1)
+        if first.bias is not None:
+            logits = logits + torch.stack([h.bias for h in heads])
+        return torch.softmax(logits.float(), dim=-1).cpu().tolist()
+    out: list[list[float]] = [[] for _ in heads]
+    groups: dict[int, list[int]] = {}
+    for index, head in enumerate(heads):
+        groups.setdefault(id(head), []).append(index)
+    for indices in groups.values():
+        logits = heads[indices[0]](features[indices])
+        rows = torch.softmax(logits.float(), dim=-1).cpu().tolist()
+        for index, row in zip(indices, rows, strict=True):
+            out[index] = row
+    return out
 
 
 def count_tokens(base: LoadedBase, texts: Sequence[str]) -> list[int]:
