@@ -91,10 +91,9 @@ def classify_rows(base: LoadedBase, rows: Sequence[ClassificationRow]) -> list[d
 
 
 def _apply_heads(heads: Sequence[torch.nn.Linear], features: torch.Tensor) -> list[list[float]]:
-    """Each row's softmax through its own head. Heads of one shape (the usual case: one label
-    count)
-    are gathered per row into one batched product, as the LoRA weights are; otherwise one
-    product per distinct head."""
+    """Each row's softmax through its own head. Heads of one shape (the usual case: one
+    label count) are gathered per row into one batched product, as the LoRA weights are;
+    otherwise one product per distinct head."""
     first = heads[0]
     same_shape = all(
         h.weight.shape == first.weight.shape and (h.bias is None) == (first.bias is None)
