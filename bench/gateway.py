@@ -203,6 +203,7 @@ def measure(shop: dict, base_url: str, args) -> dict:
     from serving import gateway
     from serving.engine.service import engine_infer
 
+    steps = time_gateway_steps(gateway)
     target = gateway.target_resolve(user=shop["bob"], model=gateway.ModelRef(shop["tickets"]))
     texts = [f"{TICKET} ({n})" for n in range(args.inputs)]
     session = requests.Session()
@@ -252,6 +253,8 @@ def measure(shop: dict, base_url: str, args) -> dict:
         if n and first is not None:  # the first stream is a warm-up
             first_token_ms.append(first * 1000)
 
+    for values in steps.values():
+        del values[: len(values) - args.calls]  # the timed calls only
     ms = [1000 * s for s in gateway_s]
     direct_ms = [1000 * s for s in direct_s]
     engine_ms = worker_ms[-len(ms) :]
@@ -273,6 +276,10 @@ def measure(shop: dict, base_url: str, args) -> dict:
         "overhead_vs_inprocess_engine_p50": round(
             statistics.median(ms) / statistics.median(direct_ms), 3
         ),
+        # where the gateway's own time goes, per call (engine_call includes the engine)
+        "steps_ms_p50": {
+            name: round(statistics.median(values), 2) for name, values in steps.items() if values
+        },
         "config": {
             "calls": args.calls,
             "inputs_per_call": args.inputs,
@@ -287,6 +294,24 @@ def measure(shop: dict, base_url: str, args) -> dict:
     }
 
 
+def time_gateway_steps(gateway) -> dict[str, list[float]]:
+    """Wrap the gateway's steps (looked up by name at call time) with timers."""
+    steps: dict[str, list[float]] = {}
+    for name in ("target_resolve", "_admit", "_record", "_engine_call", "_settle"):
+        original = getattr(gateway, name)
+        times = steps.setdefault(name.lstrip("_"), [])
+
+        def timed(*args, _original=original, _times=times, **kwargs):
+            started = time.perf_counter()
+            try:
+                return _original(*args, **kwargs)
+            finally:
+                _times.append(1000 * (time.perf_counter() - started))
+
+        setattr(gateway, name, timed)
+    return steps
+
+
 def print_table(result: dict) -> None:
     rows = [
         ("gateway_overhead_p50", result["gateway_overhead_p50"], "<= 1.10"),
@@ -298,6 +323,7 @@ def print_table(result: dict) -> None:
         ("added_ms_p50", result["added_ms_p50"], "(gateway minus the worker's engine)"),
         ("worker_engine_ms_p50", result["worker_engine_ms_p50"], "(the worker's own time)"),
     ]
+    rows += [(f"  {name} p50 ms", value, "") for name, value in result["steps_ms_p50"].items()]
     width = max(len(name) for name, _, _ in rows)
     for name, value, goal in rows:
         print(f"{name:<{width}}  {value!s:>16}  {goal}")

@@ -201,3 +201,17 @@ def test_v1_models_lists_only_what_this_key_may_call(
     assert bobs.json()["data"][0]["object"] == "model"
     assert mallorys.json()["data"] == []
     assert len(alices.json()["data"]) == 2  # the owner calls her own listings
+
+
+def test_v1_models_retrieve_answers_only_for_a_callable_model(
+    api, bob, mallory, triage, bob_licence
+):
+    bobs = api().get(f"/v1/models/{triage.slug}@1", HTTP_AUTHORIZATION=f"Bearer {key_for(bob)}")
+    mallorys = api().get(
+        f"/v1/models/{triage.slug}", HTTP_AUTHORIZATION=f"Bearer {key_for(mallory)}"
+    )
+
+    assert bobs.status_code == 200
+    assert bobs.json()["id"] == triage.slug
+    assert mallorys.status_code == 404
+    assert mallorys.json()["error"]["code"] == "model_not_found"
