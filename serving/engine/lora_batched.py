@@ -44,7 +44,9 @@ def _gathered_forward(self: LoraLinear, x: torch.Tensor, *args, **kwargs) -> tor
     result = self.base_layer(x, *args, **kwargs)
     a_rows_t, b_rows_t = self._niche_rows  # (B, in, r), (B, r, out)
     shape = result.shape
-    x3 = x.reshape(shape[0], -1, x.shape[-1]).to(a_rows_t.dtype)
+    x3 = x.reshape(shape[0], -1, x.shape[-1])
+    if x3.dtype != a_rows_t.dtype:
+        x3 = x3.to(a_rows_t.dtype)
     hidden = torch.bmm(x3, a_rows_t)
     out = torch.baddbmm(result.reshape(shape[0], -1, shape[-1]), hidden, b_rows_t)
     return out.reshape(shape)
