@@ -57,17 +57,19 @@ def _row_stacks(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Each row's A^T and (s*B)^T, zero-padded to ``rank``: (B, in, r) and (B, r, out).
 
-    Two ``torch.stack`` calls per layer whatever the number of distinct adapters (a
-    Python loop over adapters per layer made a batch drawn from 100 adapters slow).
+    The distinct adapters (plus a zero slot for rows without one) are stacked once, then
+    gathered by each row's index: a handful of tensor ops per layer, whatever the batch
+    size or the number of distinct adapters.
     """
     weight = layer.base_layer.weight
     zero_a = torch.zeros(rank, weight.shape[1], dtype=weight.dtype, device=weight.device)
     zero_b = torch.zeros(weight.shape[0], rank, dtype=weight.dtype, device=weight.device)
-    a_rows, b_rows, scales = [], [], []
-    for name in adapters:
+    distinct = list(dict.fromkeys(adapters))
+    a_slots, b_slots, scales = [], [], []
+    for name in distinct:
         if name is None or name not in layer.lora_A:
-            a_rows.append(zero_a)  # the base model, or an adapter that skips this layer
-            b_rows.append(zero_b)
+            a_slots.append(zero_a)  # the base model, or an adapter that skips this layer
+            b_slots.append(zero_b)
             scales.append(0.0)
             continue
         a = layer.lora_A[name].weight
@@ -75,13 +77,15 @@ def _row_stacks(
         if a.shape[0] != rank:  # a smaller rank: zero rows of A and columns of B add nothing
             a = torch.cat([a, zero_a[: rank - a.shape[0]]])
             b = torch.cat([b, zero_b[:, : rank - b.shape[1]]], dim=1)
-        a_rows.append(a)
-        b_rows.append(b)
+        a_slots.append(a)
+        b_slots.append(b)
         scales.append(float(layer.scaling[name]))
     scale = torch.tensor(scales, dtype=weight.dtype, device=weight.device)[:, None, None]
-    a_stack = torch.stack(a_rows).transpose(1, 2).contiguous()
-    b_stack = (torch.stack(b_rows) * scale).transpose(1, 2).contiguous()
-    return a_stack, b_stack
+    slot_of = {name: slot for slot, name in enumerate(distinct)}
+    index = torch.tensor([slot_of[name] for name in adapters], device=weight.device)
+    a_stack = torch.stack(a_slots).transpose(1, 2)  # (k, in, r)
+    b_stack = (torch.stack(b_slots) * scale).transpose(1, 2)  # (k, r, out)
+    return a_stack[index].contiguous(), b_stack[index].contiguous()
 
 
 @contextlib.contextmanager
