@@ -48,8 +48,9 @@ def _gathered_forward(self: LoraLinear, x: torch.Tensor, *args, **kwargs) -> tor
     if x3.dtype != a_rows_t.dtype:
         x3 = x3.to(a_rows_t.dtype)
     hidden = torch.bmm(x3, a_rows_t)
-    out = torch.baddbmm(result.reshape(shape[0], -1, shape[-1]), hidden, b_rows_t)
-    return out.reshape(shape)
+    # In place on the base layer's fresh output: no second (B, T, out) tensor per layer.
+    result.view(shape[0], -1, shape[-1]).baddbmm_(hidden, b_rows_t.to(result.dtype))
+    return result
 
 
 def _row_stacks(
