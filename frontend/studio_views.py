@@ -50,13 +50,6 @@ def studio_home(request):
 @login_required
 @require_POST
 def dataset_upload(request):
-    try:  # before request.FILES: an oversized body is refused unread
-        studio_services.dataset_upload_check_size(
-            declared_bytes=int(request.META.get("CONTENT_LENGTH") or 0)
-        )
-    except ApplicationError as exc:
-        messages.error(request, exc.message)
-        return redirect("studio")
     upload = request.FILES.get("file")
     if upload is None:
         messages.error(request, "Choose a file to upload.")

@@ -168,10 +168,6 @@ class DatasetListCreateApi(BaseApi):
 
     @extend_schema(request=Input, responses={202: DatasetOutput})
     def post(self, request):
-        # Before request.data: an oversized body is refused unread.
-        services.dataset_upload_check_size(
-            declared_bytes=int(request.META.get("CONTENT_LENGTH") or 0)
-        )
         data = self.Input(data=request.data)
         data.is_valid(raise_exception=True)
         dataset = services.dataset_upload(owner=request.user, **data.validated_data)
