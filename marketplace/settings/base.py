@@ -161,7 +161,7 @@ STUDIO_VALIDATING_FILES_STALE_SECONDS = env_int(
 STUDIO_QUEUED_STALE_SECONDS = env_int("STUDIO_QUEUED_STALE_SECONDS", 3600, minimum=1)
 STUDIO_MAX_REQUEUES = env_int("STUDIO_MAX_REQUEUES", 3, minimum=0)
 CELERY_BEAT_SCHEDULE = {
-    "sweep-stale-training-jobs": {
+    "sweep-stale-studio-rows": {
         "task": "training_worker.tasks.sweep_stale_jobs",
         "schedule": 30.0,
     },
