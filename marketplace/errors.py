@@ -55,6 +55,13 @@ class PayloadTooLargeError(ApplicationError):
     default_code = "payload_too_large"
 
 
+class LengthRequiredError(ApplicationError):
+    """A body of unknown or unreadable length (chunked, or a non-numeric Content-Length)."""
+
+    status = 411
+    default_code = "length_required"
+
+
 class RateLimitedError(ApplicationError):
     status = 429
     default_code = "rate_limited"

@@ -20,7 +20,13 @@ from django.shortcuts import render
 from django.urls import Resolver404, resolve
 from django.utils.html import escape
 
-from marketplace.errors import ApplicationError, PayloadTooLargeError, error_body, is_machine_path
+from marketplace.errors import (
+    ApplicationError,
+    LengthRequiredError,
+    PayloadTooLargeError,
+    error_body,
+    is_machine_path,
+)
 
 UploadSizeCheck = Callable[..., None]
 _METHODS_WITH_BODY = {"POST", "PUT", "PATCH", "DELETE"}
@@ -53,11 +59,6 @@ def _general_size_check(*, declared_bytes: int) -> None:
         raise PayloadTooLargeError(
             f"The request body is {declared_bytes:,} bytes; the limit is {limit:,} bytes."
         )
-
-
-class LengthRequiredError(ApplicationError):
-    status = 411
-    default_code = "length_required"
 
 
 def body_refusal(
