@@ -152,9 +152,10 @@ def is_machine_path(path: str) -> bool:
     return path.startswith(_MACHINE_PREFIXES)
 
 
-def _html_or_json(request, status: int, code: str, message: str):
+def html_or_json_error(request, status: int, code: str, message: str, fields=None):
+    """The error in the contract's JSON on a machine path, else the HTML error page."""
     if is_machine_path(request.path):
-        return JsonResponse(error_body(code, message), status=status)
+        return JsonResponse(error_body(code, message, fields), status=status)
     from django.shortcuts import render
 
     return render(
@@ -163,20 +164,20 @@ def _html_or_json(request, status: int, code: str, message: str):
 
 
 def bad_request(request, exception=None):
-    return _html_or_json(request, 400, "bad_request", "The request could not be understood.")
+    return html_or_json_error(request, 400, "bad_request", "The request could not be understood.")
 
 
 def permission_denied(request, exception=None):
-    return _html_or_json(
+    return html_or_json_error(
         request, 403, "permission_denied", "You do not have permission to do this."
     )
 
 
 def page_not_found(request, exception=None):
-    return _html_or_json(request, 404, "not_found", "Nothing was found at this address.")
+    return html_or_json_error(request, 404, "not_found", "Nothing was found at this address.")
 
 
 def server_error(request):
-    return _html_or_json(
+    return html_or_json_error(
         request, 500, "internal_error", "Something went wrong on our side; it has been logged."
     )

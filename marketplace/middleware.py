@@ -15,8 +15,7 @@ import json
 from collections.abc import Callable
 
 from django.conf import settings
-from django.http import HttpResponse, JsonResponse
-from django.shortcuts import render
+from django.http import HttpResponse
 from django.urls import Resolver404, resolve
 from django.utils.html import escape
 
@@ -25,6 +24,7 @@ from marketplace.errors import (
     LengthRequiredError,
     PayloadTooLargeError,
     error_body,
+    html_or_json_error,
     is_machine_path,
 )
 
@@ -103,10 +103,7 @@ class RequestBodyLimitMiddleware:
     @staticmethod
     def _refuse(request, exc: ApplicationError) -> HttpResponse:
         # The server discards the unread body (gunicorn and runserver drain it unparsed).
-        if is_machine_path(request.path):
-            return JsonResponse(error_body(exc.code, exc.message, exc.fields), status=exc.status)
-        context = {"status": exc.status, "message": exc.message}
-        return render(request, "errors/error.html", context, status=exc.status)
+        return html_or_json_error(request, exc.status, exc.code, exc.message, exc.fields)
 
 
 class AsgiBodyLimit:
