@@ -7,7 +7,7 @@ import pytest
 from rest_framework.test import APIClient
 
 from accounts.models import MODERATORS_GROUP, ExpertProfile, User
-from accounts.services import api_key_create, moderators_group_sync
+from accounts.services import api_key_create
 
 
 def make_user(email: str, **fields) -> User:
@@ -30,7 +30,8 @@ def bob(db) -> User:
 def carol(db) -> User:
     from django.contrib.auth.models import Group
 
-    moderators_group_sync()
+    # The group and its permissions come from post_migrate (accounts.apps), also
+    # after a transactional test's flush.
     user = make_user("carol@example.com", display_name="Carol", is_staff=True)
     user.groups.add(Group.objects.get(name=MODERATORS_GROUP))
     return user

@@ -9,7 +9,6 @@ from django.core.management.base import BaseCommand
 from django.db import transaction
 
 from accounts.models import MODERATORS_GROUP, ExpertProfile, User
-from accounts.services import moderators_group_sync
 from frontend.services import (
     DEMO_DATA,
     DEMO_EXPERT_EMAIL,
@@ -53,7 +52,6 @@ class Command(BaseCommand):
 
     @transaction.atomic
     def _seed(self):
-        moderators_group_sync()
         moderators = Group.objects.get(name=MODERATORS_GROUP)
         for email, fields in DEMO_ACCOUNTS.items():
             user = User.objects.filter(email=email).first()
