@@ -14,13 +14,12 @@ import logging
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
-from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.db.models import F, Sum
 from django.utils import timezone
 
 from billing import stripe_gateway as gateway
-from billing.checkout import connect_account_sync, month_of
+from billing.checkout import connect_account_sync, month_of, platform_fee
 from billing.errors import InvalidWebhookSignature
 from billing.models import (
     ENDED_LICENCE_STATUSES,
@@ -168,7 +167,7 @@ def payment_record_charge(
         return existing
     fee = charge.get("application_fee_amount")
     if fee is None:
-        fee = (charge["amount"] * settings.PLATFORM_FEE_PERCENT + 50) // 100
+        fee = platform_fee(charge["amount"])
     created = _when(charge.get("created")) or timezone.now()
     payment = payment_insert_once(
         licence=licence,
@@ -328,17 +327,13 @@ def _record_paid_invoice(licence: Licence, invoice: dict) -> None:
     if charge is None and invoice.get("payment_intent"):
         charge = _id(_charge_of(gateway.payment_intent_retrieve(_id(invoice["payment_intent"]))))
     charge_data = gateway.charge_retrieve(charge) if charge else {}
-    amount = invoice["amount_paid"]
-    fee = invoice.get("application_fee_amount")
-    if fee is None:
-        fee = (amount * settings.PLATFORM_FEE_PERCENT + 50) // 100
     payment = payment_record_charge(
         licence=licence,
         charge={
             "id": charge or "",
-            "amount": amount,
+            "amount": invoice["amount_paid"],
             "currency": invoice["currency"],
-            "application_fee_amount": fee,
+            "application_fee_amount": invoice.get("application_fee_amount"),
             "balance_transaction": charge_data.get("balance_transaction"),
             "created": (invoice.get("status_transitions") or {}).get("paid_at")
             or invoice.get("created"),
