@@ -5,7 +5,8 @@ from rest_framework import serializers
 from rest_framework.response import Response
 
 from accounts import selectors, services
-from accounts.models import DEFAULT_API_KEY_SCOPES, ApiKey, ApiKeyScope
+from accounts.authentication import calling_api_key
+from accounts.models import DEFAULT_API_KEY_SCOPES, ApiKeyScope
 from marketplace.api import BaseApi, ObjectTypeField
 from marketplace.pagination import CursorIdPagination
 
@@ -19,10 +20,6 @@ class ApiKeyOutput(serializers.Serializer):
     created_at = serializers.DateTimeField()
     last_used_at = serializers.DateTimeField(allow_null=True)
     revoked_at = serializers.DateTimeField(allow_null=True)
-
-
-def _calling_key(request) -> ApiKey | None:
-    return request.auth if isinstance(request.auth, ApiKey) else None
 
 
 class MeApi(BaseApi):
@@ -53,7 +50,7 @@ class MeApi(BaseApi):
 
     @extend_schema(responses=Output)
     def get(self, request):
-        context = {"api_key": _calling_key(request)}
+        context = {"api_key": calling_api_key(request)}
         return Response(self.Output(request.user, context=context).data)
 
 
@@ -89,7 +86,7 @@ class ApiKeyListCreateApi(BaseApi):
         data = self.Input(data=request.data)
         data.is_valid(raise_exception=True)
         key, plaintext = services.api_key_create(
-            user=request.user, minted_by=_calling_key(request), **data.validated_data
+            user=request.user, minted_by=calling_api_key(request), **data.validated_data
         )
         body = ApiKeyOutput(key).data | {"key": plaintext}
         return Response(body, status=201)
@@ -103,6 +100,6 @@ class ApiKeyDetailApi(BaseApi):
     @extend_schema(responses=ApiKeyOutput)
     def delete(self, request, key_id):
         key = services.api_key_revoke(
-            user=request.user, key_id=key_id, revoked_by=_calling_key(request)
+            user=request.user, key_id=key_id, revoked_by=calling_api_key(request)
         )
         return Response(ApiKeyOutput(key).data)

@@ -2,8 +2,14 @@
 
 from rest_framework import authentication, exceptions
 
+from accounts.models import ApiKey
 from accounts.selectors import api_key_resolve
 from accounts.services import api_key_mark_used
+
+
+def calling_api_key(request) -> ApiKey | None:
+    """The API key this request authenticated with; None for a session or no caller."""
+    return request.auth if isinstance(request.auth, ApiKey) else None
 
 
 class ApiKeyAuthentication(authentication.BaseAuthentication):

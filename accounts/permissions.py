@@ -2,7 +2,7 @@
 
 from rest_framework.permissions import BasePermission
 
-from accounts.models import ApiKey
+from accounts.authentication import calling_api_key
 from marketplace.api import PUBLIC
 
 
@@ -23,7 +23,8 @@ class HasScope(BasePermission):
         if scope is None:
             self.message = "This operation declares no scope, so no caller may use it."
             return False
-        if scope == PUBLIC or not isinstance(request.auth, ApiKey):
+        key = calling_api_key(request)
+        if scope == PUBLIC or key is None:
             return True
         self.message = f"This API key lacks the '{scope}' scope."
-        return scope in request.auth.scopes
+        return scope in key.scopes
