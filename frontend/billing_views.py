@@ -308,7 +308,7 @@ def licence_list(request):
             {
                 "licence": licence,
                 "live": live,
-                "calls": (billing.licence_calls_this_period(licence=licence) if calling else None),
+                "calls": billing.licence_calls_used(licence) if calling else None,
                 "terms": _terms_rows(licence.terms),
                 "download_version": (
                     listing.live_version if live and licence.kind == OfferKind.DOWNLOAD else None

@@ -6,7 +6,9 @@ from datetime import date
 
 import pytest
 from django.core.management import call_command
+from django.db import connection
 from django.test import Client
+from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from accounts.models import User
@@ -15,6 +17,7 @@ from billing.models import (
     ConnectAccount,
     ExportDownload,
     Licence,
+    LicenceStatus,
     Offer,
     OfferKind,
     OfferStatus,
@@ -328,6 +331,33 @@ def test_my_licences_shows_usage_against_the_quota_and_a_download_button(
     assert 'data-testid="download-bundle"' not in after
     assert f'id="licence-{held.id}" data-status="revoked"' in after
     assert client.get(export_url).status_code == 403
+
+
+def test_my_licences_reads_every_licences_calls_without_a_query_per_licence(
+    alice, bob, carol, listing, payouts_ready
+):
+    # given bob calls one specialist, then two more of alice's
+    client = portal(bob)
+
+    def subscribe_and_call(to: Listing) -> None:
+        client.post(f"/catalogue/{to.slug}/buy/", {"offer": offer(to, OfferKind.SUBSCRIPTION).id})
+        held = Licence.objects.get(buyer=bob, listing=to)
+        billing_services.usage_record(licence_id=held.id, idempotency_key=f"req-{to.slug}")
+
+    subscribe_and_call(listing)
+    with CaptureQueriesContext(connection) as one_licence:
+        page_of(client.get("/licences/"))
+    for title in ("Contract clause finder", "Claims fraud triage"):
+        subscribe_and_call(make_listing(alice, moderator=carol, title=title))
+
+    # when he opens My licences
+    with CaptureQueriesContext(connection) as three_licences:
+        page = page_of(client.get("/licences/"))
+
+    # then each licence shows its call, and the page costs no more queries than with one
+    assert page.count("Calls this period: <strong>1</strong> of 1000") == 3
+    assert Licence.objects.filter(buyer=bob, status=LicenceStatus.ACTIVE).count() == 3
+    assert len(three_licences) == len(one_licence)
 
 
 def test_the_sandbox_banner_shows_on_every_page_only_in_sandbox_mode(bob, settings):
