@@ -6,7 +6,11 @@ COPY pyproject.toml README.md ./
 COPY . .
 # Production images use the CUDA build of torch from the default index.
 RUN pip install torch==2.13.0 && pip install -e .
+# Build-only placeholders for what production requires; the real values come at run time.
 RUN SECRET_KEY=build-only-$(head -c 48 /dev/urandom | base64) ALLOWED_HOSTS=x \
-    DATABASE_URL=sqlite:////tmp/x REDIS_URL=redis://x python manage.py collectstatic --noinput
+    DATABASE_URL=sqlite:////tmp/x REDIS_URL=redis://x \
+    NICHE_SIGNING_KEY=$(head -c 32 /dev/urandom | base64) \
+    STRIPE_SECRET_KEY=build-only STRIPE_WEBHOOK_SECRET=build-only \
+    python manage.py collectstatic --noinput
 EXPOSE 8000
 CMD ["gunicorn", "marketplace.wsgi", "--bind", "0.0.0.0:8000", "--workers", "3"]

@@ -174,3 +174,24 @@ def test_docker_compose_parses_and_names_commands_that_exist():
                 args, cwd=ROOT, capture_output=True, text=True, timeout=120, env=os.environ
             )
             assert result.returncode == 0, f"{name}: {' '.join(command)}\n{result.stderr}"
+
+
+def test_the_docker_build_collects_static_files_under_production_settings(tmp_path):
+    """The image's `collectstatic` step runs with build-only placeholders for every
+    variable production requires; a new required variable must get one there too."""
+    dockerfile = (ROOT / "Dockerfile").read_text().replace("\\\n", " ")
+    run = next(line for line in dockerfile.splitlines() if "collectstatic" in line)
+    command = run.removeprefix("RUN ").replace("python manage.py", f"{sys.executable} manage.py", 1)
+    env = {
+        "PATH": os.environ["PATH"],
+        "DJANGO_SETTINGS_MODULE": "marketplace.settings.production",  # the image's ENV
+        "NICHE_VAR_DIR": str(tmp_path),
+    }
+
+    result = subprocess.run(
+        ["bash", "-c", command], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
+    )
+
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "static files copied" in result.stdout
+    assert (tmp_path / "static" / "staticfiles.json").exists()
