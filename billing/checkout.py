@@ -31,6 +31,7 @@ from billing.models import (
     Payment,
     PaymentKind,
 )
+from billing.selectors import month_start
 from billing.services import (
     licence_activate,
     licence_cancel,
@@ -48,10 +49,6 @@ CHECKOUT_REUSE = timedelta(hours=23)
 def platform_fee(amount: int) -> int:
     """The platform's share of `amount` minor units, rounded half up."""
     return (amount * settings.PLATFORM_FEE_PERCENT + 50) // 100
-
-
-def month_of(moment) -> object:
-    return moment.date().replace(day=1)
 
 
 @dataclass(frozen=True)
@@ -175,7 +172,7 @@ def _sandbox_purchase(buyer: User, offer: Offer) -> Licence:
                 currency=offer.currency,
                 stripe_fee=0,
                 platform_fee=platform_fee(offer.unit_amount),
-                period=month_of(now),
+                period=month_start(now),
                 sandbox=True,
                 created_at=now,
             )

@@ -8,9 +8,9 @@ from django.utils import timezone
 
 from accounts.models import User
 from billing import stripe_gateway as gateway
-from billing.checkout import month_of
 from billing.errors import InvalidUsage, ReasonRequired
 from billing.models import ENDED_LICENCE_STATUSES, Payment, PaymentKind
+from billing.selectors import month_start
 from billing.services import billing_audit, licence_revoke
 from billing.stripe_events import payment_insert_once
 from listings.errors import NotAModerator
@@ -60,7 +60,7 @@ def payment_refund(
                 amount=-amount,
                 currency=payment.currency,
                 platform_fee=fee_back,
-                period=month_of(now),
+                period=month_start(now),
                 sandbox=True,
                 refunds=payment,
                 reason=reason,
@@ -85,7 +85,7 @@ def payment_refund(
                 amount=-amount,
                 currency=payment.currency,
                 platform_fee=fee_back,
-                period=month_of(now),
+                period=month_start(now),
                 stripe_refund_id=stripe_refund["id"],
                 stripe_charge_id=payment.stripe_charge_id,
                 refunds=payment,

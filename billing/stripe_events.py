@@ -19,7 +19,7 @@ from django.db.models import F, Sum
 from django.utils import timezone
 
 from billing import stripe_gateway as gateway
-from billing.checkout import connect_account_sync, month_of, platform_fee
+from billing.checkout import connect_account_sync, platform_fee
 from billing.errors import InvalidWebhookSignature
 from billing.models import (
     ENDED_LICENCE_STATUSES,
@@ -30,6 +30,7 @@ from billing.models import (
     PaymentKind,
     StripeEvent,
 )
+from billing.selectors import month_start
 from billing.services import (
     licence_activate,
     licence_cancel,
@@ -176,7 +177,7 @@ def payment_record_charge(
         currency=charge["currency"],
         stripe_fee=_stripe_fee(charge),
         platform_fee=fee,
-        period=month_of(created),
+        period=month_start(created),
         stripe_charge_id=charge["id"],
         stripe_invoice_id=invoice_id,
         created_at=created,
@@ -200,7 +201,7 @@ def payment_record_refunds(*, payment: Payment, charge: dict) -> list[Payment]:
             amount=-refund["amount"],
             currency=refund.get("currency") or payment.currency,
             platform_fee=fee_back,
-            period=month_of(created),
+            period=month_start(created),
             stripe_refund_id=refund["id"],
             stripe_charge_id=charge["id"],
             refunds=payment,
