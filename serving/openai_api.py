@@ -99,6 +99,14 @@ def _usage(usage) -> dict:
     }
 
 
+def _envelope(*, id: str, object: str, created: int, model: str, choices: list, usage) -> dict:
+    """The body every completion answer and stream chunk shares (chat and plain)."""
+    return {
+        "id": id, "object": object, "created": created, "model": model, "choices": choices,
+        "usage": usage,
+    }  # fmt: skip
+
+
 def _model(body: dict) -> str:
     model = body.get("model")
     if not isinstance(model, str) or not model:
@@ -171,10 +179,10 @@ class ChatCompletionsApi(OpenAiApi):
                     if text is not None:
                         delta = {"content": text}
                     choices = [{"index": 0, "delta": delta, "finish_reason": finish_reason}]
-                return {
-                    "id": chunk_id, "object": "chat.completion.chunk", "created": created,
-                    "model": stream.target.model_name, "choices": choices, "usage": usage,
-                }  # fmt: skip
+                return _envelope(
+                    id=chunk_id, object="chat.completion.chunk", created=created,
+                    model=stream.target.model_name, choices=choices, usage=usage,
+                )  # fmt: skip
 
             return _streaming_response(stream, chunk)
         answer = gateway.generate(
@@ -182,23 +190,16 @@ class ChatCompletionsApi(OpenAiApi):
             parameters=parameters,
         )  # fmt: skip
         output = answer.result.outputs
-        return Response(
-            {
-                "id": f"chatcmpl-{answer.request_id}",
-                "object": "chat.completion",
-                "created": created,
-                "model": answer.target.model_name,
-                "choices": [
-                    {
-                        "index": 0,
-                        "message": {"role": "assistant", "content": output.text},
-                        "finish_reason": output.finish_reason,
-                    }
-                ],
-                "usage": _usage(answer.result.usage),
-            },
-            headers=answer.headers,
-        )
+        choice = {
+            "index": 0,
+            "message": {"role": "assistant", "content": output.text},
+            "finish_reason": output.finish_reason,
+        }
+        body = _envelope(
+            id=f"chatcmpl-{answer.request_id}", object="chat.completion", created=created,
+            model=answer.target.model_name, choices=[choice], usage=_usage(answer.result.usage),
+        )  # fmt: skip
+        return Response(body, headers=answer.headers)
 
 
 def _prompt(body: dict) -> str:
@@ -239,10 +240,10 @@ class CompletionsApi(OpenAiApi):
                         {"index": 0, "text": text or "", "logprobs": None,
                          "finish_reason": finish_reason}
                     ]  # fmt: skip
-                return {
-                    "id": chunk_id, "object": "text_completion", "created": created,
-                    "model": stream.target.model_name, "choices": choices, "usage": usage,
-                }  # fmt: skip
+                return _envelope(
+                    id=chunk_id, object="text_completion", created=created,
+                    model=stream.target.model_name, choices=choices, usage=usage,
+                )  # fmt: skip
 
             return _streaming_response(stream, chunk)
         answer = gateway.generate(
@@ -250,24 +251,17 @@ class CompletionsApi(OpenAiApi):
             parameters=parameters,
         )  # fmt: skip
         output = answer.result.outputs
-        return Response(
-            {
-                "id": f"cmpl-{answer.request_id}",
-                "object": "text_completion",
-                "created": created,
-                "model": answer.target.model_name,
-                "choices": [
-                    {
-                        "index": 0,
-                        "text": output.text,
-                        "logprobs": None,
-                        "finish_reason": output.finish_reason,
-                    }
-                ],
-                "usage": _usage(answer.result.usage),
-            },
-            headers=answer.headers,
-        )
+        choice = {
+            "index": 0,
+            "text": output.text,
+            "logprobs": None,
+            "finish_reason": output.finish_reason,
+        }
+        body = _envelope(
+            id=f"cmpl-{answer.request_id}", object="text_completion", created=created,
+            model=answer.target.model_name, choices=[choice], usage=_usage(answer.result.usage),
+        )  # fmt: skip
+        return Response(body, headers=answer.headers)
 
 
 def _model_object(model: selectors.CallableModel) -> dict:
