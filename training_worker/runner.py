@@ -15,7 +15,7 @@ from pathlib import Path
 
 from django.conf import settings
 from django.db import DatabaseError, connection, transaction
-from django.db.models import F, QuerySet
+from django.db.models import F
 from django.utils import timezone
 
 from training_worker import artifacts, services
@@ -56,17 +56,8 @@ def job_work_dir(job_id, attempt: int) -> Path:
     return Path(settings.NICHE_WORK_DIR) / "jobs" / str(job_id) / f"attempt-{attempt}"
 
 
-def own_run(job: FineTuningJob) -> QuerySet[FineTuningJob]:
-    """The job's row while this attempt still runs it (the fencing token is
-    attempts + worker, as set by its claim). Every write of a run is a conditional UPDATE
-    on it; zero rows changed means the attempt was superseded."""
-    return FineTuningJob.objects.filter(
-        pk=job.pk, status=JobStatus.RUNNING, attempts=job.attempts, worker=job.worker
-    )
-
-
 def _touch_or_stop(job: FineTuningJob, **fields) -> None:
-    if not own_run(job).update(heartbeat_at=timezone.now(), **fields):
+    if not services.job_attempt_rows(job=job).update(heartbeat_at=timezone.now(), **fields):
         raise AttemptSuperseded(job)
 
 
@@ -104,7 +95,7 @@ class _Heartbeat(threading.Thread):
 
     def beat(self) -> bool:
         """One beat; False when this attempt no longer runs the job."""
-        return bool(own_run(self.job).update(heartbeat_at=timezone.now()))
+        return bool(services.job_attempt_rows(job=self.job).update(heartbeat_at=timezone.now()))
 
     def run(self) -> None:
         try:
@@ -187,7 +178,8 @@ class JobCallbacks:
         now = time.monotonic()
         if not self._cancelled and now - self._last_cancel_check >= self.CANCEL_POLL_SECONDS:
             self._last_cancel_check = now
-            rows = list(own_run(self.job).values_list("cancel_requested_at", flat=True))
+            own_run = services.job_attempt_rows(job=self.job)
+            rows = list(own_run.values_list("cancel_requested_at", flat=True))
             if not rows:
                 raise AttemptSuperseded(self.job)
             self._cancelled = rows[0] is not None
@@ -244,7 +236,7 @@ def job_run(*, job_id, worker: str, time_limit_error: type[BaseException] | None
 
 
 def _job_fail(job: FineTuningJob, code: str, message: str) -> bool:
-    return services.job_fail(job=job, code=code, message=message, attempt=job.attempts)
+    return services.job_fail(job=job, code=code, message=message, fenced=True)
 
 
 def _spec_for(job: FineTuningJob, work_dir: Path) -> TrainingSpec:
@@ -333,7 +325,8 @@ def _job_succeed(job: FineTuningJob, result: TrainingResult) -> ModelVersion:
     attempt: a superseded attempt writes no version and changes nothing."""
     fields = _model_version_fields(job, result)
     with transaction.atomic():
-        if not own_run(job).update(status=JobStatus.SUCCEEDED, finished_at=timezone.now()):
+        own_run = services.job_attempt_rows(job=job)
+        if not own_run.update(status=JobStatus.SUCCEEDED, finished_at=timezone.now()):
             raise AttemptSuperseded(job)
         version = ModelVersion.objects.create(**fields)
         FineTuningJob.objects.filter(pk=job.pk).update(fine_tuned_model=version)
@@ -343,7 +336,7 @@ def _job_succeed(job: FineTuningJob, result: TrainingResult) -> ModelVersion:
 
 def _job_end_cancelled(job: FineTuningJob) -> bool:
     """running → cancelled, only while this attempt runs the job; logs only a change."""
-    updated = own_run(job).update(
+    updated = services.job_attempt_rows(job=job).update(
         status=JobStatus.CANCELLED,
         error_code="cancelled",
         error_message="Cancelled by its owner.",

@@ -17,7 +17,7 @@ from django.conf import settings
 from django.core.files.storage import default_storage
 from django.core.files.uploadedfile import UploadedFile
 from django.db import transaction
-from django.db.models import Q
+from django.db.models import Q, QuerySet
 from django.utils import timezone
 
 from accounts.models import User
@@ -396,15 +396,25 @@ def job_cancel(*, owner: User, job_id) -> FineTuningJob:
     return job
 
 
-def job_fail(*, job: FineTuningJob, code: str, message: str, attempt: int | None = None) -> bool:
+def job_attempt_rows(*, job: FineTuningJob) -> QuerySet[FineTuningJob]:
+    """The job's row while the attempt `job` carries still runs it (the fencing token is
+    attempts + worker, as set by its claim). Every write of a run is a conditional UPDATE
+    on it; zero rows changed means the attempt was superseded."""
+    return FineTuningJob.objects.filter(
+        pk=job.pk, status=JobStatus.RUNNING, attempts=job.attempts, worker=job.worker
+    )
+
+
+def job_fail(*, job: FineTuningJob, code: str, message: str, fenced: bool = False) -> bool:
     """Any non-terminal state → failed, with the error stored on the job.
 
-    With `attempt`, only while that attempt still runs the job (a worker failing its own
-    run never fails its replacement's). Returns whether the job changed.
+    With `fenced`, only while the attempt `job` carries still runs the job (a worker
+    failing its own run never fails its replacement's). Returns whether the job changed.
     """
-    rows = FineTuningJob.objects.filter(pk=job.pk).exclude(status__in=TERMINAL_JOB_STATUSES)
-    if attempt is not None:
-        rows = rows.filter(status=JobStatus.RUNNING, attempts=attempt)
+    if fenced:
+        rows = job_attempt_rows(job=job)
+    else:
+        rows = FineTuningJob.objects.filter(pk=job.pk).exclude(status__in=TERMINAL_JOB_STATUSES)
     updated = rows.update(
         status=JobStatus.FAILED,
         error_code=code,
