@@ -13,6 +13,7 @@ and without a row.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import time
 import uuid
@@ -236,30 +237,35 @@ def _rate_subject(user: User, api_key: ApiKey | None) -> str:
     return f"key:{api_key.pk}" if api_key is not None else f"user:{user.pk}"
 
 
-def target_resolve(*, user: User, model: ModelRef) -> Target:
-    """The licence check (404 listing/version, 403 licence) and what answers the call."""
-    check = licence_for_call(
-        user=user, listing_slug=model.listing_slug, version_number=model.version_number
-    )
+@functools.lru_cache(maxsize=1024)
+def _served_version(model_version_id) -> tuple[str, str, AdapterRef]:
+    """A version's task, base and adapter, read once per process: a ModelVersion is
+    immutable once written (and its id a UUID), so a repeat call costs no query."""
     version = (
-        ModelVersion.objects.filter(pk=check.model_version_id)
+        ModelVersion.objects.filter(pk=model_version_id)
         .values(
             "task", "base_model__slug", "adapter_sha256", "adapter_path", "config_path", "labels"
         )
         .get()
     )
-    return Target(
-        check=check,
-        task=version["task"],
-        base_model=version["base_model__slug"],
-        adapter=AdapterRef(
-            model_version_id=str(check.model_version_id),
-            sha256=version["adapter_sha256"],
-            adapter_path=version["adapter_path"],
-            config_path=version["config_path"],
-            labels=list(version["labels"] or []),
-        ),
+    adapter = AdapterRef(
+        model_version_id=str(model_version_id),
+        sha256=version["adapter_sha256"],
+        adapter_path=version["adapter_path"],
+        config_path=version["config_path"],
+        labels=list(version["labels"] or []),
     )
+    return version["task"], version["base_model__slug"], adapter
+
+
+def target_resolve(*, user: User, model: ModelRef) -> Target:
+    """The licence check (404 listing/version, 403 licence; one query) and what answers
+    the call."""
+    check = licence_for_call(
+        user=user, listing_slug=model.listing_slug, version_number=model.version_number
+    )
+    task, base_model, adapter = _served_version(check.model_version_id)
+    return Target(check=check, task=task, base_model=base_model, adapter=adapter)
 
 
 def _require_task(target: Target, task: str) -> None:

@@ -11,7 +11,7 @@ from django.urls import resolve
 
 from billing.models import OfferKind, UsageRecord
 from billing.services import licence_revoke, licence_start_free_trial, usage_record
-from serving import apis, openai_api
+from serving import apis, gateway, openai_api
 from serving.ratelimit import rate_limit_admit
 from tests.billing.conftest import make_offer
 from tests.serving.gateway.conftest import key_for
@@ -215,3 +215,19 @@ def test_v1_models_retrieve_answers_only_for_a_callable_model(
     assert bobs.json()["id"] == triage.slug
     assert mallorys.status_code == 404
     assert mallorys.json()["error"]["code"] == "model_not_found"
+
+
+def test_a_repeat_call_resolves_its_target_with_the_licence_check_alone(
+    bob, bob_licence, triage, django_assert_num_queries
+):
+    # Given bob has called triage once (the version's adapter fields are now known:
+    # a ModelVersion is immutable once written)
+    model = gateway.ModelRef.parse(triage.slug)
+    first = gateway.target_resolve(user=bob, model=model)
+    # When he calls again, then the only query is the licence check
+    with django_assert_num_queries(1):
+        again = gateway.target_resolve(user=bob, model=model)
+    assert again == first
+    assert again.adapter.model_version_id == str(
+        triage.versions.get(number=again.check.version_number).model_version_id
+    )
