@@ -13,7 +13,7 @@ from rest_framework.response import Response
 
 from billing import selectors, services
 from billing.errors import InvalidPeriod
-from billing.models import ConnectAccount, OfferKind, Overage
+from billing.models import OfferKind, Overage
 from billing.stripe_gateway import sandbox_mode
 from listings import selectors as listing_selectors
 from marketplace.api import PUBLIC, BaseApi, ObjectTypeField
@@ -148,12 +148,7 @@ class ListingOffersApi(BaseApi):
     def get(self, request, slug):
         listing = listing_selectors.listing_get_public(slug=slug, viewer=request.user)
         offers = selectors.offer_list_public(listing=listing).select_related("listing")
-        payable = (
-            sandbox_mode()
-            or ConnectAccount.objects.filter(
-                expert_id=listing.owner_id, payouts_enabled=True, sandbox=False
-            ).exists()
-        )
+        payable = sandbox_mode() or selectors.expert_can_be_paid(expert_id=listing.owner_id)
         data = PublicOfferOutput(offers, many=True, context={"payable": payable}).data
         return Response(list_body(data, sandbox=sandbox_mode()))
 

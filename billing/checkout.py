@@ -31,7 +31,7 @@ from billing.models import (
     Payment,
     PaymentKind,
 )
-from billing.selectors import month_start
+from billing.selectors import expert_can_be_paid, month_start
 from billing.services import (
     licence_activate,
     licence_cancel,
@@ -148,10 +148,7 @@ def _pending_licence(buyer: User, offer: Offer) -> Licence:
 
 
 def _refuse_unless_payable(offer: Offer) -> None:
-    payable = ConnectAccount.objects.filter(
-        expert_id=offer.listing.owner_id, payouts_enabled=True, sandbox=False
-    ).exists()
-    if not payable:
+    if not expert_can_be_paid(expert_id=offer.listing.owner_id):
         raise ExpertPayoutsNotEnabled(
             "The expert has not finished setting up payouts; this offer cannot be bought yet."
         )

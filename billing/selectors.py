@@ -18,6 +18,7 @@ from billing.errors import InvalidPeriod, LicenceRequired, QuotaExceeded, Versio
 from billing.models import (
     CALL_KINDS,
     LIVE_LICENCE_STATUSES,
+    ConnectAccount,
     Licence,
     LicenceUsagePeriod,
     Offer,
@@ -301,6 +302,13 @@ def licence_for_download(*, user: User, listing: Listing) -> Licence | None:
 
 
 # --- offers and licences -------------------------------------------------------------
+
+
+def expert_can_be_paid(*, expert_id) -> bool:
+    """The expert's live (not sandbox) Connect account can receive payouts."""
+    return ConnectAccount.objects.filter(
+        expert_id=expert_id, payouts_enabled=True, sandbox=False
+    ).exists()
 
 
 def offer_list_public(*, listing: Listing) -> QuerySet[Offer]:

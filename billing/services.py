@@ -41,7 +41,6 @@ from billing.models import (
     CALL_KINDS,
     LIVE_LICENCE_STATUSES,
     BillingAuditEntry,
-    ConnectAccount,
     Licence,
     LicenceStatus,
     LicenceUsagePeriod,
@@ -52,7 +51,7 @@ from billing.models import (
     UsageRecord,
     UsageStatus,
 )
-from billing.selectors import licence_period_at
+from billing.selectors import expert_can_be_paid, licence_period_at
 from billing.terms import LicenceTerms
 from listings.errors import NotAModerator
 from listings.models import Listing, ListingStatus
@@ -334,14 +333,10 @@ def offer_refuse_unless_purchasable(*, offer: Offer, buyer: User, sandbox: bool)
         raise ListingNotPurchasable("This listing is not on sale.")
     if listing.owner_id == buyer.pk:
         raise ListingNotPurchasable("You cannot buy a licence to your own listing.")
-    if offer.unit_amount > 0 and not sandbox:
-        payable = ConnectAccount.objects.filter(
-            expert_id=listing.owner_id, payouts_enabled=True, sandbox=False
-        ).exists()
-        if not payable:
-            raise ListingNotPurchasable(
-                "The expert cannot receive payouts yet; this offer cannot be bought."
-            )
+    if offer.unit_amount > 0 and not sandbox and not expert_can_be_paid(expert_id=listing.owner_id):
+        raise ListingNotPurchasable(
+            "The expert cannot receive payouts yet; this offer cannot be bought."
+        )
 
 
 def _refuse_if_held(buyer: User, offer: Offer) -> None:
