@@ -14,7 +14,14 @@ from django.db.models.functions import TruncDay
 from django.utils import timezone
 
 from accounts.models import User
-from billing.errors import InvalidPeriod, LicenceRequired, QuotaExceeded, VersionNotFound
+from billing.errors import (
+    InvalidPeriod,
+    LicenceNotFound,
+    LicenceRequired,
+    OfferNotFound,
+    QuotaExceeded,
+    VersionNotFound,
+)
 from billing.models import (
     CALL_KINDS,
     LIVE_LICENCE_STATUSES,
@@ -328,8 +335,6 @@ def offer_list_mine(*, owner: User, listing_slug: str = "", include_retired: boo
 
 
 def offer_get_mine(*, owner: User, offer_id) -> Offer:
-    from billing.errors import OfferNotFound
-
     offer = Offer.objects.filter(pk=offer_id, listing__owner=owner).select_related("listing")
     found = offer.first()
     if found is None:
@@ -363,8 +368,6 @@ def licence_calls_used(licence: Licence, at: datetime | None = None) -> int:
 
 
 def licence_get_for_buyer(*, buyer: User, licence_id) -> Licence:
-    from billing.errors import LicenceNotFound
-
     licence = licence_list_for_buyer(buyer=buyer).filter(pk=licence_id).first()
     if licence is None:
         raise LicenceNotFound("No such licence of yours.")
