@@ -1,5 +1,7 @@
 """`POST /api/v1/models/{listing}/predict`: the gateway in the one error contract."""
 
+from dataclasses import asdict
+
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema
 from rest_framework.response import Response
@@ -21,11 +23,7 @@ def predict_body(answer: gateway.GatewayAnswer) -> dict:
     else:
         body["generated_text"] = result.outputs.text
         body["finish_reason"] = result.outputs.finish_reason
-    body["usage"] = {
-        "prompt_tokens": result.usage.prompt_tokens,
-        "completion_tokens": result.usage.completion_tokens,
-        "total_tokens": result.usage.total_tokens,
-    }
+    body["usage"] = asdict(result.usage)  # prompt_tokens, completion_tokens, total_tokens
     body["latency_ms"] = answer.latency_ms
     return body
 

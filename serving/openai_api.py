@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import asdict
 
 from django.http import JsonResponse, StreamingHttpResponse
 from drf_spectacular.types import OpenApiTypes
@@ -91,14 +92,6 @@ def _parameters(body: dict) -> gateway.GenerationParameters:
     return gateway.generation_parameters(raw, field_prefix="")
 
 
-def _usage(usage) -> dict:
-    return {
-        "prompt_tokens": usage.prompt_tokens,
-        "completion_tokens": usage.completion_tokens,
-        "total_tokens": usage.total_tokens,
-    }
-
-
 def _envelope(*, id: str, object: str, created: int, model: str, choices: list, usage) -> dict:
     """The body every completion answer and stream chunk shares (chat and plain)."""
     return {
@@ -135,7 +128,7 @@ def _streaming_response(stream: gateway.GatewayStream, chunk) -> StreamingHttpRe
                     yield _sse(chunk(text=event.text))
                 elif event.type == "done":
                     yield _sse(chunk(finish_reason=event.finish_reason))
-                    yield _sse(chunk(usage=_usage(event.usage)))
+                    yield _sse(chunk(usage=asdict(event.usage)))
                     yield _sse("[DONE]")
                 else:
                     status = 504 if event.code == "engine_timeout" else 502
@@ -197,7 +190,7 @@ class ChatCompletionsApi(OpenAiApi):
         }
         body = _envelope(
             id=f"chatcmpl-{answer.request_id}", object="chat.completion", created=created,
-            model=answer.target.model_name, choices=[choice], usage=_usage(answer.result.usage),
+            model=answer.target.model_name, choices=[choice], usage=asdict(answer.result.usage),
         )  # fmt: skip
         return Response(body, headers=answer.headers)
 
@@ -259,7 +252,7 @@ class CompletionsApi(OpenAiApi):
         }
         body = _envelope(
             id=f"cmpl-{answer.request_id}", object="text_completion", created=created,
-            model=answer.target.model_name, choices=[choice], usage=_usage(answer.result.usage),
+            model=answer.target.model_name, choices=[choice], usage=asdict(answer.result.usage),
         )  # fmt: skip
         return Response(body, headers=answer.headers)
 
