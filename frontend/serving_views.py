@@ -18,8 +18,8 @@ from listings import selectors as catalogue
 from listings.models import Listing, ListingStatus
 from marketplace.errors import ApplicationError
 from serving import gateway
+from serving.protocol import TEXT_CLASSIFICATION
 
-CLASSIFICATION = "text-classification"
 DEFAULT_NEW_TOKENS = 64
 
 
@@ -32,7 +32,7 @@ def try_it_context(request, listing: Listing, *, is_owner: bool) -> dict | None:
     context = {
         "allowed": False,
         "is_owner": is_owner,
-        "classification": listing.task == CLASSIFICATION,
+        "classification": listing.task == TEXT_CLASSIFICATION,
         "max_inputs": settings.SERVING_MAX_INPUTS,
         "max_chars": settings.SERVING_MAX_INPUT_CHARS,
         "max_chars_total": settings.SERVING_MAX_INPUT_CHARS * settings.SERVING_MAX_INPUTS,
@@ -56,7 +56,7 @@ def try_it_context(request, listing: Listing, *, is_owner: bool) -> dict | None:
 def try_payload(listing: Listing, post) -> dict:
     """The form → the body the API would get for this listing's task."""
     text = post.get("text", "")
-    if listing.task == CLASSIFICATION:
+    if listing.task == TEXT_CLASSIFICATION:
         return {"inputs": [line.strip() for line in text.splitlines() if line.strip()]}
     try:
         max_new_tokens = int(post.get("max_new_tokens") or DEFAULT_NEW_TOKENS)

@@ -8,8 +8,9 @@ its creation, and a snippet in a ticket or a chat must not carry one.
 import json
 from dataclasses import dataclass
 
+from serving.protocol import TEXT_CLASSIFICATION
+
 KEY_VARIABLE = "NICHE_KEY"
-CLASSIFICATION = "text-classification"
 SAMPLE_TEXT = "Paste the text to classify here."
 SAMPLE_PROMPT = "Hello! What can you do?"
 SAMPLE_MAX_TOKENS = 64
@@ -31,7 +32,7 @@ def call_snippets(*, site: str, slug: str, task: str) -> list[Snippet]:
     `site` is the portal's own address without a trailing slash
     (`https://niche.example`); `slug` the listing's, optionally pinned (`slug@2`)."""
     site = site.rstrip("/")
-    if task == CLASSIFICATION:
+    if task == TEXT_CLASSIFICATION:
         return _classification(site, slug)
     return _generation(site, slug)
 
