@@ -175,18 +175,25 @@ def dataset_validate(*, dataset_id) -> Dataset | None:
             .first()
         )
         if current is None:  # deleted, or handed to another validation by the sweep
-            if not Dataset.objects.filter(pk=dataset.pk, deleted_at__isnull=True).exists():
+            live = Dataset.objects.filter(pk=dataset.pk, deleted_at__isnull=True).first()
+            if live is None:
                 written = (outcome.get("train_path", ""), outcome.get("sealed_path", ""))
                 transaction.on_commit(
                     lambda: artifacts.delete_quietly(dataset.source_path, *written)
                 )
-            return Dataset.objects.filter(pk=dataset.pk, deleted_at__isnull=True).first()
-        for name, value in outcome.items():
-            setattr(current, name, value)
-        current.validated_at = timezone.now()
-        current.save(update_fields=[*outcome, "validated_at"])
-        _advance_jobs_waiting_on(current)
+            return live
+        _dataset_finish(current, outcome)
     return current
+
+
+def _dataset_finish(dataset: Dataset, outcome: dict) -> None:
+    """Store a validation outcome and move the jobs waiting on it; the caller holds the
+    dataset's row lock."""
+    for name, value in outcome.items():
+        setattr(dataset, name, value)
+    dataset.validated_at = timezone.now()
+    dataset.save(update_fields=[*outcome, "validated_at"])
+    _advance_jobs_waiting_on(dataset)
 
 
 def _validation_outcome(dataset: Dataset) -> dict:
@@ -521,11 +528,7 @@ def datasets_sweep_stuck() -> dict[str, int]:
                     f"Validation did not finish after {dataset.requeues + 1} tries; "
                     "upload the file again, or contact support if it happens again.",
                 )
-                for name, value in outcome.items():
-                    setattr(dataset, name, value)
-                dataset.validated_at = now
-                dataset.save(update_fields=[*outcome, "validated_at"])
-                _advance_jobs_waiting_on(dataset)
+                _dataset_finish(dataset, outcome)
                 counts["datasets_given_up"] += 1
                 continue
             dataset.status = DatasetStatus.UPLOADED
