@@ -13,6 +13,7 @@ from django.db import models
 from django.utils import timezone
 
 from listings.models import Listing, ListingVersion
+from marketplace.append_only import AppendOnlyModel
 from training_worker.models import ModelVersion
 
 
@@ -440,15 +441,7 @@ class ExportDownload(models.Model):
         return f"{self.user} downloaded {self.model_version_id}"
 
 
-class BillingAuditQuerySet(models.QuerySet):
-    def update(self, **kwargs):
-        raise PermissionError("billing audit entries are append-only")
-
-    def delete(self):
-        raise PermissionError("billing audit entries are append-only")
-
-
-class BillingAuditEntry(models.Model):
+class BillingAuditEntry(AppendOnlyModel):
     """Who did what to money or a licence by hand (refunds, revocations), and why."""
 
     actor = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")
@@ -458,19 +451,9 @@ class BillingAuditEntry(models.Model):
     reason = models.TextField()
     created_at = models.DateTimeField(default=timezone.now, db_index=True)
 
-    objects = BillingAuditQuerySet.as_manager()
-
     class Meta:
         ordering = ["-created_at", "-id"]
         verbose_name_plural = "billing audit entries"
 
     def __str__(self) -> str:
         return f"{self.actor} {self.action} {self.target_type}:{self.target_id}"
-
-    def save(self, *args, **kwargs):
-        if self.pk is not None:
-            raise PermissionError("billing audit entries are append-only")
-        super().save(*args, **kwargs)
-
-    def delete(self, *args, **kwargs):
-        raise PermissionError("billing audit entries are append-only")

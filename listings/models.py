@@ -11,6 +11,7 @@ from django.conf import settings
 from django.db import models
 from django.utils import timezone
 
+from marketplace.append_only import AppendOnlyModel
 from training_worker.models import ModelVersion
 
 
@@ -245,17 +246,7 @@ class ModerationActionType(models.TextChoices):
     VERIFY_EXPERT = "verify_expert"
 
 
-class AppendOnlyQuerySet(models.QuerySet):
-    """Bulk writes would bypass the model's guard: refuse them too."""
-
-    def update(self, **kwargs):
-        raise PermissionError("moderation actions are append-only")
-
-    def delete(self):
-        raise PermissionError("moderation actions are append-only")
-
-
-class ModerationAction(models.Model):
+class ModerationAction(AppendOnlyModel):
     """The audit log: one row per moderator action, append-only."""
 
     actor = models.ForeignKey(
@@ -270,19 +261,8 @@ class ModerationAction(models.Model):
     reason = models.TextField(blank=True)
     created_at = models.DateTimeField(default=timezone.now, db_index=True)
 
-    objects = AppendOnlyQuerySet.as_manager()
-
     class Meta:
         ordering = ["-created_at", "-id"]
 
     def __str__(self) -> str:
         return f"{self.actor} {self.action} {self.target_type}:{self.target_id}"
-
-    def save(self, *args, **kwargs):
-        # An invariant, not a business rule: audit rows are written once.
-        if self.pk is not None:
-            raise PermissionError("moderation actions are append-only")
-        super().save(*args, **kwargs)
-
-    def delete(self, *args, **kwargs):
-        raise PermissionError("moderation actions are append-only")
