@@ -6,13 +6,9 @@ from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema
 from rest_framework.response import Response
 
-from accounts.models import ApiKey
+from accounts.authentication import calling_api_key
 from marketplace.api import BaseApi
 from serving import gateway, protocol
-
-
-def _api_key(request) -> ApiKey | None:
-    return request.auth if isinstance(request.auth, ApiKey) else None
 
 
 def predict_body(answer: gateway.GatewayAnswer) -> dict:
@@ -43,6 +39,9 @@ class PredictApi(BaseApi):
     )
     def post(self, request, listing: str):
         answer = gateway.predict(
-            user=request.user, api_key=_api_key(request), listing_ref=listing, payload=request.data
+            user=request.user,
+            api_key=calling_api_key(request),
+            listing_ref=listing,
+            payload=request.data,
         )
         return Response(predict_body(answer), headers=answer.headers)

@@ -17,6 +17,7 @@ from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema
 from rest_framework.response import Response
 
+from accounts.authentication import calling_api_key
 from accounts.models import ApiKey
 from marketplace.api import BaseApi
 from marketplace.errors import api_exception_handler
@@ -69,7 +70,7 @@ class OpenAiApi(BaseApi):
 
     @property
     def api_key(self) -> ApiKey | None:
-        return self.request.auth if isinstance(self.request.auth, ApiKey) else None
+        return calling_api_key(self.request)
 
 
 def _body(request) -> dict:
