@@ -98,8 +98,11 @@ setup_test_environment()
 from django.test import Client
 import marketplace.wsgi  # the web entry point
 client = Client()
-for path in ["/", "/login/", "/api/v1/fine_tuning/jobs", "/api/v1/datasets", "/api/schema/"]:
+for path in ["/", "/login/", "/api/v1/fine_tuning/jobs", "/api/v1/datasets", "/api/schema/",
+             "/v1/models"]:
     client.get(path)
+client.post("/api/v1/models/any-listing/predict", {"inputs": ["x"]})
+client.post("/v1/chat/completions", {"model": "any-listing"})
 print("torch" in sys.modules, "transformers" in sys.modules, "peft" in sys.modules)
 """
     result = subprocess.run(
