@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-BENCHMARKS = ["training.py", "licence_check.py", "serving.py", "gateway.py"]
+BENCHMARKS = ["training.py", "licence_check.py", "gateway.py", "serving.py"]
 
 if __name__ == "__main__":
     failed = 0
