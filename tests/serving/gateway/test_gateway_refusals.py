@@ -11,6 +11,7 @@ from django.urls import resolve
 
 from billing.models import OfferKind, UsageRecord
 from billing.services import licence_revoke, licence_start_free_trial, usage_record
+from listings.services import listing_suspend
 from serving import apis, gateway, openai_api
 from serving.ratelimit import rate_limit_admit
 from tests.billing.conftest import make_offer
@@ -181,6 +182,25 @@ def test_a_revoked_licence_stops_at_once(api, bob, carol, bob_licence, triage):
 
     assert response.status_code == 403
     assert response.json()["error"]["code"] == "licence_required"
+    assert UsageRecord.objects.count() == 0
+
+
+def test_a_listing_suspended_by_a_moderator_stops_being_served_at_once(
+    api, bob, carol, bob_licence, triage
+):
+    listing_suspend(moderator=carol, listing_id=triage.id, reason="misleading evaluation")
+
+    response = predict(api(), key_for(bob), triage.slug, {"inputs": ["My invoice is wrong"]})
+    openai = api().post(
+        "/v1/completions",
+        {"model": triage.slug, "prompt": "x"},
+        format="json",
+        HTTP_AUTHORIZATION=f"Bearer {key_for(bob)}",
+    )
+
+    assert response.status_code == 404
+    assert openai.status_code == 404
+    assert openai.json()["error"]["type"]
     assert UsageRecord.objects.count() == 0
 
 
