@@ -38,6 +38,13 @@ AUTO_SEQ_LENGTH_PERCENTILE = 95
 AUTO_MIN_SEQ_LENGTH = 16
 AUTO_MAX_SEQ_LENGTH = {"text-classification": 128, "text-generation": 256}
 
+# Model selection: a validation split carved from the training rows (never the sealed split).
+DEFAULT_VALIDATION_FRACTION = 0.1
+DEFAULT_EARLY_STOPPING_PATIENCE = 2
+VALIDATION_MIN_ROWS = 20  # fewer rows make the per-epoch score too coarse to choose by
+VALIDATION_MAX_ROWS = 500  # enough to rank epochs; more only slows every epoch down
+VALIDATION_MIN_TRAIN_ROWS = 100  # below this every row is worth more for training
+
 
 @dataclass
 class LoraHyperparameters:
@@ -77,6 +84,28 @@ class LoraHyperparameters:
     bias: Literal["none", "all", "lora_only"] = field(
         default="none", metadata={"help": "Which biases to train, as in peft's LoraConfig."}
     )
+    validation_fraction: float = field(
+        default=DEFAULT_VALIDATION_FRACTION,
+        metadata={
+            "help": "Share of the training rows held out (stratified) to pick the best epoch, "
+            f"[0, 0.5]; clamped to {VALIDATION_MIN_ROWS}-{VALIDATION_MAX_ROWS} rows, none "
+            f"below {VALIDATION_MIN_TRAIN_ROWS} training rows; 0 turns model selection off."
+        },
+    )
+    early_stopping_patience: int = field(
+        default=DEFAULT_EARLY_STOPPING_PATIENCE,
+        metadata={
+            "help": "Epochs without a better validation score before training stops (0-50); "
+            "0 never stops early. The best epoch's adapter is kept either way."
+        },
+    )
+    group_by_length: bool = field(
+        default=True,
+        metadata={
+            "help": "Batch rows of similar length together (less padding, faster); "
+            "the batches' order is still shuffled with the seed."
+        },
+    )
 
     def __post_init__(self) -> None:
         self.validate()
@@ -108,6 +137,14 @@ class LoraHyperparameters:
             if not all(isinstance(name, str) and name for name in self.target_modules):
                 raise ValueError("target_modules must contain only non-empty strings")
         _check_int_range("max_seq_length", self.max_seq_length, 8, 4096, optional=True)
+        _check_number("validation_fraction", self.validation_fraction)
+        if not 0 <= self.validation_fraction <= 0.5:
+            raise ValueError(
+                f"validation_fraction must be in [0, 0.5], got {self.validation_fraction}"
+            )
+        _check_int_range("early_stopping_patience", self.early_stopping_patience, 0, 50)
+        if not isinstance(self.group_by_length, bool):
+            raise ValueError(f"group_by_length must be true or false, got {self.group_by_length!r}")
 
     @classmethod
     def from_dict(cls, values: dict[str, Any] | None) -> LoraHyperparameters:
@@ -188,6 +225,9 @@ class LoraHyperparameters:
             warmup_ratio=self.warmup_ratio,
             weight_decay=self.weight_decay,
             bias=self.bias,
+            validation_fraction=self.validation_fraction,
+            early_stopping_patience=self.early_stopping_patience,
+            group_by_length=self.group_by_length,
         )
 
 
@@ -220,6 +260,9 @@ class ResolvedHyperparameters:
     warmup_ratio: float
     weight_decay: float
     bias: str
+    validation_fraction: float = DEFAULT_VALIDATION_FRACTION
+    early_stopping_patience: int = DEFAULT_EARLY_STOPPING_PATIENCE
+    group_by_length: bool = True
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
