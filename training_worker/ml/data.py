@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from training_worker.ml.errors import InvalidTrainingData
+from training_worker.ml.prompts import prompt_token_ids
 
 IGNORE_INDEX = -100  # positions the loss skips (prompt and padding tokens)
 
@@ -57,8 +58,11 @@ def encode_classification(
 def encode_generation(
     tokenizer: Any, prompts: list[str], completions: list[str]
 ) -> list[EncodedExample]:
-    """Tokenise prompt + completion + eos once; prompt positions get ``IGNORE_INDEX`` labels."""
-    prompt_ids = tokenizer(list(prompts), add_special_tokens=True)["input_ids"]
+    """Tokenise prompt + completion + eos once; prompt positions get ``IGNORE_INDEX`` labels.
+
+    The prompt is in the format shared with evaluation and serving (``prompts``): the base's
+    chat template when it has one, the plain text otherwise."""
+    prompt_ids = prompt_token_ids(tokenizer, prompts)
     completion_ids = tokenizer(list(completions), add_special_tokens=False)["input_ids"]
     examples = []
     for prompt, completion in zip(prompt_ids, completion_ids, strict=True):
@@ -67,6 +71,29 @@ def encode_generation(
             EncodedExample(prompt + completion, [IGNORE_INDEX] * len(prompt) + completion)
         )
     return examples
+
+
+def length_grouped_batches(
+    lengths: list[int], batch_size: int, generator: Any, megabatch_factor: int = 50
+) -> list[list[int]]:
+    """One epoch of batches (lists of row indices) with rows of similar length together.
+
+    The rows are shuffled with ``generator`` (a seeded ``torch.Generator``), cut into
+    megabatches of ``megabatch_factor * batch_size`` rows, each megabatch sorted by length
+    and cut into batches; then the batches' order is shuffled. Padding to each batch's
+    longest row then costs little. As many batches as plain shuffling gives
+    (``ceil(n / batch_size)``): only the last megabatch can end with a short batch.
+    """
+    import torch
+
+    order = torch.randperm(len(lengths), generator=generator).tolist()
+    megabatch = batch_size * megabatch_factor
+    batches: list[list[int]] = []
+    for start in range(0, len(order), megabatch):
+        chunk = sorted(order[start : start + megabatch], key=lambda i: lengths[i])
+        batches.extend(chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size))
+    shuffled = torch.randperm(len(batches), generator=generator).tolist()
+    return [batches[i] for i in shuffled]
 
 
 def truncate_classification(examples: list[EncodedExample], max_length: int) -> None:

@@ -22,6 +22,7 @@ from training_worker.ml.data import (
     truncate_classification,
     truncate_generation,
 )
+from training_worker.ml.prompts import prompt_token_ids
 
 BOOTSTRAP_RESAMPLES = 1000
 EVAL_BATCH_SIZE = 64
@@ -428,7 +429,7 @@ def greedy_completions(
     """Greedy continuations of each prompt, left-padded in batches, special tokens removed."""
     import torch
 
-    prompt_ids = tokenizer(list(prompts), add_special_tokens=True)["input_ids"]
+    prompt_ids = prompt_token_ids(tokenizer, prompts)  # the format training used
     if max_prompt_length:
         prompt_ids = [ids[-max_prompt_length:] for ids in prompt_ids]
     examples = [EncodedExample(ids, [IGNORE_INDEX] * len(ids)) for ids in prompt_ids]
