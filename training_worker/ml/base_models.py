@@ -170,7 +170,7 @@ def converted_gguf_base(packaged: PackagedBase, cache_dir: str | Path) -> Path:
             "gguf_file": packaged.gguf_file,
             "converted_in_seconds": round(time.perf_counter() - started, 2),
         }
-        os.chmod(scratch, 0o755)  # mkdtemp makes it private; workers may run as others
+        os.chmod(scratch, 0o755)  # noqa: S103 -- mkdtemp makes it private; read-only to others
         # Written last: its presence marks a complete folder.
         (scratch / PROVENANCE_FILE).write_text(json.dumps(provenance, indent=2))
         try:
