@@ -112,3 +112,10 @@ class ExpertPayoutsNotEnabled(ListingNotPurchasable):
     """The listing's expert has not finished Stripe onboarding: nobody can pay them yet."""
 
     default_code = "expert_payouts_not_enabled"
+
+
+class AdapterFileRefused(ConflictError):
+    """The stored adapter fails the safetensors check (training_worker.ml.safe_weights):
+    no bundle is built and no download recorded."""
+
+    default_code = "adapter_file_refused"

@@ -25,13 +25,18 @@ from django.db import transaction
 from django.utils import timezone
 
 from accounts.models import User
-from billing.errors import LicenceRequired
+from billing.errors import AdapterFileRefused, LicenceRequired
 from billing.models import LIVE_LICENCE_STATUSES, ExportDownload, Licence, OfferKind
 from billing.signing import platform_signing_key
 from billing.terms import LicenceTerms
 from listings.models import ListingVersion
 from training_worker.artifacts import CHUNK
 from training_worker.errors import ModelVersionNotFound
+from training_worker.ml.safe_weights import (
+    UnsafeWeightsError,
+    check_weights_filename,
+    validate_safetensors_stream,
+)
 from training_worker.models import ModelVersion
 
 BUNDLE_FORMAT = "niche-export-bundle/1"
@@ -233,6 +238,22 @@ def _download_grant(*, user: User, version_id, lock: bool) -> tuple[ModelVersion
     return version, licence
 
 
+def export_bundle_refuse_unsafe_adapter(*, version: ModelVersion) -> None:
+    """Refuse to ship an adapter that fails the strict safetensors check (a pickle, a
+    truncated or polyglot file...): reads only the stored file's header, from any storage.
+    Raises AdapterFileRefused (409)."""
+    try:
+        check_weights_filename(version.adapter_path)
+        size = default_storage.size(version.adapter_path)
+        with default_storage.open(version.adapter_path, "rb") as handle:
+            validate_safetensors_stream(handle, size)
+    except UnsafeWeightsError as exc:
+        raise AdapterFileRefused(
+            f"This version's stored adapter is refused: {exc.message}",
+            fields={"adapter_model.safetensors": [exc.code]},
+        ) from exc
+
+
 def export_bundle_check(*, user: User, version_id) -> ModelVersion:
     """Whether `user` may download the bundle now, without building or recording one
     (what a HEAD request asks). Raises as export_bundle_download does."""
@@ -244,11 +265,13 @@ def export_bundle_download(*, user: User, version_id) -> ExportBundle:
     """Check the right to download, build the bundle and record the download.
 
     The licence row is locked while the download is recorded, so a revocation that
-    commits first refuses it. Raises ModelVersionNotFound (404), LicenceRequired (403).
+    commits first refuses it. Raises ModelVersionNotFound (404), LicenceRequired (403),
+    AdapterFileRefused (409) when the stored adapter fails the safetensors check.
     """
     issued_at = timezone.now()
     with transaction.atomic():
         version, licence = _download_grant(user=user, version_id=version_id, lock=True)
+        export_bundle_refuse_unsafe_adapter(version=version)
         bundle = export_bundle_build(
             version=version, licensee=user, licence=licence, issued_at=issued_at
         )

@@ -4,8 +4,9 @@
   carries (the version row's) BEFORE anything parses it; a mismatch raises
   ``AdapterIntegrityError`` and is logged. The bytes that were hashed are the bytes that are
   parsed, so nothing can swap the file in between.
-- Only safetensors: the file name must end in ``.safetensors`` and parse as safetensors
-  (a format that cannot carry pickled code); anything else is refused.
+- Only safetensors: the file name must end in ``.safetensors`` and pass
+  ``training_worker.ml.safe_weights`` (the strict header check every load point shares)
+  before the safetensors library parses it; anything else is refused.
 - LoRA weights go into one shared ``PeftModel`` per base (``add_adapter`` +
   ``set_peft_model_state_dict``); a classification head (peft's ``modules_to_save``) is
   kept beside it as a small ``Linear`` per adapter, so adapters with different label
@@ -197,8 +198,16 @@ class ModelRegistry:
         from safetensors import SafetensorError
         from safetensors.torch import load as load_safetensors
 
-        if not ref.adapter_path.endswith(".safetensors"):
-            raise AdapterUnavailable("Only safetensors adapter files are served.")
+        from training_worker.ml.safe_weights import (
+            UnsafeWeightsError,
+            check_weights_filename,
+            validate_safetensors_bytes,
+        )
+
+        try:
+            check_weights_filename(ref.adapter_path)
+        except UnsafeWeightsError as exc:
+            raise AdapterUnavailable(f"Only safetensors adapter files are served: {exc}") from exc
         try:
             payload = self.read_bytes(ref.adapter_path)
             config_payload = self.read_bytes(ref.config_path)
@@ -217,6 +226,7 @@ class ModelRegistry:
                 "The stored adapter does not match the version's SHA-256; refused."
             )
         try:
+            validate_safetensors_bytes(payload)  # our strict header check, before safetensors'
             state = load_safetensors(payload)
         except (SafetensorError, ValueError, RuntimeError) as exc:
             raise AdapterUnavailable(f"The adapter is not a valid safetensors file: {exc}") from exc

@@ -8,6 +8,7 @@ from typing import Any
 from training_worker.ml import evaluation
 from training_worker.ml.base_models import load_tokenizer_and_model
 from training_worker.ml.errors import BaseModelUnavailable
+from training_worker.ml.safe_weights import check_weights_directory
 
 DEFAULT_MAX_LENGTH = 256
 
@@ -23,13 +24,17 @@ def load_adapter_model(
     """Return ``(model, tokenizer)`` with the adapter applied, in eval mode on ``device``.
 
     Only ``adapter_model.safetensors`` is accepted (never pickled ``.bin`` weights).
-    Raises ``BaseModelUnavailable`` when the base or adapter files are missing.
+    Raises ``BaseModelUnavailable`` when the base or adapter files are missing and
+    ``UnsafeWeightsError`` when a file fails ``safe_weights`` (before any is parsed).
     """
     from peft import PeftModel
 
     adapter_dir = Path(adapter_dir)
     if not (adapter_dir / "adapter_model.safetensors").is_file():
         raise BaseModelUnavailable(f"No adapter_model.safetensors in {adapter_dir}.")
+    # peft would fall back to a pickled adapter_model.bin: a folder holding one is refused,
+    # and the safetensors file passes the strict header check first (UnsafeWeightsError).
+    check_weights_directory(adapter_dir)
     if task == "text-classification" and not labels:
         raise ValueError("labels are required to load a classification adapter")
     tokenizer, base_model = load_tokenizer_and_model(
