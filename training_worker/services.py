@@ -23,6 +23,7 @@ from django.utils import timezone
 from accounts.models import User
 from marketplace.celery import send_after_commit
 from marketplace.errors import PayloadTooLargeError
+from marketplace.storage import SEALED_PREFIX
 from training_worker import artifacts
 from training_worker.errors import (
     DatasetInUse,
@@ -109,17 +110,13 @@ def dataset_upload(
             code="unknown_task",
             fields={"task": ["Unknown task."]},
         )
-    digest = hashlib.sha256()
-    for chunk in file.chunks():
-        digest.update(chunk)
-    file.seek(0)
     dataset = Dataset(
         owner=owner,
         name=(name or filename).strip()[:200],
         filename=filename,
         task=task or "",
         size_bytes=file.size,
-        sha256=digest.hexdigest(),
+        sha256=_upload_sha256(file),
     )
     dataset.source_path = default_storage.save(f"datasets/{dataset.id}/source{extension}", file)
     try:
@@ -130,6 +127,20 @@ def dataset_upload(
         artifacts.delete_quietly(dataset.source_path)  # no orphan file without its row
         raise
     return dataset
+
+
+def _upload_sha256(file: UploadedFile) -> str:
+    """The hash marketplace.storage.HashingUploadHandler computed while the upload
+    streamed in; a file that did not come through it (a small in-memory upload, a
+    command's file) is hashed here, chunk by chunk."""
+    known = getattr(file, "sha256", "")
+    if known:
+        return known
+    digest = hashlib.sha256()
+    for chunk in file.chunks():
+        digest.update(chunk)
+    file.seek(0)
+    return digest.hexdigest()
 
 
 def dataset_validate(*, dataset_id) -> Dataset | None:
@@ -229,7 +240,8 @@ def _validation_outcome(dataset: Dataset) -> dict:
         f"datasets/{dataset.id}/train.jsonl", [rows[i] for i in split.train_indices]
     )
     outcome["sealed_path"] = artifacts.write_jsonl(
-        f"datasets/{dataset.id}/sealed.jsonl", [rows[i] for i in split.sealed_indices]
+        f"{SEALED_PREFIX}datasets/{dataset.id}/sealed.jsonl",  # never served by any URL
+        [rows[i] for i in split.sealed_indices],
     )
     outcome |= {
         "split_seed": seed,

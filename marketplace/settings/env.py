@@ -60,3 +60,13 @@ def env_int(name: str, default=_UNSET, *, minimum: int | None = None) -> int:
 
 def env_list(name: str, default=_UNSET) -> list[str]:
     return _read(name, default, lambda raw: [p.strip() for p in raw.split(",") if p.strip()])
+
+
+def env_choice(name: str, default=_UNSET, *, choices: tuple[str, ...]) -> str:
+    def parse(raw: str) -> str:
+        value = raw.strip().lower()
+        if value not in choices:
+            raise ValueError(f"expected one of {', '.join(choices)}")
+        return value
+
+    return _read(name, default, parse)

@@ -1,7 +1,8 @@
 """Production: everything from the environment, secure by default.
 
 Required: SECRET_KEY, ALLOWED_HOSTS, DATABASE_URL, REDIS_URL, NICHE_SIGNING_KEY,
-STRIPE_SECRET_KEY, STRIPE_WEBHOOK_SECRET.
+STRIPE_SECRET_KEY, STRIPE_WEBHOOK_SECRET, AWS_STORAGE_BUCKET_NAME (unless
+STORAGE_BACKEND=local).
 """
 
 import base64
@@ -11,12 +12,13 @@ from django.core.exceptions import ImproperlyConfigured
 
 from marketplace.settings.base import *  # noqa: F403
 from marketplace.settings.env import env_bool, env_int, env_list, env_str
+from marketplace.settings.object_storage import default_storage_config, storage_backend
 
 SECRET_KEY = env_str("SECRET_KEY")
 if len(SECRET_KEY) < 50 or len(set(SECRET_KEY)) < 5 or SECRET_KEY.startswith("insecure"):
     raise ImproperlyConfigured("SECRET_KEY must be at least 50 random characters.")
 # Optional, but never guessable when set: an empty one derives from SECRET_KEY / is off.
-for _name in ("SEALED_SPLIT_SECRET", "HEALTHZ_TOKEN"):
+for _name in ("SEALED_SPLIT_SECRET", "HEALTHZ_TOKEN", "METRICS_TOKEN"):
     if 0 < len(globals()[_name]) < 32:
         raise ImproperlyConfigured(f"{_name} must be at least 32 random characters.")
 # Every machine signs export bundles with one key: never a key generated per machine.
@@ -44,6 +46,12 @@ REDIS_URL = env_str("REDIS_URL")
 CACHES["default"]["LOCATION"] = REDIS_URL  # noqa: F405
 CELERY_BROKER_URL = CELERY_RESULT_BACKEND = REDIS_URL
 
+# Structured logs: JSON lines unless LOG_FORMAT says otherwise. Celery workers keep the
+# LOGGING above instead of replacing the root logger's handlers with their own.
+LOG_FORMAT = env_str("LOG_FORMAT", "json")
+LOGGING["handlers"]["console"]["formatter"] = LOG_FORMAT  # noqa: F405
+CELERY_WORKER_HIJACK_ROOT_LOGGER = False
+
 SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
 SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", True)
 SECURE_HSTS_SECONDS = env_int("SECURE_HSTS_SECONDS", 31536000, minimum=0)
@@ -51,7 +59,10 @@ SECURE_HSTS_INCLUDE_SUBDOMAINS = True
 SECURE_HSTS_PRELOAD = True
 SESSION_COOKIE_SECURE = True
 CSRF_COOKIE_SECURE = True
+# Production keeps files in an S3-compatible bucket (AWS_STORAGE_BUCKET_NAME required);
+# STORAGE_BACKEND=local only where every web and worker process shares one disk.
+STORAGE_BACKEND = storage_backend("s3")
 STORAGES = {
-    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "default": default_storage_config(STORAGE_BACKEND),
     "staticfiles": {"BACKEND": "whitenoise.storage.CompressedManifestStaticFilesStorage"},
 }

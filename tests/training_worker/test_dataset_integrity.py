@@ -14,6 +14,7 @@ from django.db import connection, connections
 from django.utils import timezone
 from kombu.exceptions import OperationalError
 
+from marketplace.storage import SEALED_PREFIX
 from tests.training_worker.conftest import classification_csv, upload
 from training_worker import services, tasks
 from training_worker.models import (
@@ -34,9 +35,13 @@ def post_dataset(client, filename: str, content: bytes):
 
 
 def files_under(prefix: str) -> list[str]:
-    if not default_storage.exists(prefix):
-        return []
-    return default_storage.listdir(prefix)[1]
+    """Files under `prefix` and under its sealed twin (where sealed splits live)."""
+    return [
+        name
+        for folder in (prefix, f"{SEALED_PREFIX}{prefix}")
+        if default_storage.exists(folder)
+        for name in default_storage.listdir(folder)[1]
+    ]
 
 
 def ready_dataset(owner) -> Dataset:

@@ -1,0 +1,59 @@
+"""The file storages every context writes through (settings: object_storage.py).
+
+Downloads are streamed through Niche after the licence or owner check (the export
+bundle); no page links to storage. Should a URL be made (`storage.url`), on S3 it is a
+presigned one that expires after STORAGE_URL_EXPIRE_SECONDS, and names under
+SEALED_PREFIX (the sealed evaluation splits) never get one, whatever the backend. The
+bucket is private: objects are written with a private ACL, or none.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+from django.core.exceptions import SuspiciousFileOperation
+from django.core.files.storage import FileSystemStorage
+from django.core.files.uploadhandler import TemporaryFileUploadHandler
+
+SEALED_PREFIX = "sealed/"
+"""Every sealed split lives under this prefix: read by workers, never by a URL."""
+
+
+def is_sealed(name: str) -> bool:
+    return name.replace("\\", "/").lstrip("/").startswith(SEALED_PREFIX)
+
+
+def refuse_sealed(name: str) -> None:
+    if is_sealed(name):
+        raise SuspiciousFileOperation(f"{name} is sealed: no URL is ever made for it.")
+
+
+class LocalStorage(FileSystemStorage):
+    """The embedded default: files under MEDIA_ROOT on this machine (not served)."""
+
+    def url(self, name):
+        refuse_sealed(name)
+        return super().url(name)
+
+
+class HashingUploadHandler(TemporaryFileUploadHandler):
+    """Spools an upload to a temporary file in chunks, computing its SHA-256 on the way.
+
+    The upload never sits whole in web memory (Django's MemoryFileUploadHandler before
+    this one keeps only small files, up to FILE_UPLOAD_MAX_MEMORY_SIZE, in memory), and
+    the stored copy is written from the temporary file part by part (S3: multipart).
+    The file gets `sha256`, so nothing reads it a second time to hash it.
+    """
+
+    def new_file(self, *args, **kwargs):
+        super().new_file(*args, **kwargs)
+        self._digest = hashlib.sha256()
+
+    def receive_data_chunk(self, raw_data, start):
+        self._digest.update(raw_data)
+        return super().receive_data_chunk(raw_data, start)
+
+    def file_complete(self, file_size):
+        uploaded = super().file_complete(file_size)
+        uploaded.sha256 = self._digest.hexdigest()
+        return uploaded
