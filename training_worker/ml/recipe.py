@@ -6,6 +6,7 @@ batch. Everything is written under ``spec.output_dir``. No Django imports.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import math
 import platform
@@ -22,9 +23,14 @@ from typing import Any, Literal, Protocol
 import numpy as np
 import torch
 
-from training_worker.ml import data, evaluation
+from training_worker.ml import data, evaluation, model_selection
 from training_worker.ml.base_models import load_tokenizer_and_model
-from training_worker.ml.config import LoraHyperparameters, ResolvedHyperparameters
+from training_worker.ml.baselines import EvaluationOptions
+from training_worker.ml.config import (
+    VALIDATION_MIN_TRAIN_ROWS,
+    LoraHyperparameters,
+    ResolvedHyperparameters,
+)
 from training_worker.ml.errors import InvalidTrainingData, TrainingCancelled, TrainingOutOfMemory
 
 ADAPTER_FILES = ("adapter_model.safetensors", "adapter_config.json")
@@ -45,6 +51,8 @@ class TrainingSpec:
     seed: int
     output_dir: Path  # everything written under here (keyed by job id by the caller)
     device: str | None = None  # None = "cuda" if available else "cpu"
+    # Which generalists the sealed-split evaluation scores (the caller reads settings).
+    evaluation_options: EvaluationOptions = field(default_factory=EvaluationOptions)
 
 
 @dataclass
@@ -97,6 +105,7 @@ class TrainingResult:
     wall_seconds: float
     examples_per_s: float
     train_seconds: float = 0.0
+    model_selection: dict[str, Any] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -157,6 +166,7 @@ def run_fine_tune(spec: TrainingSpec, callbacks: TrainingCallbacks) -> TrainingR
         wall_seconds=wall_seconds,
         examples_per_s=run.examples_per_s,
         train_seconds=run.train_seconds,
+        model_selection=run.model_selection,
     )
 
 
@@ -172,6 +182,10 @@ class _Run:
         self.tokenizer: Any = None
         self.resolved: ResolvedHyperparameters
         self.train_examples: list[data.EncodedExample] = []
+        self.train_rows: list[dict] = []  # the training rows left after the validation split
+        self.validation_rows: list[dict] = []  # carved from spec.train_rows only
+        self.validation_examples: list[data.EncodedExample] = []
+        self.model_selection: dict[str, Any] = {}
         self.step_metrics: list[dict[str, Any]] = []
         self.trained_tokens = 0
         self.examples_per_s = 0.0
@@ -198,7 +212,18 @@ class _Run:
             data.check_generation_rows(spec.train_rows, "train")
             data.check_generation_rows(spec.sealed_rows, "sealed")
         seed_everything(spec.seed)
+        configure_torch_threads()
         self.output_dir.mkdir(parents=True, exist_ok=True)
+        # Model selection rows come from the training rows only; the sealed split is never
+        # looked at until the final evaluation.
+        train_indices, validation_indices = model_selection.split_validation(
+            spec.train_rows,
+            fraction=spec.hyperparameters.validation_fraction,
+            seed=spec.seed,
+            label_key="label" if self.is_classification else None,
+        )
+        self.train_rows = [spec.train_rows[i] for i in train_indices]
+        self.validation_rows = [spec.train_rows[i] for i in validation_indices]
 
         id2label = dict(enumerate(spec.labels)) if self.is_classification else None
         self.tokenizer, model = load_tokenizer_and_model(
@@ -208,19 +233,8 @@ class _Run:
             num_labels=len(spec.labels) if self.is_classification else None,
             id2label=id2label,
         )
-        if self.is_classification:
-            label_to_id = {label: i for i, label in enumerate(spec.labels)}
-            self.train_examples = data.encode_classification(
-                self.tokenizer,
-                [row["text"] for row in spec.train_rows],
-                [label_to_id[row["label"]] for row in spec.train_rows],
-            )
-        else:
-            self.train_examples = data.encode_generation(
-                self.tokenizer,
-                [row["prompt"] for row in spec.train_rows],
-                [row["completion"] for row in spec.train_rows],
-            )
+        self.train_examples = self._encode(self.train_rows)
+        self.validation_examples = self._encode(self.validation_rows)
         self.resolved = spec.hyperparameters.resolve(
             spec.task,
             [len(example.input_ids) for example in self.train_examples],
@@ -233,10 +247,11 @@ class _Run:
             raise ValueError(
                 f"max_seq_length {max_length} exceeds the base model's limit of {position_limit}"
             )
-        if self.is_classification:
-            data.truncate_classification(self.train_examples, max_length)
-        else:
-            data.truncate_generation(self.train_examples, max_length)
+        truncate = (
+            data.truncate_classification if self.is_classification else data.truncate_generation
+        )
+        truncate(self.train_examples, max_length)
+        truncate(self.validation_examples, max_length)
 
         # Log the resolved configuration before anything runs.
         self.callbacks.on_event(
@@ -248,8 +263,10 @@ class _Run:
                 "device": self.device,
                 "base_model": spec.base_model_path,
                 "base_model_revision": spec.base_model_revision,
-                "train_rows": len(spec.train_rows),
+                "train_rows": len(self.train_rows),
+                "validation_rows": len(self.validation_rows),
                 "sealed_rows": len(spec.sealed_rows),
+                "torch_threads": torch.get_num_threads(),
                 "library_versions": library_versions(),
             },
         )
@@ -273,6 +290,42 @@ class _Run:
             "info",
             f"Model ready: {trainable:,} trainable of {total:,} parameters.",
             {"trainable_parameters": trainable, "total_parameters": total},
+        )
+        if self.validation_rows:
+            self.callbacks.on_event(
+                "info",
+                f"Validation split: {len(self.validation_rows)} of {len(spec.train_rows)} "
+                "training rows pick the best epoch"
+                + (" (stratified by label)." if self.is_classification else "."),
+                {"validation_rows": len(self.validation_rows)},
+            )
+        else:
+            self.callbacks.on_event(
+                "info",
+                "No validation split: "
+                + (
+                    "validation_fraction is 0"
+                    if spec.hyperparameters.validation_fraction == 0
+                    else f"fewer than {VALIDATION_MIN_TRAIN_ROWS} training rows"
+                )
+                + "; the last epoch's adapter is kept.",
+                {"validation_rows": 0},
+            )
+
+    def _encode(self, rows: list[dict]) -> list[data.EncodedExample]:
+        if not rows:
+            return []
+        if self.is_classification:
+            label_to_id = {label: i for i, label in enumerate(self.spec.labels)}
+            return data.encode_classification(
+                self.tokenizer,
+                [row["text"] for row in rows],
+                [label_to_id[row["label"]] for row in rows],
+            )
+        return data.encode_generation(
+            self.tokenizer,
+            [row["prompt"] for row in rows],
+            [row["completion"] for row in rows],
         )
 
     # ------------------------------------------------------------------ train
@@ -298,6 +351,12 @@ class _Run:
         pad_id = self.tokenizer.pad_token_id
         collate = data.collate_classification if self.is_classification else data.collate_causal
         shuffler = torch.Generator().manual_seed(self.spec.seed)
+        lengths = [len(example.input_ids) for example in self.train_examples]
+        selector = (
+            model_selection.BestEpoch(self.spec.task, resolved.early_stopping_patience)
+            if self.validation_examples
+            else None
+        )
         self.progress_bar = _progress_bar(total_steps)
 
         self.model.train()
@@ -306,12 +365,16 @@ class _Run:
         train_started = time.perf_counter()
         last_progress_at = float("-inf")
         for epoch in range(resolved.n_epochs):
-            epoch_losses: list[float] = []
-            order = torch.randperm(len(self.train_examples), generator=shuffler).tolist()
-            for start in range(0, len(order), batch_size):
+            epoch_losses: list[torch.Tensor] = []
+            if resolved.group_by_length:
+                batches = data.length_grouped_batches(lengths, batch_size, shuffler)
+            else:
+                order = torch.randperm(len(lengths), generator=shuffler).tolist()
+                batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+            for indices in batches:
                 if self.callbacks.should_cancel():
                     raise TrainingCancelled(f"Training was cancelled at step {step}.")
-                batch = [self.train_examples[i] for i in order[start : start + batch_size]]
+                batch = [self.train_examples[i] for i in indices]
                 inputs = {k: v.to(self.device) for k, v in collate(batch, pad_id).items()}
                 with autocast():
                     loss = self.model(**inputs).loss
@@ -322,16 +385,17 @@ class _Run:
 
                 step += 1
                 examples_seen += len(batch)
-                self.trained_tokens += int(inputs["attention_mask"].sum())
-                loss_value = float(loss.detach())
-                epoch_losses.append(loss_value)
+                self.trained_tokens += sum(lengths[i] for i in indices)
+                # The loss stays on the device; it is read back (one sync for all pending
+                # steps) only at the progress cadence and at the end of each epoch.
+                epoch_losses.append(loss.detach())
                 elapsed = time.perf_counter() - train_started
                 throughput = examples_seen / elapsed if elapsed > 0 else 0.0
                 self.step_metrics.append(
                     {
                         "step": step,
                         "epoch": round(step / steps_per_epoch, 4),
-                        "loss": round(loss_value, 4),
+                        "loss": epoch_losses[-1],
                         "learning_rate": scheduler.get_last_lr()[0],
                         "examples_per_s": round(throughput, 2),
                     }
@@ -340,6 +404,7 @@ class _Run:
                 now = time.perf_counter()
                 if now - last_progress_at >= PROGRESS_INTERVAL_SECONDS or step == total_steps:
                     last_progress_at = now
+                    loss_value = self._read_pending_losses()
                     self.progress_bar.set_postfix(loss=f"{loss_value:.4f}", refresh=False)
                     remaining = (total_steps - step) * elapsed / step
                     self.callbacks.on_progress(
@@ -353,10 +418,22 @@ class _Run:
                             trained_tokens=self.trained_tokens,
                         )
                     )
-            self._checkpoint(step, epoch + 1, float(np.mean(epoch_losses)))
+            self._read_pending_losses()
+            mean_loss = float(torch.stack(epoch_losses).float().mean())
+            scores = self._validate(step, epoch + 1, selector) if selector else None
+            self._checkpoint(step, epoch + 1, mean_loss, scores)
+            if selector and selector.should_stop and epoch + 1 < resolved.n_epochs:
+                self.callbacks.on_event(
+                    "info",
+                    f"Early stopping after epoch {epoch + 1}: no better validation score for "
+                    f"{selector.patience} epoch(s).",
+                    {"epoch": epoch + 1, "step": step, "best_epoch": selector.best_epoch},
+                )
+                break
         self.train_seconds = time.perf_counter() - train_started
         self.examples_per_s = examples_seen / self.train_seconds if self.train_seconds else 0.0
         self.progress_bar.close()
+        self._select_best(selector, epochs_run=epoch + 1)
         self.callbacks.on_event(
             "info",
             "Training loop finished.",
@@ -368,10 +445,76 @@ class _Run:
             },
         )
 
-    def _checkpoint(self, step: int, epoch: int, mean_loss: float) -> None:
+    def _read_pending_losses(self) -> float:
+        """Turn the step losses still held as tensors into floats; returns the last one."""
+        pending = []
+        for record in reversed(self.step_metrics):
+            if not isinstance(record["loss"], torch.Tensor):
+                break
+            pending.append(record)
+        if pending:
+            values = torch.stack([record["loss"] for record in pending]).float().tolist()
+            for record, value in zip(pending, values, strict=True):
+                record["loss"] = round(value, 4)
+        return float(self.step_metrics[-1]["loss"])
+
+    def _validate(
+        self, step: int, epoch: int, selector: model_selection.BestEpoch
+    ) -> dict[str, float]:
+        scores = model_selection.validation_scores(
+            self.model,
+            self.validation_examples,
+            self.tokenizer.pad_token_id,
+            self.device,
+            self.spec.task,
+        )
+        improved = selector.observe(epoch=epoch, step=step, scores=scores, model=self.model)
+        described = ", ".join(f"{name} {value:.4f}" for name, value in scores.items())
+        self.callbacks.on_event(
+            "info",
+            f"Validation after epoch {epoch}: {described}"
+            + (" (best so far)." if improved else "."),
+            {"validation": {"epoch": epoch, "step": step, **scores, "best": improved}},
+        )
+        return scores
+
+    def _select_best(self, selector: model_selection.BestEpoch | None, epochs_run: int) -> None:
+        """Restore the best epoch's weights; record the validation curve either way."""
+        if selector is None:
+            self.model_selection = {
+                "validation_rows": 0,
+                "selected_epoch": epochs_run,
+                "reason": "no validation split",
+            }
+            return
+        if selector.best_epoch != epochs_run:
+            selector.restore_best(self.model)
+            self.callbacks.on_event(
+                "info",
+                f"Kept the adapter of epoch {selector.best_epoch} (best validation score), "
+                f"not the last epoch's ({epochs_run}).",
+                {"selected_epoch": selector.best_epoch, "best_scores": selector.best_scores},
+            )
+        self.model_selection = {
+            "validation_rows": len(self.validation_rows),
+            "metric": "accuracy, then loss" if self.is_classification else "loss",
+            "patience": selector.patience,
+            "epochs_run": epochs_run,
+            "stopped_early": epochs_run < self.resolved.n_epochs,
+            "selected_epoch": selector.best_epoch,
+            "selected_step": selector.best_step,
+            "best_scores": selector.best_scores,
+            "validation_curve": selector.curve,
+        }
+
+    def _checkpoint(
+        self, step: int, epoch: int, mean_loss: float, scores: dict[str, float] | None
+    ) -> None:
         checkpoint_dir = self.output_dir / "checkpoints" / f"step-{step}"
         save_adapter(self.model, checkpoint_dir)
-        metrics = {"epoch": epoch, "train_loss": round(mean_loss, 4)}
+        metrics: dict[str, Any] = {"epoch": epoch, "train_loss": round(mean_loss, 4)}
+        for name, value in (scores or {}).items():
+            metrics[f"validation_{name}"] = value
         self.callbacks.on_checkpoint(step, metrics, checkpoint_dir)
 
     # ------------------------------------------------------------------ evaluate
@@ -380,9 +523,12 @@ class _Run:
         if self.is_classification:
             report = self._evaluate_classification()
         else:
+            # Few-shot and retrieval baselines draw on the training rows only.
             report = evaluation.generation_report(
                 self.model, self.tokenizer, self.spec.sealed_rows,
                 self.resolved.max_seq_length, self.device,
+                train_rows=self.spec.train_rows, options=self.spec.evaluation_options,
+                seed=self.spec.seed,
             )  # fmt: skip
         self.callbacks.on_event("info", "Evaluation on the sealed split finished.", report)
         return report
@@ -414,6 +560,11 @@ class _Run:
                     encoder, self.tokenizer, texts, spec.labels, max_length, self.device
                 )
             method = "embedding_cosine_to_label_names"
+        # Classic and LLM generalist: fitted on / prompted without the sealed rows' labels.
+        others = evaluation.classification_baselines(
+            train_rows=spec.train_rows, sealed_texts=texts, labels=spec.labels,
+            device=self.device, options=spec.evaluation_options, seed=spec.seed,
+        )  # fmt: skip
         return evaluation.classification_report(
             y_true,
             specialist_pred,
@@ -422,6 +573,8 @@ class _Run:
             zero_shot_pred,
             method,
             seed=spec.seed,
+            baselines=others.predictions,
+            skipped_baselines=others.skipped,
         )
 
     def _zero_shot_by_likelihood(self, texts: list[str], max_length: int) -> tuple[list[int], str]:
@@ -454,6 +607,43 @@ class _Run:
         gc.collect()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
+
+
+def configure_torch_threads() -> None:
+    """Intra-op threads = the physical cores this process may use (hyper-threads only add
+    contention in GEMMs), inter-op threads = 1 (the loop runs one op at a time). Done once
+    per process; an explicit ``torch.set_num_threads`` by the caller is left alone when it
+    asked for fewer threads."""
+    global _THREADS_CONFIGURED
+    if _THREADS_CONFIGURED:
+        return
+    _THREADS_CONFIGURED = True
+    cores = physical_cores()
+    if torch.get_num_threads() > cores:
+        torch.set_num_threads(cores)
+    with contextlib.suppress(RuntimeError):  # only settable before the first parallel op
+        torch.set_num_interop_threads(1)
+
+
+_THREADS_CONFIGURED = False
+
+
+def physical_cores() -> int:
+    """Physical cores available to this process (logical CPUs / threads per core)."""
+    import os
+
+    try:
+        logical = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        logical = os.cpu_count() or 1
+    try:
+        import psutil
+
+        logical_total = psutil.cpu_count(logical=True) or 1
+        per_core = max(1, logical_total // (psutil.cpu_count(logical=False) or logical_total))
+    except ImportError:
+        per_core = 1
+    return max(1, logical // per_core)
 
 
 def save_adapter(model: Any, adapter_dir: Path) -> None:
