@@ -19,6 +19,7 @@ import torch
 from serving.engine.lora_batched import gathered_lora
 from serving.engine.registry import AdapterUnavailable, EngineError, LoadedBase, adapter_name_for
 from serving.protocol import AdapterRef, ErrorCode, GenerationParameters
+from training_worker.ml import prompts
 
 CLASSIFICATION_MAX_TOKENS = 256
 
@@ -127,14 +128,18 @@ def count_tokens(base: LoadedBase, texts: Sequence[str]) -> list[int]:
 
 
 def render_chat(base: LoadedBase, messages: Sequence[dict[str, str]]) -> str:
-    """The base's chat template when it has one, else a plain ``role: content`` transcript."""
-    tokenizer = base.tokenizer
-    if getattr(tokenizer, "chat_template", None):
-        return tokenizer.apply_chat_template(
-            list(messages), tokenize=False, add_generation_prompt=True
-        )
-    lines = [f"{m['role']}: {m['content']}" for m in messages]
-    return "\n".join([*lines, "assistant:"])
+    """The conversation in the format the adapters were trained on (``prompts``)."""
+    return prompts.render_messages(base.tokenizer, messages)
+
+
+def render_prompt(base: LoadedBase, prompt: str) -> str:
+    """A plain prompt as one user turn, exactly as training formats a row's prompt."""
+    return prompts.render_prompt(base.tokenizer, prompt)
+
+
+def encode_prompt(base: LoadedBase, rendered: str) -> list[int]:
+    """Token ids of a rendered prompt (no second BOS after a chat template's own tokens)."""
+    return prompts.encode_rendered(base.tokenizer, [rendered])[0]
 
 
 def _context_limit(base: LoadedBase) -> int:
@@ -193,7 +198,7 @@ def generate_rows(
     eos_id = tokenizer.eos_token_id
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_id
     limit = _context_limit(base)
-    prompt_ids = [tokenizer(row.prompt)["input_ids"] for row in rows]
+    prompt_ids = prompts.encode_rendered(tokenizer, [row.prompt for row in rows])
     for ids, row in zip(prompt_ids, rows, strict=True):
         if len(ids) + row.parameters.max_new_tokens > limit:
             raise EngineError(

@@ -23,8 +23,10 @@ from serving.engine.runner import (
     GenerationRow,
     classify_rows,
     count_tokens,
+    encode_prompt,
     generate_rows,
     render_chat,
+    render_prompt,
 )
 from serving.protocol import (
     STREAM_TTL_SECONDS,
@@ -204,9 +206,9 @@ class Engine:
             if request.messages:
                 messages = [{"role": m.role, "content": m.content} for m in request.messages]
                 prompt = render_chat(base, messages)
-            else:
-                prompt = request.prompt or ""
-            prompt_tokens = len(base.tokenizer(prompt)["input_ids"])
+            else:  # a row's prompt, formatted as training formatted it
+                prompt = render_prompt(base, request.prompt or "")
+            prompt_tokens = len(encode_prompt(base, prompt))
             if prompt_tokens + request.parameters.max_new_tokens > limit:
                 self._resolve_error(
                     pending,
