@@ -8,7 +8,7 @@ from accounts import selectors, services
 from accounts.authentication import calling_api_key
 from accounts.models import DEFAULT_API_KEY_SCOPES, ApiKeyScope
 from marketplace.api import BaseApi, ObjectTypeField
-from marketplace.pagination import CursorIdPagination
+from marketplace.pagination import CursorIdPagination, list_schema
 
 
 class ApiKeyOutput(serializers.Serializer):
@@ -75,7 +75,7 @@ class ApiKeyListCreateApi(BaseApi):
 
         key = serializers.CharField(help_text="The secret. Shown once; store it now.")
 
-    @extend_schema(responses=ApiKeyOutput(many=True))
+    @extend_schema(responses=list_schema(ApiKeyOutput))
     def get(self, request):
         paginator = CursorIdPagination()
         page = paginator.paginate_queryset(selectors.api_key_list(user=request.user), request)

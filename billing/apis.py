@@ -17,7 +17,7 @@ from billing.models import OfferKind, Overage
 from billing.stripe_gateway import sandbox_mode
 from listings import selectors as listing_selectors
 from marketplace.api import PUBLIC, BaseApi, ObjectTypeField
-from marketplace.pagination import CursorIdPagination, list_body
+from marketplace.pagination import CursorIdPagination, list_body, list_schema
 
 
 class OfferOutput(serializers.Serializer):
@@ -72,7 +72,7 @@ class OfferListCreateApi(BaseApi):
             OpenApiParameter("listing", OpenApiTypes.STR),
             OpenApiParameter("include_retired", OpenApiTypes.BOOL),
         ],
-        responses=OfferOutput(many=True),
+        responses=list_schema(OfferOutput),
     )
     def get(self, request):
         offers = selectors.offer_list_mine(
@@ -144,7 +144,7 @@ class ListingOffersApi(BaseApi):
 
     required_scopes = {"GET": PUBLIC}
 
-    @extend_schema(responses=PublicOfferOutput(many=True))
+    @extend_schema(responses=list_schema(PublicOfferOutput, sandbox=serializers.BooleanField()))
     def get(self, request, slug):
         listing = listing_selectors.listing_get_public(slug=slug, viewer=request.user)
         offers = selectors.offer_list_public(listing=listing).select_related("listing")
@@ -182,7 +182,7 @@ class LicenceListApi(BaseApi):
 
     required_scopes = {"GET": "read"}
 
-    @extend_schema(responses=BuyerLicenceOutput(many=True))
+    @extend_schema(responses=list_schema(BuyerLicenceOutput))
     def get(self, request):
         paginator = CursorIdPagination()
         licences = selectors.licence_list_for_buyer(buyer=request.user).select_related(
@@ -234,7 +234,15 @@ class UsageApi(BaseApi):
             OpenApiParameter("listing", OpenApiTypes.STR),
             OpenApiParameter("api_key", OpenApiTypes.UUID),
         ],
-        responses=UsageRowOutput(many=True),
+        responses=list_schema(
+            UsageRowOutput,
+            name="UsageOutput",
+            cursor=False,
+            object=serializers.CharField(),
+            since=serializers.DateField(),
+            until=serializers.DateField(),
+            total_calls=serializers.IntegerField(),
+        ),
     )
     def get(self, request):
         params = request.query_params

@@ -92,12 +92,13 @@ class CheckoutApi(BaseApi):
 class ConnectAccountOutputSerializer(serializers.Serializer):
     object = ObjectTypeField("billing.connect_account")
     status = serializers.SerializerMethodField()
-    stripe_account_id = serializers.CharField()
-    charges_enabled = serializers.BooleanField()
-    payouts_enabled = serializers.BooleanField()
-    details_submitted = serializers.BooleanField()
-    sandbox = serializers.BooleanField()
-    updated_at = serializers.DateTimeField()
+    # Absent while status is "not_started" (no account yet).
+    stripe_account_id = serializers.CharField(required=False)
+    charges_enabled = serializers.BooleanField(required=False)
+    payouts_enabled = serializers.BooleanField(required=False)
+    details_submitted = serializers.BooleanField(required=False)
+    sandbox = serializers.BooleanField(required=False)
+    updated_at = serializers.DateTimeField(required=False)
 
     def get_status(self, account: ConnectAccount) -> str:
         return "enabled" if account.payouts_enabled else "pending"

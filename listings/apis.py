@@ -8,7 +8,7 @@ from rest_framework.response import Response
 from listings import selectors, services
 from listings.models import Domain, ReportReason
 from marketplace.api import PUBLIC, BaseApi, ObjectTypeField
-from marketplace.pagination import list_body
+from marketplace.pagination import list_body, list_schema
 
 
 class LicenceOutput(serializers.Serializer):
@@ -166,7 +166,9 @@ class ListingCatalogueApi(BaseApi):
             OpenApiParameter("min_price", OpenApiTypes.INT, description="Minor units."),
             OpenApiParameter("max_price", OpenApiTypes.INT, description="Minor units."),
         ],
-        responses=ListingCardOutput(many=True),
+        responses=list_schema(
+            ListingCardOutput, next_cursor=serializers.CharField(allow_null=True)
+        ),
     )
     def get(self, request):
         query = selectors.catalogue_query_from_params(request.query_params)
@@ -191,7 +193,7 @@ class ListingCatalogueApi(BaseApi):
 class ListingMineApi(BaseApi):
     required_scopes = {"GET": "read"}
 
-    @extend_schema(responses=OwnerListingOutput(many=True))
+    @extend_schema(responses=list_schema(OwnerListingOutput))
     def get(self, request):
         listings = selectors.listing_list_mine(owner=request.user).prefetch_related("versions")
         return Response(list_body([_owner_view(x) for x in listings]))
@@ -295,7 +297,7 @@ class ReviewListCreateApi(BaseApi):
 
     required_scopes = {"GET": PUBLIC, "POST": "read"}
 
-    @extend_schema(responses=ReviewOutput(many=True))
+    @extend_schema(responses=list_schema(ReviewOutput))
     def get(self, request, slug):
         listing = selectors.listing_get_public(slug=slug, viewer=request.user)
         reviews = selectors.review_list(listing=listing)

@@ -173,6 +173,13 @@ def permission_denied(request, exception=None):
     )
 
 
+def csrf_failure(request, reason=""):
+    """CSRF_FAILURE_VIEW: a refused form post, in the error contract on machine paths."""
+    return html_or_json_error(
+        request, 403, "csrf_failed", "The form expired or came from elsewhere; reload and retry."
+    )
+
+
 def page_not_found(request, exception=None):
     return html_or_json_error(request, 404, "not_found", "Nothing was found at this address.")
 

@@ -87,3 +87,20 @@ class CursorIdPagination(BasePagination):
             {"name": "after", "in": "query", "required": False, "schema": {"type": "string"}},
             {"name": "limit", "in": "query", "required": False, "schema": {"type": "integer"}},
         ]
+
+
+def list_schema(item, *, name: str = "", cursor: bool = True, **extra):
+    """The OpenAPI body of a list response: `{data: [item], has_more, first_id, last_id}`
+    plus `extra` fields (serializer fields); `cursor=False` for a bare `{data}`."""
+    from drf_spectacular.utils import inline_serializer
+    from rest_framework import serializers
+
+    item_class = item if isinstance(item, type) else type(item)
+    fields = {"data": item_class(many=True)}
+    if cursor:
+        fields |= {
+            "has_more": serializers.BooleanField(),
+            "first_id": serializers.JSONField(allow_null=True),
+            "last_id": serializers.JSONField(allow_null=True),
+        }
+    return inline_serializer(name=name or f"{item_class.__name__}List", fields=fields | extra)

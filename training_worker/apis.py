@@ -13,7 +13,7 @@ from rest_framework.response import Response
 
 from marketplace.api import BaseApi, ObjectTypeField
 from marketplace.errors import InvalidInputError
-from marketplace.pagination import CursorIdPagination, list_body
+from marketplace.pagination import CursorIdPagination, list_body, list_schema
 from training_worker import selectors, services
 
 
@@ -141,7 +141,7 @@ def _paged(request, queryset, serializer_class) -> Response:
 class BaseModelListApi(BaseApi):
     required_scopes = {"GET": "read"}
 
-    @extend_schema(responses=BaseModelOutput(many=True))
+    @extend_schema(responses=list_schema(BaseModelOutput, cursor=False))
     def get(self, request):
         models = selectors.base_model_list()
         return Response({"data": BaseModelOutput(models, many=True).data})
@@ -162,7 +162,7 @@ class DatasetListCreateApi(BaseApi):
     # Read by marketplace.middleware before anything parses the body.
     upload_size_check = staticmethod(services.dataset_upload_check_size)
 
-    @extend_schema(responses=DatasetOutput(many=True))
+    @extend_schema(responses=list_schema(DatasetOutput))
     def get(self, request):
         return _paged(request, selectors.dataset_list(owner=request.user), DatasetOutput)
 
@@ -206,7 +206,7 @@ class JobListCreateApi(BaseApi):
 
     required_scopes = {"GET": "read", "POST": "train"}
 
-    @extend_schema(responses=JobOutput(many=True))
+    @extend_schema(responses=list_schema(JobOutput))
     def get(self, request):
         return _paged(request, selectors.job_list(owner=request.user), JobOutput)
 
@@ -246,7 +246,7 @@ class JobCancelApi(BaseApi):
 class JobEventsApi(BaseApi):
     required_scopes = {"GET": "read"}
 
-    @extend_schema(responses=EventOutput(many=True))
+    @extend_schema(responses=list_schema(EventOutput))
     def get(self, request, job_id):
         job = selectors.job_get(owner=request.user, job_id=job_id)
         after, limit = request.query_params.get("after"), request.query_params.get("limit", "100")
@@ -268,7 +268,7 @@ class JobEventsApi(BaseApi):
 class JobCheckpointsApi(BaseApi):
     required_scopes = {"GET": "read"}
 
-    @extend_schema(responses=CheckpointOutput(many=True))
+    @extend_schema(responses=list_schema(CheckpointOutput))
     def get(self, request, job_id):
         job = selectors.job_get(owner=request.user, job_id=job_id)
         data = CheckpointOutput(selectors.job_checkpoints(job=job), many=True).data
@@ -278,7 +278,7 @@ class JobCheckpointsApi(BaseApi):
 class ModelVersionListApi(BaseApi):
     required_scopes = {"GET": "read"}
 
-    @extend_schema(responses=ModelVersionOutput(many=True))
+    @extend_schema(responses=list_schema(ModelVersionOutput))
     def get(self, request):
         return _paged(request, selectors.model_version_list(owner=request.user), ModelVersionOutput)
 

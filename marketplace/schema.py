@@ -1,0 +1,100 @@
+"""OpenAPI: declare the error responses every operation can give, in the one error shape.
+
+A drf-spectacular postprocessing hook (SPECTACULAR_SETTINGS["POSTPROCESSING_HOOKS"]).
+Views declare their success bodies; the errors follow from what the operation is, so
+they are added here once instead of on 51 views: 401 always (a key that is not valid),
+403 unless the operation is public, 404 when the path, body or a filter names an object,
+400/411/413/415/422 when it takes a body, 422 for query parameters, 409 for a change,
+and for the inference calls 429 and the engine's 502/503/504.
+/api/ errors are `Error` ({"error": {code, message, fields}});
+/v1/ errors are `OpenAiError` ({"error": {message, type, param, code}}).
+Tests: tests/hardening/test_api_fuzz.py fuzzes every operation against this schema.
+"""
+
+ERROR = {
+    "type": "object",
+    "required": ["error"],
+    "properties": {
+        "error": {
+            "type": "object",
+            "required": ["code", "message", "fields"],
+            "properties": {
+                "code": {"type": "string"},
+                "message": {"type": "string"},
+                "fields": {"type": "object", "additionalProperties": True},
+            },
+        }
+    },
+}
+OPENAI_ERROR = {
+    "type": "object",
+    "required": ["error"],
+    "properties": {
+        "error": {
+            "type": "object",
+            "required": ["message", "type", "param", "code"],
+            "properties": {
+                "message": {"type": "string"},
+                "type": {"type": "string"},
+                "param": {"type": "string", "nullable": True},
+                "code": {"type": "string", "nullable": True},
+            },
+        }
+    },
+}
+DESCRIPTIONS = {
+    "400": "Malformed request (unparseable body).",
+    "401": "No credentials, or credentials that are not valid (revoked, suspended user).",
+    "403": "Signed in, but not allowed: the key lacks the scope, or the object is not yours.",
+    "404": "No such object, or one you may not see.",
+    "405": "Method not allowed.",
+    "409": "The object is in a state that does not allow this.",
+    "411": "A body of unknown length.",
+    "413": "The body is too large.",
+    "415": "Unsupported content type.",
+    "422": "Invalid fields (details per field).",
+    "429": "Rate limited or over quota; see Retry-After.",
+    "502": "The inference engine failed.",
+    "503": "No inference worker is running.",
+    "504": "The inference engine did not answer in time.",
+}
+_BODY_METHODS = {"post", "put", "patch"}
+_METHODS = _BODY_METHODS | {"get", "delete"}
+
+
+def _statuses(path: str, method: str, operation: dict) -> set[str]:
+    statuses = {"401"}  # a key that is not valid (revoked, its user suspended), even if public
+    if {} not in operation.get("security", [{}]):
+        statuses.add("403")
+    if "{" in path:
+        statuses.add("404")
+    if method in _BODY_METHODS:  # the body may name an object that is not there
+        statuses |= {"400", "404", "409", "411", "413", "415", "422"}
+    elif method == "delete":
+        statuses.add("409")
+    if any(p.get("in") == "query" for p in operation.get("parameters", [])):
+        statuses |= {"404", "422"}  # a filter may name an object that is not there
+    if path.endswith("/predict") or (path.startswith("/v1/") and method == "post"):
+        statuses |= {"429", "502", "503", "504"}
+    return statuses
+
+
+def declare_error_responses(result, generator, request, public):
+    components = result.setdefault("components", {}).setdefault("schemas", {})
+    components["Error"] = ERROR
+    components["OpenAiError"] = OPENAI_ERROR
+    for path, item in result.get("paths", {}).items():
+        ref = "#/components/schemas/" + ("OpenAiError" if path.startswith("/v1/") else "Error")
+        for method, operation in item.items():
+            if method not in _METHODS:
+                continue
+            responses = operation.setdefault("responses", {})
+            for status in sorted(_statuses(path, method, operation)):
+                responses.setdefault(
+                    status,
+                    {
+                        "description": DESCRIPTIONS[status],
+                        "content": {"application/json": {"schema": {"$ref": ref}}},
+                    },
+                )
+    return result

@@ -1,0 +1,141 @@
+"""Schemathesis against Niche's own OpenAPI schema: every operation, every persona.
+
+The schema comes from the running app (GET /api/schema/), requests go through the
+in-process WSGI app against the test database and its fixture world. Each example draws
+a persona (anonymous, alice's key of each scope, a full key of each other user, the
+suspended user's key, alice's session) and, half the time, real path parameters (the
+world's listing, dataset, job, version, offer, licence, key and review) in place of
+generated ones, so handlers past the 404 run too; the schema has no OpenAPI links for
+a stateful run, and these real ids stand in for them.
+
+Checks: no 5xx, the status code is declared, the content type and the body match the
+schema. The one tolerated 5xx: 503 `engine_unavailable` from the serving operations,
+since no inference worker runs here (the schema declares it).
+
+Examples per operation: FUZZ_EXAMPLES (default 8 in `make test`; `make reliability`
+sets it higher for the deep run). FUZZ_SEED fixes the seed (default: derandomized).
+"""
+
+import os
+import re
+
+import hypothesis
+import pytest
+import schemathesis
+from django.core import signals
+from django.core.wsgi import get_wsgi_application
+from django.db import close_old_connections
+from hypothesis import HealthCheck
+from hypothesis import strategies as st
+from schemathesis.checks import not_a_server_error
+from schemathesis.specs.openapi.checks import (
+    content_type_conformance,
+    response_schema_conformance,
+    status_code_conformance,
+)
+
+from tests.hardening.world import SCOPES, World
+
+FUZZ_EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "8"))
+FUZZ_SEED = os.environ.get("FUZZ_SEED")
+
+pytestmark = pytest.mark.django_db
+
+APP = get_wsgi_application()
+SCHEMA = schemathesis.openapi.from_wsgi("/api/schema/?format=json", APP)
+SCHEMA.config.generation.update(allow_x00=False)
+OPERATIONS = {
+    op.label: op for op in (result.ok() for result in SCHEMA.get_all_operations())
+}  # fmt: skip
+CHECKS = [
+    not_a_server_error,
+    status_code_conformance,
+    content_type_conformance,
+    response_schema_conformance,
+]
+OTHER_USERS = (
+    "other_expert", "buyer_licensed", "buyer_unlicensed", "moderator", "admin", "suspended",
+)  # fmt: skip
+# Who calls: a credential name of the world, or None for anonymous / "session:<user>".
+CALLERS = (
+    [None]
+    + [f"key_{scope}" for scope in SCOPES]
+    + [f"{who}:full" for who in OTHER_USERS]
+    + ["session:owner"]
+)
+SERVING = re.compile(r"(/predict|^POST /v1/)")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def keep_the_test_connection():
+    """The WSGI handler closes the database connection after each request, which would
+    close the test's transaction; Django's test client unhooks the same signal handler."""
+    signals.request_started.disconnect(close_old_connections)
+    signals.request_finished.disconnect(close_old_connections)
+    yield
+    signals.request_started.connect(close_old_connections)
+    signals.request_finished.connect(close_old_connections)
+
+
+def real_path_parameters(world: World) -> dict[str, list]:
+    return {
+        "slug": [world.listing.slug, world.draft.slug, world.eve_listing.slug],
+        "listing": [world.listing.slug, f"{world.listing.slug}@1"],
+        "model": [world.listing.slug, world.eve_listing.slug],
+        "dataset_id": [world.dataset_id, world.eve_dataset_id],
+        "job_id": [world.job_id, world.eve_job_id],
+        "version_id": [world.version_id, world.draft_version_id, world.eve_version_id],
+        "offer_id": [world.offer_id],
+        "licence_id": [world.licence_id],
+        "key_id": [world.key_ids["key_read"], world.key_ids["other_expert:full"]],
+        "review_id": [world.review_id],
+    }
+
+
+def _headers(world: World, caller: str | None, client) -> dict:
+    if caller is None:
+        return {}
+    if caller.startswith("session:"):
+        client.force_login(world.users[caller.split(":", 1)[1]])
+        return {"Cookie": "; ".join(f"{k}={v.value}" for k, v in client.cookies.items())}
+    return {"Authorization": f"Bearer {world.keys[caller]}"}
+
+
+@pytest.mark.parametrize("label", sorted(OPERATIONS))
+def test_every_operation_as_every_persona(label, world, client):
+    operation = OPERATIONS[label]
+    real = real_path_parameters(world)
+    names = [p.name for p in operation.path_parameters]
+    statuses: list[int] = []
+
+    @hypothesis.settings(
+        max_examples=FUZZ_EXAMPLES,
+        deadline=None,
+        derandomize=FUZZ_SEED is None,
+        database=None,
+        suppress_health_check=list(HealthCheck),
+        phases=[hypothesis.Phase.explicit, hypothesis.Phase.generate],
+    )
+    @hypothesis.given(
+        case=operation.as_strategy(),
+        caller=st.sampled_from(CALLERS),
+        use_real=st.booleans(),
+        data=st.data(),
+    )
+    def run(case, caller, use_real, data):
+        if use_real and names:
+            for name in names:
+                if name in real:
+                    case.path_parameters[name] = data.draw(st.sampled_from(real[name]))
+        headers = _headers(world, caller, client)
+        response = case.call(headers=headers)
+        statuses.append(response.status_code)
+        if response.status_code == 503 and SERVING.search(label):
+            assert response.json()["error"]["code"] == "engine_unavailable", response.text
+            return
+        case.validate_response(response, checks=CHECKS, headers=headers)
+
+    if FUZZ_SEED is not None:
+        run = hypothesis.seed(int(FUZZ_SEED))(run)
+    run()
+    assert statuses, f"{label}: no request was sent"
