@@ -18,6 +18,7 @@ from billing import services as billing_services
 from billing.models import ExportDownload, Licence, LicenceStatus, Offer, OfferKind
 from billing.terms import LicenceTerms
 from listings import services as listing_services
+from tests.hostile_inputs.hostile_weights import safetensors_bytes
 from tests.training_worker.conftest import (  # noqa: F401  fixture
     generation_jsonl,
     tiny_causal_built,
@@ -93,10 +94,11 @@ def trained_version(client, capture) -> ModelVersion:
 
 
 def stored_version(owner, tmp_path: Path) -> ModelVersion:
-    """A version whose files are really in storage (bytes that are not a real adapter):
-    enough for who-may-download stories, which never load the weights."""
+    """A version whose files are really in storage (a well-formed safetensors file that is
+    not a real adapter): enough for who-may-download stories, which never load the weights."""
     files = {}
-    for name, content in (("adapter_model.safetensors", b"weights" * 100),
+    weights = safetensors_bytes({"w": ("F32", [25, 4], bytes(400))})
+    for name, content in (("adapter_model.safetensors", weights),
                           ("adapter_config.json", b'{"r": 8}')):  # fmt: skip
         path = tmp_path / owner.email / name
         path.parent.mkdir(parents=True, exist_ok=True)
