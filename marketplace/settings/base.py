@@ -255,6 +255,10 @@ SERVING_ADAPTER_CACHE_BYTES = env_int("SERVING_ADAPTER_CACHE_BYTES", 512 * 1024 
 
 # --- Product limits
 DATASET_MAX_UPLOAD_BYTES = env_int("DATASET_MAX_UPLOAD_BYTES", 50 * 1024 * 1024, minimum=1)
+# All of one user's live (not deleted) dataset uploads together; over it an upload is 413.
+DATASET_STORAGE_QUOTA_BYTES = env_int("DATASET_STORAGE_QUOTA_BYTES", 1024**3, minimum=1)
+# Rows a dataset may have; over it validation fails it with `too_many_rows`.
+DATASET_MAX_ROWS = env_int("DATASET_MAX_ROWS", 200_000, minimum=1)
 FILE_UPLOAD_MAX_MEMORY_SIZE = 5 * 1024 * 1024
 # Larger uploads spool to a temporary file in chunks, hashed on the way (marketplace/storage.py).
 FILE_UPLOAD_HANDLERS = [
