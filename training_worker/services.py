@@ -17,14 +17,14 @@ from django.conf import settings
 from django.core.files.storage import default_storage
 from django.core.files.uploadedfile import UploadedFile
 from django.db import transaction
-from django.db.models import Q, QuerySet
+from django.db.models import Q, QuerySet, Sum
 from django.utils import timezone
 
 from accounts.models import User
 from marketplace.celery import send_after_commit
 from marketplace.errors import PayloadTooLargeError
 from marketplace.storage import SEALED_PREFIX
-from training_worker import artifacts
+from training_worker import artifacts, upload_checks
 from training_worker.errors import (
     DatasetInUse,
     DatasetNotFound,
@@ -36,7 +36,7 @@ from training_worker.errors import (
     UnknownBaseModel,
 )
 from training_worker.ml.config import LoraHyperparameters
-from training_worker.ml.dataset_validation import validate_dataset
+from training_worker.ml.dataset_validation import ValidationLimits, validate_dataset
 from training_worker.ml.sealed_split import (
     draw_sealed_split,
     sealed_split_seed,
@@ -87,16 +87,17 @@ def dataset_upload(
 ) -> Dataset:
     """Store an upload and queue its validation (after commit).
 
-    Raises PayloadTooLargeError (413) over DATASET_MAX_UPLOAD_BYTES; nothing is stored then.
+    Refuses before anything is stored: PayloadTooLargeError (413) ``file_too_large`` over
+    DATASET_MAX_UPLOAD_BYTES and ``storage_quota_exceeded`` when the owner's live uploads
+    would pass DATASET_STORAGE_QUOTA_BYTES (checked again under the owner's row lock, so
+    parallel uploads cannot both squeeze in); DatasetNotUsable (422) for an extension other
+    than .csv/.jsonl/.json and for compressed or binary content. The stored name never
+    comes from the client's filename; the displayed one is ``display_filename``'s.
     """
     limit = settings.DATASET_MAX_UPLOAD_BYTES
     if file.size is not None and file.size > limit:
-        raise PayloadTooLargeError(
-            f"The file is {file.size:,} bytes; the limit is {limit:,} bytes.",
-            code="file_too_large",
-            fields={"file": [f"At most {limit:,} bytes."]},
-        )
-    filename = PurePosixPath(file.name or "dataset").name[:255]
+        raise _too_large(file.size, limit)
+    filename = upload_checks.display_filename(file.name)
     extension = PurePosixPath(filename).suffix.lower()
     if extension not in ALLOWED_EXTENSIONS:
         raise DatasetNotUsable(
@@ -110,17 +111,30 @@ def dataset_upload(
             code="unknown_task",
             fields={"task": ["Unknown task."]},
         )
+    file.seek(0)
+    upload_checks.refuse_compressed_or_binary(file.read(upload_checks.SNIFF_BYTES))
+    file.seek(0)
+    digest, size = hashlib.sha256(), 0
+    for chunk in file.chunks():
+        digest.update(chunk)
+        size += len(chunk)
+    file.seek(0)
+    if size > limit:
+        raise _too_large(size, limit)
+    _dataset_quota_check(owner=owner, adding=size)
     dataset = Dataset(
         owner=owner,
-        name=(name or filename).strip()[:200],
+        name=upload_checks.display_text(name or filename, 200) or filename,
         filename=filename,
         task=task or "",
-        size_bytes=file.size,
-        sha256=_upload_sha256(file),
+        size_bytes=size,
+        sha256=digest.hexdigest(),
     )
     dataset.source_path = default_storage.save(f"datasets/{dataset.id}/source{extension}", file)
     try:
         with transaction.atomic():
+            User.objects.select_for_update().only("pk").get(pk=owner.pk)  # one upload at a time
+            _dataset_quota_check(owner=owner, adding=size)
             dataset.save()
             send_after_commit(VALIDATE_TASK, str(dataset.id))
     except Exception:
@@ -129,18 +143,29 @@ def dataset_upload(
     return dataset
 
 
-def _upload_sha256(file: UploadedFile) -> str:
-    """The hash marketplace.storage.HashingUploadHandler computed while the upload
-    streamed in; a file that did not come through it (a small in-memory upload, a
-    command's file) is hashed here, chunk by chunk."""
-    known = getattr(file, "sha256", "")
-    if known:
-        return known
-    digest = hashlib.sha256()
-    for chunk in file.chunks():
-        digest.update(chunk)
-    file.seek(0)
-    return digest.hexdigest()
+def _too_large(size: int, limit: int) -> PayloadTooLargeError:
+    return PayloadTooLargeError(
+        f"The file is {size:,} bytes; the limit is {limit:,} bytes.",
+        code="file_too_large",
+        fields={"file": [f"At most {limit:,} bytes."]},
+    )
+
+
+def _dataset_quota_check(*, owner: User, adding: int) -> None:
+    quota = settings.DATASET_STORAGE_QUOTA_BYTES
+    used = (
+        Dataset.objects.filter(owner=owner, deleted_at__isnull=True).aggregate(
+            total=Sum("size_bytes")
+        )["total"]
+        or 0
+    )
+    if used + adding > quota:
+        raise PayloadTooLargeError(
+            f"Your datasets use {used:,} of your {quota:,} bytes; this {adding:,}-byte file "
+            "does not fit. Delete a dataset you no longer need and upload again.",
+            code="storage_quota_exceeded",
+            fields={"file": [f"Over your {quota:,}-byte dataset storage quota."]},
+        )
 
 
 def dataset_validate(*, dataset_id) -> Dataset | None:
@@ -210,7 +235,12 @@ def _dataset_finish(dataset: Dataset, outcome: dict) -> None:
 def _validation_outcome(dataset: Dataset) -> dict:
     """Validate the stored upload and write the split's files; the fields to store."""
     raw = artifacts.read_bytes(dataset.source_path)
-    result = validate_dataset(raw, filename=dataset.filename, task=dataset.task or None)
+    result = validate_dataset(
+        raw,
+        filename=dataset.filename,
+        task=dataset.task or None,
+        limits=ValidationLimits(max_rows=settings.DATASET_MAX_ROWS),
+    )
     outcome = {
         "report": result.report,
         "format": result.format or "",

@@ -32,6 +32,8 @@ DEFAULT_MIN_ROWS = {TEXT_CLASSIFICATION: 10, TEXT_GENERATION: 5}
 EXAMPLE_ROWS_PER_ISSUE = 10
 
 UTF8_BOM = b"\xef\xbb\xbf"
+# Accepted and decoded; UTF-32's BOM starts like UTF-16 LE's and then fails on its NULs.
+UTF16_BOMS = {b"\xff\xfe": "utf-16-le", b"\xfe\xff": "utf-16-be"}
 
 # Issues appear in the report in this order, whatever order the rows raised them in.
 ISSUE_ORDER = (
@@ -166,22 +168,43 @@ def _plural(count: int, noun: str) -> str:
     return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
 
 
-def _decode(raw: bytes, issues: _IssueLog) -> str | None:
-    bom_length = len(UTF8_BOM) if raw.startswith(UTF8_BOM) else 0
+def _encoding_error(issues: _IssueLog, message: str, *, line: int, **details: Any) -> None:
+    issues.add("invalid_encoding", message, fatal=True, line=line, **details).note_row(line)
+
+
+def _decode(raw: bytes, issues: _IssueLog) -> tuple[str | None, str]:
+    """``(text, encoding)``: UTF-8 (a BOM is skipped) or UTF-16 with its BOM. Anything else
+    (Latin-1 or cp1252 saved as if UTF-8, invalid bytes mid-file, UTF-16/32 without a BOM,
+    binary) is an ``invalid_encoding`` error naming the line; ``text`` is None then."""
+    encoding = "utf-8"
+    start = len(UTF8_BOM) if raw.startswith(UTF8_BOM) else 0
+    for bom, codec in UTF16_BOMS.items():
+        if raw.startswith(bom):
+            encoding, start = codec, len(bom)
     try:
-        return str(memoryview(raw)[bom_length:], "utf-8")
+        text = str(memoryview(raw)[start:], encoding)
     except UnicodeDecodeError as error:
-        byte_offset = bom_length + error.start
-        line = raw.count(b"\n", 0, byte_offset) + 1
-        issues.add(
-            "invalid_encoding",
-            f"The file is not valid UTF-8: byte {byte_offset} (line {line}) starts an invalid "
-            "sequence. Save the file as UTF-8 and upload it again.",
-            fatal=True,
-            byte_offset=byte_offset,
+        byte_offset = start + error.start
+        line = raw[start:byte_offset].decode(encoding, errors="replace").count("\n") + 1
+        _encoding_error(
+            issues,
+            f"The file is not valid {encoding.upper()}: byte {byte_offset} (line {line}) starts "
+            "an invalid sequence. Save the file as UTF-8 and upload it again.",
             line=line,
-        ).note_row(line)
-        return None
+            byte_offset=byte_offset,
+        )
+        return None, encoding
+    nul = text.find("\x00")
+    if nul != -1:
+        line = text.count("\n", 0, nul) + 1
+        _encoding_error(
+            issues,
+            f"Line {line} holds a NUL character: the file is binary, or UTF-16/UTF-32 without "
+            "a byte-order mark. Save the file as UTF-8 and upload it again.",
+            line=line,
+        )
+        return None, encoding
+    return text, encoding
 
 
 def _lines(text: str) -> Iterator[str]:
@@ -472,6 +495,7 @@ def validate_dataset(
     usable_rows: list[dict[str, Any]] = []
     rows_total = 0
     lengths: list[int] = []
+    encoding = "utf-8"
 
     def result() -> ValidationResult:
         lengths.sort()
@@ -483,7 +507,7 @@ def validate_dataset(
         report = {
             "format": data_format,
             "task": resolved_task,
-            "encoding": "utf-8",
+            "encoding": encoding,
             "rows_total": rows_total,
             "rows_usable": len(usable_rows),
             "errors": errors,
@@ -511,7 +535,7 @@ def validate_dataset(
             fatal=True,
         )
         return result()
-    text = _decode(raw, issues)
+    text, encoding = _decode(raw, issues)
     if text is None:
         return result()
     if not text.strip():
