@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 
 from django.db import connection
-from django.db.models import Avg, Count, OuterRef, Q, QuerySet, Subquery, Sum, UUIDField
+from django.db.models import Avg, Count, Min, OuterRef, Q, QuerySet, Subquery, Sum, UUIDField
 from django.db.models.functions import TruncDay
 from django.utils import timezone
 
@@ -33,6 +33,7 @@ from billing.models import (
     OfferStatus,
     Payment,
     PaymentKind,
+    StripeEvent,
     UsageRecord,
     UsageStatus,
 )
@@ -639,3 +640,47 @@ def earnings_by_month(*, expert: User, months: int = 12, sandbox: bool = False) 
         )
         for r in rows
     ]
+
+
+@dataclass(frozen=True)
+class WebhookLag:
+    """Stripe's `created` to our `processed_at`, over events processed since a moment."""
+
+    processed: int
+    lag_p50_s: float | None
+    lag_p95_s: float | None
+    lag_max_s: float | None
+    unprocessed: int
+    oldest_unprocessed_age_s: float | None
+
+
+def stripe_webhook_lag(*, since: datetime, limit: int = 5000) -> WebhookLag:
+    """For /metrics: the lag of the (at most `limit`) latest events processed since
+    `since`, and the backlog not processed yet."""
+    now = timezone.now()
+    rows = (
+        StripeEvent.objects.filter(processed_at__gte=since)
+        .order_by("-processed_at")
+        .values_list("processed_at", "payload__created")[:limit]
+    )
+    lags = sorted(
+        max(0.0, processed.timestamp() - float(created))
+        for processed, created in rows
+        if isinstance(created, int | float)
+    )
+
+    def quantile(q: float) -> float | None:
+        return lags[min(len(lags) - 1, int(q * len(lags)))] if lags else None
+
+    backlog = StripeEvent.objects.filter(processed_at__isnull=True).aggregate(
+        n=Count("id"), oldest=Min("received_at")
+    )
+    oldest = backlog["oldest"]
+    return WebhookLag(
+        processed=len(lags),
+        lag_p50_s=quantile(0.5),
+        lag_p95_s=quantile(0.95),
+        lag_max_s=lags[-1] if lags else None,
+        unprocessed=backlog["n"],
+        oldest_unprocessed_age_s=(now - oldest).total_seconds() if oldest else None,
+    )

@@ -1,9 +1,10 @@
 """The Celery application: JSON only, three queues, routes by task module."""
 
+import inspect
 import logging
 import os
 
-from celery import Celery
+from celery import Celery, signals
 from kombu.exceptions import OperationalError
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "marketplace.settings.local")
@@ -13,6 +14,41 @@ logger = logging.getLogger(__name__)
 app = Celery("marketplace")
 app.config_from_object("django.conf:settings", namespace="CELERY")
 app.autodiscover_tasks()
+
+
+_task_log_tokens: dict[str, object] = {}
+
+
+def _job_id_of(task, args, kwargs) -> str | None:
+    """The fine-tuning job a task works on: its `job_id` argument, by name or position."""
+    if kwargs and kwargs.get("job_id"):
+        return str(kwargs["job_id"])
+    try:
+        names = list(inspect.signature(task.run).parameters)  # a bound task's self excluded
+    except (TypeError, ValueError):
+        return None
+    if args and "job_id" in names and names.index("job_id") < len(args):
+        return str(args[names.index("job_id")])
+    return None
+
+
+@signals.task_prerun.connect
+def _bind_task_log_context(task_id=None, task=None, args=None, kwargs=None, **_):
+    """Every line a task logs names the task and, for a job's task, the job."""
+    from marketplace.log_context import bind
+
+    _task_log_tokens[task_id] = bind(
+        task_id=task_id, task_name=task.name, job_id=_job_id_of(task, args, kwargs)
+    )
+
+
+@signals.task_postrun.connect
+def _unbind_task_log_context(task_id=None, **_):
+    from marketplace.log_context import reset
+
+    token = _task_log_tokens.pop(task_id, None)
+    if token is not None:
+        reset(token)
 
 
 @app.task(name="marketplace.ping")

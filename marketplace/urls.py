@@ -4,6 +4,7 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from marketplace.api import api_not_found
 from marketplace.health import healthz
+from marketplace.metrics import metrics
 
 api_v1 = [
     path("", include("accounts.urls")),
@@ -15,6 +16,8 @@ api_v1 = [
 
 urlpatterns = [
     path("healthz", healthz, name="healthz"),
+    # Prometheus text format for the operators' scraper (METRICS_TOKEN; off when unset).
+    path("metrics", metrics, name="metrics"),
     path("admin/", admin.site.urls),
     path("api/v1/", include(api_v1)),
     path("api/schema/", SpectacularAPIView.as_view(), name="api-schema"),

@@ -36,6 +36,7 @@ from marketplace.celery import (
     wait_for_answer,
 )
 from marketplace.errors import ApplicationError
+from marketplace.metrics import observe_inference
 from serving import protocol
 from serving.errors import EngineFailed, EngineTimeout, EngineUnavailable, InvalidInferenceInput
 from serving.protocol import (
@@ -401,6 +402,12 @@ def _run(*, user, api_key, target: Target, request: InferenceRequest, units: int
         _settle(target, request.request_id, UsageStatus.ERROR, started)
         raise
     latency_ms = _settle(target, request.request_id, UsageStatus.OK, started)
+    observe_inference(
+        task=target.task,
+        latency_s=time.monotonic() - started,
+        engine_s=result.engine_ms / 1000,
+        batch_size=result.batch_size,
+    )
     return GatewayAnswer(
         request_id=request.request_id, target=target, result=result, latency_ms=latency_ms
     )

@@ -1,6 +1,10 @@
 """Reads of the studio. Every read is scoped to its owner: others get nothing (404)."""
 
-from django.db.models import QuerySet
+from datetime import timedelta
+
+from django.conf import settings
+from django.db.models import Count, QuerySet, Sum
+from django.utils import timezone
 
 from accounts.models import User
 from training_worker.errors import DatasetNotFound, JobNotFound, ModelVersionNotFound
@@ -10,6 +14,7 @@ from training_worker.models import (
     Dataset,
     FineTuningJob,
     JobEvent,
+    JobStatus,
     ModelVersion,
 )
 
@@ -62,3 +67,20 @@ def model_version_get(*, owner: User, version_id) -> ModelVersion:
     if version is None:
         raise ModelVersionNotFound("No model version with this id.")
     return version
+
+
+def job_counts_by_status() -> dict[str, int]:
+    """Fine-tuning jobs per status, every status present (zero included): for /metrics."""
+    counts = dict.fromkeys(JobStatus.values, 0)
+    rows = FineTuningJob.objects.order_by().values_list("status").annotate(n=Count("id"))
+    counts.update({status: n for status, n in rows})
+    return counts
+
+
+def training_throughput() -> tuple[int, float]:
+    """(running jobs with a fresh heartbeat, their summed examples/s) from the progress the
+    workers write about once a second: the same numbers whichever machine trains."""
+    fresh = timezone.now() - timedelta(seconds=settings.TRAINING_HEARTBEAT_STALE_SECONDS)
+    live = FineTuningJob.objects.filter(status=JobStatus.RUNNING, heartbeat_at__gte=fresh)
+    totals = live.aggregate(n=Count("id"), rate=Sum("examples_per_s"))
+    return totals["n"], float(totals["rate"] or 0.0)
