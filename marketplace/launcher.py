@@ -321,6 +321,8 @@ class Launcher:
             "web",
             [
                 sys.executable, "-m", "gunicorn", "marketplace.wsgi",
+                # /metrics sums both workers (PROMETHEUS_MULTIPROC_DIR; gunicorn_conf.py).
+                "-c", "python:marketplace.gunicorn_conf",
                 "--bind", f"127.0.0.1:{port}", "--workers", "2", "--threads", "4",
                 "--timeout", "120", "--access-logfile", "-",
             ],
