@@ -44,6 +44,8 @@ PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]  # speed on
 CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
 MEDIA_ROOT = VAR_DIR / "test-media"
 MODEL_CACHE_DIR = VAR_DIR / "models"  # shared with `make run`: built base models are reused
+# The evaluation's generalist LLM is the tiny causal LM here (seconds); SmolLM2 in production.
+EVALUATION_GENERALIST_LLM = "cache:tiny-causal"
 VAR_DIR.mkdir(parents=True, exist_ok=True)
 STATIC_ROOT.mkdir(parents=True, exist_ok=True)  # whitenoise expects it
 

@@ -8,10 +8,18 @@ from __future__ import annotations
 import math
 import re
 from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from training_worker.ml.baselines import (
+    NEAREST_NEIGHBOUR_METHOD,
+    EvaluationOptions,
+    few_shot_examples,
+    nearest_neighbour_completions,
+)
 from training_worker.ml.data import (
     IGNORE_INDEX,
     EncodedExample,
@@ -22,7 +30,14 @@ from training_worker.ml.data import (
     truncate_classification,
     truncate_generation,
 )
-from training_worker.ml.prompts import prompt_token_ids
+from training_worker.ml.evaluation_report import (
+    REPORT_VERSION,
+    BaselineResult,
+    EvaluationReport,
+    Lift,
+    baseline_label,
+)
+from training_worker.ml.prompts import encode_rendered, prompt_token_ids, render_messages
 
 BOOTSTRAP_RESAMPLES = 1000
 EVAL_BATCH_SIZE = 64
@@ -189,72 +204,144 @@ def round_floats(value: Any, places: int = 4) -> Any:
     return value
 
 
+@dataclass(frozen=True)
+class BaselinePredictions:
+    """A baseline's class ids for sealed rows: all of them, or the first ``len(predictions)``
+    rows when a costly baseline was capped (its lift is paired on exactly those rows)."""
+
+    name: str
+    method: str
+    predictions: Sequence[int]
+    label: str = ""
+
+
+def _baseline_result(
+    baseline: BaselinePredictions,
+    y_true: np.ndarray,
+    specialist: np.ndarray,
+    n_labels: int,
+    resamples: int,
+    seed: int,
+    extra: dict[str, Any] | None = None,
+) -> BaselineResult:
+    rows = len(baseline.predictions)
+    if rows > len(y_true):
+        raise ValueError(f"baseline {baseline.name} has more predictions than sealed rows")
+    truth, specialist = y_true[:rows], specialist[:rows]
+    predicted = np.asarray(baseline.predictions, dtype=np.int64)
+    low, high = bootstrap_interval("accuracy", truth, predicted, n_labels, resamples, seed)
+    lift = paired_bootstrap_lift(
+        "accuracy", truth, specialist, predicted, n_labels, resamples, seed
+    )
+    return BaselineResult(
+        name=baseline.name,
+        label=baseline.label or baseline_label(baseline.name),
+        method=baseline.method,
+        metric="accuracy",
+        value=round_floats(accuracy(truth, predicted)),
+        ci_low=round_floats(low),
+        ci_high=round_floats(high),
+        lift=Lift(**round_floats(lift)),
+        rows=rows,
+        extra=round_floats({"macro_f1": macro_f1(truth, predicted, n_labels), **(extra or {})}),
+    )
+
+
 def classification_report(
     y_true: list[int],
     specialist_pred: list[int],
     labels: list[str],
     majority_label_id: int,
-    zero_shot_pred: list[int],
-    zero_shot_method: str,
-    seed: int,
+    zero_shot_pred: list[int] | None = None,
+    zero_shot_method: str = "",
+    seed: int = 0,
     resamples: int = BOOTSTRAP_RESAMPLES,
+    *,
+    baselines: Sequence[BaselinePredictions] = (),
+    skipped_baselines: Sequence[dict[str, str]] = (),
 ) -> dict[str, Any]:
-    """The full classification report (shape documented in the module's README/brief)."""
+    """The classification report (``EvaluationReport.as_dict()``, version 2).
+
+    Baselines, in order: majority class (most frequent TRAINING label), the zero-shot
+    generalist on the base itself (``zero_shot_pred``, key ``generalist_zero_shot``), then
+    ``baselines`` (classic, LLM generalist...). Each gets its accuracy with a bootstrap
+    interval and the specialist's paired-bootstrap accuracy lift over it.
+    """
     n_labels = len(labels)
     y_true_array = np.asarray(y_true, dtype=np.int64)
     specialist = np.asarray(specialist_pred, dtype=np.int64)
-    majority = np.full_like(y_true_array, majority_label_id)
-    zero_shot = np.asarray(zero_shot_pred, dtype=np.int64)
     scores = per_class_scores(y_true_array, specialist, n_labels)
-    report = {
-        "task": "text-classification",
-        "sealed_rows": len(y_true),
-        "metrics": {
-            "accuracy": accuracy(y_true_array, specialist),
-            "macro_f1": macro_f1(y_true_array, specialist, n_labels),
-        },
-        "intervals": {
-            metric: list(
-                bootstrap_interval(metric, y_true_array, specialist, n_labels, resamples, seed)
-            )
-            for metric in ("accuracy", "macro_f1")
-        },
-        "per_class": {
-            label: {
-                "precision": scores["precision"][i],
-                "recall": scores["recall"][i],
-                "f1": scores["f1"][i],
-                "support": int(scores["support"][i]),
+    majority = BaselinePredictions(
+        "majority_class",
+        f"always the most frequent training label ({labels[majority_label_id]})",
+        [majority_label_id] * len(y_true),
+    )
+    results = [
+        _baseline_result(
+            majority, y_true_array, specialist, n_labels, resamples, seed,
+            extra={"label_predicted": labels[majority_label_id]},
+        )
+    ]  # fmt: skip
+    everything = list(baselines)
+    if zero_shot_pred is not None:
+        everything.insert(
+            0,
+            BaselinePredictions(
+                "generalist_zero_shot",
+                zero_shot_method,
+                zero_shot_pred,
+                label=_zero_shot_label(zero_shot_method),
+            ),
+        )
+    results += [
+        _baseline_result(b, y_true_array, specialist, n_labels, resamples, seed) for b in everything
+    ]
+    report = EvaluationReport(
+        task="text-classification",
+        sealed_rows=len(y_true),
+        metrics=round_floats(
+            {
+                "accuracy": accuracy(y_true_array, specialist),
+                "macro_f1": macro_f1(y_true_array, specialist, n_labels),
             }
-            for i, label in enumerate(labels)
-        },
-        "confusion_matrix": {
+        ),
+        intervals=round_floats(
+            {
+                metric: list(
+                    bootstrap_interval(metric, y_true_array, specialist, n_labels, resamples, seed)
+                )
+                for metric in ("accuracy", "macro_f1")
+            }
+        ),
+        baselines=results,
+        per_class=round_floats(
+            {
+                label: {
+                    "precision": scores["precision"][i],
+                    "recall": scores["recall"][i],
+                    "f1": scores["f1"][i],
+                    "support": int(scores["support"][i]),
+                }
+                for i, label in enumerate(labels)
+            }
+        ),
+        confusion_matrix={
             "labels": list(labels),
             "matrix": confusion_matrix(y_true_array, specialist, n_labels).tolist(),
         },
-        "baselines": {
-            "majority_class": {
-                "accuracy": accuracy(y_true_array, majority),
-                "macro_f1": macro_f1(y_true_array, majority, n_labels),
-                "label": labels[majority_label_id],
-            },
-            "generalist_zero_shot": {
-                "accuracy": accuracy(y_true_array, zero_shot),
-                "macro_f1": macro_f1(y_true_array, zero_shot, n_labels),
-                "method": zero_shot_method,
-            },
-        },
-        "lift": {
-            "over_majority_class": paired_bootstrap_lift(
-                "accuracy", y_true_array, specialist, majority, n_labels, resamples, seed
-            ),
-            "over_generalist_zero_shot": paired_bootstrap_lift(
-                "accuracy", y_true_array, specialist, zero_shot, n_labels, resamples, seed
-            ),
-        },
-        "bootstrap": {"resamples": resamples, "seed": seed},
-    }
-    return round_floats(report)
+        skipped_baselines=list(skipped_baselines),
+        extra={"bootstrap": {"resamples": resamples, "seed": seed}},
+        version=REPORT_VERSION,
+    )
+    return report.as_dict()
+
+
+def _zero_shot_label(method: str) -> str:
+    if method.startswith("embedding"):
+        return "Generalist: embedding similarity, zero-shot"
+    if "likelihood" in method:
+        return "Generalist: base model label likelihood, zero-shot"
+    return baseline_label("generalist_zero_shot")
 
 
 # ---------------------------------------------------------------- model running
@@ -349,26 +436,50 @@ def zero_shot_by_likelihood(
     device: str,
     batch_size: int = EVAL_BATCH_SIZE,
 ) -> list[int]:
-    """Class whose name the base LM finds most likely (summed log-prob) after a prompt
-    that lists the label set."""
+    """Class whose name the LM finds most likely after a prompt stating the task and the
+    label set (as a user turn through the chat template when the tokenizer has one).
+
+    Each label is scored by its LENGTH-NORMALISED log-likelihood (mean log-prob per label
+    token): a summed score penalises labels that take more tokens."""
     options = ", ".join(_label_phrase(label) for label in labels)
     prompts, completions = [], []
     for text in texts:
-        prompt = f"Classify the text into one of: {options}.\nText: {text}\nLabel:"
+        prompt = (
+            f"Classify the text into exactly one of these labels: {options}.\n"
+            f"Text: {text}\nAnswer with the label only."
+        )
         for label in labels:
             prompts.append(prompt)
-            completions.append(" " + _label_phrase(label))
+            completions.append(_label_phrase(label))
     examples = encode_generation(tokenizer, prompts, completions)
     for example in examples:  # score the label only, not the appended eos
         example.input_ids, example.labels = example.input_ids[:-1], example.labels[:-1]
-    truncate_generation(examples, max_length)
-    scores = _sequence_log_likelihoods(causal_model, tokenizer, examples, device, batch_size)
-    return np.asarray(scores).reshape(len(texts), len(labels)).argmax(axis=1).tolist()
+    # Keep the label and the task statement: cut the text from the left if too long.
+    for example in examples:
+        if len(example.input_ids) > max_length:
+            example.input_ids = example.input_ids[-max_length:]
+            example.labels = example.labels[-max_length:]
+    scores = _sequence_log_likelihoods(
+        causal_model, tokenizer, examples, device, batch_size, per_token=True
+    )
+    return pick_label_by_score(scores, len(texts), len(labels))
+
+
+def pick_label_by_score(scores: Sequence[float], n_texts: int, n_labels: int) -> list[int]:
+    """Row-major ``scores`` (text, label) -> the best label per text (first wins a tie)."""
+    return np.asarray(scores, dtype=float).reshape(n_texts, n_labels).argmax(axis=1).tolist()
 
 
 def _sequence_log_likelihoods(
-    model: Any, tokenizer: Any, examples: list[EncodedExample], device: str, batch_size: int
+    model: Any,
+    tokenizer: Any,
+    examples: list[EncodedExample],
+    device: str,
+    batch_size: int,
+    per_token: bool = False,
 ) -> list[float]:
+    """Summed (or, with ``per_token``, mean) log-probability of each example's labelled
+    tokens."""
     import torch
 
     totals: list[float] = []
@@ -383,7 +494,10 @@ def _sequence_log_likelihoods(
             targets = inputs["labels"][:, 1:]
             mask = targets != IGNORE_INDEX
             picked = log_probs.gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)
-            totals.extend((picked * mask).sum(dim=1).cpu().tolist())
+            summed = (picked * mask).sum(dim=1)
+            if per_token:
+                summed = summed / mask.sum(dim=1).clamp(min=1)
+            totals.extend(summed.cpu().tolist())
     return totals
 
 
@@ -425,11 +539,18 @@ def greedy_completions(
     device: str,
     max_prompt_length: int | None = None,
     batch_size: int = 32,
+    rendered: bool = False,
 ) -> list[str]:
-    """Greedy continuations of each prompt, left-padded in batches, special tokens removed."""
+    """Greedy continuations of each prompt, left-padded in batches, special tokens removed.
+
+    ``rendered``: the prompts are already in the model's format (e.g. a few-shot
+    conversation from ``render_messages``) and are not wrapped again."""
     import torch
 
-    prompt_ids = prompt_token_ids(tokenizer, prompts)  # the format training used
+    if rendered:
+        prompt_ids = encode_rendered(tokenizer, prompts)
+    else:
+        prompt_ids = prompt_token_ids(tokenizer, prompts)  # the format training used
     if max_prompt_length:
         prompt_ids = [ids[-max_prompt_length:] for ids in prompt_ids]
     examples = [EncodedExample(ids, [IGNORE_INDEX] * len(ids)) for ids in prompt_ids]
@@ -450,6 +571,57 @@ def greedy_completions(
     return [completion.strip() for completion in completions]
 
 
+def few_shot_conversations(tokenizer: Any, examples: list[dict], prompts: list[str]) -> list[str]:
+    """Each prompt after ``examples`` as earlier user/assistant turns, in the model's format."""
+    shots: list[dict[str, str]] = []
+    for row in examples:
+        shots += [
+            {"role": "user", "content": row["prompt"]},
+            {"role": "assistant", "content": row["completion"]},
+        ]
+    return [
+        render_messages(tokenizer, [*shots, {"role": "user", "content": prompt}])
+        for prompt in prompts
+    ]
+
+
+def _exact_match_baseline(
+    name: str,
+    method: str,
+    answers: list[str],
+    references: list[str],
+    specialist_correct: np.ndarray,
+    resamples: int,
+    seed: int,
+) -> BaselineResult:
+    """Exact match of ``answers`` on the first ``len(answers)`` sealed rows, its interval,
+    and the paired-bootstrap lift of the specialist (as accuracy of per-row correctness)."""
+    rows = len(answers)
+    correct = np.asarray(
+        [exact_match(a, r) for a, r in zip(answers, references[:rows], strict=True)],
+        dtype=np.int64,
+    )
+    ones = np.ones(rows, dtype=np.int64)
+    low, high = bootstrap_interval("accuracy", ones, correct, 2, resamples, seed)
+    lift = paired_bootstrap_lift(
+        "accuracy", ones, specialist_correct[:rows], correct, 2, resamples, seed
+    )
+    lift["metric"] = "exact_match"
+    token_f1_mean = np.mean([token_f1(a, r) for a, r in zip(answers, references, strict=False)])
+    return BaselineResult(
+        name=name,
+        label=baseline_label(name),
+        method=method,
+        metric="exact_match",
+        value=round_floats(float(correct.mean()) if rows else 0.0),
+        ci_low=round_floats(low),
+        ci_high=round_floats(high),
+        lift=Lift(**round_floats(lift)),
+        rows=rows,
+        extra=round_floats({"token_f1": float(token_f1_mean) if rows else 0.0}),
+    )
+
+
 def generation_report(
     adapter_model: Any,
     tokenizer: Any,
@@ -457,9 +629,24 @@ def generation_report(
     max_length: int,
     device: str,
     max_new_tokens: int = 32,
+    *,
+    train_rows: list[dict] | None = None,
+    options: EvaluationOptions | None = None,
+    seed: int = 0,
+    resamples: int = BOOTSTRAP_RESAMPLES,
 ) -> dict[str, Any]:
-    """Held-out loss/perplexity of base (adapter disabled) vs adapter, exact match and token-F1
-    of greedy completions for both; ``lift.loss_reduction`` = base loss - adapter loss."""
+    """The generation report (``EvaluationReport.as_dict()``, version 2).
+
+    Held-out loss/perplexity of base (adapter disabled) vs adapter; exact match (with a
+    bootstrap interval) and token-F1 of greedy completions. Baselines, each with the
+    specialist's paired-bootstrap exact-match lift: the base model prompted with the row
+    (``base_zero_shot``), the base model with ``options.few_shot_k`` TRAINING rows as
+    earlier turns (``base_few_shot``, first ``generalist_llm_max_rows`` sealed rows), and
+    the nearest training completion by TF-IDF (``classic_nearest_neighbour``).
+    ``lift.loss_reduction`` = base loss - adapter loss.
+    """
+    options = options or EvaluationOptions()
+    train_rows = train_rows or []
     prompts = [row["prompt"] for row in sealed_rows]
     references = [row["completion"] for row in sealed_rows]
     examples = encode_generation(tokenizer, prompts, references)
@@ -472,29 +659,181 @@ def generation_report(
     adapter_answers = greedy_completions(
         adapter_model, tokenizer, prompts, new_tokens, device, prompt_budget
     )
+    shots = few_shot_examples(train_rows, options.few_shot_k, seed)
+    few_shot_rows = min(len(prompts), options.generalist_llm_max_rows) if shots else 0
     with adapter_model.disable_adapter():
         base_loss = held_out_loss(adapter_model, tokenizer, examples, device)
         base_answers = greedy_completions(
             adapter_model, tokenizer, prompts, new_tokens, device, prompt_budget
         )
+        few_shot_answers: list[str] = []
+        if few_shot_rows:
+            position_limit = getattr(adapter_model.config, "max_position_embeddings", None)
+            few_shot_budget = max((position_limit or 4 * max_length) - new_tokens, 1)
+            conversations = few_shot_conversations(tokenizer, shots, prompts[:few_shot_rows])
+            few_shot_answers = greedy_completions(
+                adapter_model, tokenizer, conversations, new_tokens, device,
+                few_shot_budget, batch_size=8, rendered=True,
+            )  # fmt: skip
 
     def mean_score(score, answers: list[str]) -> float:
         values = [score(a, r) for a, r in zip(answers, references, strict=True)]
         return float(np.mean(values)) if values else 0.0
 
-    report = {
-        "task": "text-generation",
-        "sealed_rows": len(sealed_rows),
-        "metrics": {
-            "adapter_loss": adapter_loss,
-            "adapter_perplexity": math.exp(min(adapter_loss, 50.0)),
-            "base_loss": base_loss,
-            "base_perplexity": math.exp(min(base_loss, 50.0)),
-            "exact_match": mean_score(exact_match, adapter_answers),
-            "token_f1": mean_score(token_f1, adapter_answers),
-            "base_exact_match": mean_score(exact_match, base_answers),
-            "base_token_f1": mean_score(token_f1, base_answers),
-        },
-        "lift": {"loss_reduction": base_loss - adapter_loss},
-    }
-    return round_floats(report)
+    specialist_correct = np.asarray(
+        [exact_match(a, r) for a, r in zip(adapter_answers, references, strict=True)],
+        dtype=np.int64,
+    )
+    ones = np.ones(len(references), dtype=np.int64)
+
+    def baseline(name: str, method: str, answers: list[str]) -> BaselineResult:
+        return _exact_match_baseline(
+            name, method, answers, references, specialist_correct, resamples, seed
+        )
+
+    baselines = [
+        baseline(
+            "base_zero_shot",
+            "the base model without the adapter, prompted with the row's prompt (greedy)",
+            base_answers,
+        )
+    ]
+    skipped: list[dict[str, str]] = []
+    if few_shot_answers:
+        baselines.append(
+            baseline(
+                "base_few_shot",
+                f"the base model without the adapter, {len(shots)} training rows as earlier "
+                f"conversation turns, then the row's prompt (greedy)",
+                few_shot_answers,
+            )
+        )
+    else:
+        skipped.append({"name": "base_few_shot", "reason": "no training rows to show"})
+    if train_rows:
+        retrieved = nearest_neighbour_completions(
+            [row["prompt"] for row in train_rows],
+            [row["completion"] for row in train_rows],
+            prompts,
+        )
+        baselines.append(baseline("classic_nearest_neighbour", NEAREST_NEIGHBOUR_METHOD, retrieved))
+    else:
+        skipped.append({"name": "classic_nearest_neighbour", "reason": "no training rows"})
+
+    report = EvaluationReport(
+        task="text-generation",
+        sealed_rows=len(sealed_rows),
+        metrics=round_floats(
+            {
+                "adapter_loss": adapter_loss,
+                "adapter_perplexity": math.exp(min(adapter_loss, 50.0)),
+                "base_loss": base_loss,
+                "base_perplexity": math.exp(min(base_loss, 50.0)),
+                "exact_match": mean_score(exact_match, adapter_answers),
+                "token_f1": mean_score(token_f1, adapter_answers),
+                "base_exact_match": mean_score(exact_match, base_answers),
+                "base_token_f1": mean_score(token_f1, base_answers),
+            }
+        ),
+        intervals=round_floats(
+            {
+                "exact_match": list(
+                    bootstrap_interval("accuracy", ones, specialist_correct, 2, resamples, seed)
+                )
+            }
+        ),
+        baselines=baselines,
+        skipped_baselines=skipped,
+        lift=round_floats({"loss_reduction": base_loss - adapter_loss}),
+        extra={"bootstrap": {"resamples": resamples, "seed": seed}},
+    )
+    return report.as_dict()
+
+
+# ---------------------------------------------------------------- classification baselines
+
+LLM_GENERALIST_MAX_LENGTH = 512  # tokens of task statement + text + label scored per row
+
+
+@dataclass
+class ClassificationBaselines:
+    """Predictions of the classification baselines beyond majority and the base's own
+    zero-shot; ``classic_model`` is the fitted scikit-learn pipeline (fitted on training
+    rows only), kept so callers and tests can inspect what it learnt."""
+
+    predictions: list[BaselinePredictions]
+    skipped: list[dict[str, str]]
+    classic_model: Any
+    llm_seconds_per_row: float | None = None
+
+
+def classification_baselines(
+    *,
+    train_rows: list[dict],
+    sealed_texts: list[str],
+    labels: list[str],
+    device: str,
+    options: EvaluationOptions,
+    seed: int,
+) -> ClassificationBaselines:
+    """Fit the classic baseline on ``train_rows`` and score the LLM generalist zero-shot.
+
+    The sealed texts are only predicted, never fitted on. The LLM generalist scores the first
+    ``options.generalist_llm_max_rows`` sealed texts; it is skipped (and said so) when
+    ``options.generalist_llm_path`` is None. Raises ``BaseModelUnavailable`` if the LLM
+    folder cannot be loaded.
+    """
+    import time
+
+    from training_worker.ml.base_models import load_tokenizer_and_model
+    from training_worker.ml.baselines import CLASSIC_CLASSIFIER_METHOD, fit_classic_classifier
+
+    label_to_id = {label: i for i, label in enumerate(labels)}
+    classic_model = fit_classic_classifier(
+        [row["text"] for row in train_rows], [label_to_id[row["label"]] for row in train_rows], seed
+    )
+    predictions = [
+        BaselinePredictions(
+            "classic_tfidf_logreg",
+            CLASSIC_CLASSIFIER_METHOD,
+            [int(label) for label in classic_model.predict(list(sealed_texts))],
+        )
+    ]
+    skipped: list[dict[str, str]] = []
+    per_row = None
+    if options.generalist_llm_path:
+        import torch
+
+        name = options.generalist_llm_name or options.generalist_llm_path.rstrip("/").split("/")[-1]
+        started = time.perf_counter()
+        tokenizer, model = load_tokenizer_and_model(
+            options.generalist_llm_path, None, "text-generation"
+        )
+        model.to(device).eval()
+        rows = list(sealed_texts[: options.generalist_llm_max_rows])
+        try:
+            with torch.inference_mode():
+                llm_pred = zero_shot_by_likelihood(
+                    model, tokenizer, rows, labels, LLM_GENERALIST_MAX_LENGTH, device,
+                    batch_size=16,
+                )  # fmt: skip
+        finally:
+            del model
+        per_row = (time.perf_counter() - started) / max(len(rows), 1)
+        predictions.append(
+            BaselinePredictions(
+                "generalist_llm_zero_shot",
+                f"{name} zero-shot: the task and the label set as a chat prompt; the label with "
+                f"the highest mean per-token log-likelihood (first {len(rows)} sealed rows)",
+                llm_pred,
+                label=f"Generalist: {name}, zero-shot",
+            )
+        )
+    else:
+        skipped.append(
+            {
+                "name": "generalist_llm_zero_shot",
+                "reason": options.generalist_llm_skip_reason or "no generalist LLM is configured",
+            }
+        )
+    return ClassificationBaselines(predictions, skipped, classic_model, per_row)

@@ -88,13 +88,16 @@ def test_classification_report_has_the_documented_shape_and_is_json():
         Y_TRUE.tolist(), Y_PRED.tolist(), labels, 0, [0] * 6, "embedding", seed=0, resamples=200
     )
     assert set(report) == {
-        "task", "sealed_rows", "metrics", "intervals", "per_class", "confusion_matrix",
-        "baselines", "lift", "bootstrap",
+        "version", "task", "sealed_rows", "metrics", "intervals", "per_class",
+        "confusion_matrix", "baselines", "strongest_baseline", "lift", "bootstrap",
     }  # fmt: skip
+    assert report["version"] == 2
     assert report["metrics"] == {"accuracy": 0.6667, "macro_f1": 0.6556}
-    assert report["baselines"]["majority_class"] == {
-        "accuracy": 0.3333, "macro_f1": 0.1667, "label": "a",
-    }  # fmt: skip
+    majority = report["baselines"]["majority_class"]
+    assert (majority["accuracy"], majority["macro_f1"]) == (0.3333, 0.1667)
+    assert majority["label"] == "Majority class" and majority["label_predicted"] == "a"
+    assert majority["ci_low"] <= majority["value"] <= majority["ci_high"]
+    assert majority["lift"] == report["lift"]["over_majority_class"]
     assert report["lift"]["over_majority_class"]["delta"] == 0.3333
     assert report["confusion_matrix"]["labels"] == labels
     assert report["bootstrap"] == {"resamples": 200, "seed": 0}

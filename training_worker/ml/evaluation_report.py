@@ -1,0 +1,259 @@
+"""The evaluation report: one typed reader for the JSON the platform stores on a model version.
+
+Version 2 reports (this module's writers) carry every baseline with its interval and the
+specialist's paired-bootstrap lift over it, plus ``strongest_baseline``. Older stored
+reports (version 1: majority class and one generalist for classification, base-model
+scores without intervals for generation) are read as they are: ``is_legacy`` is true and
+pages say which baselines the evaluation did not have. No Django imports.
+
+Stored JSON keeps ``baselines`` as an object keyed by name, in the order the report lists
+them, so older readers of ``report["baselines"]["majority_class"]["accuracy"]`` still work.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+REPORT_VERSION = 2
+
+# Human names of the baselines, for pages and cards (never the raw key).
+BASELINE_LABELS = {
+    "majority_class": "Majority class",
+    "classic_tfidf_logreg": "Classic: TF-IDF + logistic regression",
+    "generalist_llm_zero_shot": "Generalist: instruct LLM, zero-shot",
+    "generalist_embedding_zero_shot": "Generalist: embedding similarity, zero-shot",
+    "generalist_zero_shot": "Generalist: zero-shot",  # version 1 reports
+    "base_zero_shot": "Generalist: base model, prompted",
+    "base_few_shot": "Generalist: base model, few-shot",
+    "classic_nearest_neighbour": "Classic: nearest-neighbour retrieval (TF-IDF)",
+}
+
+PRIMARY_METRIC = {"text-classification": "accuracy", "text-generation": "exact_match"}
+
+
+def baseline_label(name: str) -> str:
+    return BASELINE_LABELS.get(name, name.replace("_", " ").capitalize())
+
+
+def _number(value: Any) -> float | None:
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+
+@dataclass(frozen=True)
+class Lift:
+    """Specialist minus baseline on the same sealed rows, with a paired-bootstrap interval."""
+
+    metric: str
+    delta: float
+    ci_low: float | None = None
+    ci_high: float | None = None
+
+    @classmethod
+    def from_dict(cls, raw: Any) -> Lift | None:
+        if not isinstance(raw, dict) or _number(raw.get("delta")) is None:
+            return None
+        return cls(
+            metric=str(raw.get("metric", "")),
+            delta=float(raw["delta"]),
+            ci_low=_number(raw.get("ci_low")),
+            ci_high=_number(raw.get("ci_high")),
+        )
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "metric": self.metric,
+            "delta": self.delta,
+            "ci_low": self.ci_low,
+            "ci_high": self.ci_high,
+        }
+
+    @property
+    def is_significant(self) -> bool:
+        """The whole 95 % interval lies above zero."""
+        return self.ci_low is not None and self.ci_low > 0
+
+
+@dataclass(frozen=True)
+class BaselineResult:
+    """One baseline scored on the sealed rows (``rows`` of them: a costly baseline may be
+    capped to the first rows, and its lift is paired on exactly those)."""
+
+    name: str
+    method: str
+    metric: str
+    value: float | None
+    ci_low: float | None = None
+    ci_high: float | None = None
+    lift: Lift | None = None
+    rows: int | None = None
+    label: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)  # e.g. macro_f1, the majority label
+
+    @property
+    def display_name(self) -> str:
+        return self.label or baseline_label(self.name)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            **self.extra,
+            "label": self.display_name,
+            "method": self.method,
+            "metric": self.metric,
+            "value": self.value,
+            # Version 1 readers look the score up by metric name.
+            self.metric: self.value,
+            "ci_low": self.ci_low,
+            "ci_high": self.ci_high,
+            "rows": self.rows,
+            "lift": self.lift.as_dict() if self.lift else None,
+        }
+
+    @classmethod
+    def from_dict(cls, name: str, raw: dict, metric: str, lift: Lift | None) -> BaselineResult:
+        known = {"label", "method", "metric", "value", "ci_low", "ci_high", "rows", "lift"}
+        metric = str(raw.get("metric") or metric)
+        value = _number(raw.get("value", raw.get(metric)))
+        return cls(
+            name=name,
+            method=str(raw.get("method", "")),
+            metric=metric,
+            value=value,
+            ci_low=_number(raw.get("ci_low")),
+            ci_high=_number(raw.get("ci_high")),
+            lift=Lift.from_dict(raw.get("lift")) or lift,
+            rows=raw.get("rows") if isinstance(raw.get("rows"), int) else None,
+            label=str(raw.get("label") or baseline_label(name)),
+            extra={k: v for k, v in raw.items() if k not in known and k != metric},
+        )
+
+
+@dataclass(frozen=True)
+class EvaluationReport:
+    """What the platform measured on a version's sealed split."""
+
+    task: str
+    sealed_rows: int | None
+    metrics: dict[str, Any]
+    intervals: dict[str, list[float]] = field(default_factory=dict)
+    baselines: list[BaselineResult] = field(default_factory=list)
+    version: int = REPORT_VERSION
+    per_class: dict[str, dict[str, Any]] = field(default_factory=dict)
+    confusion_matrix: dict[str, Any] | None = None
+    skipped_baselines: list[dict[str, str]] = field(default_factory=list)
+    lift: dict[str, Any] = field(default_factory=dict)  # other lifts, e.g. loss_reduction
+    extra: dict[str, Any] = field(default_factory=dict)  # keys this reader does not type
+
+    @property
+    def primary_metric(self) -> str:
+        return PRIMARY_METRIC.get(self.task, "accuracy")
+
+    @property
+    def score(self) -> float | None:
+        return _number(self.metrics.get(self.primary_metric))
+
+    @property
+    def score_interval(self) -> tuple[float | None, float | None]:
+        interval = self.intervals.get(self.primary_metric) or [None, None]
+        return _number(interval[0]), _number(interval[1])
+
+    @property
+    def is_legacy(self) -> bool:
+        """Written before classic and LLM baselines were part of every evaluation."""
+        return self.version < REPORT_VERSION
+
+    @property
+    def strongest_baseline(self) -> BaselineResult | None:
+        """The baseline with the highest score (first listed wins a tie)."""
+        scored = [b for b in self.baselines if b.value is not None]
+        return max(scored, key=lambda b: b.value, default=None)
+
+    def baseline(self, name: str) -> BaselineResult | None:
+        return next((b for b in self.baselines if b.name == name), None)
+
+    def as_dict(self) -> dict[str, Any]:
+        lifts = dict(self.lift)
+        for baseline in self.baselines:
+            if baseline.lift is not None:
+                lifts[f"over_{baseline.name}"] = baseline.lift.as_dict()
+        strongest = self.strongest_baseline
+        report: dict[str, Any] = {
+            **self.extra,
+            "version": self.version,
+            "task": self.task,
+            "sealed_rows": self.sealed_rows,
+            "metrics": self.metrics,
+            "intervals": self.intervals,
+            "baselines": {b.name: b.as_dict() for b in self.baselines},
+            "strongest_baseline": strongest.name if strongest else None,
+            "lift": lifts,
+        }
+        if strongest is not None and strongest.lift is not None:
+            report["lift"]["over_strongest_baseline"] = {
+                **strongest.lift.as_dict(),
+                "baseline": strongest.name,
+            }
+        if self.per_class:
+            report["per_class"] = self.per_class
+        if self.confusion_matrix is not None:
+            report["confusion_matrix"] = self.confusion_matrix
+        if self.skipped_baselines:
+            report["skipped_baselines"] = self.skipped_baselines
+        return report
+
+
+_TYPED_KEYS = {
+    "version", "task", "sealed_rows", "metrics", "intervals", "baselines", "strongest_baseline",
+    "lift", "per_class", "confusion_matrix", "skipped_baselines",
+}  # fmt: skip
+
+
+def read_evaluation(raw: dict | None) -> EvaluationReport | None:
+    """The one reader of stored evaluation JSON, version 1 or 2; None for no evaluation."""
+    if not raw or not isinstance(raw, dict):
+        return None
+    task = str(raw.get("task", ""))
+    metrics = dict(raw.get("metrics") or {})
+    version = raw.get("version") if isinstance(raw.get("version"), int) else 1
+    primary = PRIMARY_METRIC.get(task, "accuracy")
+    raw_lift = dict(raw.get("lift") or {})
+    raw_baselines = raw.get("baselines") or {}
+    baselines = [
+        BaselineResult.from_dict(name, entry, primary, Lift.from_dict(raw_lift.get(f"over_{name}")))
+        for name, entry in raw_baselines.items()
+        if isinstance(entry, dict)
+    ]
+    if task == "text-generation" and version < REPORT_VERSION and "base_exact_match" in metrics:
+        # Version 1 kept the base model's scores in metrics, without per-row intervals.
+        specialist, base = _number(metrics.get("exact_match")), metrics["base_exact_match"]
+        lift = None
+        if specialist is not None and _number(base) is not None:
+            lift = Lift(metric="exact_match", delta=specialist - float(base))
+        baselines.append(
+            BaselineResult(
+                name="base_zero_shot",
+                method="base model without the adapter, prompted with the row's prompt",
+                metric="exact_match",
+                value=_number(base),
+                lift=lift,
+                label=baseline_label("base_zero_shot"),
+            )
+        )
+    other_lifts = {
+        key: value
+        for key, value in raw_lift.items()
+        if not (key.startswith("over_") and isinstance(value, dict))
+    }
+    return EvaluationReport(
+        task=task,
+        sealed_rows=raw.get("sealed_rows"),
+        metrics=metrics,
+        intervals=dict(raw.get("intervals") or {}),
+        baselines=baselines,
+        version=version,
+        per_class=dict(raw.get("per_class") or {}),
+        confusion_matrix=raw.get("confusion_matrix"),
+        skipped_baselines=list(raw.get("skipped_baselines") or []),
+        lift=other_lifts,
+        extra={key: value for key, value in raw.items() if key not in _TYPED_KEYS},
+    )
