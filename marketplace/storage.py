@@ -9,10 +9,16 @@ bucket is private: objects are written with a private ACL, or none.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import os
+import tempfile
+from pathlib import Path
 
+from django.conf import settings
 from django.core.exceptions import SuspiciousFileOperation
 from django.core.files.storage import FileSystemStorage
+from django.core.files.uploadedfile import TemporaryUploadedFile, UploadedFile
 from django.core.files.uploadhandler import TemporaryFileUploadHandler
 
 SEALED_PREFIX = "sealed/"
@@ -36,6 +42,51 @@ class LocalStorage(FileSystemStorage):
         return super().url(name)
 
 
+SPOOL_PREFIX = "niche-upload-"
+
+
+def _spool_dir() -> Path:
+    return Path(settings.FILE_UPLOAD_TEMP_DIR or tempfile.gettempdir())
+
+
+class SpooledUpload(TemporaryUploadedFile):
+    """An upload's temporary file, named after the process writing it
+    (`niche-upload-<pid>-...`): should that process die mid-upload (SIGKILL, OOM), the
+    next web process to start on the machine knows the file is an orphan."""
+
+    def __init__(self, name, content_type, size, charset, content_type_extra=None):
+        file = tempfile.NamedTemporaryFile(  # noqa: SIM115 (closed with the upload)
+            prefix=f"{SPOOL_PREFIX}{os.getpid()}-", suffix=".upload", dir=_spool_dir()
+        )
+        UploadedFile.__init__(self, file, name, content_type, size, charset, content_type_extra)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: alive
+        return True
+    return True
+
+
+def upload_spools_sweep() -> int:
+    """Remove the temporary files of uploads whose process is gone; returns how many.
+
+    Run by every web process as it starts (marketplace/wsgi.py): a web process killed
+    mid-upload leaves its half-written spool behind, its replacement removes it. Files
+    of live processes (uploads in flight) are left alone."""
+    removed = 0
+    for path in _spool_dir().glob(f"{SPOOL_PREFIX}*"):
+        pid = path.name[len(SPOOL_PREFIX) :].split("-", 1)[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+                removed += 1
+    return removed
+
+
 class HashingUploadHandler(TemporaryFileUploadHandler):
     """Spools an upload to a temporary file in chunks, computing its SHA-256 on the way.
 
@@ -46,7 +97,10 @@ class HashingUploadHandler(TemporaryFileUploadHandler):
     """
 
     def new_file(self, *args, **kwargs):
-        super().new_file(*args, **kwargs)
+        super(TemporaryFileUploadHandler, self).new_file(*args, **kwargs)
+        self.file = SpooledUpload(
+            self.file_name, self.content_type, 0, self.charset, self.content_type_extra
+        )
         self._digest = hashlib.sha256()
 
     def receive_data_chunk(self, raw_data, start):
