@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test lint format bench clean
+.PHONY: install run test lint format bench reliability clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -34,6 +34,11 @@ format: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) bench/run_all.py
+
+# Issue #12 at depth (fuzz, authorization matrix, deploy checks, hostile files, uploads,
+# every crash point, load); rewrites the generated part of docs/reliability.md.
+reliability: $(STAMP)
+	$(PY) bench/reliability.py
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .ruff_cache
