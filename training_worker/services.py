@@ -161,8 +161,8 @@ def _dataset_quota_check(*, owner: User, adding: int) -> None:
     )
     if used + adding > quota:
         raise PayloadTooLargeError(
-            f"Your datasets use {used:,} of your {quota:,} bytes; this {adding:,}-byte file "
-            "does not fit. Delete a dataset you no longer need and upload again.",
+            f"Your datasets use {used:,} bytes of your {quota:,}-byte storage quota; this "
+            f"{adding:,}-byte file does not fit. Delete a dataset you no longer need.",
             code="storage_quota_exceeded",
             fields={"file": [f"Over your {quota:,}-byte dataset storage quota."]},
         )
