@@ -97,7 +97,7 @@ class ApiKeyDetailApi(BaseApi):
 
     required_scopes = {"DELETE": "keys"}
 
-    @extend_schema(responses=ApiKeyOutput)
+    @extend_schema(responses={200: ApiKeyOutput})  # the revoked key, not an empty 204
     def delete(self, request, key_id):
         key = services.api_key_revoke(
             user=request.user, key_id=key_id, revoked_by=calling_api_key(request)

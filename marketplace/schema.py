@@ -58,12 +58,18 @@ DESCRIPTIONS = {
     "503": "No inference worker is running.",
     "504": "The inference engine did not answer in time.",
 }
+# Errors that follow from what one operation does rather than from its shape.
+SPECIFIC = {
+    # The version's stored files are refused (not safetensors, tampered) or missing.
+    ("/api/v1/models/{version_id}/export", "get"): {"409"},
+}
 _BODY_METHODS = {"post", "put", "patch"}
 _METHODS = _BODY_METHODS | {"get", "delete"}
 
 
 def _statuses(path: str, method: str, operation: dict) -> set[str]:
-    statuses = {"401"}  # a key that is not valid (revoked, its user suspended), even if public
+    # 401 always: a key that is not valid (revoked, its user suspended), even where public.
+    statuses = {"401"} | SPECIFIC.get((path, method), set())
     if {} not in operation.get("security", [{}]):
         statuses.add("403")
     if "{" in path:

@@ -1,0 +1,188 @@
+# ruff: noqa: E501  (a table: one row per endpoint, one column per persona)
+"""THE authorization matrix: every endpoint x persona -> the status it must answer.
+
+Read a row left to right. Personas (tests/hardening/world.py):
+  anon  anonymous                      own   alice, the owner expert (her objects)
+  oth   eve, another expert            lic   bob, buyer holding a licence on alice's listing
+  unl   dave, buyer without a licence  mod   carol, moderator (staff, moderators group)
+  adm   root, administrator            sus   sam, suspended (is_active=False)
+  r/t/i/k  alice's API keys with only the read / train / infer / keys scope
+On /api/ and /v1/ the people call with their own full-scope key (read+train+infer+keys);
+on portal pages they are signed in (a session) and the key columns send only their key,
+which a page does not accept (so they read like anonymous).
+
+Path parameters are alice's objects (her published listing, dataset, job, version, offer,
+key) and bob's licence and review: ROUTE_VALUES. Bodies are valid where that matters
+(BODIES); otherwise `{}`, where 422 means "allowed in, then the input was checked".
+A 404 for someone else's object is deliberate: it does not reveal that the object exists.
+tests/hardening/test_authorization_matrix.py fails when a route has no row here.
+"""
+
+COLUMNS = (
+    "anonymous", "owner", "other_expert", "buyer_licensed", "buyer_unlicensed", "moderator",
+    "admin", "suspended", "key_read", "key_train", "key_infer", "key_keys",
+)  # fmt: skip
+
+# The admin site's own pages open to all (its login and logout, the JS catalogue).
+ADMIN_PUBLIC_ROUTES = {"admin/login/", "admin/logout/", "admin/jsi18n/"}
+
+
+def ROUTE_VALUES(world) -> dict:
+    return {
+        "slug": world.listing.slug,
+        "listing": world.listing.slug,
+        "model": world.listing.slug,
+        "dataset_id": world.dataset_id,
+        "job_id": world.job_id,
+        "version_id": world.version_id,
+        "offer_id": world.offer_id,
+        "licence_id": world.licence_id,
+        "key_id": world.key_ids["key_read"],
+        "review_id": world.review_id,
+    }
+
+
+BODIES = {
+    "POST api/v1/api_keys": {"name": "new", "scopes": ["read"]},
+    "PATCH api/v1/listings/<slug:slug>": {"summary": "A new summary."},
+    "POST api/v1/listings/<slug:slug>/versions": lambda w: {"model_version": w.draft_version_id},
+    "POST api/v1/listings/<slug:slug>/reviews": {"rating": 4, "text": "Fine."},
+    "POST api/v1/listings/<slug:slug>/reviews/<int:review_id>/reply": {"text": "Thanks."},
+    "POST api/v1/listings/<slug:slug>/reports": {"reason": "spam", "text": "Looks off."},
+    "POST api/v1/billing/offers": lambda w: {
+        "listing": w.listing.slug,
+        "kind": "per_call",
+        "currency": "usd",
+        "unit_amount": 150,
+    },
+    "PATCH api/v1/billing/offers/<uuid:offer_id>": {"unit_amount": 5000},
+    "POST api/v1/billing/checkout": lambda w: {"offer_id": w.offer_id},
+    # Invalid inputs: the gateway checks the licence first, and nothing reaches an engine.
+    "POST api/v1/models/<str:listing>/predict": {"inputs": 5},
+    # Valid bodies for a classification listing: the licence is checked, then the task.
+    "POST v1/chat/completions": lambda w: {
+        "model": w.listing.slug,
+        "messages": [{"role": "user", "content": "Hello"}],
+    },
+    "POST v1/completions": lambda w: {"model": w.listing.slug, "prompt": "Hello"},
+    "POST dashboard/api-keys/": {"name": "new", "scopes": ["read"]},
+    "POST catalogue/<slug:slug>/review/": {"rating": "4", "text": "Fine."},
+    "POST catalogue/<slug:slug>/report/": {"reason": "spam", "text": "Looks off."},
+    "POST catalogue/<slug:slug>/buy/": lambda w: {"offer": w.offer_id},
+}
+
+# Rows whose status does not depend on the caller, and whose every call is slow (healthz
+# waits on the broker and the workers): only these columns are called.
+UNIFORM = {"GET healthz": ("anonymous", "admin", "key_read")}
+
+# (row, persona) -> whose private strings that cell may show besides the persona's own.
+MAY_SEE: dict[tuple[str, str], set[str]] = {}
+
+# fmt: off
+MATRIX: dict[str, tuple[int, ...]] = {
+    #                                                                anon own  oth  lic  unl  mod  adm  sus  r    t    i    k
+    # --- API (/api/v1/)
+    "GET api/v1/me":                                                 (401, 200, 200, 200, 200, 200, 200, 401, 200, 403, 403, 403),
+    "GET api/v1/api_keys":                                           (401, 200, 200, 200, 200, 200, 200, 401, 200, 403, 403, 403),
+    "POST api/v1/api_keys":                                          (401, 201, 201, 201, 201, 201, 201, 401, 403, 403, 403, 403),
+    "DELETE api/v1/api_keys/<uuid:key_id>":                          (401, 200, 404, 404, 404, 404, 404, 401, 403, 403, 403, 403),
+    "GET api/v1/base_models":                                        (401, 200, 200, 200, 200, 200, 200, 401, 200, 403, 403, 403),
+    "GET api/v1/datasets":                                           (401, 200, 200, 200, 200, 200, 200, 401, 200, 403, 403, 403),
+    "POST api/v1/datasets":                                          (401, 415, 415, 415, 415, 415, 415, 401, 403, 415, 403, 403),
+    "DELETE api/v1/datasets/<uuid:dataset_id>":                      (401, 204, 404, 404, 404, 404, 404, 401, 403, 204, 403, 403),
+    "GET api/v1/datasets/<uuid:dataset_id>":                         (401, 200, 404, 404, 404, 404, 404, 401, 200, 403, 403, 403),
+    "GET api/v1/fine_tuning/jobs":                                   (401, 200, 200, 200, 200, 200, 200, 401, 200, 403, 403, 403),
+    "POST api/v1/fine_tuning/jobs":                                  (401, 422, 422, 422, 422, 422, 422, 401, 403, 422, 403, 403),
+    "GET api/v1/fine_tuning/jobs/<uuid:job_id>":                     (401, 200, 404, 404, 404, 404, 404, 401, 200, 403, 403, 403),
+    "POST api/v1/fine_tuning/jobs/<uuid:job_id>/cancel":             (401, 409, 404, 404, 404, 404, 404, 401, 403, 409, 403, 403),
+    "GET api/v1/fine_tuning/jobs/<uuid:job_id>/events":              (401, 200, 404, 404, 404, 404, 404, 401, 200, 403, 403, 403),
+    "GET api/v1/fine_tuning/jobs/<uuid:job_id>/checkpoints":         (401, 200, 404, 404, 404, 404, 404, 401, 200, 403, 403, 403),
+    "GET api/v1/models":                                             (401, 200, 200, 200, 200, 200, 200, 401, 200, 403, 403, 403),
+    "GET api/v1/models/<uuid:version_id>":                           (401, 200, 404, 404, 404, 404, 404, 401, 200, 403, 403, 403),
+    "GET api/v1/models/<uuid:version_id>/evaluation":                (401, 200, 404, 404, 404, 404, 404, 401, 200, 403, 403, 403),
+    "GET api/v1/models/<uuid:version_id>/card":                      (401, 200, 404, 404, 404, 404, 404, 401, 200, 403, 403, 403),
+    "GET api/v1/listings":                                           (200, 200, 200, 200, 200, 200, 200, 401, 200, 200, 200, 200),
+    "POST api/v1/listings":                                          (401, 422, 422, 422, 422, 422, 422, 401, 403, 422, 403, 403),
+    "GET api/v1/listings/mine":                                      (401, 200, 200, 200, 200, 200, 200, 401, 200, 403, 403, 403),
+    "GET api/v1/listings/<slug:slug>":                               (200, 200, 200, 200, 200, 200, 200, 401, 200, 200, 200, 200),
+    "PATCH api/v1/listings/<slug:slug>":                             (401, 409, 404, 404, 404, 404, 404, 401, 403, 409, 403, 403),
+    "POST api/v1/listings/<slug:slug>/submit":                       (401, 409, 404, 404, 404, 404, 404, 401, 403, 409, 403, 403),
+    "POST api/v1/listings/<slug:slug>/delist":                       (401, 200, 404, 404, 404, 404, 404, 401, 403, 200, 403, 403),
+    "POST api/v1/listings/<slug:slug>/versions":                     (401, 200, 404, 404, 404, 404, 404, 401, 403, 200, 403, 403),
+    "GET api/v1/listings/<slug:slug>/reviews":                       (200, 200, 200, 200, 200, 200, 200, 401, 200, 200, 200, 200),
+    "POST api/v1/listings/<slug:slug>/reviews":                      (401, 403, 403, 200, 403, 403, 403, 401, 403, 403, 403, 403),
+    "POST api/v1/listings/<slug:slug>/reviews/<int:review_id>/reply":(401, 200, 404, 404, 404, 404, 404, 401, 403, 200, 403, 403),
+    "POST api/v1/listings/<slug:slug>/reports":                      (401, 201, 201, 201, 201, 201, 201, 401, 201, 403, 403, 403),
+    "GET api/v1/billing/offers":                                     (401, 200, 200, 200, 200, 200, 200, 401, 200, 403, 403, 403),
+    "POST api/v1/billing/offers":                                    (401, 201, 403, 403, 403, 403, 403, 401, 403, 201, 403, 403),
+    "DELETE api/v1/billing/offers/<uuid:offer_id>":                  (401, 200, 404, 404, 404, 404, 404, 401, 403, 200, 403, 403),
+    "GET api/v1/billing/offers/<uuid:offer_id>":                     (401, 200, 404, 404, 404, 404, 404, 401, 200, 403, 403, 403),
+    "PATCH api/v1/billing/offers/<uuid:offer_id>":                   (401, 200, 404, 404, 404, 404, 404, 401, 403, 200, 403, 403),
+    "GET api/v1/billing/licenses":                                   (401, 200, 200, 200, 200, 200, 200, 401, 200, 403, 403, 403),
+    "GET api/v1/billing/licenses/<uuid:licence_id>":                 (401, 404, 404, 200, 404, 404, 404, 401, 404, 403, 403, 403),
+    "GET api/v1/billing/usage":                                      (401, 200, 200, 200, 200, 200, 200, 401, 200, 403, 403, 403),
+    "GET api/v1/billing/earnings":                                   (401, 200, 200, 200, 200, 200, 200, 401, 200, 403, 403, 403),
+    "GET api/v1/listings/<slug:slug>/offers":                        (200, 200, 200, 200, 200, 200, 200, 401, 200, 200, 200, 200),
+    "POST api/v1/billing/checkout":                                  (401, 409, 201, 409, 201, 201, 201, 401, 403, 403, 409, 403),
+    "GET api/v1/billing/connect":                                    (401, 200, 200, 200, 200, 200, 200, 401, 200, 403, 403, 403),
+    "POST api/v1/billing/connect/onboard":                           (401, 201, 201, 403, 403, 403, 403, 401, 403, 201, 403, 403),
+    "POST api/v1/billing/stripe/webhook":                            (400, 400, 400, 400, 400, 400, 400, 400, 400, 400, 400, 400),
+    "GET api/v1/models/<uuid:version_id>/export":                    (401, 409, 403, 403, 403, 403, 403, 401, 409, 403, 403, 403),
+    "POST api/v1/models/<str:listing>/predict":                      (401, 422, 403, 422, 403, 403, 403, 401, 403, 403, 422, 403),
+    # --- OpenAI-compatible API (/v1/)
+    "POST v1/chat/completions":                                      (401, 422, 403, 422, 403, 403, 403, 401, 403, 403, 422, 403),
+    "POST v1/completions":                                           (401, 422, 403, 422, 403, 403, 403, 401, 403, 403, 422, 403),
+    "GET v1/models":                                                 (401, 200, 200, 200, 200, 200, 200, 401, 403, 403, 200, 403),
+    "GET v1/models/<str:model>":                                     (401, 200, 404, 200, 404, 404, 404, 401, 403, 403, 200, 403),
+    # --- Service endpoints
+    "GET healthz":                                                   (503, 503, 503, 503, 503, 503, 503, 503, 503, 503, 503, 503),
+    "GET metrics":                                                   (404, 404, 404, 404, 404, 404, 404, 404, 404, 404, 404, 404),
+    "GET api/schema/":                                               (200, 200, 200, 200, 200, 200, 200, 401, 200, 200, 200, 200),
+    "GET api/docs/":                                                 (200, 200, 200, 200, 200, 200, 200, 401, 200, 200, 200, 200),
+    # --- OpenAI-compatible API (/v1/)
+    "GET v1/":                                                       (404, 404, 404, 404, 404, 404, 404, 404, 404, 404, 404, 404),
+    # --- Service endpoints
+    "GET ^(api|v1)/":                                                (404, 404, 404, 404, 404, 404, 404, 404, 404, 404, 404, 404),
+    "POST ^(api|v1)/":                                               (404, 404, 404, 404, 404, 404, 404, 404, 404, 404, 404, 404),
+    # --- Portal and service pages
+    "GET ":                                                          (200, 200, 200, 200, 200, 200, 200, 200, 200, 200, 200, 200),
+    "GET .well-known/niche-signing-key":                             (200, 200, 200, 200, 200, 200, 200, 200, 200, 200, 200, 200),
+    "GET signup/":                                                   (200, 200, 200, 200, 200, 200, 200, 200, 200, 200, 200, 200),
+    "POST signup/":                                                  (200, 200, 200, 200, 200, 200, 200, 200, 200, 200, 200, 200),
+    "GET login/":                                                    (200, 200, 200, 200, 200, 200, 200, 200, 200, 200, 200, 200),
+    "POST login/":                                                   (200, 200, 200, 200, 200, 200, 200, 200, 200, 200, 200, 200),
+    "POST logout/":                                                  (302, 302, 302, 302, 302, 302, 302, 302, 302, 302, 302, 302),
+    "GET password/":                                                 (302, 200, 200, 200, 200, 200, 200, 302, 302, 302, 302, 302),
+    "POST password/":                                                (302, 200, 200, 200, 200, 200, 200, 302, 302, 302, 302, 302),
+    "GET password/done/":                                            (302, 200, 200, 200, 200, 200, 200, 302, 302, 302, 302, 302),
+    "GET dashboard/":                                                (302, 200, 200, 200, 200, 200, 200, 302, 302, 302, 302, 302),
+    "POST dashboard/api-keys/":                                      (302, 200, 200, 200, 200, 200, 200, 302, 302, 302, 302, 302),
+    "POST dashboard/api-keys/<uuid:key_id>/revoke/":                 (302, 302, 302, 302, 302, 302, 302, 302, 302, 302, 302, 302),
+    "GET studio/":                                                   (302, 200, 200, 200, 200, 200, 200, 302, 302, 302, 302, 302),
+    "POST studio/datasets/":                                         (302, 302, 302, 302, 302, 302, 302, 302, 302, 302, 302, 302),
+    "GET studio/datasets/<uuid:dataset_id>/":                        (302, 200, 404, 404, 404, 404, 404, 302, 302, 302, 302, 302),
+    "POST studio/jobs/":                                             (302, 422, 422, 422, 422, 422, 422, 302, 302, 302, 302, 302),
+    "GET studio/jobs/<uuid:job_id>/":                                (302, 200, 404, 404, 404, 404, 404, 302, 302, 302, 302, 302),
+    "POST studio/jobs/<uuid:job_id>/cancel/":                        (302, 302, 302, 302, 302, 302, 302, 302, 302, 302, 302, 302),
+    "GET studio/models/<uuid:version_id>/":                          (302, 200, 404, 404, 404, 404, 404, 302, 302, 302, 302, 302),
+    "GET studio/models/<uuid:version_id>/list/":                     (302, 200, 404, 404, 404, 404, 404, 302, 302, 302, 302, 302),
+    "POST studio/models/<uuid:version_id>/list/":                    (302, 200, 404, 404, 404, 404, 404, 302, 302, 302, 302, 302),
+    "GET catalogue/":                                                (200, 200, 200, 200, 200, 200, 200, 200, 200, 200, 200, 200),
+    "GET catalogue/<slug:slug>/":                                    (200, 200, 200, 200, 200, 200, 200, 200, 200, 200, 200, 200),
+    "POST catalogue/<slug:slug>/submit/":                            (302, 302, 302, 302, 302, 302, 302, 302, 302, 302, 302, 302),
+    "POST catalogue/<slug:slug>/review/":                            (302, 302, 302, 302, 302, 302, 302, 302, 302, 302, 302, 302),
+    "POST catalogue/<slug:slug>/report/":                            (302, 302, 302, 302, 302, 302, 302, 302, 302, 302, 302, 302),
+    "POST catalogue/<slug:slug>/offers/":                            (302, 302, 302, 302, 302, 302, 302, 302, 302, 302, 302, 302),
+    "POST catalogue/<slug:slug>/offers/<uuid:offer_id>/":            (302, 302, 302, 302, 302, 302, 302, 302, 302, 302, 302, 302),
+    "POST catalogue/<slug:slug>/offers/<uuid:offer_id>/retire/":     (302, 302, 302, 302, 302, 302, 302, 302, 302, 302, 302, 302),
+    "POST catalogue/<slug:slug>/buy/":                               (302, 302, 302, 302, 302, 302, 302, 302, 302, 302, 302, 302),
+    "POST catalogue/<slug:slug>/try/":                               (302, 422, 403, 422, 403, 403, 403, 302, 302, 302, 302, 302),
+    "GET licences/":                                                 (302, 200, 200, 200, 200, 200, 200, 302, 302, 302, 302, 302),
+    "GET licences/return/":                                          (302, 404, 404, 404, 404, 404, 404, 302, 302, 302, 302, 302),
+    "GET licences/<uuid:licence_id>/status/":                        (302, 404, 404, 200, 404, 404, 404, 302, 302, 302, 302, 302),
+    "GET payouts/":                                                  (302, 200, 200, 403, 403, 403, 403, 302, 302, 302, 302, 302),
+    "POST payouts/onboard/":                                         (302, 302, 302, 403, 403, 403, 403, 302, 302, 302, 302, 302),
+    "GET payouts/return/":                                           (302, 302, 302, 403, 403, 403, 403, 302, 302, 302, 302, 302),
+    "GET earnings/":                                                 (302, 200, 200, 403, 403, 403, 403, 302, 302, 302, 302, 302),
+}
+# fmt: on
