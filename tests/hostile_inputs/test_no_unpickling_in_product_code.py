@@ -1,5 +1,6 @@
-"""Product code never unpickles a file or runs a model's remote code: an AST walk over every
-app package (not tests), which must catch each planted example and pass each safe one."""
+"""Product code never unpickles a file, runs a model's remote code or lets transformers fall
+back to pickled weights: an AST walk over every app package (not tests), which must catch
+each planted example and pass each safe one."""
 
 from pathlib import Path
 
@@ -36,11 +37,17 @@ PLANTED = {
     "trust-remote-code-keyword": "AutoModel.from_pretrained('x', trust_remote_code=True)",
     "trust-remote-code-variable": "f(trust_remote_code=setting)",
     "trust-remote-code-dict": "f(**{'trust_remote_code': True})",
+    "from-pretrained-without-safetensors": "from transformers import AutoModelForCausalLM\n"
+    "AutoModelForCausalLM.from_pretrained(path)",
+    "from-pretrained-safetensors-false": "import transformers\n"
+    "transformers.LlamaForCausalLM.from_pretrained(path, use_safetensors=False)",
+    "from-pretrained-auto-model": "AutoModel.from_pretrained(path, revision='main')",
     "trust-remote-code-in-function": "def g():\n    from transformers import AutoModel\n"
     "    return AutoModel.from_pretrained(p, trust_remote_code=True)",
 }
 SAFE = {
-    "trust-remote-code-false": "AutoModel.from_pretrained('x', trust_remote_code=False)",
+    "trust-remote-code-false": "AutoModel.from_pretrained('x', use_safetensors=True, "
+    "trust_remote_code=False)",
     "numpy-load-default": "import numpy as np\nnp.load('a.npy')",
     "numpy-load-no-pickle": "import numpy as np\nnp.load('a.npy', allow_pickle=False)",
     "json-loads": "import json\njson.loads(s)",
@@ -48,6 +55,11 @@ SAFE = {
     "load-state-dict": "model.load_state_dict(state)",
     "pickle-dumps": "import pickle\npickle.dumps(x)",
     "method-named-load": "storage.load(name)",
+    "from-pretrained-safetensors": "AutoModelForSequenceClassification.from_pretrained("
+    "p, use_safetensors=True, trust_remote_code=False)",
+    "from-pretrained-gguf": "AutoModelForCausalLM.from_pretrained(folder, gguf_file=name)",
+    "tokenizer-from-pretrained": "AutoTokenizer.from_pretrained(p)",
+    "peft-from-pretrained": "PeftModel.from_pretrained(base, folder)",
 }
 
 

@@ -5,11 +5,15 @@ Flags: ``pickle``/``_pickle``/``cPickle``/``dill``/``cloudpickle`` ``load``/``lo
 ``pandas.read_pickle``, ``marshal.load(s)``, ``shelve.open``, ``numpy.load`` unless
 ``allow_pickle`` is literally False or absent, and ``trust_remote_code`` given any value
 but a literal False (as a keyword or a dict literal key, e.g. ``**{"trust_remote_code": x}``).
+A transformers model's ``from_pretrained`` (``AutoModel*``, ``*For*``, ``*Model``; peft's
+``PeftModel`` excepted: its folder passes safe_weights first) must say
+``use_safetensors=True`` (or load a ``gguf_file``), so it can never fall back to a ``.bin``.
 """
 
 from __future__ import annotations
 
 import ast
+import re
 
 UNPICKLING_CALLS = {
     *(f"{module}.{name}" for module in ("pickle", "_pickle", "cPickle", "dill", "cloudpickle")
@@ -23,6 +27,8 @@ UNPICKLING_CALLS = {
     "shelve.open",
 }  # fmt: skip
 NUMPY_LOAD = "numpy.load"
+TRANSFORMERS_MODEL = re.compile(r"^(AutoModel\w*|\w+For\w+|\w+Model)$")
+NOT_WEIGHTS_LOADERS = {"PeftModel"}
 
 
 def _is_literal_false(node: ast.AST) -> bool:
@@ -68,6 +74,18 @@ class _Walker(ast.NodeVisitor):
         for keyword in node.keywords:
             if keyword.arg == "trust_remote_code" and not _is_literal_false(keyword.value):
                 self.findings.append((node.lineno, "passes trust_remote_code"))
+        if isinstance(node.func, ast.Attribute) and node.func.attr == "from_pretrained":
+            owner = (self.dotted(node.func.value) or "").rsplit(".", 1)[-1]
+            if TRANSFORMERS_MODEL.match(owner) and owner not in NOT_WEIGHTS_LOADERS:
+                safe = any(
+                    (k.arg == "use_safetensors" and isinstance(k.value, ast.Constant)
+                     and k.value.value is True) or k.arg == "gguf_file"
+                    for k in node.keywords
+                )  # fmt: skip
+                if not safe:
+                    self.findings.append(
+                        (node.lineno, f"{owner}.from_pretrained without use_safetensors=True")
+                    )
         self.generic_visit(node)
 
     def visit_Dict(self, node: ast.Dict) -> None:
