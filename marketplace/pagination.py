@@ -103,4 +103,6 @@ def list_schema(item, *, name: str = "", cursor: bool = True, **extra):
             "first_id": serializers.JSONField(allow_null=True),
             "last_id": serializers.JSONField(allow_null=True),
         }
-    return inline_serializer(name=name or f"{item_class.__name__}List", fields=fields | extra)
+    serializer = inline_serializer(name=name or f"{item_class.__name__}List", fields=fields | extra)
+    serializer.is_list_body = True  # marketplace.schema.AutoSchema names the operation _list
+    return serializer

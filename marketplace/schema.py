@@ -11,6 +11,21 @@ and for the inference calls 429 and the engine's 502/503/504.
 Tests: tests/hardening/test_api_fuzz.py fuzzes every operation against this schema.
 """
 
+from drf_spectacular.openapi import AutoSchema as SpectacularAutoSchema
+
+
+class AutoSchema(SpectacularAutoSchema):
+    """drf-spectacular's, with list operations named `…_list` when their body is a
+    `marketplace.pagination.list_schema` envelope (an object, so not seen as a list)."""
+
+    def get_operation_id(self) -> str:
+        operation_id = super().get_operation_id()
+        response = self.get_response_serializers()
+        if self.method == "GET" and getattr(response, "is_list_body", False):
+            return operation_id.removesuffix("_retrieve") + "_list"
+        return operation_id
+
+
 ERROR = {
     "type": "object",
     "required": ["error"],
