@@ -54,3 +54,26 @@ def api():
         return client
 
     return client_for
+
+
+@pytest.fixture(scope="session")
+def s3_emulator():
+    """An S3-compatible emulator (moto's standalone server) on 127.0.0.1, one per run."""
+    from tests.s3_emulator import S3Emulator
+
+    emulator = S3Emulator.start()
+    yield emulator
+    emulator.stop()
+
+
+@pytest.fixture
+def s3_storage(s3_emulator, monkeypatch, settings):
+    """The default storage on a fresh bucket of the emulator, built from the environment
+    exactly as production.py builds it; the bucket's name."""
+    from marketplace.settings.object_storage import default_storage_config
+
+    bucket = s3_emulator.new_bucket()
+    for name, value in s3_emulator.env(bucket).items():
+        monkeypatch.setenv(name, value)
+    settings.STORAGES = {**settings.STORAGES, "default": default_storage_config("s3")}
+    return bucket

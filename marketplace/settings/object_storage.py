@@ -17,7 +17,7 @@ BACKENDS = ("local", "s3")
 PRIVATE_ACLS = ("private", "bucket-owner-full-control", "")
 # Multipart parts and the bytes an opened object keeps in memory before it spills to a
 # temporary file: a large upload or download holds a few parts in memory, never all of it.
-PART_BYTES = 8 * 1024 * 1024
+PART_BYTES = 5 * 1024 * 1024  # the smallest part S3 accepts
 PART_CONCURRENCY = 2
 
 
@@ -30,7 +30,6 @@ def default_storage_config(backend: str) -> dict:
     if backend == "local":
         # Its folder is MEDIA_ROOT (STORAGE_ROOT), read when first used.
         return {"BACKEND": "marketplace.storage.LocalStorage"}
-    from boto3.s3.transfer import TransferConfig
     from botocore.config import Config
 
     def optional(name: str) -> str | None:
@@ -56,11 +55,7 @@ def default_storage_config(backend: str) -> dict:
             "querystring_expire": env_int("STORAGE_URL_EXPIRE_SECONDS", 300, minimum=1),
             "file_overwrite": False,  # as on the local disk: a taken name gets a new one
             "max_memory_size": PART_BYTES,
-            "transfer_config": TransferConfig(
-                multipart_threshold=PART_BYTES,
-                multipart_chunksize=PART_BYTES,
-                max_concurrency=PART_CONCURRENCY,
-            ),
+            "transfer_config": _transfer_config(),
             "client_config": Config(
                 s3={"addressing_style": addressing},  # MinIO: path
                 signature_version="s3v4",  # presigned URLs carry X-Amz-Expires
@@ -68,3 +63,16 @@ def default_storage_config(backend: str) -> dict:
             ),
         },
     }
+
+
+def _transfer_config():
+    from boto3.s3.transfer import TransferConfig
+
+    config = TransferConfig(
+        multipart_threshold=PART_BYTES,
+        multipart_chunksize=PART_BYTES,
+        max_concurrency=PART_CONCURRENCY,
+    )
+    # Parts read ahead of their upload (s3transfer's default, 10, would hold 80 MiB).
+    config.max_in_memory_upload_chunks = PART_CONCURRENCY
+    return config
