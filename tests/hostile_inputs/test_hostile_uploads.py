@@ -298,3 +298,36 @@ def test_multipart_filename_tricks_through_the_api(alice, post):
     assert response.status_code == 202
     assert "/" not in body["filename"] and body["filename"].endswith(".csv")
     assert STORED_NAME.match(Dataset.objects.get(pk=body["id"]).source_path)
+
+
+def test_parallel_uploads_cannot_squeeze_past_the_quota_together(transactional_db, alice, settings):
+    """Eight uploads at once, room for three: the owner's row lock lets exactly three in."""
+    import threading
+
+    from django.db import connection
+
+    from marketplace.errors import PayloadTooLargeError
+
+    content = classification_csv()
+    settings.DATASET_STORAGE_QUOTA_BYTES = 3 * len(content) + 10
+    barrier = threading.Barrier(8)
+    outcomes: list[str] = []
+
+    def one(n: int) -> None:
+        try:
+            barrier.wait()
+            services.dataset_upload(owner=alice, file=upload(f"p{n}.csv", content))
+            outcomes.append("stored")
+        except PayloadTooLargeError as exc:
+            outcomes.append(exc.code)
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=one, args=(n,)) for n in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert sorted(outcomes) == ["storage_quota_exceeded"] * 5 + ["stored"] * 3
+    assert Dataset.objects.filter(owner=alice).count() == 3
+    assert len(stored_files()) == 3  # the refused five left no file behind
