@@ -199,7 +199,8 @@ def test_model_version_page_draws_the_comparison_chart(alice):
 
     assert 'id="comparison-chart"' in page
     assert "This specialist" in page and "Majority class" in page and "0.900" in page
-    assert "over_majority_class" in page
+    assert "over_majority_class" not in page  # lift rows carry human names
+    assert "Lift over the strongest baseline" in page
     assert version.adapter_sha256 in page
 
 
@@ -210,6 +211,7 @@ def test_job_page_has_the_live_progress_hooks(alice):
 
     assert f'data-job-url="/api/v1/fine_tuning/jobs/{version.job_id}"' in page
     assert 'id="loss-chart"' in page and "job.js" in page
+    assert 'id="validation-chart"' in page  # the validation curve beside the loss curve
 
 
 def test_mallory_gets_404_on_alices_studio_pages(alice, mallory):

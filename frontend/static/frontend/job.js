@@ -5,6 +5,7 @@
   const jobUrl = root.dataset.jobUrl;
   const terminal = new Set(["succeeded", "failed", "cancelled"]);
   const losses = [];
+  const validation = [];  // one point per epoch: {epoch, step, loss, accuracy?, best}
   let lastEventId = null;
 
   function drawLoss() {
@@ -21,6 +22,47 @@
     document.getElementById("loss-line").setAttribute("points", points.join(" "));
     document.getElementById("loss-max").textContent = `loss ${hi.toFixed(3)}`;
     document.getElementById("loss-min").textContent = `loss ${lo.toFixed(3)}`;
+  }
+
+  function drawValidation() {
+    const note = document.getElementById("validation-note");
+    if (validation.length < 1) return;
+    const maxEpoch = Math.max(...validation.map((p) => p.epoch), 1);
+    const x = (epoch) => (maxEpoch === 1 ? 300 : ((epoch - 1) / (maxEpoch - 1)) * 580 + 10);
+    const values = validation.map((p) => p.loss);
+    const hi = Math.max(...values), lo = Math.min(...values);
+    const span = hi - lo || 1;
+    const yLoss = (loss) => 185 - ((loss - lo) / span) * 160;
+    const yAccuracy = (accuracy) => 185 - accuracy * 160;  // accuracy on a fixed 0-1 scale
+    document.getElementById("validation-loss-line").setAttribute(
+      "points", validation.map((p) => `${x(p.epoch).toFixed(1)},${yLoss(p.loss).toFixed(1)}`).join(" "));
+    const withAccuracy = validation.filter((p) => typeof p.accuracy === "number");
+    document.getElementById("validation-accuracy-line").setAttribute(
+      "points", withAccuracy.map((p) => `${x(p.epoch).toFixed(1)},${yAccuracy(p.accuracy).toFixed(1)}`).join(" "));
+    const dots = document.getElementById("validation-points");
+    dots.replaceChildren();
+    let best = null;
+    for (const p of validation) {
+      if (p.best) best = p;
+      const dot = document.createElementNS("http://www.w3.org/2000/svg", "circle");
+      dot.setAttribute("cx", x(p.epoch).toFixed(1));
+      dot.setAttribute("cy", yLoss(p.loss).toFixed(1));
+      dot.setAttribute("r", "3.5");
+      dot.setAttribute("fill", "#3b5bdb");
+      const title = document.createElementNS("http://www.w3.org/2000/svg", "title");
+      title.textContent = `epoch ${p.epoch}: loss ${p.loss.toFixed(4)}` +
+        (typeof p.accuracy === "number" ? `, accuracy ${p.accuracy.toFixed(4)}` : "");
+      dot.appendChild(title);
+      dots.appendChild(dot);
+    }
+    document.getElementById("validation-legend").textContent =
+      `loss ${lo.toFixed(3)}–${hi.toFixed(3)} (solid)` + (withAccuracy.length ? " · accuracy 0–1 (dashed)" : "");
+    if (best) {
+      document.getElementById("validation-best").textContent =
+        `best so far: epoch ${best.epoch}, loss ${best.loss.toFixed(4)}` +
+        (typeof best.accuracy === "number" ? `, accuracy ${best.accuracy.toFixed(4)}` : "");
+    }
+    if (note) note.hidden = false;
   }
 
   function renderJob(job) {
@@ -55,12 +97,17 @@
         losses.push({ step: e.data.step, loss: e.data.loss });
         continue;
       }
+      if (e.data && e.data.validation) validation.push(e.data.validation);
+      if (e.data && e.data.validation_rows === 0) {
+        document.getElementById("validation-note").textContent = e.message;
+      }
       const item = document.createElement("li");
       item.className = `event event-${e.level}`;
       item.textContent = `${new Date(e.created_at).toLocaleTimeString()} ${e.message}`;
       list.appendChild(item);
     }
     drawLoss();
+    drawValidation();
   }
 
   async function poll() {
