@@ -105,6 +105,7 @@ class TrainingResult:
     wall_seconds: float
     examples_per_s: float
     train_seconds: float = 0.0
+    train_cpu_seconds: float = 0.0  # CPU time of this process in the loop (all threads)
     model_selection: dict[str, Any] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -166,6 +167,7 @@ def run_fine_tune(spec: TrainingSpec, callbacks: TrainingCallbacks) -> TrainingR
         wall_seconds=wall_seconds,
         examples_per_s=run.examples_per_s,
         train_seconds=run.train_seconds,
+        train_cpu_seconds=run.train_cpu_seconds,
         model_selection=run.model_selection,
     )
 
@@ -190,6 +192,7 @@ class _Run:
         self.trained_tokens = 0
         self.examples_per_s = 0.0
         self.train_seconds = 0.0
+        self.train_cpu_seconds = 0.0
         self.progress_bar: Any = None
 
     @property
@@ -363,6 +366,7 @@ class _Run:
         step = 0
         examples_seen = 0
         train_started = time.perf_counter()
+        cpu_started = time.process_time()
         last_progress_at = float("-inf")
         for epoch in range(resolved.n_epochs):
             epoch_losses: list[torch.Tensor] = []
@@ -431,6 +435,7 @@ class _Run:
                 )
                 break
         self.train_seconds = time.perf_counter() - train_started
+        self.train_cpu_seconds = time.process_time() - cpu_started
         self.examples_per_s = examples_seen / self.train_seconds if self.train_seconds else 0.0
         self.progress_bar.close()
         self._select_best(selector, epochs_run=epoch + 1)
