@@ -50,11 +50,12 @@ def anonymous_get(url: str) -> int:
         return exc.code
 
 
-def test_a_dataset_lands_in_the_private_bucket_with_its_sealed_split_under_the_sealed_prefix(
+def test_a_dataset_lives_in_the_private_bucket_with_its_sealed_split_under_the_sealed_prefix(
     alice, api, s3_storage, s3_emulator, django_capture_on_commit_callbacks
 ):
+    alice_api = api(alice)
     with django_capture_on_commit_callbacks(execute=True):  # validation runs inline
-        response = api(alice).post(
+        response = alice_api.post(
             "/api/v1/datasets", {"file": upload("notes.csv", classification_csv())}
         )
     assert response.status_code == 202, response.json()
@@ -72,6 +73,10 @@ def test_a_dataset_lands_in_the_private_bucket_with_its_sealed_split_under_the_s
         assert [g["Grantee"]["Type"] for g in grants] == ["CanonicalUser"]
         assert all(g["Grantee"].get("URI") != ALL_USERS for g in grants)
         assert anonymous_get(f"{s3_emulator.endpoint_url}/{s3_storage}/{key}") == 403
+
+    with django_capture_on_commit_callbacks(execute=True):  # its files go with it
+        assert alice_api.delete(f"/api/v1/datasets/{dataset.pk}").status_code == 204
+    assert s3_emulator.keys(s3_storage) == {}
 
 
 def test_urls_are_presigned_and_short_lived_and_a_sealed_split_never_gets_one(
