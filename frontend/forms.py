@@ -3,7 +3,7 @@ import re
 from django import forms
 from django.contrib.auth import password_validation
 
-from accounts.models import DEFAULT_API_KEY_SCOPES, ApiKeyScope
+from accounts.models import DEFAULT_API_KEY_SCOPES, ApiKeyScope, User
 
 
 class SignUpForm(forms.Form):
@@ -17,7 +17,14 @@ class SignUpForm(forms.Form):
     def clean(self):
         cleaned = super().clean()
         if cleaned.get("password"):
-            password_validation.validate_password(cleaned["password"])
+            # The would-be user, so the similarity rule sees the email and display name.
+            candidate = User(
+                email=cleaned.get("email", ""), display_name=cleaned.get("display_name", "")
+            )
+            try:
+                password_validation.validate_password(cleaned["password"], user=candidate)
+            except forms.ValidationError as exc:
+                self.add_error("password", exc)
         return cleaned
 
 

@@ -18,6 +18,17 @@ def not_found(request, exc: ApplicationError):
     return render(request, "errors/error.html", {"status": 404, "message": exc.message}, status=404)
 
 
+def locked_out(request, response=None, credentials=None):
+    """django-axes' lockout page (AXES_LOCKOUT_CALLABLE): 429 and when to try again."""
+    from django.conf import settings
+
+    context = {
+        "failure_limit": settings.AXES_FAILURE_LIMIT,
+        "cooloff_minutes": int(settings.AXES_COOLOFF_TIME.total_seconds() // 60),
+    }
+    return render(request, "registration/locked_out.html", context, status=429)
+
+
 def home(request):
     return render(request, "frontend/home.html")
 
