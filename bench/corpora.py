@@ -138,8 +138,8 @@ def _key(text: str) -> str:
 
 
 def _dedupe(rows: list[dict], field: str) -> list[dict]:
-    """Drop rows whose ``field`` is a near-duplicate of an earlier one, or whose labels
-    conflict (both copies dropped)."""
+    """Keep one copy of rows repeated exactly; drop every copy of a near-duplicate group
+    whose rows differ in any way (spelling or label): the ambiguous ones go altogether."""
     seen: dict[str, dict] = {}
     conflicting: set[str] = set()
     for row in rows:
@@ -207,7 +207,7 @@ _SENTENCE = re.compile(r"(?<=[.!?])\s+(?=[A-Z\"'])")
 
 def _sotu_rows(package: Path) -> list[dict]:
     rows = []
-    for path in sorted((package / "data").glob("*.json")):
+    for path in sorted((package / "data").glob("[0-9]*.json")):
         record = json.loads(path.read_text(encoding="utf-8"))
         party = record["party"].lower()
         if record["year"] < 1913 or party not in ("democratic", "republican"):

