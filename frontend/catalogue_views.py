@@ -7,7 +7,7 @@ from django.shortcuts import redirect, render
 from django.views.decorators.http import require_POST
 
 from frontend.billing_views import listing_commerce
-from frontend.charts import comparison_bars
+from frontend.charts import comparison_chart, confusion_heatmap
 from frontend.serving_views import try_it_context
 from frontend.views import not_found
 from listings import selectors as catalogue
@@ -19,7 +19,7 @@ from training_worker import selectors as studio
 SORT_LABELS = {
     "relevance": "Relevance",
     "newest": "Newest",
-    "best_lift": "Best lift over generalist",
+    "best_lift": "Best lift over the strongest baseline",
     "rating": "Rating",
     "popularity": "Popularity",
     "price_asc": "Price: low to high",
@@ -62,7 +62,8 @@ def listing_page(request, slug):
             **listing_commerce(request, listing, is_owner=is_owner),
             "listing": listing,
             "evaluation": evaluation,
-            "bars": comparison_bars(evaluation),
+            "chart": comparison_chart(evaluation),
+            "heatmap": confusion_heatmap(evaluation),
             "reviews": catalogue.review_list(listing=listing),
             "may_review": catalogue.user_may_review(user=request.user, listing=listing),
             "is_owner": is_owner,

@@ -6,7 +6,7 @@ from django.contrib.auth.decorators import login_required
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_POST
 
-from frontend.charts import comparison_bars
+from frontend.charts import comparison_chart, confusion_heatmap
 from frontend.forms import FineTuneForm
 from frontend.views import not_found
 from marketplace.errors import ApplicationError
@@ -116,9 +116,16 @@ def model_version_detail(request, version_id):
         version = studio.model_version_get(owner=request.user, version_id=version_id)
     except ApplicationError as exc:
         return not_found(request, exc)
-    evaluation = version.evaluation
+    report = studio.model_version_evaluation(version=version)
+    evaluation = report.as_public_dict() if report else None
     return render(
         request,
         "frontend/model_version.html",
-        {"version": version, "evaluation": evaluation, "comparison": comparison_bars(evaluation)},
+        {
+            "version": version,
+            "evaluation": evaluation,
+            "chart": comparison_chart(evaluation),
+            "heatmap": confusion_heatmap(evaluation),
+            "base_provenance": studio.base_model_provenance(base_model=version.base_model),
+        },
     )

@@ -32,6 +32,7 @@ from listings.models import (
 )
 from marketplace.admin import ReadOnlyAdmin
 from marketplace.errors import ApplicationError
+from training_worker import selectors as studio_selectors
 from training_worker.models import ModelVersion
 
 NEEDS_REVIEW = "needs_review"
@@ -111,31 +112,37 @@ def _table(headers: Iterable[str], rows: Iterable[Iterable]) -> str:
     return format_html("<table><thead><tr>{}</tr></thead><tbody>{}</tbody></table>", head, body)
 
 
-def _evaluation_rows(evaluation: dict) -> list[tuple[str, str, str, str]]:
-    intervals = evaluation.get("intervals") or {}
+def _evaluation_rows(version: ModelVersion) -> list[tuple[str, str, str, str]]:
+    report = studio_selectors.model_version_evaluation(version=version)
+    if report is None:
+        return []
     rows = []
-    for metric, value in (evaluation.get("metrics") or {}).items():
-        interval = intervals.get(metric)
+    for metric, value in report.metrics.items():
+        interval = report.intervals.get(metric)
         bounds = interval[:2] if isinstance(interval, list | tuple) else []
         rows.append(("specialist", metric, _number(value), _interval(*bounds)))
-    for baseline, result in (evaluation.get("baselines") or {}).items():
-        if not isinstance(result, dict):
-            continue
-        for metric, value in result.items():
-            if isinstance(value, int | float) and not isinstance(value, bool):
-                rows.append((f"baseline: {baseline}", metric, _number(value), ""))
-    for name, lift in (evaluation.get("lift") or {}).items():
-        if isinstance(lift, dict):
+    strongest = report.strongest_baseline
+    for baseline in report.baselines:
+        marker = " (strongest)" if baseline is strongest else ""
+        rows.append(
+            (
+                f"baseline: {baseline.display_name}{marker}",
+                baseline.metric,
+                _number(baseline.value),
+                _interval(baseline.ci_low, baseline.ci_high),
+            )
+        )
+        if baseline.lift is not None:
             rows.append(
                 (
-                    f"lift {name}",
-                    str(lift.get("metric", "")),
-                    _number(lift.get("delta"), signed=True),
-                    _interval(lift.get("ci_low"), lift.get("ci_high")),
+                    f"lift over {baseline.display_name}",
+                    baseline.lift.metric,
+                    _number(baseline.lift.delta, signed=True),
+                    _interval(baseline.lift.ci_low, baseline.lift.ci_high),
                 )
             )
-        else:
-            rows.append(("lift", name, _number(lift, signed=True), ""))
+    for name, lift in report.lift.items():
+        rows.append(("lift", name.replace("_", " "), _number(lift, signed=True), ""))
     return rows
 
 
@@ -147,7 +154,7 @@ def _evaluation_table(version: ModelVersion) -> str:
         version.task,
         _number(evaluation.get("sealed_rows")),
     )
-    rows = _evaluation_rows(evaluation)
+    rows = _evaluation_rows(version)
     return format_html("{}{}", caption, _table(["", "metric", "value", "interval"], rows))
 
 
@@ -227,6 +234,8 @@ class ListingAdmin(ModerationActionsMixin, ReadOnlyAdmin):
                     "lift_over_generalist",
                     "lift_over_generalist_low",
                     "lift_over_generalist_high",
+                    "lift_baseline",
+                    "lift_baseline_label",
                     "rating_avg",
                     "rating_count",
                     "popularity",

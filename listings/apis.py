@@ -49,7 +49,7 @@ class ListingCardOutput(serializers.Serializer):
     status = serializers.CharField()
     score_metric = serializers.CharField()
     score = serializers.FloatField(allow_null=True)
-    lift_over_generalist = serializers.SerializerMethodField()
+    lift_over_strongest_baseline = serializers.SerializerMethodField()
     rating = serializers.SerializerMethodField()
     popularity = serializers.IntegerField()
     price = serializers.SerializerMethodField()
@@ -57,13 +57,17 @@ class ListingCardOutput(serializers.Serializer):
     expert = ExpertSummaryOutput(source="owner")
     published_at = serializers.DateTimeField(allow_null=True)
 
-    def get_lift_over_generalist(self, listing) -> dict | None:
+    def get_lift_over_strongest_baseline(self, listing) -> dict | None:
+        """Specialist minus the strongest baseline on the sealed split, with its 95 %
+        paired-bootstrap interval and which baseline that was."""
         if listing.lift_over_generalist is None:
             return None
         return {
             "delta": listing.lift_over_generalist,
             "ci_low": listing.lift_over_generalist_low,
             "ci_high": listing.lift_over_generalist_high,
+            "baseline": listing.lift_baseline,
+            "label": listing.lift_baseline_label,
         }
 
     def get_rating(self, listing) -> dict:

@@ -84,9 +84,19 @@ class Listing(models.Model):
     # Copied from the live version's evaluation and from reviews/licences.
     score_metric = models.CharField(max_length=40, blank=True)
     score = models.FloatField(null=True, blank=True)
-    lift_over_generalist = models.FloatField(null=True, blank=True)
+    # The column keeps its first name; since evaluation report version 2 it holds the lift
+    # over the STRONGEST baseline (named by lift_baseline), which "best lift" sorts by.
+    lift_over_generalist = models.FloatField(
+        null=True, blank=True, help_text="Lift over the strongest baseline (lift_baseline)."
+    )
     lift_over_generalist_low = models.FloatField(null=True, blank=True)
     lift_over_generalist_high = models.FloatField(null=True, blank=True)
+    lift_baseline = models.CharField(
+        max_length=60, blank=True, help_text="Key of the baseline the lift is measured over."
+    )
+    lift_baseline_label = models.CharField(
+        max_length=120, blank=True, help_text="Its human name, e.g. 'Classic: TF-IDF + ...'."
+    )
     rating_avg = models.FloatField(null=True, blank=True)
     rating_count = models.IntegerField(default=0)
     popularity = models.IntegerField(default=0, help_text="Buyers who hold or held a licence.")

@@ -22,11 +22,12 @@ from listings.models import (
     ModerationAction,
     Review,
 )
+from training_worker import selectors as studio_selectors
 
 # Sort name → column, descending with nulls last; ties broken by id.
 SORTS = {
     "newest": "published_at",
-    "best_lift": "lift_over_generalist",
+    "best_lift": "lift_over_generalist",  # since report version 2: over the strongest baseline
     "rating": "rating_avg",
     "popularity": "popularity",
     "price_asc": "min_price_minor",
@@ -358,17 +359,15 @@ def review_queue() -> QuerySet[Listing]:
 
 
 def evaluation_summary(version) -> dict | None:
-    """The platform's numbers for a version, as the studio wrote them; nothing typed."""
+    """The platform's numbers for a version through the studio's typed reader: every
+    baseline with its interval and lift, the strongest one, honest about older reports."""
     if version is None:
         return None
-    evaluation = version.evaluation or {}
+    report = studio_selectors.model_version_evaluation(version=version)
+    summary = report.as_public_dict() if report else {"task": version.task, "baselines": []}
     return {
         "model_version": str(version.id),
+        **summary,
         "task": version.task,
-        "sealed_rows": evaluation.get("sealed_rows"),
-        "metrics": evaluation.get("metrics", {}),
-        "intervals": evaluation.get("intervals", {}),
-        "baselines": evaluation.get("baselines", {}),
-        "lift": evaluation.get("lift", {}),
         "adapter_sha256": version.adapter_sha256,
     }

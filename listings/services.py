@@ -45,6 +45,7 @@ from listings.models import (
     Review,
 )
 from listings.selectors import user_may_review
+from training_worker import selectors as studio_selectors
 from training_worker.models import ModelVersion
 
 CONTENT_FIELDS = (
@@ -300,26 +301,19 @@ def _audit(actor: User, action: str, target, *, listing=None, reason: str = "") 
 
 
 def _scores_of(version: ModelVersion) -> dict:
-    """The numbers buyers compare, straight from the platform's evaluation."""
-    evaluation = version.evaluation or {}
-    metrics = evaluation.get("metrics", {})
-    if version.task == "text-classification":
-        lift = evaluation.get("lift", {}).get("over_generalist_zero_shot") or {}
-        return {
-            "score_metric": "accuracy",
-            "score": metrics.get("accuracy"),
-            "lift_over_generalist": lift.get("delta"),
-            "lift_over_generalist_low": lift.get("ci_low"),
-            "lift_over_generalist_high": lift.get("ci_high"),
-        }
-    # Generation: the generalist is the base model itself.
-    specialist, base = metrics.get("token_f1"), metrics.get("base_token_f1")
+    """The numbers buyers compare, straight from the platform's evaluation: the score and
+    the lift over the STRONGEST baseline the evaluation had (named beside it)."""
+    report = studio_selectors.model_version_evaluation(version=version)
+    strongest = report.strongest_baseline if report else None
+    lift = strongest.lift if strongest else None
     return {
-        "score_metric": "token_f1",
-        "score": specialist,
-        "lift_over_generalist": None if specialist is None or base is None else specialist - base,
-        "lift_over_generalist_low": None,
-        "lift_over_generalist_high": None,
+        "score_metric": report.primary_metric if report else "",
+        "score": report.score if report else None,
+        "lift_over_generalist": lift.delta if lift else None,
+        "lift_over_generalist_low": lift.ci_low if lift else None,
+        "lift_over_generalist_high": lift.ci_high if lift else None,
+        "lift_baseline": strongest.name if lift else "",
+        "lift_baseline_label": strongest.display_name if lift else "",
     }
 
 

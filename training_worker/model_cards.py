@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 
+from training_worker.ml.base_models import packaged_base_provenance
+from training_worker.ml.evaluation_report import read_evaluation
+
 
 def _yaml_scalar(value) -> str:
     return json.dumps(value, ensure_ascii=False)  # JSON scalars are valid YAML
@@ -22,6 +25,43 @@ def _metric_lines(task: str, evaluation: dict) -> list[tuple[str, str, float]]:
     return [(key, label, metrics[key]) for key, label in names if key in metrics]
 
 
+def _interval(low, high) -> str:
+    return "" if low is None or high is None else f" [{low:+.4f}, {high:+.4f}]"
+
+
+def _baseline_lines(evaluation: dict) -> list[str]:
+    """Baselines (value, interval) and the lift over each, the strongest named first."""
+    report = read_evaluation(evaluation)
+    if report is None or not report.baselines:
+        return []
+    lines = []
+    strongest = report.strongest_baseline
+    if strongest is not None and strongest.lift is not None:
+        lift = strongest.lift
+        lines.append(
+            f"| **lift over the strongest baseline ({strongest.display_name})**, "
+            f"{lift.metric} | {lift.delta:+.4f}{_interval(lift.ci_low, lift.ci_high)} |"
+        )
+    for baseline in report.baselines:
+        if baseline.value is None:
+            continue
+        low, high = baseline.ci_low, baseline.ci_high
+        interval = "" if low is None or high is None else f" [{low:.4f}, {high:.4f}]"
+        lines.append(
+            f"| baseline: {baseline.display_name}, {baseline.metric} | "
+            f"{baseline.value:.4f}{interval} |"
+        )
+        if baseline.lift is not None:
+            lift = baseline.lift
+            lines.append(
+                f"| lift over {baseline.display_name} | "
+                f"{lift.delta:+.4f}{_interval(lift.ci_low, lift.ci_high)} |"
+            )
+    if report.is_legacy:
+        lines += ["", "This evaluation predates the classic and LLM baselines."]
+    return lines
+
+
 def render_model_card(
     *,
     name: str,
@@ -35,9 +75,12 @@ def render_model_card(
 ) -> str:
     """The card of a model version; every number comes from the platform's evaluation."""
     metric_lines = _metric_lines(task, evaluation)
+    # A packaged base is named by its real Hub id; the package is its provenance.
+    provenance = packaged_base_provenance(base_model.source)
+    base_model_id = provenance["hub_id"] if provenance else base_model.source
     front = [
         "---",
-        f"base_model: {_yaml_scalar(base_model.source)}",
+        f"base_model: {_yaml_scalar(base_model_id)}",
         "library_name: peft",
         f"license: {_yaml_scalar(licence)}",
         f"pipeline_tag: {_yaml_scalar(task)}",
@@ -69,7 +112,7 @@ def render_model_card(
     body = [
         f"# {name}",
         "",
-        f"A LoRA adapter for **{base_model.display_name}** (`{base_model.source}`) trained on "
+        f"A LoRA adapter for **{base_model.display_name}** (`{base_model_id}`) trained on "
         f"Niche for {task.replace('-', ' ')}. The evaluation below was run by the platform "
         f"on a sealed split of {dataset.get('sealed_rows', '?')} rows that the trainer never "
         "saw; the expert cannot edit it.",
@@ -80,24 +123,18 @@ def render_model_card(
         "|---|---|",
     ]
     body += [f"| {label} | {value:.4f} |" for _, label, value in metric_lines]
-    for baseline, result in evaluation.get("baselines", {}).items():
-        if "accuracy" in result:
-            body.append(
-                f"| {baseline.replace('_', ' ')} baseline accuracy | {result['accuracy']:.4f} |"
-            )
-    for name_of_lift, lift in evaluation.get("lift", {}).items():
-        if isinstance(lift, dict) and "delta" in lift:
-            interval = f"[{lift.get('ci_low', 0):+.4f}, {lift.get('ci_high', 0):+.4f}]"
-            body.append(
-                f"| lift {name_of_lift.replace('_', ' ')} ({lift.get('metric', '')}) | "
-                f"{lift['delta']:+.4f} {interval} |"
-            )
+    body += _baseline_lines(evaluation)
     if labels:
         body += ["", f"Labels: {', '.join(f'`{label}`' for label in labels)}."]
     body += [
         "",
         "## Training",
         "",
+        *(
+            [f"- Base model: `{provenance['hub_id']}` as shipped in `{provenance['package']}`"]
+            if provenance
+            else []
+        ),
         f"- Base model revision: `{base_model.revision or 'as packaged'}`",
         f"- Seed: {run_record.get('seed')}",
         f"- Hyperparameters: `{json.dumps(hyper, sort_keys=True)}`",

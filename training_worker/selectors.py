@@ -8,6 +8,8 @@ from django.utils import timezone
 
 from accounts.models import User
 from training_worker.errors import DatasetNotFound, JobNotFound, ModelVersionNotFound
+from training_worker.ml.base_models import packaged_base_provenance
+from training_worker.ml.evaluation_report import EvaluationReport, read_evaluation
 from training_worker.models import (
     BaseModel,
     Checkpoint,
@@ -67,6 +69,16 @@ def model_version_get(*, owner: User, version_id) -> ModelVersion:
     if version is None:
         raise ModelVersionNotFound("No model version with this id.")
     return version
+
+
+def base_model_provenance(*, base_model: BaseModel) -> dict[str, str] | None:
+    """``{"hub_id", "package"}`` for a base shipped in a PyPI package; None otherwise."""
+    return packaged_base_provenance(base_model.source)
+
+
+def model_version_evaluation(*, version: ModelVersion | None) -> EvaluationReport | None:
+    """The typed evaluation of a version (any stored report version); None without one."""
+    return None if version is None else read_evaluation(version.evaluation)
 
 
 def job_counts_by_status() -> dict[str, int]:

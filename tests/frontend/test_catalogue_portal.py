@@ -22,7 +22,8 @@ def test_catalogue_search_shows_published_listings_with_their_lift(alice, carol,
     page = portal().get("/catalogue/?q=fraud").content.decode()
 
     assert "Invoice fraud detector" in page and "Draft never shown" not in page
-    assert "lift over generalist" in page and "0.320" in page
+    assert "lift over the strongest baseline" in page and "0.320" in page
+    assert 'data-testid="lift-baseline">Generalist: zero-shot<' in page
 
 
 def test_listing_page_shows_evaluation_chart_and_licence(alice, carol, db):

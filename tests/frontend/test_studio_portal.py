@@ -173,9 +173,12 @@ def test_the_fine_tune_form_offers_only_the_bases_that_fit_the_chosen_dataset(al
 
     datasets, bases = Options(page, "id_dataset"), Options(page, "id_base_model")
     assert datasets.selected() == str(newest.id)  # the newest dataset comes first
-    assert bases.offered() == ["tiny-causal"] and bases.selected() == "tiny-causal"
+    # The real pretrained generation base comes first; the tiny one stays for quick tries.
+    assert bases.offered() == ["smollm2-135m-instruct", "tiny-causal"]
+    assert bases.selected() == "smollm2-135m-instruct"
     assert {o["value"]: o["data-tasks"] for o in bases.options} == {
         "minilm-l6": "text-classification",
+        "smollm2-135m-instruct": "text-generation",
         "tiny-causal": "text-generation",
     }  # what the page's script needs to re-offer bases when the dataset changes
     assert "studio.js" in page
@@ -200,7 +203,8 @@ def test_model_version_page_draws_the_comparison_chart(alice):
     assert 'id="comparison-chart"' in page
     assert "This specialist" in page and "Majority class" in page and "0.900" in page
     assert "over_majority_class" not in page  # lift rows carry human names
-    assert "Lift over the strongest baseline" in page
+    assert "Generalist: zero-shot <span class=\"muted\">(strongest)" in page
+    assert 'data-testid="legacy-evaluation"' in page  # a version 1 report says so
     assert version.adapter_sha256 in page
 
 

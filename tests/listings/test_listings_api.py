@@ -70,8 +70,13 @@ def test_listing_life_cycle_through_the_api(alice, carol, api):
     public = api().get(f"/api/v1/listings/{slug}").json()
     assert public["status"] == "published"
     assert public["versions"][0]["name"] == f"{slug}@1"
-    assert public["evaluation"]["lift"]["over_generalist_zero_shot"]["delta"] == 0.3
-    assert public["lift_over_generalist"] == {"delta": 0.3, "ci_low": 0.26, "ci_high": 0.34}
+    strongest = public["evaluation"]["strongest_baseline"]
+    assert strongest["name"] == "generalist_zero_shot" and strongest["lift"]["delta"] == 0.3
+    assert public["evaluation"]["is_legacy"] is True  # the fixture is a version 1 report
+    assert public["lift_over_strongest_baseline"] == {
+        "delta": 0.3, "ci_low": 0.26, "ci_high": 0.34,
+        "baseline": "generalist_zero_shot", "label": "Generalist: zero-shot",
+    }  # fmt: skip
     assert "moderation_history" not in public
 
 

@@ -301,7 +301,7 @@ def test_the_listing_page_is_read_only_and_shows_what_a_moderator_checks(alice, 
     assert 'name="_save"' not in html and 'name="title"' not in html
     # the evaluation: specialist with interval, each baseline, the lift with its interval
     assert "[0.8000, 0.9700]" in html
-    assert "baseline: generalist_zero_shot" in html and "0.6000" in html
+    assert "baseline: Generalist: zero-shot (strongest)" in html and "0.6000" in html
     assert "+0.3000" in html and "[0.2000, 0.4100]" in html
     # the dataset report, the card and the expert's record, escaped
     assert "152 rows, 150 usable, 30 sealed for evaluation" in html

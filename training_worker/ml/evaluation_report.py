@@ -30,6 +30,7 @@ BASELINE_LABELS = {
 }
 
 PRIMARY_METRIC = {"text-classification": "accuracy", "text-generation": "exact_match"}
+METRIC_LABELS = {"accuracy": "accuracy", "exact_match": "exact match", "macro_f1": "macro F1"}
 
 
 def baseline_label(name: str) -> str:
@@ -110,8 +111,16 @@ class BaselineResult:
         }
 
     @classmethod
-    def from_dict(cls, name: str, raw: dict, metric: str, lift: Lift | None) -> BaselineResult:
+    def from_dict(
+        cls, name: str, raw: dict, metric: str, lift: Lift | None, version: int = REPORT_VERSION
+    ) -> BaselineResult:
         known = {"label", "method", "metric", "value", "ci_low", "ci_high", "rows", "lift"}
+        if version < REPORT_VERSION and "label" in raw:
+            # Version 1 stored the majority's predicted class under "label".
+            raw = {
+                **{k: v for k, v in raw.items() if k != "label"},
+                "label_predicted": raw["label"],
+            }
         metric = str(raw.get("metric") or metric)
         value = _number(raw.get("value", raw.get(metric)))
         return cls(
@@ -171,6 +180,48 @@ class EvaluationReport:
     def baseline(self, name: str) -> BaselineResult | None:
         return next((b for b in self.baselines if b.name == name), None)
 
+    def as_public_dict(self) -> dict[str, Any]:
+        """What buyers and experts read (API and pages): baselines as a list with human
+        names, the strongest one with the lift over it, and whether the report predates
+        the classic and LLM baselines."""
+
+        def baseline_view(b: BaselineResult) -> dict[str, Any]:
+            return {
+                "name": b.name,
+                "label": b.display_name,
+                "method": b.method,
+                "metric": b.metric,
+                "value": b.value,
+                "ci_low": b.ci_low,
+                "ci_high": b.ci_high,
+                "rows": b.rows,
+                "lift": b.lift.as_dict() if b.lift else None,
+            }
+
+        strongest = self.strongest_baseline
+        low, high = self.score_interval
+        return {
+            "report_version": self.version,
+            "is_legacy": self.is_legacy,
+            "task": self.task,
+            "sealed_rows": self.sealed_rows,
+            "primary_metric": self.primary_metric,
+            "primary_metric_label": METRIC_LABELS.get(self.primary_metric, self.primary_metric),
+            "score": self.score,
+            "score_interval": [low, high],
+            "metrics": self.metrics,
+            "intervals": self.intervals,
+            "baselines": [baseline_view(b) for b in self.baselines],
+            "strongest_baseline": baseline_view(strongest) if strongest else None,
+            "other_lifts": self.lift,
+            "skipped_baselines": [
+                {**skipped, "label": baseline_label(str(skipped.get("name", "")))}
+                for skipped in self.skipped_baselines
+            ],
+            "per_class": self.per_class,
+            "confusion_matrix": self.confusion_matrix,
+        }
+
     def as_dict(self) -> dict[str, Any]:
         lifts = dict(self.lift)
         for baseline in self.baselines:
@@ -219,7 +270,9 @@ def read_evaluation(raw: dict | None) -> EvaluationReport | None:
     raw_lift = dict(raw.get("lift") or {})
     raw_baselines = raw.get("baselines") or {}
     baselines = [
-        BaselineResult.from_dict(name, entry, primary, Lift.from_dict(raw_lift.get(f"over_{name}")))
+        BaselineResult.from_dict(
+            name, entry, primary, Lift.from_dict(raw_lift.get(f"over_{name}")), version
+        )
         for name, entry in raw_baselines.items()
         if isinstance(entry, dict)
     ]
