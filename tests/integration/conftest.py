@@ -166,7 +166,7 @@ def shipped_base_models(transactional_db):
     """Transactional tests flush tables: put back the rows the migration registers."""
     import importlib
 
-    migration = importlib.import_module("training_worker.migrations.0002_register_base_models")
     from django.apps import apps
 
-    migration.register(apps, None)
+    for name in ("0002_register_base_models", "0005_register_smollm2"):
+        importlib.import_module(f"training_worker.migrations.{name}").register(apps, None)

@@ -53,5 +53,5 @@ def shipped_base_models(transactional_db):
 
     from django.apps import apps
 
-    migration = importlib.import_module("training_worker.migrations.0002_register_base_models")
-    migration.register(apps, None)
+    for name in ("0002_register_base_models", "0005_register_smollm2"):
+        importlib.import_module(f"training_worker.migrations.{name}").register(apps, None)
