@@ -33,6 +33,19 @@ PRIMARY_METRIC = {"text-classification": "accuracy", "text-generation": "exact_m
 METRIC_LABELS = {"accuracy": "accuracy", "exact_match": "exact match", "macro_f1": "macro F1"}
 
 
+# The order pages list baselines in (stored JSON objects may come back key-sorted from
+# Postgres jsonb); names not listed here follow in their stored order.
+BASELINE_ORDER = (
+    "majority_class", "generalist_zero_shot", "generalist_embedding_zero_shot",
+    "generalist_llm_zero_shot", "classic_tfidf_logreg",
+    "base_zero_shot", "base_few_shot", "classic_nearest_neighbour",
+)  # fmt: skip
+
+
+def _display_order(baseline: BaselineResult) -> int:
+    return BASELINE_ORDER.index(baseline.name) if baseline.name in BASELINE_ORDER else 99
+
+
 def baseline_label(name: str) -> str:
     return BASELINE_LABELS.get(name, name.replace("_", " ").capitalize())
 
@@ -292,6 +305,7 @@ def read_evaluation(raw: dict | None) -> EvaluationReport | None:
                 label=baseline_label("base_zero_shot"),
             )
         )
+    baselines.sort(key=_display_order)  # stable: unknown names keep their stored order
     other_lifts = {
         key: value
         for key, value in raw_lift.items()

@@ -134,8 +134,8 @@ def test_strongest_baseline_is_the_best_scoring_one_with_its_lift():
     raw = _report_with(classic, capped_llm)
     report = read_evaluation(raw)
     assert [b.name for b in report.baselines] == [
-        "majority_class", "generalist_zero_shot", "classic_tfidf_logreg",
-        "generalist_llm_zero_shot",
+        "majority_class", "generalist_zero_shot", "generalist_llm_zero_shot",
+        "classic_tfidf_logreg",
     ]  # fmt: skip
     assert report.strongest_baseline.name == "classic_tfidf_logreg"
     assert report.strongest_baseline.value == 0.75
