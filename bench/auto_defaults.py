@@ -91,7 +91,9 @@ def main_real(corpora: list[str], only: list[int] | None) -> None:
             if only is not None and index not in only:
                 continue
             load_before = os.getloadavg()
-            result = default_job(corpus.task, fit_rows, validation_rows, labels, overrides)
+            result = default_job(
+                corpus.task, fit_rows, validation_rows, labels, overrides, generalist=False
+            )
             record = {
                 "corpus": name,
                 "overrides": overrides,

