@@ -337,13 +337,24 @@ def bench_baselines(task: str, train_rows: list[dict], sealed_rows: list[dict]) 
     }
 
 
-def run_corpus(name: str, quick: bool) -> dict[str, Any]:
+def run_corpus(
+    name: str,
+    quick: bool,
+    rows: tuple[int, int] | None = None,
+    overrides: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """One corpus through the default job. ``rows`` = (train, sealed) takes fewer rows and
+    ``overrides`` sets hyperparameters: both are recorded, and the job is then no longer
+    the default one (the record says ``"reduced": true``)."""
     from corpora import CORPORA, build_upload
 
     corpus = CORPORA[name]
     raw, filename = build_upload(name)
     n_sealed = corpus.n_sealed
-    overrides: dict[str, Any] = {}
+    overrides = dict(overrides or {})
+    if rows is not None:
+        lines = raw.splitlines(keepends=True)
+        raw, n_sealed = b"".join(lines[: sum(rows)]), rows[1]
     if quick:  # the first rows of the (already shuffled) upload, one epoch: a smoke run
         lines = raw.splitlines(keepends=True)
         keep = 120 if corpus.task == "text-classification" else 60
@@ -365,7 +376,13 @@ def run_corpus(name: str, quick: bool) -> dict[str, Any]:
         if has_classic
         else bench_baselines(corpus.task, train_rows, sealed_rows),
         load_average=list(os.getloadavg()),
-    ) | {"package": list(corpus.packages), "licence": corpus.licence, "about": corpus.description}
+    ) | {
+        "package": list(corpus.packages),
+        "licence": corpus.licence,
+        "about": corpus.description,
+        "overrides": overrides,
+        "reduced": bool(quick or rows or overrides),
+    }
 
 
 def main() -> None:
@@ -377,6 +394,10 @@ def main() -> None:
     )
     parser.add_argument("--corpora", nargs="*", choices=sorted(CORPORA), default=list(CORPORA))
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument(
+        "--rows", type=int, nargs=2, metavar=("TRAIN", "SEALED"), help="fewer rows (reduced)"
+    )
+    parser.add_argument("--overrides", type=json.loads, default=None, help="JSON (reduced)")
     args = parser.parse_args()
 
     import torch
@@ -393,7 +414,8 @@ def main() -> None:
     records = []
     for name in args.corpora:
         print(f"== {name}", flush=True)
-        records.append(run_corpus(name, args.quick))
+        rows = tuple(args.rows) if args.rows else None
+        records.append(run_corpus(name, args.quick, rows, args.overrides))
         write_results(records, out, meta)
     print(format_table(records))
     print(f"wrote {out.relative_to(ROOT)}")
