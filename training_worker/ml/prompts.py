@@ -1,8 +1,9 @@
 """The one prompt format shared by training, evaluation and serving of generation models.
 
 A base whose tokenizer has a chat template (SmolLM2-Instruct) sees every prompt as one user
-turn followed by the assistant header, exactly as the template renders it; the completion
-follows. A base without one (tiny-causal) sees the prompt text as it is. Training
+turn (or, for an uploaded chat row, its messages) followed by the assistant header, exactly
+as the template renders it; the completion follows. A base without one (tiny-causal) sees
+the prompt text as it is, and a chat as a ``role: content`` transcript. Training
 (``data.encode_generation``), evaluation (``evaluation.greedy_completions``) and the serving
 engine (``serving.engine``) all call these functions, so an adapter is served on the very
 format it was trained on. No Django imports.
@@ -10,6 +11,7 @@ format it was trained on. No Django imports.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -18,28 +20,58 @@ def has_chat_template(tokenizer: Any) -> bool:
     return bool(getattr(tokenizer, "chat_template", None))
 
 
-def render_messages(tokenizer: Any, messages: Sequence[dict[str, str]]) -> str:
-    """Text of a conversation up to the assistant's turn.
+TRANSCRIPT_ROLES = ("system", "user", "assistant")
+_ROLE_AT_LINE_START = re.compile(rf"^({'|'.join(TRANSCRIPT_ROLES)}): ", re.MULTILINE)
+_ASSISTANT_CUE = "assistant:"
 
-    With a chat template: the template with its generation prompt. Without: a single user
-    message is its content as is (the training format); longer conversations become a
-    ``role: content`` transcript ending in ``assistant:``.
-    """
+
+def transcript(messages: Sequence[dict[str, str]]) -> str:
+    """``role: content`` lines ending in ``assistant:``: how an uploaded chat row's prompt
+    is stored (``dataset_validation``) and how a base without a chat template sees a chat."""
+    lines = [f"{m['role']}: {m['content']}" for m in messages]
+    return "\n".join([*lines, _ASSISTANT_CUE])
+
+
+def parse_transcript(prompt: str) -> list[dict[str, str]] | None:
+    """The messages of a prompt written by ``transcript`` (roles system/user/assistant),
+    or None when the prompt is not such a transcript."""
+    if not prompt.endswith("\n" + _ASSISTANT_CUE):
+        return None
+    body = prompt[: -len(_ASSISTANT_CUE)]  # ends with the newline that joined the lines
+    starts = list(_ROLE_AT_LINE_START.finditer(body))
+    if not starts or starts[0].start() != 0:
+        return None
+    messages = []
+    for match, following in zip(starts, [*starts[1:], None], strict=True):
+        end = following.start() if following else len(body)
+        messages.append({"role": match.group(1), "content": body[match.end() : end - 1]})
+    return messages
+
+
+def render_messages(tokenizer: Any, messages: Sequence[dict[str, str]]) -> str:
+    """Text of a conversation up to the assistant's turn: the chat template with its
+    generation prompt, or the ``transcript`` when the base has no template."""
     if has_chat_template(tokenizer):
         return tokenizer.apply_chat_template(
             [{"role": m["role"], "content": m["content"]} for m in messages],
             tokenize=False,
             add_generation_prompt=True,
         )
-    if len(messages) == 1 and messages[0]["role"] == "user":
-        return messages[0]["content"]
-    lines = [f"{m['role']}: {m['content']}" for m in messages]
-    return "\n".join([*lines, "assistant:"])
+    return transcript(messages)
 
 
 def render_prompt(tokenizer: Any, prompt: str) -> str:
-    """Text the model sees before the completion of a ``{"prompt", "completion"}`` row."""
-    return render_messages(tokenizer, [{"role": "user", "content": prompt}])
+    """Text the model sees before the completion of a ``{"prompt", "completion"}`` row.
+
+    With a chat template: the prompt as one user turn, or, when the prompt is a chat
+    transcript (an uploaded ``messages`` row), those messages, so the row trains on the
+    very text a chat request with the same messages is served with. Without a template:
+    the prompt as it is.
+    """
+    if not has_chat_template(tokenizer):
+        return prompt
+    messages = parse_transcript(prompt) or [{"role": "user", "content": prompt}]
+    return render_messages(tokenizer, messages)
 
 
 def encode_rendered(tokenizer: Any, texts: Sequence[str]) -> list[list[int]]:
