@@ -219,6 +219,21 @@ def test_production_settings_with_s3_pass_check_deploy_and_store_in_the_bucket(
     assert not any(tmp_path.rglob("hello*"))  # nothing on the local disk
 
 
+def test_production_refuses_to_start_without_a_bucket(tmp_path):
+    """Production's default is S3: without a bucket it stops at start-up, never falling
+    back to a local disk other machines cannot read."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "STORAGE_"))}
+    env |= PRODUCTION_ENV | {"NICHE_VAR_DIR": str(tmp_path)}
+
+    result = subprocess.run(
+        [sys.executable, "-c", "import django; django.setup()"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+
+    assert result.returncode != 0
+    assert "STORAGE_BACKEND=s3 needs AWS_STORAGE_BUCKET_NAME" in result.stderr
+
+
 S3_BUCKET = {"STORAGE_BACKEND": "s3", "AWS_STORAGE_BUCKET_NAME": "b"}
 
 
