@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import posixpath
 import tempfile
 from pathlib import Path
 
@@ -26,7 +27,10 @@ SEALED_PREFIX = "sealed/"
 
 
 def is_sealed(name: str) -> bool:
-    return name.replace("\\", "/").lstrip("/").startswith(SEALED_PREFIX)
+    """Whether `name` is under SEALED_PREFIX once normalised as both backends do
+    ("a/../sealed/x", "/sealed/x" and "sealed\\x" are)."""
+    normalised = posixpath.normpath(name.replace("\\", "/")).lstrip("/")
+    return normalised.startswith(SEALED_PREFIX) or normalised == SEALED_PREFIX.rstrip("/")
 
 
 def refuse_sealed(name: str) -> None:

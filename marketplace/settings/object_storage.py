@@ -73,6 +73,6 @@ def _transfer_config():
         multipart_chunksize=PART_BYTES,
         max_concurrency=PART_CONCURRENCY,
     )
-    # Parts read ahead of their upload (s3transfer's default, 10, would hold 80 MiB).
+    # Parts held in memory at once (s3transfer's default, 10, would hold ten: 50 MiB).
     config.max_in_memory_upload_chunks = PART_CONCURRENCY
     return config

@@ -92,6 +92,8 @@ def test_urls_are_presigned_and_short_lived_and_a_sealed_split_never_gets_one(
     assert anonymous_get(url.split("?")[0]) == 403
     with pytest.raises(SuspiciousFileOperation, match="sealed"):
         default_storage.url(f"{SEALED_PREFIX}datasets/x/sealed.jsonl")
+    with pytest.raises(SuspiciousFileOperation, match="sealed"):
+        default_storage.url("datasets/../sealed/datasets/x/sealed.jsonl")
     with pytest.raises(SuspiciousFileOperation, match="sealed"):  # the local disk alike
         LocalStorage(location=tmp_path).url("/sealed/datasets/x/sealed.jsonl")
 
