@@ -6,6 +6,8 @@ network access; nothing here downloads unless given a Hugging Face repo id.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import importlib.metadata
 import importlib.util
 import json
@@ -130,10 +132,12 @@ def _package_folder(module: str) -> Path:
 def converted_gguf_base(packaged: PackagedBase, cache_dir: str | Path) -> Path:
     """The safetensors folder converted from a packaged GGUF, converting it once.
 
-    Dequantises with transformers + gguf to float32 (~15 s for SmolLM2 on 2 cores), saves
+    Dequantises with transformers + gguf to float32 (~15-25 s for SmolLM2 on 2 cores), saves
     weights and tokenizer into a temporary folder beside the target, then renames it into
-    place: a reader sees either no folder or a complete one, and when two processes race the
-    loser discards its copy. Never downloads. Raises ``BaseModelUnavailable``.
+    place: a reader sees either no folder or a complete one. Converters of one cache take
+    turns under a file lock (the others wait, then find the folder); without the lock (a
+    filesystem without flock) two racing processes both convert and the loser discards its
+    copy. Never downloads. Raises ``BaseModelUnavailable``.
     """
     folder = _package_folder(packaged.module)
     gguf_path = folder / packaged.gguf_file
@@ -144,6 +148,22 @@ def converted_gguf_base(packaged: PackagedBase, cache_dir: str | Path) -> Path:
     if (target / PROVENANCE_FILE).is_file():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
+    with open(target.parent / f".{target.name}.lock", "a") as lock:
+        with contextlib.suppress(OSError):
+            fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        if (target / PROVENANCE_FILE).is_file():
+            return target  # converted by the process we waited for
+        for leftover in target.parent.glob(f".{target.name}-*"):
+            # A converter killed mid-way leaves its scratch folder; an hour is far longer
+            # than any conversion still running.
+            if time.time() - leftover.stat().st_mtime > 3600:
+                shutil.rmtree(leftover, ignore_errors=True)
+        _convert_gguf(packaged, folder, version, target)
+    return target
+
+
+def _convert_gguf(packaged: PackagedBase, folder: Path, version: str, target: Path) -> None:
+    gguf_path = folder / packaged.gguf_file
     scratch = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
     try:
         import torch
@@ -180,7 +200,6 @@ def converted_gguf_base(packaged: PackagedBase, cache_dir: str | Path) -> Path:
                 raise  # not a lost race: something else is wrong
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-    return target
 
 
 def is_local_source(path: str | Path) -> bool:
