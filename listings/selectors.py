@@ -39,13 +39,21 @@ SORT_CHOICES = ("relevance", *SORTS)
 MAX_LIMIT = 100
 MAX_CURSOR_CHARS = 512  # the cursors handed out are under 120
 MAX_OFFSET = 2**31 - 1
+CARD_DEFERRED_FIELDS = (
+    "description", "description_html", "intended_use", "out_of_scope_use", "risk_notes",
+    "status_reason",
+)  # fmt: skip
 
 
 def _catalogue() -> QuerySet[Listing]:
     """Published listings of active owners, with what a card shows in one query."""
-    return Listing.objects.filter(
-        status=ListingStatus.PUBLISHED, owner__is_active=True
-    ).select_related("owner", "owner__expert_profile", "live_version")
+    # A card shows none of the long texts nor the live version (its evaluation and card
+    # JSON are kilobytes a row): at 100,000 listings, moving them cost more than the query.
+    return (
+        Listing.objects.filter(status=ListingStatus.PUBLISHED, owner__is_active=True)
+        .select_related("owner", "owner__expert_profile")
+        .defer(*CARD_DEFERRED_FIELDS)
+    )
 
 
 @dataclass(frozen=True)
@@ -186,18 +194,16 @@ def _keyset_of(cursor: dict, field: str) -> tuple[object, uuid.UUID]:
 def _search(queryset: QuerySet[Listing], q: str) -> QuerySet[Listing]:
     """Full-text search with ranking on Postgres; a plain substring match elsewhere."""
     if connection.vendor == "postgresql":
-        from django.contrib.postgres.search import SearchQuery, SearchRank, SearchVector
-        from django.db.models import TextField
-        from django.db.models.functions import Cast
+        from django.contrib.postgres.search import SearchQuery, SearchRank, SearchVectorField
+        from django.db.models.expressions import RawSQL
 
-        vector = (
-            SearchVector("title", weight="A", config="english")
-            + SearchVector(Cast("tags", TextField()), weight="B", config="english")
-            + SearchVector("summary", weight="B", config="english")
-            + SearchVector("description", weight="C", config="english")
-        )
+        # The stored, GIN-indexed vector of title (A), tags and summary (B) and description
+        # (C): a Postgres generated column (migration 0004), not a model field.
+        vector = RawSQL('"listings_listing"."search_vector"', [], output_field=SearchVectorField())
         query = SearchQuery(q, search_type="websearch", config="english")
-        return queryset.annotate(rank=SearchRank(vector, query)).filter(rank__gt=0)
+        return queryset.annotate(document=vector, rank=SearchRank(vector, query)).filter(
+            document=query
+        )
     terms = [t for t in q.split() if t]
     for term in terms:
         queryset = queryset.filter(
