@@ -116,11 +116,9 @@ def test_upload_to_model_version_with_web_and_worker_sharing_only_postgres_redis
         assert response.status_code == 202, response.text
         dataset = response.json()
         dataset = api.wait(
-            f"/api/v1/datasets/{dataset['id']}", lambda d: d["status"] != "validating", 60
+            f"/api/v1/datasets/{dataset['id']}", lambda d: d["status"] in ("ready", "invalid"), 60
         )
-        dataset = api.wait(
-            f"/api/v1/datasets/{dataset['id']}", lambda d: d["status"] == "ready", 60
-        )
+        assert dataset["status"] == "ready", dataset["report"]
         status, job = api.json(
             "POST",
             "/api/v1/fine_tuning/jobs",
@@ -159,10 +157,11 @@ def test_upload_to_model_version_with_web_and_worker_sharing_only_postgres_redis
     # Every file is in the bucket, under the prefixes the storage layout names.
     keys = s3_emulator.keys(bucket)
     dataset_id, job_id = dataset["id"], job["id"]
+    sealed = f"{SEALED_PREFIX}datasets/{dataset_id}/sealed.jsonl"
     assert {
         f"datasets/{dataset_id}/source.jsonl",
         f"datasets/{dataset_id}/train.jsonl",
-        f"{SEALED_PREFIX}datasets/{dataset_id}/sealed.jsonl",
+        sealed,
     } <= set(keys)
     adapters = [k for k in keys if k.startswith("artifacts/sha256/")]
     assert sorted(Path(k).name for k in adapters) == [
@@ -170,13 +169,8 @@ def test_upload_to_model_version_with_web_and_worker_sharing_only_postgres_redis
         "adapter_model.safetensors",
     ]
     prefixes = (f"datasets/{dataset_id}/", f"checkpoints/{job_id}/", "artifacts/sha256/")
-    for key in keys:
-        assert (
-            key.startswith(prefixes) or key == f"{SEALED_PREFIX}datasets/{dataset_id}/sealed.jsonl"
-        )
-    assert [k for k in keys if "sealed" in k] == [
-        f"{SEALED_PREFIX}datasets/{dataset_id}/sealed.jsonl"
-    ]
+    assert all(key.startswith(prefixes) or key == sealed for key in keys), sorted(keys)
+    assert [key for key in keys if "sealed" in key] == [sealed]
 
     # Nothing on either side's disk: no file at all on the web's; on the worker's only
     # the base model it was given, its scratch and storage folders clean.
