@@ -312,7 +312,10 @@ DATASET_STORAGE_QUOTA_BYTES = env_int("DATASET_STORAGE_QUOTA_BYTES", 1024**3, mi
 # Rows a dataset may have; over it validation fails it with `too_many_rows`.
 DATASET_MAX_ROWS = env_int("DATASET_MAX_ROWS", 200_000, minimum=1)
 FILE_UPLOAD_MAX_MEMORY_SIZE = 5 * 1024 * 1024
-# Larger uploads spool to a temporary file in chunks, hashed on the way (marketplace/storage.py).
+# Larger uploads spool to a temporary file in chunks, hashed on the way (marketplace/storage.py),
+# under FILE_UPLOAD_TEMP_DIR (empty: the system's temporary folder); so do objects read
+# from S3 beyond 5 MiB.
+FILE_UPLOAD_TEMP_DIR = env_str("FILE_UPLOAD_TEMP_DIR", "") or None
 FILE_UPLOAD_HANDLERS = [
     "django.core.files.uploadhandler.MemoryFileUploadHandler",
     "marketplace.storage.HashingUploadHandler",
