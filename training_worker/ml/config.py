@@ -33,7 +33,12 @@ AUTO_MIN_EPOCHS = 2
 AUTO_MAX_EPOCHS = 10
 AUTO_BATCH_SIZE = 16
 AUTO_LORA_R = 8
-AUTO_LEARNING_RATE = {"text-classification": 1e-3, "text-generation": 1e-3}
+# Classification 3e-3: on a validation split carved from the training rows of the real
+# corpora of bench/corpora.py (bench/auto_defaults.py --real, results in
+# bench/results/auto_defaults_real.json) it beat 1e-3 (AFINN-111 words: 0.962 vs 0.939),
+# and early stopping keeps the best epoch if a higher rate overshoots. Quality of the
+# resulting default job vs the baselines: bench/quality.py -> bench/results/quality.json.
+AUTO_LEARNING_RATE = {"text-classification": 3e-3, "text-generation": 1e-3}
 AUTO_SEQ_LENGTH_PERCENTILE = 95
 AUTO_MIN_SEQ_LENGTH = 16
 AUTO_MAX_SEQ_LENGTH = {"text-classification": 128, "text-generation": 256}
@@ -184,7 +189,13 @@ class LoraHyperparameters:
         3e-3    2       0.740     0.7387        297
         ======  ======  ========  ============  ===================================
 
-        Chosen: ``learning_rate = 1e-3`` (as good as 3e-3 and the safer of the two);
+        Real corpora (``bench/auto_defaults.py --real``: npm-packaged corpora of
+        ``bench/corpora.py``, a validation split carved from the training rows, never the
+        sealed rows): 3e-3 beat 1e-3 on AFINN-111 word sentiment (0.962 vs 0.939 validation
+        accuracy, 1,582 rows, classic TF-IDF + LR 0.803), so classification now uses 3e-3;
+        per-epoch validation with early stopping keeps the best epoch if it overshoots.
+
+        Chosen: ``learning_rate = 3e-3`` for classification, 1e-3 for generation;
         ``n_epochs = clamp(round(6000 / n_train_rows), 2, 10)`` (about 6,000 examples seen,
         2,000 rows -> 3 epochs, which was 0.0075 better than 2); ``batch_size = 16``;
         ``max_seq_length`` = 95th percentile of token lengths rounded up to a multiple of 8,
