@@ -19,6 +19,7 @@ from django.conf import settings
 
 from billing.models import LicenceUsagePeriod, OfferKind, UsageRecord, UsageStatus
 from billing.services import licence_revoke, licence_start_free_trial
+from marketplace.metrics import LIVE_REGISTRY
 from serving.protocol import (
     TEXT_CLASSIFICATION,
     TEXT_GENERATION,
@@ -137,8 +138,20 @@ def ok_rows() -> int:
     return UsageRecord.objects.filter(status=UsageStatus.OK).count()
 
 
+def inference_observations(task: str) -> dict[str, float]:
+    """What /metrics holds for `task` in this process (the live server's)."""
+    return {
+        name: LIVE_REGISTRY.get_sample_value(name, {"task": task}) or 0.0
+        for name in (
+            "niche_inference_batch_size_count", "niche_inference_batch_size_sum",
+            "niche_inference_latency_seconds_count", "niche_inference_engine_seconds_sum",
+        )
+    }  # fmt: skip
+
+
 def test_a_licensed_key_gets_predictions_named_by_version_and_adapter(live_server, shop):
     texts = ["I was charged twice", "The app crashes on start", "Lovely support, thanks"]
+    metrics_before = inference_observations(TEXT_CLASSIFICATION)
 
     response = requests.post(
         f"{live_server.url}/api/v1/models/{shop.tickets.slug}/predict",
@@ -166,6 +179,16 @@ def test_a_licensed_key_gets_predictions_named_by_version_and_adapter(live_serve
     assert record.idempotency_key == response.headers["X-Niche-Request-Id"]
     assert record.api_key is not None
     assert record.latency_ms is not None
+    # /metrics: one call observed, with the batch it shared (at least its 3 rows).
+    metrics_after = inference_observations(TEXT_CLASSIFICATION)
+    assert metrics_after["niche_inference_latency_seconds_count"] == (
+        metrics_before["niche_inference_latency_seconds_count"] + 1
+    )
+    assert metrics_after["niche_inference_batch_size_sum"] >= (
+        metrics_before["niche_inference_batch_size_sum"] + 3
+    )
+    engine_seconds = "niche_inference_engine_seconds_sum"
+    assert metrics_after[engine_seconds] > metrics_before[engine_seconds]
 
 
 def test_predict_on_a_generation_listing_returns_text_within_its_parameters(live_server, shop):
