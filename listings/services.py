@@ -92,6 +92,9 @@ def licence_summary_of(
     return " ".join(parts)
 
 
+MAX_CALLS_PER_MONTH = 2**31 - 1  # the column's (PositiveIntegerField) upper bound
+
+
 def _text_error(value: str, max_length: int | None) -> str | None:
     """What Postgres would refuse with a 500: NUL characters, or too long for the column."""
     if "\x00" in value:
@@ -121,6 +124,9 @@ def _clean_content(values: dict) -> dict:
             values[name] = sorted(set(items))
     if "title" in values and not values["title"].strip():
         errors["title"] = ["Required."]
+    cap = values.get("max_calls_per_month")
+    if cap is not None and not 1 <= cap <= MAX_CALLS_PER_MONTH:  # a 500 past the column
+        errors["max_calls_per_month"] = [f"From 1 to {MAX_CALLS_PER_MONTH:,}, or empty."]
     if errors:
         raise InvalidListing("The listing has invalid fields.", fields=errors)
     return values

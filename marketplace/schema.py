@@ -78,6 +78,48 @@ SPECIFIC = {
     # The version's stored files are refused (not safetensors, tampered) or missing.
     ("/api/v1/models/{version_id}/export", "get"): {"409"},
 }
+# OpenAPI links: what a created object's id leads to (clients and stateful fuzzing follow
+# them). (source path, method, status) -> {link name: (target path, method, parameters)}.
+LINKS = {
+    ("/api/v1/api_keys", "post", "201"): {
+        "RevokeKey": ("/api/v1/api_keys/{key_id}", "delete", {"key_id": "$response.body#/id"}),
+    },
+    ("/api/v1/datasets", "post", "202"): {
+        "GetDataset": (
+            "/api/v1/datasets/{dataset_id}", "get", {"dataset_id": "$response.body#/id"}
+        ),
+        "DeleteDataset": (
+            "/api/v1/datasets/{dataset_id}", "delete", {"dataset_id": "$response.body#/id"}
+        ),
+    },
+    ("/api/v1/fine_tuning/jobs", "post", "201"): {
+        "GetJob": ("/api/v1/fine_tuning/jobs/{job_id}", "get", {"job_id": "$response.body#/id"}),
+        "CancelJob": (
+            "/api/v1/fine_tuning/jobs/{job_id}/cancel", "post", {"job_id": "$response.body#/id"}
+        ),
+        "JobEvents": (
+            "/api/v1/fine_tuning/jobs/{job_id}/events", "get", {"job_id": "$response.body#/id"}
+        ),
+    },
+    ("/api/v1/listings", "post", "201"): {
+        "GetListing": ("/api/v1/listings/{slug}", "get", {"slug": "$response.body#/slug"}),
+        "UpdateListing": ("/api/v1/listings/{slug}", "patch", {"slug": "$response.body#/slug"}),
+        "SubmitListing": (
+            "/api/v1/listings/{slug}/submit", "post", {"slug": "$response.body#/slug"}
+        ),
+    },
+    ("/api/v1/billing/offers", "post", "201"): {
+        "GetOffer": (
+            "/api/v1/billing/offers/{offer_id}", "get", {"offer_id": "$response.body#/id"}
+        ),
+        "UpdateOffer": (
+            "/api/v1/billing/offers/{offer_id}", "patch", {"offer_id": "$response.body#/id"}
+        ),
+        "RetireOffer": (
+            "/api/v1/billing/offers/{offer_id}", "delete", {"offer_id": "$response.body#/id"}
+        ),
+    },
+}  # fmt: skip
 _BODY_METHODS = {"post", "put", "patch"}
 _METHODS = _BODY_METHODS | {"get", "delete"}
 
@@ -118,4 +160,18 @@ def declare_error_responses(result, generator, request, public):
                         "content": {"application/json": {"schema": {"$ref": ref}}},
                     },
                 )
+    _add_links(result)
     return result
+
+
+def _add_links(result) -> None:
+    paths = result.get("paths", {})
+    for (path, method, status), links in LINKS.items():
+        response = paths.get(path, {}).get(method, {}).get("responses", {}).get(status)
+        if response is None:
+            continue  # the operation changed: tests/hardening/test_api_fuzz.py notices
+        response["links"] = {
+            name: {"operationId": paths[target][target_method]["operationId"],
+                   "parameters": parameters}
+            for name, (target, target_method, parameters) in links.items()
+        }  # fmt: skip
