@@ -26,16 +26,21 @@ def sha256_of_path(path: Path) -> str:
 def store_content_addressed(path: Path) -> tuple[str, str, int]:
     """Store a local file under its SHA-256; returns (storage name, sha256, size).
 
-    Idempotent: identical bytes map to one name and are written once.
+    Idempotent: identical bytes map to one name and are written once. A file already
+    there whose size is not this file's is the remains of a writer that died half-way
+    (a worker SIGKILLed mid-write, on a file system): it is replaced, never trusted.
     """
     sha256 = sha256_of_path(path)
+    size = path.stat().st_size
     name = f"artifacts/sha256/{sha256[:2]}/{sha256}/{path.name}"
+    if default_storage.exists(name) and default_storage.size(name) != size:
+        default_storage.delete(name)
     if not default_storage.exists(name):
         with path.open("rb") as handle:
             saved = default_storage.save(name, File(handle))
         if saved != name:  # a concurrent writer won the race: same bytes, keep theirs
             default_storage.delete(saved)
-    return name, sha256, path.stat().st_size
+    return name, sha256, size
 
 
 def store_replacing(name: str, path: Path) -> str:
@@ -44,6 +49,29 @@ def store_replacing(name: str, path: Path) -> str:
         default_storage.delete(name)
     with path.open("rb") as handle:
         return default_storage.save(name, File(handle))
+
+
+def _files_under(prefix: str) -> list[str]:
+    try:
+        folders, files = default_storage.listdir(prefix)
+    except FileNotFoundError:  # local storage: nothing was ever written there
+        return []
+    names = [f"{prefix}/{name}" for name in files]
+    for folder in folders:
+        names += _files_under(f"{prefix}/{folder}")
+    return names
+
+
+def checkpoints_prune_attempts(*, job_id, keep_attempt: int) -> int:
+    """Delete the checkpoint files earlier attempts of a job left behind (a SIGKILLed
+    attempt's, maybe half-written; no row points at them); returns how many. Only the
+    attempt that ended the job calls this, so `keep_attempt` is the newest."""
+    prefix = f"checkpoints/{job_id}"
+    keep = f"{prefix}/attempt-{keep_attempt}/"
+    stale = [name for name in _files_under(prefix) if not name.startswith(keep)]
+    for name in stale:
+        default_storage.delete(name)
+    return len(stale)
 
 
 def write_jsonl(name: str, rows: list[dict]) -> str:

@@ -212,6 +212,7 @@ def job_run(*, job_id, worker: str, time_limit_error: type[BaseException] | None
     try:
         result = run_fine_tune(_spec_for(job, work_dir), JobCallbacks(job))
         _job_succeed(job, result)
+        artifacts.checkpoints_prune_attempts(job_id=job.pk, keep_attempt=job.attempts)
         return JobStatus.SUCCEEDED
     except AttemptSuperseded:
         logger.warning(
@@ -236,6 +237,8 @@ def job_run(*, job_id, worker: str, time_limit_error: type[BaseException] | None
         shutil.rmtree(work_dir, ignore_errors=True)
         with contextlib.suppress(OSError):  # only once no other attempt's folder is left
             work_dir.parent.rmdir()
+    if failed:
+        artifacts.checkpoints_prune_attempts(job_id=job.pk, keep_attempt=job.attempts)
     return JobStatus.FAILED if failed else SUPERSEDED
 
 
