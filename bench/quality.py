@@ -17,6 +17,7 @@ Usage::
     nice -n 5 python bench/quality.py               # every corpus, ~30-40 min on 2 cores
     python bench/quality.py --quick                  # smoke run: 120 rows, 1 epoch
     python bench/quality.py --corpora sotu-party     # a subset
+    python bench/quality.py --merge a.json b.json    # combine parallel runs' files
 
 Writes ``bench/results/quality.json`` (``--quick``: ``quality-quick.json``) and prints a table.
 """
@@ -398,7 +399,17 @@ def main() -> None:
         "--rows", type=int, nargs=2, metavar=("TRAIN", "SEALED"), help="fewer rows (reduced)"
     )
     parser.add_argument("--overrides", type=json.loads, default=None, help="JSON (reduced)")
+    parser.add_argument(
+        "--merge", type=Path, nargs="+", help="combine result files of parallel runs into --out"
+    )
     args = parser.parse_args()
+    if args.merge:
+        merged = [json.loads(path.read_text()) for path in args.merge]
+        records = [record for result in merged for record in result["corpora"]]
+        out = args.out or RESULTS_DIR / "quality.json"
+        write_results(records, out, {"runs": [result["meta"] for result in merged]})
+        print(format_table(records))
+        return
 
     import torch
 
