@@ -226,3 +226,16 @@ def test_dedupe_keeps_one_exact_copy_and_drops_ambiguous_near_duplicates():
         {"text": "other", "label": "b"},
     ]
     assert corpora._dedupe(rows, "text") == [{"text": "other", "label": "b"}]
+
+
+def test_merge_combines_parallel_result_files(tmp_path, monkeypatch, capsys):
+    first, second, out = tmp_path / "a.json", tmp_path / "b.json", tmp_path / "quality.json"
+    quality.write_results([_record(REPORT_V2, {})], first, {"cpu_count": 2})
+    quality.write_results([_record(CLASSIFICATION_REPORT, {})], second, {"cpu_count": 2})
+    monkeypatch.setattr(
+        sys, "argv", ["quality.py", "--merge", str(first), str(second), "--out", str(out)]
+    )
+    quality.main()
+    merged = json.loads(out.read_text())
+    assert len(merged["corpora"]) == 2 and len(merged["meta"]["runs"]) == 2
+    assert "0.900 [0.870,0.930]" in capsys.readouterr().out
