@@ -122,7 +122,7 @@ class OfferDetailApi(BaseApi):
         )
         return Response(OfferOutput(updated).data)
 
-    @extend_schema(request=None, responses=OfferOutput)
+    @extend_schema(request=None, responses={200: OfferOutput})  # the retired offer
     def delete(self, request, offer_id):
         offer = selectors.offer_get_mine(owner=request.user, offer_id=offer_id)
         return Response(

@@ -53,5 +53,12 @@ def browser():
 def page(browser):
     context = browser.new_context(viewport={"width": 1200, "height": 900})
     page = context.new_page()
+    # Whatever the page did, the Content-Security-Policy must not have blocked any of it.
+    blocked = []
+    page.on(
+        "console",
+        lambda m: blocked.append(m.text) if "Content Security Policy" in m.text else None,
+    )
     yield page
     context.close()
+    assert blocked == [], f"the CSP blocked: {blocked}"

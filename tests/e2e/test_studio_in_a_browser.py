@@ -1,8 +1,10 @@
 """An expert in a real browser: log in, upload, fine-tune on a worker, read the result."""
 
+import re
 from pathlib import Path
 
 import pytest
+from playwright.sync_api import expect
 
 from accounts.models import ExpertProfile, User
 from tests.training_worker.conftest import classification_csv
@@ -42,9 +44,10 @@ def test_expert_fine_tunes_and_reads_the_verified_evaluation(
     page.wait_for_url("**/studio/jobs/**")
 
     page.wait_for_selector("#job-status:has-text('running')", timeout=60_000)
-    page.wait_for_function(
-        "document.getElementById('loss-line').getAttribute('points').split(' ').length > 1",
-        timeout=120_000,
+    # A locator assertion, not wait_for_function: the page's CSP forbids the eval that
+    # a string predicate needs.
+    expect(page.locator("#loss-line")).to_have_attribute(
+        "points", re.compile(r"\S+\s+\S+"), timeout=120_000
     )
     page.screenshot(path=str(SCREENSHOTS / "job-running.png"), full_page=True)
     page.wait_for_selector("#job-status:has-text('succeeded')", timeout=180_000)

@@ -25,7 +25,7 @@ import schemathesis
 import yaml
 from django.core import signals
 from django.core.wsgi import get_wsgi_application
-from django.db import close_old_connections
+from django.db import close_old_connections, transaction
 from hypothesis import HealthCheck
 from hypothesis import strategies as st
 from schemathesis.checks import not_a_server_error
@@ -162,10 +162,16 @@ def test_the_schema_generates_without_warnings_and_validates(tmp_path):
 FUZZ_STATEFUL_EXAMPLES = int(os.environ.get("FUZZ_STATEFUL_EXAMPLES", "6"))
 # Bodies that name the world's real objects, so a create succeeds and its links are walked.
 REAL_BODIES = {
-    "POST /api/v1/billing/offers": lambda w: {"listing": w.listing.slug},
-    "POST /api/v1/listings": lambda w: {"model_version": w.draft_version_id},
+    "POST /api/v1/api_keys": lambda w: {"name": "stateful", "scopes": ["read"]},
+    "POST /api/v1/billing/offers": lambda w: {
+        "listing": w.listing.slug, "kind": "per_call", "currency": "usd", "unit_amount": 120,
+    },
+    "POST /api/v1/listings": lambda w: {
+        "model_version": w.draft_version_id, "title": "Stateful", "summary": "s",
+        "domain": "healthcare",
+    },
     "POST /api/v1/fine_tuning/jobs": lambda w: {"training_file": w.dataset_id},
-}
+}  # fmt: skip
 
 
 def test_stateful_runs_follow_the_schema_links(world):
@@ -174,6 +180,12 @@ def test_stateful_runs_follow_the_schema_links(world):
     steps: list[str] = []
 
     class Stateful(SCHEMA.as_state_machine()):
+        def setup(self):  # each scenario starts from the same world: a savepoint
+            self.savepoint = transaction.savepoint()
+
+        def teardown(self):
+            transaction.savepoint_rollback(self.savepoint)
+
         def before_call(self, case):
             real = REAL_BODIES.get(case.operation.label)
             if real is not None and isinstance(case.body, dict):
@@ -196,8 +208,12 @@ def test_stateful_runs_follow_the_schema_links(world):
             derandomize=FUZZ_SEED is None,
             database=None,
             suppress_health_check=list(HealthCheck),
+            # No shrinking: a replay meets another server clock, and Hypothesis would
+            # call that flaky; the failing steps are printed as they ran.
+            phases=[hypothesis.Phase.explicit, hypothesis.Phase.generate],
         )
     )
     assert steps
     created = [s for s in steps if s.split()[-1] in ("201", "202")]
     assert created, f"no create succeeded, so no link was followed: {steps[:20]}"
+    print(f"stateful: {len(steps)} steps, {len(created)} creates")

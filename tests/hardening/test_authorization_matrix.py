@@ -101,6 +101,12 @@ def test_the_leak_check_sees_what_it_looks_for(world):
     sealed = json.dumps(artifacts.read_jsonl(dataset.sealed_path))
     train = json.dumps(artifacts.read_jsonl(dataset.train_path))
     assert len(world.sealed_markers) >= 10
+    before = owned_state(world)
+    with transaction.atomic():
+        deleted = call("owner", "DELETE", "api/v1/datasets/<uuid:dataset_id>", world)
+        assert deleted.status_code == 204
+        assert owned_state(world) != before  # the write check sees a real change
+        transaction.set_rollback(True)
     assert all(m in sealed and m not in train for m in world.sealed_markers)
 
 
@@ -150,16 +156,45 @@ def _text(response) -> str:
     return response.content.decode("utf-8", "replace")
 
 
+def owned_state(world: World) -> tuple:
+    """What only alice (or bob, for his licence) may change: a refused write, whatever
+    status it answers (a portal form redirects either way), must leave all of it as is."""
+    from accounts.models import ApiKey
+    from billing.models import Licence, Offer
+    from listings.models import Listing, Review
+    from training_worker.models import Dataset, FineTuningJob
+
+    return (
+        ApiKey.objects.filter(user=world.users["owner"], revoked_at__isnull=True).count(),
+        Dataset.objects.filter(pk=world.dataset_id, deleted_at__isnull=True).exists(),
+        FineTuningJob.objects.values_list("status").get(pk=world.job_id),
+        Listing.objects.values_list("status", "summary", "proposed_version").get(
+            pk=world.listing.pk
+        ),
+        sorted(Offer.objects.filter(listing=world.listing).values_list("status", "unit_amount")),
+        Review.objects.values_list("reply").get(pk=world.review_id),
+        Licence.objects.values_list("status").get(pk=world.licence_id),
+    )
+
+
+# Who may change owned_state: alice (session or keys) and bob, whose licence it is.
+MAY_WRITE = {"owner", "key_read", "key_train", "key_infer", "key_keys", "buyer_licensed"}
+
+
 @pytest.mark.parametrize("key", sorted(MATRIX))
 def test_cell(key, world):
     method, route = key.split(" ", 1)
     wrong, leaks = [], []
+    check_writes = method != "GET"
+    before = owned_state(world) if check_writes else None
     for persona, expected in zip(COLUMNS, MATRIX[key], strict=True):
         if key in UNIFORM and persona not in UNIFORM[key]:
             continue
         with transaction.atomic():
             response = call(persona, method, route, world)
             text = _text(response)
+            if check_writes and persona not in MAY_WRITE and owned_state(world) != before:
+                wrong.append(f"{persona}: changed what is not theirs")
             transaction.set_rollback(True)
         if response.status_code != expected:
             wrong.append(f"{persona}: {response.status_code} (table says {expected})")
