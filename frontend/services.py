@@ -103,6 +103,9 @@ DEMO_SPECIALISTS = (
         job_suffix="demo-arithmetic",
         # The tiny base starts from random weights: 4 epochs scored token F1 0.0 on the
         # sealed split, these 0.05 (base 0.0; perplexity 579 -> 47) in ~15 s alone.
+        # Not SmolLM2-135M-Instruct (the real generation base experts should pick): on two
+        # shared cores, 2 epochs of these 160 rows on it ran 29 min (4 CPU-min) without
+        # finishing the first epoch, far too long for the first `make run`.
         hyperparameters={"n_epochs": 20, "learning_rate": 0.01},
         listing={
             "slug": "demo-arithmetic-answers",
