@@ -332,3 +332,36 @@ def test_parallel_uploads_cannot_squeeze_past_the_quota_together(transactional_d
     assert Dataset.objects.filter(owner=alice).count() == 3
     folders = {name.split("/")[0] for name in stored_files()}
     assert len(folders) == 3  # the refused five left no file behind
+
+
+# --- parser bombs: the validation reports them, never crashes (a crash left the dataset
+# `validating` until the sweep gave up)
+
+PARSER_BOMBS = {
+    "json-nested-100k": ("deep.json", b"[" * 100_000 + b"]" * 100_000, "malformed_row"),
+    "jsonl-nested-100k": (
+        "deep.jsonl",
+        b'{"prompt": ' + b"[" * 100_000 + b"]" * 100_000 + b', "completion": "x"}\n',
+        "malformed_row",
+    ),
+    "json-messages-nested": (
+        "m.json",
+        b'[{"messages": ' + b"[" * 50_000 + b"]" * 50_000 + b"}]",
+        "malformed_row",
+    ),
+    "csv-field-300kb": ("f.csv", b'text,label\n"' + b"x" * 300_000 + b'",a\n', "malformed_row"),
+    "csv-unterminated-quote": ("q.csv", b'text,label\n"abc,a\n' + b"y,b\n" * 10, "malformed_row"),
+    "csv-100k-columns": (  # was quadratic (columns.count per column): hung the worker
+        "c.csv",
+        b",".join(b"c%d" % i for i in range(100_000)) + b"\n" + b"1," * 99_999 + b"1\n",
+        "too_many_columns",
+    ),
+}
+
+
+@pytest.mark.parametrize(("name", "content", "code"), PARSER_BOMBS.values(),
+                         ids=PARSER_BOMBS.keys())  # fmt: skip
+def test_parser_bomb_ends_invalid(alice, post, name, content, code):
+    dataset = Dataset.objects.get(pk=post(alice, name, content).json()["id"])
+    assert dataset.status == "invalid"
+    assert dataset.report["errors"][0]["code"] == code

@@ -30,6 +30,7 @@ REQUIRED_COLUMNS = {
 MESSAGES_COLUMN = "messages"
 DEFAULT_MIN_ROWS = {TEXT_CLASSIFICATION: 10, TEXT_GENERATION: 5}
 EXAMPLE_ROWS_PER_ISSUE = 10
+MAX_COLUMNS = 1_000
 
 UTF8_BOM = b"\xef\xbb\xbf"
 # Accepted and decoded; UTF-32's BOM starts like UTF-16 LE's and then fails on its NULs.
@@ -41,6 +42,7 @@ ISSUE_ORDER = (
     "invalid_encoding",
     "empty_file",
     "duplicate_column",
+    "too_many_columns",
     "missing_column",
     "task_mismatch",
     "malformed_row",
@@ -259,8 +261,16 @@ def _read_csv(text: str, issues: _IssueLog) -> tuple[list[str], Iterator[_Record
             "malformed_row", f"The CSV header could not be read: {error}.", fatal=True
         ).note_row(reader.line_num)
         return None
+    if len(header) > MAX_COLUMNS:  # the columns go into the report: keep it small
+        issues.add(
+            "too_many_columns",
+            f"The CSV header has {len(header):,} columns; at most {MAX_COLUMNS} are read.",
+            fatal=True,
+        ).note_row(reader.line_num)
+        return None
     columns = [name.strip().lstrip("\ufeff").lower() for name in header]
-    repeated = sorted({name for name in columns if columns.count(name) > 1 and name})
+    counts = Counter(columns)  # not columns.count per column: quadratic in a hostile header
+    repeated = sorted(name for name, count in counts.items() if count > 1 and name)
     if repeated:
         issues.add(
             "duplicate_column",
@@ -307,6 +317,9 @@ def _read_json_lines(text: str) -> Iterator[_Record]:
         except ValueError as error:
             yield _Record(row=row, error=f"it is not valid JSON ({error})")
             continue
+        except RecursionError:  # "[[[[..." thousands deep: a parser bomb, not data
+            yield _Record(row=row, error="its JSON nests too deeply")
+            continue
         if isinstance(value, dict):
             yield _Record(row=row, fields=value)
         else:
@@ -323,6 +336,9 @@ def _read_json_array(text: str, issues: _IssueLog) -> Iterator[_Record] | None:
             f"The file is not valid JSON ({error}); upload one JSON object per line (JSONL).",
             fatal=True,
         ).note_row(getattr(error, "lineno", 1))
+        return None
+    except RecursionError:  # "[[[[..." thousands deep: a parser bomb, not data
+        issues.add("malformed_row", "The JSON file nests too deeply.", fatal=True).note_row(1)
         return None
     if not isinstance(values, list):
         issues.add(
