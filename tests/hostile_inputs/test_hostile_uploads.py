@@ -365,3 +365,16 @@ def test_parser_bomb_ends_invalid(alice, post, name, content, code):
     dataset = Dataset.objects.get(pk=post(alice, name, content).json()["id"])
     assert dataset.status == "invalid"
     assert dataset.report["errors"][0]["code"] == code
+
+
+def test_the_portal_upload_shows_the_refusal_and_stores_nothing(alice, client):
+    client.force_login(alice)
+    before = stored_files()
+    response = client.post(
+        "/studio/datasets/",
+        {"file": upload("tickets.csv", gzip.compress(classification_csv()))},
+        follow=True,
+    )
+    assert response.status_code == 200
+    assert "Niche does not unpack uploads" in response.content.decode()
+    assert Dataset.objects.count() == 0 and stored_files() == before
