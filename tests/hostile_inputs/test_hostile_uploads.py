@@ -378,3 +378,13 @@ def test_the_portal_upload_shows_the_refusal_and_stores_nothing(alice, client):
     assert response.status_code == 200
     assert "Niche does not unpack uploads" in response.content.decode()
     assert Dataset.objects.count() == 0 and stored_files() == before
+
+
+@pytest.mark.parametrize(
+    "name", ["adapter_model.safetensors", "pytorch_model.bin", "w.pt", "w.pth", "m.ckpt", "x.pkl"]
+)
+def test_no_endpoint_takes_weights_files_as_an_upload(alice, post, name):
+    """Niche has no weights upload; the only upload (datasets) refuses weights by name."""
+    before = stored_files()
+    response = post(alice, name, b"\x80\x04\x95" + bytes(16))
+    assert_refused(response, 422, "unsupported_file_type", before, 0)
