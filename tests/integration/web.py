@@ -1,6 +1,6 @@
 """The web tier as a real process for the crash and load tests: gunicorn as `make run`
-starts it (2 workers, 4 threads each), in a process group of its own, on the test
-database, on a free loopback port."""
+starts it (2 workers, 4 threads each, access log on), in a process group of its own, on
+the test database, on a free loopback port."""
 
 import contextlib
 import os
@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import time
+import uuid
 
 import requests
 
@@ -25,14 +26,14 @@ class Gunicorn:
     def __init__(self, env: dict, name: str, port: int | None = None):
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.log_path = ROOT / "var" / f"test-gunicorn-{name}.log"
+        self.log_path = ROOT / "var" / f"test-gunicorn-{name}-{uuid.uuid4().hex[:6]}.log"
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         self.log = self.log_path.open("a")
         self.process = subprocess.Popen(
             [
                 sys.executable, "-m", "gunicorn", "marketplace.wsgi",
                 "--bind", f"127.0.0.1:{self.port}", "--workers", "2", "--threads", "4",
-                "--timeout", "120",
+                "--timeout", "120", "--access-logfile", "-",
             ],
             cwd=ROOT, env=env, stdout=self.log, stderr=subprocess.STDOUT,
             start_new_session=True,
@@ -48,6 +49,11 @@ class Gunicorn:
             time.sleep(0.3)
         raise AssertionError(f"gunicorn not ready: {self.log_path.read_text()[-3000:]}")
 
+    def answered(self, method: str, path: str, status: int) -> int:
+        """How many `method path` requests it answered with `status` (its access log)."""
+        line = f'"{method} {path} HTTP/1.1" {status} '
+        return sum(line in entry for entry in self.log_path.read_text().splitlines())
+
     def kill(self, sig=signal.SIGKILL) -> None:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(self.process.pid, sig)
@@ -55,5 +61,10 @@ class Gunicorn:
 
     def stop(self) -> None:
         if self.process.poll() is None:
-            self.kill(signal.SIGTERM)
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, signal.SIGTERM)
+            try:  # gunicorn's graceful timeout is 30 s; keep-alive clients can hold it
+                self.process.wait(timeout=35)
+            except subprocess.TimeoutExpired:
+                self.kill()
         self.log.close()
