@@ -810,11 +810,13 @@ def classification_baselines(
             options.generalist_llm_path, None, "text-generation"
         )
         model.to(device).eval()
+        position_limit = getattr(model.config, "max_position_embeddings", None)
+        max_length = min(LLM_GENERALIST_MAX_LENGTH, position_limit or LLM_GENERALIST_MAX_LENGTH)
         rows = list(sealed_texts[: options.generalist_llm_max_rows])
         try:
             with torch.inference_mode():
                 llm_pred = zero_shot_by_likelihood(
-                    model, tokenizer, rows, labels, LLM_GENERALIST_MAX_LENGTH, device,
+                    model, tokenizer, rows, labels, max_length, device,
                     batch_size=16,
                 )  # fmt: skip
         finally:
