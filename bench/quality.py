@@ -295,7 +295,7 @@ def default_job(
             few_shot_k=3,
         )
     else:
-        options = EvaluationOptions(generalist_llm_skip_reason="not needed by this sweep")
+        options = EvaluationOptions(generalist_llm_skip_reason="left out by the bench (--no-llm)")
     with tempfile.TemporaryDirectory() as output_dir:
         spec = TrainingSpec(
             task=task,
@@ -343,6 +343,7 @@ def run_corpus(
     quick: bool,
     rows: tuple[int, int] | None = None,
     overrides: dict[str, Any] | None = None,
+    generalist: bool = True,
 ) -> dict[str, Any]:
     """One corpus through the default job. ``rows`` = (train, sealed) takes fewer rows and
     ``overrides`` sets hyperparameters: both are recorded, and the job is then no longer
@@ -362,7 +363,9 @@ def run_corpus(
         raw, n_sealed, overrides = b"".join(lines[:keep]), keep // 4, {"n_epochs": 1}
     train_rows, sealed_rows, labels = split_upload(raw, filename, corpus.task, n_sealed)
     started = time.perf_counter()
-    result = default_job(corpus.task, train_rows, sealed_rows, labels, overrides)
+    result = default_job(
+        corpus.task, train_rows, sealed_rows, labels, overrides, generalist=generalist
+    )
     wall = time.perf_counter() - started
     has_classic = any(key in (result.evaluation.get("baselines") or {}) for key in CLASSIC_KEYS)
     return summarise(
@@ -400,6 +403,9 @@ def main() -> None:
     )
     parser.add_argument("--overrides", type=json.loads, default=None, help="JSON (reduced)")
     parser.add_argument(
+        "--no-llm", action="store_true", help="skip the LLM generalist (the slowest baseline)"
+    )
+    parser.add_argument(
         "--merge", type=Path, nargs="+", help="combine result files of parallel runs into --out"
     )
     args = parser.parse_args()
@@ -426,7 +432,9 @@ def main() -> None:
     for name in args.corpora:
         print(f"== {name}", flush=True)
         rows = tuple(args.rows) if args.rows else None
-        records.append(run_corpus(name, args.quick, rows, args.overrides))
+        records.append(
+            run_corpus(name, args.quick, rows, args.overrides, generalist=not args.no_llm)
+        )
         write_results(records, out, meta)
     print(format_table(records))
     print(f"wrote {out.relative_to(ROOT)}")
