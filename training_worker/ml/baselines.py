@@ -37,7 +37,7 @@ class EvaluationOptions:
 
     generalist_llm_path: str | None = None
     generalist_llm_name: str = ""
-    generalist_llm_max_rows: int = 200
+    generalist_llm_max_rows: int = 100
     few_shot_k: int = 3
     generalist_llm_skip_reason: str = ""  # said in the report when the path is None
 
