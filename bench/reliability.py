@@ -18,7 +18,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -181,10 +180,18 @@ def load_section() -> list[str]:
             f"{s['req_per_s']} | {s['p50_ms']:g} | {s['p95_ms']:g} | {s['p99_ms']:g} | "
             f"{s['errors']} |"
         )
+    if machine := load.get("machine"):
+        lines += [
+            "",
+            f"Measured on {machine['cores']} cores at a load average of "
+            f"{machine['load_average_1min']:.1f} (other work on the machine included).",
+        ]
     rate = load.get("rate_limit")
     if rate:
         windows = ", ".join(
-            f"{rate['admitted_by_window'].get(w, 0)} in minute {w}" for w in rate["full_windows"]
+            f"{rate['admitted_by_window'].get(w, 0)} in the minute from "
+            f"{datetime.fromtimestamp(int(w) * 60, UTC):%H:%M} UTC"
+            for w in rate["full_windows"]
         )
         lines += [
             "",
@@ -200,13 +207,15 @@ def load_section() -> list[str]:
         )
     if "inference" in load:
         lines.append(
-            f"Inference: {load['inference'].get('ledger_rows')} ledger rows for the answered "
-            "calls of both inference runs and the warm-up, one per call."
+            f"Inference: {load['inference'].get('ledger_rows')} ledger rows for "
+            f"{load['inference'].get('answered_200_by_server')} predict calls the server "
+            "answered 200 (its access log: the warm-up, both runs, and calls still in flight "
+            "when Locust stopped counting)."
         )
     return lines
 
 
-def write_document(results: dict[str, dict], started: datetime, wall_s: float) -> None:
+def write_document(results: dict[str, dict], started: datetime) -> None:
     text = DOC.read_text() if DOC.exists() else "# Reliability\n"
     prose = text.split(GENERATED_MARKER)[0].rstrip() + "\n"
     total = {k: sum(r[k] for r in results.values()) for k in ("cases", "passed", "failed")}
@@ -215,9 +224,12 @@ def write_document(results: dict[str, dict], started: datetime, wall_s: float) -
         "",
         "## What `make reliability` tried",
         "",
-        f"Last run {started:%Y-%m-%d %H:%M} UTC, {wall_s / 60:.1f} min; "
+        f"Written {started:%Y-%m-%d %H:%M} UTC; the families took "
+        f"{sum(r['seconds'] for r in results.values()) / 60:.1f} min of pytest time; "
         f"{total['cases']} cases, {total['passed']} passed, {total['failed']} failed. "
-        "Counts are pytest's (junit XML per family under var/reliability/).",
+        "Counts are pytest's (junit XML per family under var/reliability/). Load average "
+        f"when written: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores (the figures "
+        "below are only as good as the machine was idle).",
         "",
         "| family | what was tried | cases | passed | failed | skipped | seconds | held |",
         "|---|---|---:|---:|---:|---:|---:|---|",
@@ -238,13 +250,13 @@ def main() -> int:
     parser.add_argument("--only", action="append", help="run only these families (by name)")
     args = parser.parse_args()
     OUT.mkdir(parents=True, exist_ok=True)
-    started, clock = datetime.now(UTC), time.monotonic()
+    started = datetime.now(UTC)
     if not args.report_only:
         for family in FAMILIES:
             if not args.only or family.name in args.only:
                 run_family(family)
     results = {family.name: family_result(family) for family in FAMILIES}
-    write_document(results, started, time.monotonic() - clock)
+    write_document(results, started)
     for name, r in results.items():
         print(f"{name:22} {r['passed']:4} passed {r['failed']:3} failed  {held(r)}")
     bad = any(r["failed"] or r["missing"] or not r["ran"] for r in results.values())
