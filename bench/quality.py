@@ -437,7 +437,7 @@ def main() -> None:
         )
         write_results(records, out, meta)
     print(format_table(records))
-    print(f"wrote {out.relative_to(ROOT)}")
+    print(f"wrote {out}")
 
 
 if __name__ == "__main__":
