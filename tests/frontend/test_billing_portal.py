@@ -27,7 +27,9 @@ from billing.models import (
 from frontend.services import DemoOutcome, demo_listing_publish
 from listings.models import Listing
 from tests.frontend.test_living_demo import SUPPORT, finish, start
+from tests.hostile_inputs.hostile_weights import safetensors_bytes
 from tests.listings.conftest import make_listing
+from training_worker import artifacts
 
 
 def portal(user=None) -> Client:
@@ -461,7 +463,21 @@ def test_a_demo_specialist_is_listed_with_offers_once_and_the_demo_buyer_can_buy
     assert Licence.objects.get(buyer=bea).status == "active"
 
 
-def test_alice_downloads_her_own_version_from_the_studio_page(alice, listing):
+def test_alice_downloads_her_own_version_from_the_studio_page(alice, listing, tmp_path):
+    # The catalogue factory's version names files that are not there: store a well-formed
+    # safetensors file (not a real adapter) so the export has weights that pass its check.
+    version = listing.live_version
+    for field, name, content in (
+        ("adapter", "adapter_model.safetensors", safetensors_bytes()),
+        ("config", "adapter_config.json", b'{"r": 8}'),
+    ):
+        (tmp_path / name).write_bytes(content)
+        path, sha256, size = artifacts.store_content_addressed(tmp_path / name)
+        setattr(version, f"{field}_path", path)
+        setattr(version, f"{field}_sha256", sha256)
+        setattr(version, f"{field}_size", size)
+    version.save()
+
     page = page_of(portal(alice).get(f"/studio/models/{listing.live_version_id}/"))
 
     export_url = f"/api/v1/models/{listing.live_version_id}/export"
