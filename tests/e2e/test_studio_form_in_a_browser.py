@@ -37,8 +37,8 @@ def test_the_fine_tune_form_pairs_each_dataset_with_a_base_that_fits_it(
 
     open_the_studio_as_alice(page, live_server)
 
-    assert offered_bases(page) == ["tiny-causal"]
-    assert page.input_value("#id_base_model") == "tiny-causal"
+    assert offered_bases(page) == ["smollm2-135m-instruct", "tiny-causal"]
+    assert page.input_value("#id_base_model") == "smollm2-135m-instruct"  # the real base first
 
     page.select_option("#id_dataset", str(triage.id))
 

@@ -57,8 +57,9 @@ def test_expert_fine_tunes_and_reads_the_verified_evaluation(
     page.click("#job-result-link")
     page.wait_for_selector("#comparison-chart")
     text = page.inner_text("main")
-    assert "Verified evaluation" in text and "This specialist" in text
-    assert "Majority class" in text
+    assert "Verified evaluation" in text and "Lift over the strongest baseline" in text
+    assert "Majority class" in text and "Classic: TF-IDF" in text
+    assert page.locator("#comparison-chart g[data-bar=specialist]").count() == 1
     page.screenshot(path=str(SCREENSHOTS / "model-version.png"), full_page=True)
 
 
@@ -91,6 +92,7 @@ def test_buyer_finds_a_specialist_and_compares_it_with_the_generalist(
     page.click("text=Card fraud spotter")
     page.wait_for_selector("#listing-chart")
     text = page.inner_text("main")
-    assert "This specialist" in text and "Generalist zero shot" in text
+    assert "Lift over the strongest baseline" in text and "Generalist: zero-shot" in text
+    assert page.locator("#listing-chart g[data-bar=specialist]").count() == 1
     assert "Commercial use is allowed." in page.inner_text("#licence-summary")
     page.screenshot(path=str(SCREENSHOTS / "listing.png"), full_page=True)
