@@ -203,7 +203,7 @@ def test_model_version_page_draws_the_comparison_chart(alice):
     assert 'id="comparison-chart"' in page
     assert "This specialist" in page and "Majority class" in page and "0.900" in page
     assert "over_majority_class" not in page  # lift rows carry human names
-    assert "Generalist: zero-shot <span class=\"muted\">(strongest)" in page
+    assert 'Generalist: zero-shot <span class="muted">(strongest)' in page
     assert 'data-testid="legacy-evaluation"' in page  # a version 1 report says so
     assert version.adapter_sha256 in page
 
