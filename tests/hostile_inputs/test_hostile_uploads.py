@@ -304,6 +304,7 @@ def test_parallel_uploads_cannot_squeeze_past_the_quota_together(transactional_d
     """Eight uploads at once, room for three: the owner's row lock lets exactly three in."""
     import threading
 
+    from celery._state import _set_task_join_will_block
     from django.db import connection
 
     from marketplace.errors import PayloadTooLargeError
@@ -324,10 +325,17 @@ def test_parallel_uploads_cannot_squeeze_past_the_quota_together(transactional_d
             connection.close()
 
     threads = [threading.Thread(target=one, args=(n,)) for n in range(8)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(30)
+    try:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(30)
+    finally:
+        # Each upload runs its validation task eagerly here (test settings), and Celery's
+        # eager apply() saves and restores a process-global "joining would block" flag:
+        # eight threads at once can leave it set, and every later result.get() in this
+        # pytest process would then refuse. Workers never run tasks eagerly.
+        _set_task_join_will_block(False)
     assert sorted(outcomes) == ["storage_quota_exceeded"] * 5 + ["stored"] * 3
     assert Dataset.objects.filter(owner=alice).count() == 3
     folders = {name.split("/")[0] for name in stored_files()}
