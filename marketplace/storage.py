@@ -72,7 +72,13 @@ def _alive(pid: int) -> bool:
         return False
     except PermissionError:  # someone else's process: alive
         return True
-    return True
+    # A killed process whose parent died too stays a zombie until init reaps it, and
+    # kill(pid, 0) still succeeds: it will never finish its upload, so count it as dead.
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):  # no /proc (not Linux) or gone meanwhile
+        return True
+    return state not in ("Z", "X")
 
 
 def upload_spools_sweep() -> int:
