@@ -97,7 +97,7 @@ def reach(point: str, job, saves: Path, rng: random.Random) -> None:
         time.sleep(rng.uniform(0, 0.05))
     elif point == "mid_epoch":
         total = poll(lambda: job_state(job).total_steps, 180, "the first progress")
-        target = rng.randint(1, max(1, total // 2 - 1))  # inside the first of two epochs
+        target = rng.randint(1, max(1, total // 4))  # the first half of the first epoch
         poll(lambda: job_state(job).step >= target, 180, f"step {target}")
     elif point == "checkpoint_write":
         poll(lambda: saved(saves, f"checkpoints/{job.pk}/"), 180, "a checkpoint write")
@@ -142,7 +142,9 @@ def test_a_training_worker_killed_at_a_seeded_point_leaves_one_clean_outcome(
     validator = spawn("default")
     doomed.wait_ready()
     validator.wait_ready()
-    job = start_job(owner, rows_per_label=30, epochs=2)
+    # Progress is written once a second: mid-epoch needs an epoch of several seconds even
+    # on an idle machine, where 30 rows a label train an epoch in about one.
+    job = start_job(owner, rows_per_label=150 if point == "mid_epoch" else 30, epochs=2)
 
     # When the worker is SIGKILLed (its whole process group) at the point
     reach(point, job, saves, rng)
