@@ -35,7 +35,7 @@ import threading
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from urllib.parse import urlencode, urlparse, urlunparse
+from urllib.parse import urlencode
 
 ROOT = Path(__file__).resolve().parents[1]
 HERE = ROOT / "bench"
@@ -72,21 +72,11 @@ SEARCHES = [
 ]  # fmt: skip
 
 
+import bench_database  # noqa: E402 (bench/ is the script's folder on sys.path)
+
+
 def bench_database_url(base: str) -> str:
-    parsed = urlparse(base)
-    name = parsed.path.lstrip("/") or "niche"
-    return urlunparse(parsed._replace(path=f"/{name}_bench_catalogue"))
-
-
-def ensure_database(url: str) -> None:
-    import psycopg
-
-    parsed = urlparse(url)
-    admin = urlunparse(parsed._replace(path="/postgres"))
-    with psycopg.connect(admin, autocommit=True) as conn:
-        name = parsed.path.lstrip("/")
-        if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [name]).fetchone():
-            conn.execute(f'CREATE DATABASE "{name}"')
+    return bench_database.bench_database_url(base, "catalogue")
 
 
 # --- data -------------------------------------------------------------------------------
@@ -332,7 +322,7 @@ def main() -> None:
     if not base_url.startswith("postgres"):
         raise SystemExit("The catalogue bench needs Postgres: set DATABASE_URL=postgres://...")
     database_url = bench_database_url(base_url)
-    ensure_database(database_url)
+    bench_database.ensure_database(database_url)
     os.environ["DATABASE_URL"] = database_url
     os.environ["DJANGO_SETTINGS_MODULE"] = "catalogue_settings"
 

@@ -44,28 +44,17 @@ import uuid
 from collections import Counter
 from datetime import UTC, datetime
 from pathlib import Path
-from urllib.parse import urlparse, urlunparse
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 STALE_SECONDS = "15"
 
 
+import bench_database  # noqa: E402 (bench/ is the script's folder on sys.path)
+
+
 def bench_database_url(base: str) -> str:
-    parsed = urlparse(base)
-    name = parsed.path.lstrip("/") or "niche"
-    return urlunparse(parsed._replace(path=f"/{name}_bench_queue"))
-
-
-def ensure_database(url: str) -> None:
-    import psycopg
-
-    parsed = urlparse(url)
-    admin = urlunparse(parsed._replace(path="/postgres"))
-    with psycopg.connect(admin, autocommit=True) as conn:
-        name = parsed.path.lstrip("/")
-        if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [name]).fetchone():
-            conn.execute(f'CREATE DATABASE "{name}"')
+    return bench_database.bench_database_url(base, "queue")
 
 
 class Worker:
@@ -176,7 +165,7 @@ def main() -> None:
     if not base_url.startswith("postgres"):
         raise SystemExit("The queue bench needs Postgres: set DATABASE_URL=postgres://...")
     database_url = bench_database_url(base_url)
-    ensure_database(database_url)
+    bench_database.ensure_database(database_url)
     os.environ.update(
         DATABASE_URL=database_url,
         DJANGO_SETTINGS_MODULE="marketplace.settings.test_worker",
