@@ -287,7 +287,7 @@ def default_job(
 
     cache_dir = Path(os.environ.get("MODEL_CACHE_DIR", ROOT / "var" / "models"))
     base = resolve_base_model_source(base_source or DEFAULT_BASES[task], cache_dir)
-    if generalist:  # as runner.evaluation_options() with the settings' defaults
+    if generalist:  # as runner.evaluation_options(task=...) with the settings' defaults
         options = EvaluationOptions(
             generalist_llm_path=resolve_base_model_source(GENERALIST_LLM, cache_dir),
             generalist_llm_name="SmolLM2-135M-Instruct",

@@ -260,18 +260,22 @@ def _spec_for(job: FineTuningJob, work_dir: Path) -> TrainingSpec:
         hyperparameters=LoraHyperparameters.from_dict(job.hyperparameters),
         seed=job.seed,
         output_dir=work_dir,
-        evaluation_options=evaluation_options(),
+        evaluation_options=evaluation_options(task=job.task),
     )
 
 
-def evaluation_options() -> EvaluationOptions:
+def evaluation_options(*, task: str) -> EvaluationOptions:
     """The evaluation's generalists from settings. A generalist LLM that cannot be resolved
-    is skipped (the report says why) rather than failing the expert's job."""
+    is skipped (the report says why) rather than failing the expert's job. Only
+    classification scores the LLM generalist (generation's baselines prompt the job's own
+    base), so a generation job never resolves, or converts, it."""
     source = settings.EVALUATION_GENERALIST_LLM
     common = {
         "generalist_llm_max_rows": settings.EVALUATION_GENERALIST_MAX_ROWS,
         "few_shot_k": settings.EVALUATION_FEW_SHOT_K,
     }
+    if task != "text-classification":
+        return EvaluationOptions(**common)
     if not source:
         return EvaluationOptions(**common, generalist_llm_skip_reason="switched off by settings")
     try:
