@@ -105,7 +105,18 @@ class MakeRun:
         self.wait_for(lambda: "Press Ctrl-C" in self.output(), "'Press Ctrl-C'")
 
     def launcher_pid(self) -> int:
-        pids = [p for p, cmd in self.processes().items() if "marketplace.launcher" in cmd]
+        # make's own child: a child the launcher has just forked shows the launcher's
+        # command line too until it execs its program.
+        def parent(pid: int) -> int:
+            with contextlib.suppress(OSError):
+                return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+            return -1
+
+        pids = [
+            p
+            for p, cmd in self.processes().items()
+            if "marketplace.launcher" in cmd and parent(p) == self.make.pid
+        ]
         assert len(pids) == 1, self.processes()
         return pids[0]
 
