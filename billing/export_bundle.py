@@ -138,7 +138,10 @@ def licence_text(
 
 
 def _base_model_document(version: ModelVersion) -> dict:
+    from training_worker.ml.pooling import how_to_load, recorded_classification_head
+
     base = version.base_model
+    head = recorded_classification_head(version.task, version.run_record)
     return {
         "id": base.source,
         "revision": base.revision or None,
@@ -147,11 +150,8 @@ def _base_model_document(version: ModelVersion) -> dict:
         "licence": base.licence,
         "task": version.task,
         "labels": list(version.labels),
-        "how_to_load": (
-            "Load the base (AutoModelForSequenceClassification with num_labels=len(labels) "
-            "for text-classification, AutoModelForCausalLM for text-generation), then "
-            "peft.PeftModel.from_pretrained(base, this_folder)."
-        ),
+        **({"classification_head": head} if head else {}),
+        "how_to_load": how_to_load(version.task, head),
     }
 
 

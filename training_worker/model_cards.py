@@ -6,6 +6,7 @@ import json
 
 from training_worker.ml.base_models import packaged_base_provenance
 from training_worker.ml.evaluation_report import read_evaluation
+from training_worker.ml.pooling import how_to_load, recorded_classification_head
 
 
 def _yaml_scalar(value) -> str:
@@ -144,8 +145,8 @@ def render_model_card(
         "",
         "## Use",
         "",
-        "Load with `peft.PeftModel.from_pretrained(base, adapter_dir)`; "
-        "only safetensors are shipped.",
+        how_to_load(task, recorded_classification_head(task, run_record))
+        + " Only safetensors are shipped.",
         "",
     ]
     return "\n".join([*front, "", *body])

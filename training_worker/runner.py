@@ -321,6 +321,8 @@ def _model_version_fields(job: FineTuningJob, result: TrainingResult) -> dict:
         "step_metrics": result.step_metrics,
         "model_selection": result.model_selection,  # validation curve and the epoch kept
     }
+    if result.classification_head:  # how the export bundle and card say to load it
+        run_record["classification_head"] = result.classification_head
     name = f"{job.base_model.slug}:{job.suffix or 'ft'}:{str(job.pk)[:8]}"
     card = render_model_card(
         name=name,

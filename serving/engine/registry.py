@@ -120,25 +120,47 @@ class ModelRegistry:
         default_device, default_dtype = pick_device()
         self.device = device or default_device
         self.dtype = dtype or default_dtype
-        self.bases: dict[tuple[str, str], LoadedBase] = {}
+        self.bases: dict[tuple[str, str, str], LoadedBase] = {}
+        self.heads: dict[str, str] = {}  # adapter SHA-256 -> the classification head it needs
         self.clock = 0  # ticks on every use: the LRU order across bases
         self.lock = threading.RLock()
 
     # ------------------------------------------------------------------ bases
-    def base(self, slug: str, task: str) -> LoadedBase:
+    def base(self, slug: str, task: str, head: str = "") -> LoadedBase:
+        """The loaded base for ``(slug, task)``; a classification ``head`` ("mean",
+        "first_token"; "" = the base's default) picks the head its adapters were trained on,
+        so adapters of both kinds are served (each kind on its own copy of the base)."""
         with self.lock:
-            key = (slug, task)
+            key = (slug, task, head)
             if key not in self.bases:
-                self.bases[key] = self._load_base(slug, task)
+                self.bases[key] = self._load_base(slug, task, head)
             return self.bases[key]
 
-    def _load_base(self, slug: str, task: str) -> LoadedBase:
+    def adapter_head(self, ref: AdapterRef) -> str:
+        """The classification head ``ref``'s adapter was trained on, read from its tensor
+        names (cached by SHA-256). Raises ``AdapterUnavailable`` if the file is unreadable."""
+        from training_worker.ml.pooling import classification_head, safetensors_keys
+
+        with self.lock:
+            if ref.sha256 not in self.heads:
+                try:
+                    keys = safetensors_keys(self.read_bytes(ref.adapter_path))
+                except (FileNotFoundError, OSError) as exc:
+                    raise AdapterUnavailable(f"Adapter files are missing: {exc}") from exc
+                except ValueError as exc:
+                    raise AdapterUnavailable(
+                        f"The adapter is not a valid safetensors file: {exc}"
+                    ) from exc
+                self.heads[ref.sha256] = classification_head(keys)
+            return self.heads[ref.sha256]
+
+    def _load_base(self, slug: str, task: str, head: str = "") -> LoadedBase:
         from training_worker.ml.base_models import load_tokenizer_and_model
         from training_worker.ml.errors import BaseModelUnavailable
 
         try:
             path = self.resolve_base(slug)
-            tokenizer, model = load_tokenizer_and_model(path, None, task)
+            tokenizer, model = load_tokenizer_and_model(path, None, task, head=head or None)
         except BaseModelUnavailable as exc:
             raise BaseUnavailable(f"Base model {slug!r} cannot be loaded: {exc}") from exc
         model.to(device=self.device, dtype=self.dtype).eval()

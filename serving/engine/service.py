@@ -108,16 +108,23 @@ class Engine:
 
     # ------------------------------------------------------------ the batch
     def run_batch(self, batch: list[Pending]) -> None:
-        groups: dict[tuple[str, str], list[Pending]] = defaultdict(list)
+        groups: dict[tuple[str, str, str], list[Pending]] = defaultdict(list)
         for pending in batch:
             request = pending.request
             if request.deadline is not None and time.time() > request.deadline:
                 self._resolve_error(pending, ErrorCode.DEADLINE_EXCEEDED, "Deadline passed.")
                 continue
-            groups[(request.base_model, request.task)].append(pending)
-        for (slug, task), group in groups.items():
+            head = ""  # a classification adapter names the head it was trained on
+            if request.task == TEXT_CLASSIFICATION and request.adapter is not None:
+                try:
+                    head = self.registry.adapter_head(request.adapter)
+                except EngineError as exc:
+                    self._resolve_error(pending, exc.code, str(exc))
+                    continue
+            groups[(request.base_model, request.task, head)].append(pending)
+        for (slug, task, head), group in groups.items():
             try:
-                base = self.registry.base(slug, task)
+                base = self.registry.base(slug, task, head)
             except EngineError as exc:
                 for pending in group:
                     self._resolve_error(pending, exc.code, str(exc))

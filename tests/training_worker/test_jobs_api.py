@@ -89,6 +89,10 @@ def test_classification_job_trains_evaluates_and_writes_a_version(alice, studio,
     text = card.content.decode()
     assert text.startswith("---\nbase_model:") and "library_name: peft" in text
     assert row.adapter_sha256 in text
+    # MiniLM is a sentence-transformers base: the head reads its mean-pooled embedding, and
+    # the run record and card say so (how to rebuild it outside Niche).
+    assert row.run_record["classification_head"] == "mean"
+    assert "attention-masked mean" in text
 
     # The files load with PeftModel.from_pretrained in a fresh process and reproduce
     # the platform's sealed-split accuracy.

@@ -266,18 +266,29 @@ def load_tokenizer_and_model(
     task: str,
     num_labels: int | None = None,
     id2label: dict[int, str] | None = None,
+    head: str | None = None,
 ) -> tuple[Any, Any]:
     """Load ``(tokenizer, model)`` for ``task`` from a local path or a Hub repo id.
 
     Only safetensors weights, never remote code; ``revision`` is passed only for repo ids.
-    Causal tokenizers get a pad token (eos) when they have none. Raises
-    ``BaseModelUnavailable`` when the files cannot be found or read.
+    Causal tokenizers get a pad token (eos) when they have none. Classification ``head``:
+    ``"mean"`` (``MeanPoolingClassifier``, the default for a sentence-transformers folder
+    with mean pooling) or ``"first_token"`` (transformers' ``AutoModelForSequenceClassification``,
+    the default otherwise, and how adapters trained before mean pooling were made); see
+    ``pooling.classification_head``. Raises ``BaseModelUnavailable`` when the files cannot be
+    found or read, ``ValueError`` for a head the base cannot have.
     """
     from transformers import (
         AutoModelForCausalLM,
         AutoModelForSequenceClassification,
         AutoTokenizer,
     )
+
+    from training_worker.ml.mean_pooling_model import MeanPoolingClassifier
+    from training_worker.ml.pooling import CLASSIFICATION_HEADS, default_classification_head
+
+    if head is not None and head not in CLASSIFICATION_HEADS:
+        raise ValueError(f"head must be one of {CLASSIFICATION_HEADS}, got {head!r}")
 
     source = str(path)
     if is_local_source(source) and not (Path(source) / "config.json").is_file():
@@ -299,9 +310,19 @@ def load_tokenizer_and_model(
             if id2label is not None:
                 labels_kwargs["id2label"] = dict(id2label)
                 labels_kwargs["label2id"] = {label: i for i, label in id2label.items()}
-            model = AutoModelForSequenceClassification.from_pretrained(
-                source, use_safetensors=True, **labels_kwargs, **common
-            )
+            head = head or default_classification_head(source)
+            if head == "mean":
+                # Classify the mean-pooled sentence embedding the base was trained to make.
+                model = MeanPoolingClassifier.from_pretrained(
+                    source, num_labels=num_labels or 2, use_safetensors=True, **common
+                )
+                if id2label is not None:
+                    model.config.id2label = dict(id2label)
+                    model.config.label2id = {label: i for i, label in id2label.items()}
+            else:
+                model = AutoModelForSequenceClassification.from_pretrained(
+                    source, use_safetensors=True, **labels_kwargs, **common
+                )
         elif task == "text-generation":
             model = AutoModelForCausalLM.from_pretrained(source, use_safetensors=True, **common)
         else:

@@ -8,6 +8,7 @@ from typing import Any
 from training_worker.ml import evaluation
 from training_worker.ml.base_models import load_tokenizer_and_model
 from training_worker.ml.errors import BaseModelUnavailable
+from training_worker.ml.pooling import classification_head, safetensors_keys
 from training_worker.ml.safe_weights import check_weights_directory
 
 DEFAULT_MAX_LENGTH = 256
@@ -37,12 +38,17 @@ def load_adapter_model(
     check_weights_directory(adapter_dir)
     if task == "text-classification" and not labels:
         raise ValueError("labels are required to load a classification adapter")
+    head = None
+    if task == "text-classification":  # the head the adapter was trained on
+        payload = (adapter_dir / "adapter_model.safetensors").read_bytes()
+        head = classification_head(safetensors_keys(payload))
     tokenizer, base_model = load_tokenizer_and_model(
         base_path,
         base_revision,
         task,
         num_labels=len(labels) if labels else None,
         id2label=dict(enumerate(labels)) if labels else None,
+        head=head,
     )
     model = PeftModel.from_pretrained(base_model, adapter_dir, is_trainable=False)
     model.to(device).eval()

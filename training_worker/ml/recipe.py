@@ -32,6 +32,7 @@ from training_worker.ml.config import (
     ResolvedHyperparameters,
 )
 from training_worker.ml.errors import InvalidTrainingData, TrainingCancelled, TrainingOutOfMemory
+from training_worker.ml.mean_pooling_model import MeanPoolingClassifier
 
 ADAPTER_FILES = ("adapter_model.safetensors", "adapter_config.json")
 PROGRESS_INTERVAL_SECONDS = 1.0
@@ -107,6 +108,8 @@ class TrainingResult:
     train_seconds: float = 0.0
     train_cpu_seconds: float = 0.0  # CPU time of this process in the loop (all threads)
     model_selection: dict[str, Any] = field(default_factory=dict)
+    # classification: "mean" (MeanPoolingClassifier) or "first_token"; "" for generation
+    classification_head: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -169,6 +172,7 @@ def run_fine_tune(spec: TrainingSpec, callbacks: TrainingCallbacks) -> TrainingR
         train_seconds=run.train_seconds,
         train_cpu_seconds=run.train_cpu_seconds,
         model_selection=run.model_selection,
+        classification_head=run.classification_head,
     )
 
 
@@ -194,6 +198,7 @@ class _Run:
         self.train_seconds = 0.0
         self.train_cpu_seconds = 0.0
         self.progress_bar: Any = None
+        self.classification_head = ""
 
     @property
     def is_classification(self) -> bool:
@@ -277,6 +282,9 @@ class _Run:
         head = None
         if self.is_classification:
             head = "classifier" if hasattr(model, "classifier") else "score"
+            self.classification_head = (
+                "mean" if isinstance(model, MeanPoolingClassifier) else "first_token"
+            )
         lora_config = LoraConfig(
             task_type=TaskType.SEQ_CLS if self.is_classification else TaskType.CAUSAL_LM,
             r=self.resolved.lora_r,

