@@ -71,7 +71,9 @@ def validation_carve(train_rows: list[dict]) -> tuple[list[dict], list[dict]]:
     )
 
 
-def main_real(corpora: list[str], only: list[int] | None) -> None:
+def main_real(
+    corpora: list[str], only: list[int] | None, candidates: list[dict] | None = None
+) -> None:
     from corpora import CORPORA, build_upload
     from quality import classic_classifier_predictions, default_job, split_upload
 
@@ -87,7 +89,7 @@ def main_real(corpora: list[str], only: list[int] | None) -> None:
         classic_accuracy = sum(
             p == r["label"] for p, r in zip(classic, validation_rows, strict=True)
         ) / len(validation_rows)
-        for index, overrides in enumerate(REAL_CANDIDATES):
+        for index, overrides in enumerate(candidates or REAL_CANDIDATES):
             if only is not None and index not in only:
                 continue
             load_before = os.getloadavg()
@@ -105,6 +107,11 @@ def main_real(corpora: list[str], only: list[int] | None) -> None:
                 "classic_validation_accuracy": round(classic_accuracy, 4),
                 "train_seconds": round(result.train_seconds, 1),
                 "examples_per_s": round(result.examples_per_s, 1),
+                "best_epoch": result.model_selection.get("best_epoch"),
+                "validation_curve": [
+                    {k: point.get(k) for k in ("epoch", "accuracy", "loss") if k in point}
+                    for point in result.model_selection.get("validation_curve") or []
+                ],
                 "torch_threads": torch.get_num_threads(),
                 "load_average": [round(x, 2) for x in (*load_before, *os.getloadavg())],
             }
@@ -122,12 +129,15 @@ def main() -> None:
     parser.add_argument("--real", action="store_true", help="sweep on the real corpora")
     parser.add_argument("--corpora", nargs="*", default=None, help="with --real: which")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument(
+        "--candidates", type=json.loads, default=None, help="with --real: a JSON list of overrides"
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     if args.real:
         from corpora import CLASSIFICATION_CORPORA
 
-        main_real(args.corpora or CLASSIFICATION_CORPORA, args.only)
+        main_real(args.corpora or CLASSIFICATION_CORPORA, args.only, args.candidates)
         return
     rows = noisy_topic_rows(args.rows, seed=7)
     train_rows, sealed_rows = rows[: -args.sealed], rows[-args.sealed :]
