@@ -314,7 +314,7 @@ def load_tokenizer_and_model(
             if head == "mean":
                 # Classify the mean-pooled sentence embedding the base was trained to make.
                 model = MeanPoolingClassifier.from_pretrained(
-                    source, num_labels=num_labels or 2, use_safetensors=True, **common
+                    source, num_labels=num_labels or 2, revision=common.get("revision")
                 )
                 if id2label is not None:
                     model.config.id2label = dict(id2label)

@@ -29,10 +29,22 @@ class MeanPoolingClassifier(nn.Module):
         nn.init.zeros_(self.classifier.bias)
 
     @classmethod
-    def from_pretrained(cls, source: str, num_labels: int, **kwargs: Any) -> MeanPoolingClassifier:
+    def from_pretrained(
+        cls, source: str, num_labels: int, revision: str | None = None
+    ) -> MeanPoolingClassifier:
+        """The encoder's safetensors weights (never pickle, never remote code) + a new head."""
         from transformers import AutoModel
 
-        encoder = AutoModel.from_pretrained(source, add_pooling_layer=False, **kwargs)
+        extra = {"revision": revision} if revision else {}
+        try:  # BERT-like encoders: no pooler (the mean replaces it); others have none anyway
+            encoder = AutoModel.from_pretrained(
+                source, add_pooling_layer=False, use_safetensors=True, trust_remote_code=False,
+                **extra,
+            )  # fmt: skip
+        except TypeError:  # an encoder class without that argument (DistilBERT, ...)
+            encoder = AutoModel.from_pretrained(
+                source, use_safetensors=True, trust_remote_code=False, **extra
+            )
         dropout = getattr(encoder.config, "hidden_dropout_prob", 0.1)
         return cls(encoder, num_labels, dropout=dropout)
 
