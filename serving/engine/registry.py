@@ -139,19 +139,21 @@ class ModelRegistry:
     def adapter_head(self, ref: AdapterRef) -> str:
         """The classification head ``ref``'s adapter was trained on, read from its tensor
         names (cached by SHA-256). Raises ``AdapterUnavailable`` if the file is unreadable."""
-        from training_worker.ml.pooling import classification_head, safetensors_keys
+        from training_worker.ml.pooling import classification_head
+        from training_worker.ml.safe_weights import UnsafeWeightsError, validate_safetensors_bytes
 
         with self.lock:
             if ref.sha256 not in self.heads:
                 try:
-                    keys = safetensors_keys(self.read_bytes(ref.adapter_path))
+                    header = validate_safetensors_bytes(self.read_bytes(ref.adapter_path))
                 except (FileNotFoundError, OSError) as exc:
                     raise AdapterUnavailable(f"Adapter files are missing: {exc}") from exc
-                except ValueError as exc:
+                except UnsafeWeightsError as exc:
                     raise AdapterUnavailable(
                         f"The adapter is not a valid safetensors file: {exc}"
                     ) from exc
-                self.heads[ref.sha256] = classification_head(keys)
+                names = (tensor.name for tensor in header.tensors)
+                self.heads[ref.sha256] = classification_head(names)
             return self.heads[ref.sha256]
 
     def _load_base(self, slug: str, task: str, head: str = "") -> LoadedBase:

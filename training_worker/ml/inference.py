@@ -8,8 +8,8 @@ from typing import Any
 from training_worker.ml import evaluation
 from training_worker.ml.base_models import load_tokenizer_and_model
 from training_worker.ml.errors import BaseModelUnavailable
-from training_worker.ml.pooling import classification_head, safetensors_keys
-from training_worker.ml.safe_weights import check_weights_directory
+from training_worker.ml.pooling import classification_head
+from training_worker.ml.safe_weights import check_weights_directory, validate_safetensors_file
 
 DEFAULT_MAX_LENGTH = 256
 
@@ -40,8 +40,8 @@ def load_adapter_model(
         raise ValueError("labels are required to load a classification adapter")
     head = None
     if task == "text-classification":  # the head the adapter was trained on
-        payload = (adapter_dir / "adapter_model.safetensors").read_bytes()
-        head = classification_head(safetensors_keys(payload))
+        header = validate_safetensors_file(adapter_dir / "adapter_model.safetensors")
+        head = classification_head(tensor.name for tensor in header.tensors)
     tokenizer, base_model = load_tokenizer_and_model(
         base_path,
         base_revision,

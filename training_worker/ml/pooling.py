@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
 
 POOLING_CONFIG = Path("1_Pooling") / "config.json"
 CLASSIFICATION_HEADS = ("mean", "first_token")
@@ -74,27 +73,6 @@ def classification_head(adapter_keys: Iterable[str]) -> str:
     mean pooling (``first_token``) keep loading onto the head they were trained on."""
     keys = list(adapter_keys)
     return "mean" if any(key.startswith(MEAN_HEAD_KEY_PREFIX) for key in keys) else "first_token"
-
-
-def safetensors_keys(payload: bytes) -> list[str]:
-    """Tensor names from a safetensors header, without parsing any tensor (no torch)."""
-    if len(payload) < 8:
-        raise ValueError("not a safetensors file: shorter than its header length")
-    length = int.from_bytes(payload[:8], "little")
-    if length <= 0 or 8 + length > len(payload):
-        raise ValueError("not a safetensors file: bad header length")
-    header = json.loads(payload[8 : 8 + length])
-    if not isinstance(header, dict):
-        raise ValueError("not a safetensors file: header is not an object")
-    return [key for key in header if key != "__metadata__"]
-
-
-def __getattr__(name: str) -> Any:  # the torch module, imported only when asked for
-    if name == "MeanPoolingClassifier":
-        from training_worker.ml.mean_pooling_model import MeanPoolingClassifier
-
-        return MeanPoolingClassifier
-    raise AttributeError(name)
 
 
 def sentence_transformers_mean_pooling(source: str | Path) -> bool:

@@ -20,9 +20,9 @@ from training_worker.ml.pooling import (
     default_classification_head,
     how_to_load,
     recorded_classification_head,
-    safetensors_keys,
     sentence_transformers_mean_pooling,
 )
+from training_worker.ml.safe_weights import UnsafeWeightsError, validate_safetensors_bytes
 
 LABELS = ["no", "yes"]
 TEXTS = ["a short one", "a much longer sentence that forces padding on the short one"]
@@ -85,11 +85,13 @@ def test_the_head_an_adapter_needs_is_read_from_its_tensor_names():
     legacy = ["base_model.model.bert.encoder.layer.0.attention.self.query.lora_A.weight"]
     assert classification_head([*mean, "base_model.model.classifier.weight"]) == "mean"
     assert classification_head([*legacy, "base_model.model.classifier.weight"]) == "first_token"
+    # the names come from the one strict header parser (safe_weights), which refuses junk
     header = {"__metadata__": {}, "a": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}}
-    assert safetensors_keys(_safetensors(header) + b"\0" * 4) == ["a"]
+    parsed = validate_safetensors_bytes(_safetensors(header) + b"\0" * 4)
+    assert [tensor.name for tensor in parsed.tensors] == ["a"]
     for bad in (b"", b"\xff" * 8, struct.pack("<Q", 2) + b"[]"):
-        with pytest.raises(ValueError):
-            safetensors_keys(bad)
+        with pytest.raises(UnsafeWeightsError):
+            validate_safetensors_bytes(bad)
 
 
 def test_adapters_of_either_head_load_onto_the_head_they_were_trained_on(minilm, tmp_path):
