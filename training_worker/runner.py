@@ -260,6 +260,7 @@ def _spec_for(job: FineTuningJob, work_dir: Path) -> TrainingSpec:
         hyperparameters=LoraHyperparameters.from_dict(job.hyperparameters),
         seed=job.seed,
         output_dir=work_dir,
+        precision=settings.TRAINING_PRECISION,
         evaluation_options=evaluation_options(task=job.task),
     )
 
@@ -314,6 +315,7 @@ def _model_version_fields(job: FineTuningJob, result: TrainingResult) -> dict:
         },
         "library_versions": result.library_versions,
         "device": result.device,
+        "precision": result.precision,
         "trained_tokens": result.trained_tokens,
         "wall_seconds": round(result.wall_seconds, 2),
         "train_seconds": round(result.train_seconds, 2),

@@ -7,7 +7,7 @@ import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 from kombu import Queue
 
-from marketplace.settings.env import env_bool, env_int, env_list, env_str
+from marketplace.settings.env import env_bool, env_choice, env_int, env_list, env_str
 from marketplace.settings.object_storage import default_storage_config, storage_backend
 
 BASE_DIR = Path(__file__).resolve().parent.parent.parent
@@ -173,6 +173,9 @@ STORAGES = {
     "default": default_storage_config(STORAGE_BACKEND),
     "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
 }
+# Arithmetic of the training loop: "auto" = bfloat16 autocast where the GPU or CPU multiplies
+# bfloat16 natively (AVX512-BF16, AMX), else float32; "fp32" or "bf16" force one.
+TRAINING_PRECISION = env_choice("TRAINING_PRECISION", "auto", choices=("auto", "bf16", "fp32"))
 NICHE_WORK_DIR = Path(env_str("NICHE_WORK_DIR", str(VAR_DIR / "work")))
 # The model cache holds base models built or downloaded on a worker (never user files).
 MODEL_CACHE_DIR = Path(env_str("MODEL_CACHE_DIR", str(VAR_DIR / "models")))

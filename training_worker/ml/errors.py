@@ -49,3 +49,13 @@ class TrainingOutOfMemory(TrainingError):
 
     def __init__(self, message: str) -> None:
         super().__init__(self.code, message)
+
+
+class UnsafeAdapterWritten(TrainingError):
+    """The adapter file training just wrote fails the same safetensors checks that serving
+    and buyers' downloads apply, so it is never stored as a checkpoint or a version."""
+
+    code = "unsafe_adapter"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(self.code, message)

@@ -31,8 +31,14 @@ from training_worker.ml.config import (
     LoraHyperparameters,
     ResolvedHyperparameters,
 )
-from training_worker.ml.errors import InvalidTrainingData, TrainingCancelled, TrainingOutOfMemory
+from training_worker.ml.errors import (
+    InvalidTrainingData,
+    TrainingCancelled,
+    TrainingOutOfMemory,
+    UnsafeAdapterWritten,
+)
 from training_worker.ml.mean_pooling_model import MeanPoolingClassifier
+from training_worker.ml.safe_weights import UnsafeWeightsError, validate_safetensors_file
 
 ADAPTER_FILES = ("adapter_model.safetensors", "adapter_config.json")
 PROGRESS_INTERVAL_SECONDS = 1.0
@@ -52,6 +58,8 @@ class TrainingSpec:
     seed: int
     output_dir: Path  # everything written under here (keyed by job id by the caller)
     device: str | None = None  # None = "cuda" if available else "cpu"
+    # Arithmetic of the training loop: "auto", "bf16" or "fp32" (see training_precision).
+    precision: str = "auto"
     # Which generalists the sealed-split evaluation scores (the caller reads settings).
     evaluation_options: EvaluationOptions = field(default_factory=EvaluationOptions)
 
@@ -110,6 +118,7 @@ class TrainingResult:
     model_selection: dict[str, Any] = field(default_factory=dict)
     # classification: "mean" (MeanPoolingClassifier) or "first_token"; "" for generation
     classification_head: str = ""
+    precision: str = "fp32"  # the training loop's arithmetic, from training_precision()
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -173,6 +182,7 @@ def run_fine_tune(spec: TrainingSpec, callbacks: TrainingCallbacks) -> TrainingR
         train_cpu_seconds=run.train_cpu_seconds,
         model_selection=run.model_selection,
         classification_head=run.classification_head,
+        precision=run.precision,
     )
 
 
@@ -183,6 +193,7 @@ class _Run:
         self.spec = spec
         self.callbacks = callbacks
         self.device = spec.device or ("cuda" if torch.cuda.is_available() else "cpu")
+        self.precision = training_precision(self.device, spec.precision)
         self.output_dir = Path(spec.output_dir)
         self.model: Any = None
         self.tokenizer: Any = None
@@ -269,6 +280,7 @@ class _Run:
                 "hyperparameters": self.resolved.as_dict(),
                 "seed": spec.seed,
                 "device": self.device,
+                "precision": self.precision,
                 "base_model": spec.base_model_path,
                 "base_model_revision": spec.base_model_revision,
                 "train_rows": len(self.train_rows),
@@ -355,9 +367,11 @@ class _Run:
         scheduler = get_linear_schedule_with_warmup(
             optimizer, int(resolved.warmup_ratio * total_steps), total_steps
         )
-        use_bf16 = self.device.startswith("cuda") and torch.cuda.is_bf16_supported()
+        device_type = "cuda" if self.device.startswith("cuda") else "cpu"
         autocast = (
-            (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if use_bf16 else nullcontext
+            (lambda: torch.autocast(device_type, dtype=torch.bfloat16))
+            if self.precision == "bf16"
+            else nullcontext
         )
         pad_id = self.tokenizer.pad_token_id
         collate = data.collate_classification if self.is_classification else data.collate_causal
@@ -622,6 +636,33 @@ class _Run:
             torch.cuda.empty_cache()
 
 
+PRECISIONS = ("auto", "bf16", "fp32")
+
+
+def training_precision(device: str, requested: str = "auto") -> str:
+    """The arithmetic of the training loop's forward and backward passes.
+
+    "bf16" runs them under ``torch.autocast(bfloat16)``: matrix products in bfloat16, while
+    the weights, the optimizer state, the evaluation and the saved adapter stay float32.
+    "auto" picks bf16 only where the hardware multiplies bfloat16 natively: a CUDA GPU that
+    supports it, or a CPU with AVX512-BF16 or AMX-BF16. Elsewhere bf16 is emulated and
+    slower than fp32, so auto means fp32 there. Measured on the 2-core EPYC with AVX512-BF16
+    this project is developed on (MiniLM + LoRA, batch 16, one step): 1.38x faster at 128
+    tokens, 1.43x at 64, 1.14x at 16; ``bench/training.py`` checks the accuracy is equal.
+    """
+    if requested not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, not {requested!r}")
+    if requested != "auto":
+        return requested
+    if device.startswith("cuda"):
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    if device == "cpu":
+        capabilities = torch.cpu.get_capabilities()
+        if capabilities.get("avx512_bf16") or capabilities.get("amx_bf16"):
+            return "bf16"
+    return "fp32"
+
+
 def configure_torch_threads() -> None:
     """Intra-op threads = the physical cores this process may use (hyper-threads only add
     contention in GEMMs), inter-op threads = 1 (the loop runs one op at a time). Done once
@@ -672,6 +713,12 @@ def save_adapter(model: Any, adapter_dir: Path) -> None:
     missing = [name for name in ADAPTER_FILES if not (adapter_dir / name).is_file()]
     if missing:
         raise RuntimeError(f"peft did not write {missing} to {adapter_dir}")
+    # The file goes to storage, serving and buyers' downloads: check it with the strict
+    # parser they use, so a writer bug (or a new peft) cannot publish what they would refuse.
+    try:
+        validate_safetensors_file(adapter_dir / "adapter_model.safetensors")
+    except UnsafeWeightsError as exc:
+        raise UnsafeAdapterWritten(f"The adapter just written was refused: {exc}") from exc
 
 
 def _progress_bar(total_steps: int) -> Any:

