@@ -73,6 +73,14 @@ INFERENCE_BATCH_SIZE = Histogram(
     registry=LIVE_REGISTRY,
 )
 
+INFERENCE_FIRST_TOKEN = Histogram(
+    "niche_inference_first_token_seconds",
+    "Streamed generations: time from the call to the engine's first event at the gateway.",
+    ["task"],
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0),
+    registry=LIVE_REGISTRY,
+)
+
 _KNOWN_METHODS = {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"}
 # kombu's Redis transport keeps priorities 3, 6 and 9 of a queue in sibling lists.
 _PRIORITY_SEPARATOR = "\x06\x16"
@@ -92,6 +100,16 @@ def observe_inference(*, task: str, latency_s: float, engine_s: float, batch_siz
     INFERENCE_LATENCY.labels(task=task).observe(latency_s)
     INFERENCE_ENGINE_TIME.labels(task=task).observe(engine_s)
     INFERENCE_BATCH_SIZE.labels(task=task).observe(batch_size)
+
+
+def observe_stream_first_token(*, task: str, seconds: float) -> None:
+    INFERENCE_FIRST_TOKEN.labels(task=task).observe(seconds)
+
+
+def observe_stream_done(*, task: str, latency_s: float) -> None:
+    """A stream that ended with its done event counts as one answered call, end to end (the
+    engine's own time and batch are not sent over a stream, so those two stay call-only)."""
+    INFERENCE_LATENCY.labels(task=task).observe(latency_s)
 
 
 class MetricsMiddleware:

@@ -36,7 +36,11 @@ from marketplace.celery import (
     wait_for_answer,
 )
 from marketplace.errors import ApplicationError
-from marketplace.metrics import observe_inference
+from marketplace.metrics import (
+    observe_inference,
+    observe_stream_done,
+    observe_stream_first_token,
+)
 from serving import protocol
 from serving.errors import EngineFailed, EngineTimeout, EngineUnavailable, InvalidInferenceInput
 from serving.protocol import (
@@ -556,6 +560,7 @@ class GatewayStream:
         if self._pending[0].type == "error":
             first = self._pending[0]
             raise _engine_error(first.code, first.message)
+        observe_stream_first_token(task=self.target.task, seconds=time.monotonic() - self.started)
 
     def events(self) -> Iterator[StreamEvent]:
         last_news = time.monotonic()
@@ -587,6 +592,8 @@ class GatewayStream:
     def _finish(self, status: str) -> None:
         self._finished = True
         _settle(self.target, self.request_id, status, self.started)
+        if status == UsageStatus.OK:
+            observe_stream_done(task=self.target.task, latency_s=time.monotonic() - self.started)
 
     def close(self) -> None:
         """The client left (or the response ended): stop the worker's generation. The

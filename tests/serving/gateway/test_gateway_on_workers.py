@@ -145,6 +145,7 @@ def inference_observations(task: str) -> dict[str, float]:
         for name in (
             "niche_inference_batch_size_count", "niche_inference_batch_size_sum",
             "niche_inference_latency_seconds_count", "niche_inference_engine_seconds_sum",
+            "niche_inference_first_token_seconds_count",
         )
     }  # fmt: skip
 
@@ -263,6 +264,7 @@ def test_the_openai_client_chats_completes_and_streams_unchanged(live_server, sh
 
 
 def test_the_sse_stream_ends_with_done_and_carries_usage(live_server, shop):
+    metrics_before = inference_observations(TEXT_GENERATION)
     response = requests.post(
         f"{live_server.url}/v1/completions",
         json={"model": shop.clauses.slug, "prompt": "Whereas", "max_tokens": 5, "stream": True},
@@ -279,6 +281,15 @@ def test_the_sse_stream_ends_with_done_and_carries_usage(live_server, shop):
     assert last["choices"] == []
     assert last["usage"]["completion_tokens"] <= 5
     assert UsageRecord.objects.get().status == UsageStatus.OK
+    # /metrics: the stream counts as one answered generation, with its time to first token;
+    # it shared no batch the gateway can see, so the batch histogram is left alone.
+    metrics_after = inference_observations(TEXT_GENERATION)
+    for name, added in (
+        ("niche_inference_latency_seconds_count", 1),
+        ("niche_inference_first_token_seconds_count", 1),
+        ("niche_inference_batch_size_count", 0),
+    ):
+        assert metrics_after[name] == metrics_before[name] + added, name
 
 
 def test_a_client_that_leaves_mid_stream_cancels_its_generation(live_server, shop, real_redis):
