@@ -107,7 +107,8 @@ def main_real(
                 "classic_validation_accuracy": round(classic_accuracy, 4),
                 "train_seconds": round(result.train_seconds, 1),
                 "examples_per_s": round(result.examples_per_s, 1),
-                "best_epoch": result.model_selection.get("best_epoch"),
+                "precision": result.precision,
+                "selected_epoch": result.model_selection.get("selected_epoch"),
                 "validation_curve": [
                     {k: point.get(k) for k in ("epoch", "accuracy", "loss") if k in point}
                     for point in result.model_selection.get("validation_curve") or []

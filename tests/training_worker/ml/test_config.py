@@ -68,6 +68,26 @@ def test_auto_epochs_are_clamped_for_tiny_and_huge_datasets():
     assert hyperparameters.resolve("text-classification", [10], 100_000, "bert").n_epochs == 2
 
 
+def test_auto_epochs_shrink_when_long_rows_would_pass_the_token_budget():
+    hyperparameters = LoraHyperparameters()
+    # 1,800 rows of 80 tokens (SOTU-like): 144,000 tokens an epoch, the examples budget rules.
+    assert hyperparameters.resolve("text-classification", [80] * 1800, 1800, "bert").n_epochs == 3
+    # 1,000 rows cut to 128 tokens: 6 epochs (examples) would be 768,000 tokens -> 5 epochs.
+    resolved = hyperparameters.resolve("text-classification", [400] * 1000, 1000, "bert")
+    assert (resolved.max_seq_length, resolved.n_epochs) == (128, 5)
+    # Tokens count after truncation: an explicit max_seq_length 32 makes the same rows short.
+    short = LoraHyperparameters(max_seq_length=32).resolve(
+        "text-classification", [400] * 1000, 1000, "bert"
+    )
+    assert short.n_epochs == 6
+    # Never below the minimum, and an explicit n_epochs is kept as given.
+    assert hyperparameters.resolve("text-generation", [256] * 5000, 5000, "llama").n_epochs == 2
+    explicit = LoraHyperparameters(n_epochs=9).resolve(
+        "text-classification", [400] * 1000, 1000, "bert"
+    )
+    assert explicit.n_epochs == 9
+
+
 def test_auto_max_seq_length_is_a_capped_multiple_of_eight():
     assert auto_max_seq_length("text-classification", [3, 4, 5]) == 16
     assert auto_max_seq_length("text-classification", [1000] * 20) == 128
