@@ -8,6 +8,12 @@ from training_worker.ml.base_models import packaged_base_provenance
 from training_worker.ml.evaluation_report import read_evaluation
 from training_worker.ml.pooling import how_to_load, recorded_classification_head
 
+# How the run record's "precision" reads on a card (weights are float32 either way).
+TRAINING_ARITHMETIC = {
+    "bf16": "bfloat16 autocast (float32 weights and adapter)",
+    "fp32": "float32",
+}
+
 
 def _yaml_scalar(value) -> str:
     return json.dumps(value, ensure_ascii=False)  # JSON scalars are valid YAML
@@ -138,6 +144,11 @@ def render_model_card(
         ),
         f"- Base model revision: `{base_model.revision or 'as packaged'}`",
         f"- Seed: {run_record.get('seed')}",
+        *(
+            [f"- Training arithmetic: {TRAINING_ARITHMETIC[run_record['precision']]}"]
+            if run_record.get("precision") in TRAINING_ARITHMETIC
+            else []
+        ),
         f"- Hyperparameters: `{json.dumps(hyper, sort_keys=True)}`",
         f"- Dataset SHA-256: `{dataset.get('sha256', '')}` (the sealed split's seed is secret)",
         f"- Libraries: {libraries}",

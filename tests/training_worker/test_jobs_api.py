@@ -10,6 +10,7 @@ import pytest
 from tests.training_worker.conftest import classification_csv, generation_jsonl, upload
 from training_worker import artifacts
 from training_worker.ml.recipe import training_precision
+from training_worker.model_cards import TRAINING_ARITHMETIC
 from training_worker.models import FineTuningJob, JobStatus, ModelVersion
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -96,6 +97,7 @@ def test_classification_job_trains_evaluates_and_writes_a_version(alice, studio,
     assert "attention-masked mean" in text
     # The training arithmetic is part of the record (TRAINING_PRECISION "auto" on this CPU).
     assert row.run_record["precision"] == training_precision("cpu", "auto")
+    assert f"- Training arithmetic: {TRAINING_ARITHMETIC[row.run_record['precision']]}" in text
 
     # The files load with PeftModel.from_pretrained in a fresh process and reproduce
     # the platform's sealed-split accuracy.
