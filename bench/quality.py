@@ -386,6 +386,7 @@ def run_corpus(
         "about": corpus.description,
         "overrides": overrides,
         "reduced": bool(quick or rows or overrides),
+        "precision": result.precision,  # the training loop's arithmetic (auto on this CPU)
     }
 
 
