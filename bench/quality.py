@@ -278,6 +278,7 @@ def default_job(
     overrides: dict[str, Any] | None = None,
     base_source: str | None = None,
     generalist: bool = True,
+    seed: int = 0,
 ):
     """``run_fine_tune`` as the runner calls it, with default (or given) hyperparameters."""
     from training_worker.ml.base_models import resolve_base_model_source
@@ -305,7 +306,7 @@ def default_job(
             sealed_rows=sealed_rows,
             labels=labels,
             hyperparameters=LoraHyperparameters.from_dict(overrides or {}),
-            seed=0,
+            seed=seed,
             output_dir=Path(output_dir),
             evaluation_options=options,
         )
@@ -344,10 +345,12 @@ def run_corpus(
     rows: tuple[int, int] | None = None,
     overrides: dict[str, Any] | None = None,
     generalist: bool = True,
+    job_seed: int = 0,
 ) -> dict[str, Any]:
     """One corpus through the default job. ``rows`` = (train, sealed) takes fewer rows and
     ``overrides`` sets hyperparameters: both are recorded, and the job is then no longer
-    the default one (the record says ``"reduced": true``)."""
+    the default one (the record says ``"reduced": true``). ``job_seed`` is the job's
+    training seed; the sealed split stays the bench's, so seeds are paired on the same rows."""
     from corpora import CORPORA, build_upload
 
     corpus = CORPORA[name]
@@ -364,8 +367,9 @@ def run_corpus(
     train_rows, sealed_rows, labels = split_upload(raw, filename, corpus.task, n_sealed)
     started = time.perf_counter()
     result = default_job(
-        corpus.task, train_rows, sealed_rows, labels, overrides, generalist=generalist
-    )
+        corpus.task, train_rows, sealed_rows, labels, overrides, generalist=generalist,
+        seed=job_seed,
+    )  # fmt: skip
     wall = time.perf_counter() - started
     has_classic = any(key in (result.evaluation.get("baselines") or {}) for key in CLASSIC_KEYS)
     return summarise(
@@ -387,6 +391,7 @@ def run_corpus(
         "overrides": overrides,
         "reduced": bool(quick or rows or overrides),
         "precision": result.precision,  # the training loop's arithmetic (auto on this CPU)
+        "job_seed": job_seed,
     }
 
 
@@ -405,6 +410,9 @@ def main() -> None:
     parser.add_argument("--overrides", type=json.loads, default=None, help="JSON (reduced)")
     parser.add_argument(
         "--no-llm", action="store_true", help="skip the LLM generalist (the slowest baseline)"
+    )
+    parser.add_argument(
+        "--job-seed", type=int, default=0, help="the job's training seed (split unchanged)"
     )
     parser.add_argument(
         "--merge", type=Path, nargs="+", help="combine result files of parallel runs into --out"
@@ -434,7 +442,14 @@ def main() -> None:
         print(f"== {name}", flush=True)
         rows = tuple(args.rows) if args.rows else None
         records.append(
-            run_corpus(name, args.quick, rows, args.overrides, generalist=not args.no_llm)
+            run_corpus(
+                name,
+                args.quick,
+                rows,
+                args.overrides,
+                generalist=not args.no_llm,
+                job_seed=args.job_seed,
+            )
         )
         write_results(records, out, meta)
     print(format_table(records))
