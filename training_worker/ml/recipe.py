@@ -18,7 +18,7 @@ from collections import Counter
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, get_args
 
 import numpy as np
 import torch
@@ -41,6 +41,10 @@ from training_worker.ml.mean_pooling_model import MeanPoolingClassifier
 from training_worker.ml.safe_weights import UnsafeWeightsError, validate_safetensors_file
 
 ADAPTER_FILES = ("adapter_model.safetensors", "adapter_config.json")
+# Arithmetic of the training loop (see training_precision); settings.TRAINING_PRECISION
+# repeats the choices because the settings module must not import torch.
+Precision = Literal["auto", "bf16", "fp32"]
+PRECISIONS: tuple[str, ...] = get_args(Precision)
 PROGRESS_INTERVAL_SECONDS = 1.0
 
 
@@ -58,8 +62,7 @@ class TrainingSpec:
     seed: int
     output_dir: Path  # everything written under here (keyed by job id by the caller)
     device: str | None = None  # None = "cuda" if available else "cpu"
-    # Arithmetic of the training loop: "auto", "bf16" or "fp32" (see training_precision).
-    precision: str = "auto"
+    precision: Precision = "auto"  # see training_precision
     # Which generalists the sealed-split evaluation scores (the caller reads settings).
     evaluation_options: EvaluationOptions = field(default_factory=EvaluationOptions)
 
@@ -118,7 +121,7 @@ class TrainingResult:
     model_selection: dict[str, Any] = field(default_factory=dict)
     # classification: "mean" (MeanPoolingClassifier) or "first_token"; "" for generation
     classification_head: str = ""
-    precision: str = "fp32"  # the training loop's arithmetic, from training_precision()
+    precision: str = "fp32"  # "bf16" or "fp32": what training_precision() resolved
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -636,10 +639,7 @@ class _Run:
             torch.cuda.empty_cache()
 
 
-PRECISIONS = ("auto", "bf16", "fp32")
-
-
-def training_precision(device: str, requested: str = "auto") -> str:
+def training_precision(device: str, requested: Precision = "auto") -> str:
     """The arithmetic of the training loop's forward and backward passes.
 
     "bf16" runs them under ``torch.autocast(bfloat16)``: matrix products in bfloat16, while

@@ -2,7 +2,6 @@
 trained on the older first-token head keep loading (in-process and in the serving engine)."""
 
 import json
-import struct
 
 import pytest
 import torch
@@ -12,6 +11,7 @@ from safetensors.torch import load_file
 from serving.engine.runner import ClassificationRow, classify_rows
 from serving.engine.synthetic import build_adapter
 from serving.protocol import TEXT_CLASSIFICATION
+from tests.hostile_inputs.hostile_weights import raw_header_file, safetensors_bytes
 from training_worker.ml.base_models import load_tokenizer_and_model, resolve_base_model_source
 from training_worker.ml.inference import load_adapter_model
 from training_worker.ml.mean_pooling_model import MeanPoolingClassifier
@@ -75,21 +75,17 @@ def test_labels_give_a_cross_entropy_loss(minilm):
     assert model.classifier.weight.grad is not None
 
 
-def _safetensors(header: dict) -> bytes:
-    raw = json.dumps(header).encode()
-    return struct.pack("<Q", len(raw)) + raw
-
-
 def test_the_head_an_adapter_needs_is_read_from_its_tensor_names():
     mean = ["base_model.model.encoder.encoder.layer.0.attention.self.query.lora_A.weight"]
     legacy = ["base_model.model.bert.encoder.layer.0.attention.self.query.lora_A.weight"]
     assert classification_head([*mean, "base_model.model.classifier.weight"]) == "mean"
     assert classification_head([*legacy, "base_model.model.classifier.weight"]) == "first_token"
     # the names come from the one strict header parser (safe_weights), which refuses junk
-    header = {"__metadata__": {}, "a": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}}
-    parsed = validate_safetensors_bytes(_safetensors(header) + b"\0" * 4)
+    parsed = validate_safetensors_bytes(
+        safetensors_bytes({"a": ("F32", [1], bytes(4))}, metadata={})
+    )
     assert [tensor.name for tensor in parsed.tensors] == ["a"]
-    for bad in (b"", b"\xff" * 8, struct.pack("<Q", 2) + b"[]"):
+    for bad in (b"", b"\xff" * 8, raw_header_file(b"[]")):
         with pytest.raises(UnsafeWeightsError):
             validate_safetensors_bytes(bad)
 

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.hostile_inputs.hostile_weights import safetensors_bytes
 from training_worker.ml import evaluation, inference
 from training_worker.ml.base_models import build_tiny_causal_lm, resolve_base_model_source
 from training_worker.ml.config import LoraHyperparameters
@@ -241,9 +242,8 @@ class _ModelWritingATruncatedFile:
 
     def save_pretrained(self, directory, safe_serialization):
         directory.mkdir(parents=True)
-        header = json.dumps({"w": {"dtype": "F32", "shape": [4], "data_offsets": [0, 16]}})
-        payload = len(header).to_bytes(8, "little") + header.encode() + b"\0" * 8
-        (directory / "adapter_model.safetensors").write_bytes(payload)
+        truncated = safetensors_bytes({"w": ("F32", [4], bytes(16))}, data=bytes(8))
+        (directory / "adapter_model.safetensors").write_bytes(truncated)
         (directory / "adapter_config.json").write_text("{}")
 
 
