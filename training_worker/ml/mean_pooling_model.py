@@ -2,10 +2,28 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
+
+
+def checkpoint_has_pooler(source: str | Path) -> bool:
+    """Whether a local encoder folder's safetensors weights include ``pooler.*`` tensors.
+
+    Reads only the headers (the strict parser); a Hub id or a folder without safetensors
+    files answers False, and the encoder is then built without a pooler."""
+    from training_worker.ml.safe_weights import validate_safetensors_file
+
+    folder = Path(source)
+    if not folder.is_dir():
+        return False
+    for path in sorted(folder.glob("*.safetensors")):
+        names = (tensor.name for tensor in validate_safetensors_file(path).tensors)
+        if any(".pooler." in f".{name}" for name in names):  # "pooler.*" or "bert.pooler.*"
+            return True
+    return False
 
 
 class MeanPoolingClassifier(nn.Module):
@@ -36,15 +54,21 @@ class MeanPoolingClassifier(nn.Module):
         from transformers import AutoModel
 
         extra = {"revision": revision} if revision else {}
-        try:  # BERT-like encoders: no pooler (the mean replaces it); others have none anyway
+        # BERT-like encoders: the mean replaces the pooler. A checkpoint that ships pooler
+        # weights (MiniLM does) is loaded with the pooler, which is then dropped, so the
+        # load report does not list those weights as unexpected in every job's log.
+        with_pooler = checkpoint_has_pooler(source)
+        try:
             encoder = AutoModel.from_pretrained(
-                source, add_pooling_layer=False, use_safetensors=True, trust_remote_code=False,
-                **extra,
+                source, add_pooling_layer=with_pooler, use_safetensors=True,
+                trust_remote_code=False, **extra,
             )  # fmt: skip
         except TypeError:  # an encoder class without that argument (DistilBERT, ...)
             encoder = AutoModel.from_pretrained(
                 source, use_safetensors=True, trust_remote_code=False, **extra
             )
+        if getattr(encoder, "pooler", None) is not None:
+            encoder.pooler = None  # BERT's forward skips a None pooler
         dropout = getattr(encoder.config, "hidden_dropout_prob", 0.1)
         return cls(encoder, num_labels, dropout=dropout)
 

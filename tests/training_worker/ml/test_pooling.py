@@ -2,6 +2,7 @@
 trained on the older first-token head keep loading (in-process and in the serving engine)."""
 
 import json
+import logging
 
 import pytest
 import torch
@@ -14,7 +15,7 @@ from serving.protocol import TEXT_CLASSIFICATION
 from tests.hostile_inputs.hostile_weights import raw_header_file, safetensors_bytes
 from training_worker.ml.base_models import load_tokenizer_and_model, resolve_base_model_source
 from training_worker.ml.inference import load_adapter_model
-from training_worker.ml.mean_pooling_model import MeanPoolingClassifier
+from training_worker.ml.mean_pooling_model import MeanPoolingClassifier, checkpoint_has_pooler
 from training_worker.ml.pooling import (
     classification_head,
     default_classification_head,
@@ -47,6 +48,38 @@ def test_the_packaged_minilm_declares_mean_pooling_and_gets_the_mean_head(minilm
     assert not sentence_transformers_mean_pooling(tmp_path)
     assert default_classification_head(tmp_path) == "first_token"
     assert default_classification_head("sentence-transformers/all-MiniLM-L6-v2") == "first_token"
+
+
+class _Records(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+def test_loading_minilm_reports_no_unexpected_pooler_weights_and_keeps_no_pooler(minilm):
+    # transformers' logger does not propagate to the root, so listen on it directly.
+    records = _Records()
+    library_logger = logging.getLogger("transformers")
+    library_logger.addHandler(records)
+    try:
+        _, model = load_tokenizer_and_model(minilm, None, TEXT_CLASSIFICATION, num_labels=2)
+    finally:
+        library_logger.removeHandler(records)
+    assert checkpoint_has_pooler(minilm)  # the shipped weights do carry a pooler
+    assert not [m for m in records.messages if "LOAD REPORT" in m], records.messages
+    assert model.encoder.pooler is None
+    assert not [name for name in model.state_dict() if "pooler" in name]
+
+
+def test_a_checkpoint_without_pooler_weights_or_a_hub_id_says_no_pooler(tmp_path):
+    (tmp_path / "model.safetensors").write_bytes(
+        safetensors_bytes({"embeddings.word_embeddings.weight": ("F32", [1], bytes(4))})
+    )
+    assert not checkpoint_has_pooler(tmp_path)
+    assert not checkpoint_has_pooler("sentence-transformers/all-MiniLM-L6-v2")
 
 
 def test_the_head_sees_the_masked_mean_of_token_states_unchanged_by_padding(minilm):
