@@ -250,7 +250,9 @@ def write_results(records: list[dict[str, Any]], path: Path, meta: dict[str, Any
 # ---------------------------------------------------------------- the default job
 
 
-def split_upload(raw: bytes, filename: str, task: str, n_sealed: int) -> tuple[list, list, list]:
+def split_upload(
+    raw: bytes, filename: str, task: str, n_sealed: int, split_seed: int = SPLIT_SEED
+) -> tuple[list, list, list]:
     """Validate the upload and draw the platform's sealed split: (train, sealed, labels)."""
     from training_worker.ml.dataset_validation import validate_dataset
     from training_worker.ml.sealed_split import draw_sealed_split
@@ -260,7 +262,7 @@ def split_upload(raw: bytes, filename: str, task: str, n_sealed: int) -> tuple[l
         raise SystemExit(f"{filename}: dataset validation failed: {result.report['errors']}")
     rows = [{k: v for k, v in row.items() if k != "row"} for row in result.rows]
     split = draw_sealed_split(
-        rows, task=task, seed=SPLIT_SEED, fraction=n_sealed / len(rows), cap=2000
+        rows, task=task, seed=split_seed, fraction=n_sealed / len(rows), cap=2000
     )
     labels = sorted(result.report.get("label_distribution") or {})
     return (
@@ -346,11 +348,13 @@ def run_corpus(
     overrides: dict[str, Any] | None = None,
     generalist: bool = True,
     job_seed: int = 0,
+    split_seed: int = SPLIT_SEED,
 ) -> dict[str, Any]:
     """One corpus through the default job. ``rows`` = (train, sealed) takes fewer rows and
     ``overrides`` sets hyperparameters: both are recorded, and the job is then no longer
     the default one (the record says ``"reduced": true``). ``job_seed`` is the job's
-    training seed; the sealed split stays the bench's, so seeds are paired on the same rows."""
+    training seed; the sealed split stays the bench's, so seeds are paired on the same rows.
+    ``split_seed`` draws a different sealed split instead (the rows' split noise)."""
     from corpora import CORPORA, build_upload
 
     corpus = CORPORA[name]
@@ -364,7 +368,7 @@ def run_corpus(
         lines = raw.splitlines(keepends=True)
         keep = 120 if corpus.task == "text-classification" else 60
         raw, n_sealed, overrides = b"".join(lines[:keep]), keep // 4, {"n_epochs": 1}
-    train_rows, sealed_rows, labels = split_upload(raw, filename, corpus.task, n_sealed)
+    train_rows, sealed_rows, labels = split_upload(raw, filename, corpus.task, n_sealed, split_seed)
     started = time.perf_counter()
     result = default_job(
         corpus.task, train_rows, sealed_rows, labels, overrides, generalist=generalist,
@@ -392,6 +396,7 @@ def run_corpus(
         "reduced": bool(quick or rows or overrides),
         "precision": result.precision,  # the training loop's arithmetic (auto on this CPU)
         "job_seed": job_seed,
+        "split_seed": split_seed,
     }
 
 
@@ -415,6 +420,12 @@ def main() -> None:
         "--job-seed", type=int, default=0, help="the job's training seed (split unchanged)"
     )
     parser.add_argument(
+        "--split-seed",
+        type=int,
+        default=SPLIT_SEED,
+        help=f"seed of the sealed split (default {SPLIT_SEED}); another seed, other sealed rows",
+    )
+    parser.add_argument(
         "--merge", type=Path, nargs="+", help="combine result files of parallel runs into --out"
     )
     args = parser.parse_args()
@@ -435,7 +446,7 @@ def main() -> None:
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "load_average_start": [round(x, 2) for x in os.getloadavg()],
-        "split_seed": SPLIT_SEED,
+        "split_seed": args.split_seed,
     }
     records = []
     for name in args.corpora:
@@ -449,6 +460,7 @@ def main() -> None:
                 args.overrides,
                 generalist=not args.no_llm,
                 job_seed=args.job_seed,
+                split_seed=args.split_seed,
             )
         )
         write_results(records, out, meta)

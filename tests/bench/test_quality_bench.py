@@ -184,6 +184,18 @@ def test_split_upload_validates_and_seals_disjoint_rows():
     assert not {r["text"] for r in train} & {r["text"] for r in sealed}
 
 
+def test_another_split_seed_seals_other_rows_of_the_same_size_and_balance():
+    rows = [{"text": f"row {i}", "label": str(i % 2)} for i in range(80)]
+    raw = "".join(json.dumps(r) + "\n" for r in rows).encode()
+    _, sealed_default, _ = quality.split_upload(raw, "tiny.jsonl", "text-classification", 16)
+    _, sealed_other, _ = quality.split_upload(
+        raw, "tiny.jsonl", "text-classification", 16, split_seed=quality.SPLIT_SEED + 1
+    )
+    assert len(sealed_other) == len(sealed_default) == 16
+    assert sorted(r["label"] for r in sealed_other) == sorted(r["label"] for r in sealed_default)
+    assert {r["text"] for r in sealed_other} != {r["text"] for r in sealed_default}
+
+
 def test_corpus_parsers_on_fixture_packages(tmp_path):
     data = tmp_path / "data"
     data.mkdir()
