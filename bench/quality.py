@@ -30,6 +30,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 import argparse
+import contextlib
 import json
 import math
 import sys
@@ -281,8 +282,12 @@ def default_job(
     base_source: str | None = None,
     generalist: bool = True,
     seed: int = 0,
+    output_dir: Path | None = None,
 ):
-    """``run_fine_tune`` as the runner calls it, with default (or given) hyperparameters."""
+    """``run_fine_tune`` as the runner calls it, with default (or given) hyperparameters.
+
+    The adapter is written to a temporary folder, deleted on return, unless ``output_dir``
+    is given (the caller then owns it and its ``adapter/``)."""
     from training_worker.ml.base_models import resolve_base_model_source
     from training_worker.ml.baselines import EvaluationOptions
     from training_worker.ml.config import LoraHyperparameters
@@ -299,7 +304,8 @@ def default_job(
         )
     else:
         options = EvaluationOptions(generalist_llm_skip_reason="left out by the bench (--no-llm)")
-    with tempfile.TemporaryDirectory() as output_dir:
+    with contextlib.ExitStack() as stack:
+        folder = output_dir or stack.enter_context(tempfile.TemporaryDirectory())
         spec = TrainingSpec(
             task=task,
             base_model_path=base,
@@ -309,7 +315,7 @@ def default_job(
             labels=labels,
             hyperparameters=LoraHyperparameters.from_dict(overrides or {}),
             seed=seed,
-            output_dir=Path(output_dir),
+            output_dir=Path(folder),
             evaluation_options=options,
         )
         return run_fine_tune(spec, SilentCallbacks())

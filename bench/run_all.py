@@ -1,7 +1,8 @@
 """Run the benchmarks in bench/ in turn; each prints its own side-by-side ratios.
 
-`auto_defaults.py` is a measurement script for choosing defaults (minutes long), so it
-is run by hand, not here. `quality.py` (the default job vs the baselines on real corpora,
+`auto_defaults.py` (choosing defaults) and `late_fusion.py` (whether a blend with the
+classic baseline would pay) are measurement scripts behind decisions, minutes long, so
+they are run by hand, not here. `quality.py` (the default job vs the baselines on real corpora,
 fetched from npm into var/corpora on first use) is the longest: tens of minutes on 2 cores.
 `catalogue.py` fills its own database with 100,000 listings on its first run (minutes).
 """
