@@ -49,8 +49,14 @@ def check_generation_rows(rows: list[dict], split_name: str) -> None:
 def encode_classification(
     tokenizer: Any, texts: list[str], label_ids: list[int] | None
 ) -> list[EncodedExample]:
-    """Tokenise all texts once, untruncated (lengths feed the auto max_seq_length)."""
-    token_ids = tokenizer(list(texts), truncation=False, add_special_tokens=True)["input_ids"]
+    """Tokenise all texts once, untruncated (lengths feed the auto max_seq_length).
+
+    Rows are cut to the resolved max_seq_length before any reaches the model, so the
+    tokenizer's warning about rows longer than the model's limit ("will result in indexing
+    errors") would be false in a job's log: ``verbose=False`` leaves it out."""
+    token_ids = tokenizer(list(texts), truncation=False, add_special_tokens=True, verbose=False)[
+        "input_ids"
+    ]
     labels = label_ids if label_ids is not None else [0] * len(token_ids)
     return [EncodedExample(ids, label) for ids, label in zip(token_ids, labels, strict=True)]
 

@@ -14,6 +14,7 @@ from serving.engine.synthetic import build_adapter
 from serving.protocol import TEXT_CLASSIFICATION
 from tests.hostile_inputs.hostile_weights import raw_header_file, safetensors_bytes
 from training_worker.ml.base_models import load_tokenizer_and_model, resolve_base_model_source
+from training_worker.ml.data import encode_classification
 from training_worker.ml.inference import load_adapter_model
 from training_worker.ml.mean_pooling_model import MeanPoolingClassifier, checkpoint_has_pooler
 from training_worker.ml.pooling import (
@@ -72,6 +73,19 @@ def test_loading_minilm_reports_no_unexpected_pooler_weights_and_keeps_no_pooler
     assert not [m for m in records.messages if "LOAD REPORT" in m], records.messages
     assert model.encoder.pooler is None
     assert not [name for name in model.state_dict() if "pooler" in name]
+
+
+def test_encoding_long_rows_keeps_their_length_without_a_false_indexing_warning(minilm):
+    tokenizer, _ = load_tokenizer_and_model(minilm, None, TEXT_CLASSIFICATION, num_labels=2)
+    records = _Records()
+    library_logger = logging.getLogger("transformers")
+    library_logger.addHandler(records)
+    try:
+        (example,) = encode_classification(tokenizer, ["word " * 700], [1])
+    finally:
+        library_logger.removeHandler(records)
+    assert len(example.input_ids) > tokenizer.model_max_length  # cut later, to max_seq_length
+    assert not [m for m in records.messages if "indexing errors" in m], records.messages
 
 
 def test_a_checkpoint_without_pooler_weights_or_a_hub_id_says_no_pooler(tmp_path):
