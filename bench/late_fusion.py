@@ -17,7 +17,7 @@ corpus of ``bench/corpora.py``, on the sealed split ``bench/quality.py`` draws:
 
 Usage::
 
-    python bench/late_fusion.py --corpora sotu-party spam-assassin [--job-seed 0]
+    python bench/late_fusion.py --corpora sotu-party spam-assassin [--job-seed 0] [--split-seed 1]
 
 Appends one record per corpus to ``bench/results/late_fusion.json`` and prints a table.
 """
@@ -65,7 +65,7 @@ def blend_weight(specialist: np.ndarray, classic: np.ndarray, y: np.ndarray) -> 
     return float(-min(losses)[1])
 
 
-def run(name: str, job_seed: int) -> dict:
+def run(name: str, job_seed: int, split_seed: int) -> dict:
     from corpora import CORPORA, build_upload
     from quality import DEFAULT_BASES, ROOT, default_job, split_upload
 
@@ -78,7 +78,9 @@ def run(name: str, job_seed: int) -> dict:
     if corpus.task != "text-classification":
         raise SystemExit(f"{name}: late fusion is measured on classification corpora only")
     raw, filename = build_upload(name)
-    train_rows, sealed_rows, labels = split_upload(raw, filename, corpus.task, corpus.n_sealed)
+    train_rows, sealed_rows, labels = split_upload(
+        raw, filename, corpus.task, corpus.n_sealed, split_seed
+    )
     label_id = {label: i for i, label in enumerate(labels)}
 
     def texts(rows: list[dict]) -> list[str]:
@@ -123,6 +125,7 @@ def run(name: str, job_seed: int) -> dict:
     record = {
         "corpus": name,
         "job_seed": job_seed,
+        "split_seed": split_seed,
         "train_rows": len(train_rows),
         "validation_rows": len(validation),
         "sealed_rows": len(sealed_rows),
@@ -148,11 +151,13 @@ def run(name: str, job_seed: int) -> dict:
 
 def main() -> None:
     from corpora import CORPORA
+    from quality import SPLIT_SEED
 
     classification = sorted(n for n, c in CORPORA.items() if c.task == "text-classification")
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--corpora", nargs="*", choices=classification, default=classification)
     parser.add_argument("--job-seed", type=int, default=0)
+    parser.add_argument("--split-seed", type=int, default=SPLIT_SEED, help="quality.py's")
     args = parser.parse_args()
 
     import torch
@@ -160,14 +165,15 @@ def main() -> None:
     torch.set_num_threads(int(os.environ.get("NICHE_BENCH_THREADS", "2")))
     records = json.loads(RESULTS.read_text()) if RESULTS.exists() else []
     for name in args.corpora:
-        records.append(run(name, args.job_seed))
+        records.append(run(name, args.job_seed, args.split_seed))
         RESULTS.write_text(json.dumps(records, indent=2) + "\n")
-    header = ("corpus", "seed", "w", "specialist", "classic", "blend", "oracle")
-    print("{:<20} {:>4} {:>5} {:>10} {:>8} {:>7} {:>7}".format(*header))
+    header = ("corpus", "split", "seed", "w", "specialist", "classic", "blend", "oracle")
+    print("{:<20} {:>5} {:>4} {:>5} {:>10} {:>8} {:>7} {:>7}".format(*header))
     for record in records:
         sealed = record["sealed"]
         print(
-            f"{record['corpus']:<20} {record['job_seed']:>4} {record['blend_weight']:>5.2f} "
+            f"{record['corpus']:<20} {record['split_seed']:>5} {record['job_seed']:>4} "
+            f"{record['blend_weight']:>5.2f} "
             f"{sealed['specialist']:>10.3f} {sealed['classic']:>8.3f} {sealed['blend']:>7.3f} "
             f"{sealed['oracle_blend']:>7.3f}"
         )
