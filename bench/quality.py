@@ -193,6 +193,10 @@ def _cell(entry: dict[str, Any] | None) -> str:
     return f"{entry['score']:.3f} [{low:.3f},{high:.3f}]"
 
 
+def _or_dash(value: Any) -> str:
+    return "-" if value is None else str(value)
+
+
 def _pick(baselines: dict[str, Any], *needles: str) -> dict[str, Any] | None:
     for name, entry in baselines.items():
         if any(needle in name for needle in needles):
@@ -206,7 +210,8 @@ def format_table(records: list[dict[str, Any]]) -> str:
     generation the LLM column is the un-adapted base prompted zero-shot and the embedding
     column holds the base few-shot."""
     header = (
-        f"{'corpus':<20} {'metric':<9} {'default job':<22} {'classic':<22} "
+        f"{'corpus':<20} {'split':>5} {'seed':>4} {'metric':<9} {'default job':<22} "
+        f"{'classic':<22} "
         f"{'generalist LLM':<22} {'gen. emb./few-shot':<22} {'majority':<22} "
         f"{'lift/classic':>12} {'train s':>8}"
     )
@@ -223,7 +228,9 @@ def format_table(records: list[dict[str, Any]]) -> str:
                 llm = entry
         lift = record["lift_over_classic"]
         lines.append(
-            f"{record['corpus']:<20} {record['metric']:<9} {_cell(record['default_job']):<22} "
+            f"{record['corpus']:<20} {_or_dash(record.get('split_seed')):>5} "
+            f"{_or_dash(record.get('job_seed')):>4} {record['metric']:<9} "
+            f"{_cell(record['default_job']):<22} "
             f"{_cell(_pick(baselines, 'classic')):<22} {_cell(llm):<22} "
             f"{_cell(embedding):<22} {_cell(_pick(baselines, 'majority')):<22} "
             f"{'-' if lift is None else f'{lift:+.3f}':>12} {record['train_seconds']:>8.1f}"
@@ -234,13 +241,24 @@ def format_table(records: list[dict[str, Any]]) -> str:
         if r["task"] == "text-classification" and r["lift_over_classic"] is not None
     ]
     if classification:
-        mean_lift = sum(r["lift_over_classic"] for r in classification) / len(classification)
-        wins = sum(r["lift_over_classic"] > 0 for r in classification)
+        # Several runs of a corpus (other seeds or splits) count once, by their mean lift.
+        lifts: dict[str, list[float]] = {}
+        for record in classification:
+            lifts.setdefault(record["corpus"], []).append(record["lift_over_classic"])
+        means = [sum(values) / len(values) for values in lifts.values()]
+        runs = {len(values) for values in lifts.values()}
+        each = "" if runs == {1} else f" (mean over {'/'.join(map(str, sorted(runs)))} runs each)"
         lines.append(
-            f"classification: default job beats classic on {wins}/{len(classification)} "
-            f"corpora, mean lift {mean_lift * 100:+.2f} points"
+            f"classification: default job beats classic on {sum(m > 0 for m in means)}/"
+            f"{len(means)} corpora{each}, mean lift {sum(means) / len(means) * 100:+.2f} points"
         )
     return "\n".join(lines)
+
+
+def _meta_split_seed(meta: dict[str, Any]) -> int | None:
+    """A result file's split seed: its own, or the one its merged runs share."""
+    seeds = {run.get("split_seed") for run in meta.get("runs", [meta])}
+    return seeds.pop() if len(seeds) == 1 else None
 
 
 def write_results(records: list[dict[str, Any]], path: Path, meta: dict[str, Any]) -> None:
@@ -437,7 +455,12 @@ def main() -> None:
     args = parser.parse_args()
     if args.merge:
         merged = [json.loads(path.read_text()) for path in args.merge]
-        records = [record for result in merged for record in result["corpora"]]
+        records = [
+            # A record from before the field existed takes its run's split seed.
+            {"split_seed": _meta_split_seed(result["meta"]), **record}
+            for result in merged
+            for record in result["corpora"]
+        ]
         out = args.out or RESULTS_DIR / "quality.json"
         write_results(records, out, {"runs": [result["meta"] for result in merged]})
         print(format_table(records))

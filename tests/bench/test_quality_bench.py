@@ -162,6 +162,26 @@ def test_table_and_json_carry_every_column(tmp_path):
     assert [r["task"] for r in written["corpora"]] == ["text-classification", "text-generation"]
 
 
+def test_runs_of_one_corpus_on_other_splits_count_once_by_their_mean_lift():
+    def run(corpus: str, split: int, lift: float) -> dict:
+        score = 0.8 + lift
+        report = CLASSIFICATION_REPORT | {"metrics": {"accuracy": score, "macro_f1": score}}
+        classic = {"classic": {"score": 0.8, "interval": [0.7, 0.9], "method": "t"}}
+        return _record(report, classic) | {"corpus": corpus, "split_seed": split, "job_seed": 0}
+
+    records = [run("a", 1, 0.04), run("a", 2, -0.02), run("b", 1, -0.01), run("b", 2, -0.01)]
+    table = quality.format_table(records)
+    # a: mean +1 point (beats), b: mean -1 point; together 0.00
+    assert "beats classic on 1/2 corpora (mean over 2 runs each), mean lift +0.00 points" in table
+    rows = [line.split() for line in table.splitlines() if line.startswith(("a ", "b "))]
+    assert [(row[0], row[1], row[2]) for row in rows] == [
+        ("a", "1", "0"),
+        ("a", "2", "0"),
+        ("b", "1", "0"),
+        ("b", "2", "0"),
+    ]
+
+
 def test_classic_baselines_learn_tiny_data():
     train = [{"text": f"great lovely {i}", "label": "pos"} for i in range(10)]
     train += [{"text": f"awful dreadful {i}", "label": "neg"} for i in range(10)]
