@@ -18,6 +18,12 @@ Usage::
     python bench/quality.py --quick                  # smoke run: 120 rows, 1 epoch
     python bench/quality.py --corpora sotu-party     # a subset
     python bench/quality.py --merge a.json b.json    # combine parallel runs' files
+    python bench/quality.py --no-llm --job-seed 1    # another training seed, same split
+    python bench/quality.py --no-llm --split-seed 2 --out s2.json  # other sealed rows
+
+Seeds and splits: ``bench/results/quality_seeds.json`` (three job seeds on the bench's
+split) and ``quality_splits.json`` (four sealed splits); the summary line counts a corpus
+with several runs once, by its mean lift.
 
 Writes ``bench/results/quality.json`` (``--quick``: ``quality-quick.json``) and prints a table.
 """
