@@ -54,9 +54,8 @@ def encode_classification(
     Rows are cut to the resolved max_seq_length before any reaches the model, so the
     tokenizer's warning about rows longer than the model's limit ("will result in indexing
     errors") would be false in a job's log: ``verbose=False`` leaves it out."""
-    token_ids = tokenizer(list(texts), truncation=False, add_special_tokens=True, verbose=False)[
-        "input_ids"
-    ]
+    encoded = tokenizer(list(texts), truncation=False, add_special_tokens=True, verbose=False)
+    token_ids = encoded["input_ids"]
     labels = label_ids if label_ids is not None else [0] * len(token_ids)
     return [EncodedExample(ids, label) for ids, label in zip(token_ids, labels, strict=True)]
 

@@ -63,12 +63,12 @@ class MeanPoolingClassifier(nn.Module):
                 source, add_pooling_layer=with_pooler, use_safetensors=True,
                 trust_remote_code=False, **extra,
             )  # fmt: skip
+            if with_pooler:  # loaded only to match the checkpoint; BERT skips a None pooler
+                encoder.pooler = None
         except TypeError:  # an encoder class without that argument (DistilBERT, ...)
             encoder = AutoModel.from_pretrained(
                 source, use_safetensors=True, trust_remote_code=False, **extra
             )
-        if getattr(encoder, "pooler", None) is not None:
-            encoder.pooler = None  # BERT's forward skips a None pooler
         dropout = getattr(encoder.config, "hidden_dropout_prob", 0.1)
         return cls(encoder, num_labels, dropout=dropout)
 
