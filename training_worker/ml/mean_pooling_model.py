@@ -2,28 +2,21 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Any
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
+if TYPE_CHECKING:
+    from training_worker.ml.safe_weights import SafetensorsHeader
 
-def checkpoint_has_pooler(source: str | Path) -> bool:
-    """Whether a local encoder folder's safetensors weights include ``pooler.*`` tensors.
 
-    Reads only the headers (the strict parser); a Hub id or a folder without safetensors
-    files answers False, and the encoder is then built without a pooler."""
-    from training_worker.ml.safe_weights import validate_safetensors_file
-
-    folder = Path(source)
-    if not folder.is_dir():
-        return False
-    for path in sorted(folder.glob("*.safetensors")):
-        names = (tensor.name for tensor in validate_safetensors_file(path).tensors)
-        if any(".pooler." in f".{name}" for name in names):  # "pooler.*" or "bert.pooler.*"
-            return True
-    return False
+def checkpoint_has_pooler(headers: Iterable[SafetensorsHeader]) -> bool:
+    """Whether checked safetensors headers (``safe_weights.checked_weights_headers``) hold
+    BERT pooler tensors (``pooler.*`` or ``bert.pooler.*``). No headers (a Hub id, whose
+    files are not local) answers False."""
+    return any(".pooler." in f".{t.name}" for header in headers for t in header.tensors)
 
 
 class MeanPoolingClassifier(nn.Module):
@@ -48,16 +41,16 @@ class MeanPoolingClassifier(nn.Module):
 
     @classmethod
     def from_pretrained(
-        cls, source: str, num_labels: int, revision: str | None = None
+        cls, source: str, num_labels: int, revision: str | None = None, with_pooler: bool = False
     ) -> MeanPoolingClassifier:
         """The encoder's safetensors weights (never pickle, never remote code) + a new head."""
         from transformers import AutoModel
 
         extra = {"revision": revision} if revision else {}
         # BERT-like encoders: the mean replaces the pooler. A checkpoint that ships pooler
-        # weights (MiniLM does) is loaded with the pooler, which is then dropped, so the
-        # load report does not list those weights as unexpected in every job's log.
-        with_pooler = checkpoint_has_pooler(source)
+        # weights (MiniLM does; the caller says so, ``checkpoint_has_pooler``) is loaded with
+        # the pooler, which is then dropped, so the load report does not list those weights
+        # as unexpected in every job's log.
         try:
             encoder = AutoModel.from_pretrained(
                 source, add_pooling_layer=with_pooler, use_safetensors=True,

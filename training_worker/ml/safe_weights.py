@@ -287,11 +287,12 @@ def validate_safetensors_file(path: str | Path) -> SafetensorsHeader:
         return validate_safetensors_stream(handle, path.stat().st_size)
 
 
-def check_weights_directory(directory: str | Path) -> list[Path]:
+def checked_weights_headers(directory: str | Path) -> dict[Path, SafetensorsHeader]:
     """Refuse a model or adapter folder holding any pickle-format file, check every
-    ``.safetensors`` in it, and return them; a folder with none is refused too."""
+    ``.safetensors`` in it, and return each one's parsed header (callers that need tensor
+    names read them here rather than parsing again); a folder with none is refused too."""
     directory = Path(directory)
-    found = []
+    found: dict[Path, SafetensorsHeader] = {}
     for path in sorted(directory.rglob("*")):
         if not path.is_file():
             continue
@@ -303,8 +304,12 @@ def check_weights_directory(directory: str | Path) -> list[Path]:
                 "loaded, and a folder holding one is refused.",
             )
         if suffix == SAFETENSORS_SUFFIX:
-            validate_safetensors_file(path)
-            found.append(path)
+            found[path] = validate_safetensors_file(path)
     if not found:
         raise UnsafeWeightsError(MISSING_WEIGHTS, f"No .safetensors weights in {directory.name}.")
     return found
+
+
+def check_weights_directory(directory: str | Path) -> list[Path]:
+    """``checked_weights_headers``, returning only the checked files' paths."""
+    return list(checked_weights_headers(directory))

@@ -24,7 +24,11 @@ from training_worker.ml.pooling import (
     recorded_classification_head,
     sentence_transformers_mean_pooling,
 )
-from training_worker.ml.safe_weights import UnsafeWeightsError, validate_safetensors_bytes
+from training_worker.ml.safe_weights import (
+    UnsafeWeightsError,
+    checked_weights_headers,
+    validate_safetensors_bytes,
+)
 
 LABELS = ["no", "yes"]
 TEXTS = ["a short one", "a much longer sentence that forces padding on the short one"]
@@ -69,7 +73,8 @@ def test_loading_minilm_reports_no_unexpected_pooler_weights_and_keeps_no_pooler
         _, model = load_tokenizer_and_model(minilm, None, TEXT_CLASSIFICATION, num_labels=2)
     finally:
         library_logger.removeHandler(records)
-    assert checkpoint_has_pooler(minilm)  # the shipped weights do carry a pooler
+    # the shipped weights do carry a pooler
+    assert checkpoint_has_pooler(checked_weights_headers(minilm).values())
     assert not [m for m in records.messages if "LOAD REPORT" in m], records.messages
     assert model.encoder.pooler is None
     assert not [name for name in model.state_dict() if "pooler" in name]
@@ -92,8 +97,9 @@ def test_a_checkpoint_without_pooler_weights_or_a_hub_id_says_no_pooler(tmp_path
     (tmp_path / "model.safetensors").write_bytes(
         safetensors_bytes({"embeddings.word_embeddings.weight": ("F32", [1], bytes(4))})
     )
-    assert not checkpoint_has_pooler(tmp_path)
-    assert not checkpoint_has_pooler("sentence-transformers/all-MiniLM-L6-v2")
+    assert not checkpoint_has_pooler(checked_weights_headers(tmp_path).values())
+    # A Hub id has no local files, so the loader passes no headers.
+    assert not checkpoint_has_pooler([])
 
 
 def test_the_head_sees_the_masked_mean_of_token_states_unchanged_by_padding(minilm):
