@@ -1,15 +1,19 @@
 """Would a blend of the specialist and the classic baseline beat the classic baseline?
 
-A hand-run measurement behind a product decision (Niche ships the LoRA specialist alone,
-and its evaluation compares it with the classic TF-IDF + logistic regression). For each
-corpus of ``bench/corpora.py``, on the sealed split ``bench/quality.py`` draws:
+The hand-run measurement behind a product decision: it showed that the blend would lead
+the classic TF-IDF + logistic regression on every corpus, so classification specialists
+are now served as that blend (``training_worker/ml/lexical_head.py``, weight chosen the
+same way, by the recipe). This script keeps measuring it from the outside, with the
+"oracle" bound beside it. For each corpus of ``bench/corpora.py``, on the sealed split
+``bench/quality.py`` draws:
 
 1. the default job (``quality.default_job``, no LLM generalist), its adapter kept;
 2. on the job's own validation rows (the recipe's split of the TRAINING rows), the
    specialist's class probabilities and those of a classic model fitted on the remaining
    training rows;
 3. the blend weight ``w`` of ``w * p_specialist + (1 - w) * p_classic`` (grid of 0.05)
-   with the lowest validation log loss; ties go to the larger ``w``;
+   with the lowest validation log loss; ties go to the larger ``w``
+   (``lexical_head.choose_weight``, the recipe's own);
 4. on the sealed rows: the specialist, the classic model fitted on all training rows (the
    evaluation's baseline) and the blend with the chosen ``w``. Also recorded, and named as
    such, the best sealed accuracy over every ``w`` ("oracle"): a bound on what any
@@ -42,27 +46,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 RESULTS = Path(__file__).resolve().parent / "results" / "late_fusion.json"
-WEIGHTS = np.round(np.linspace(0.0, 1.0, 21), 2)
-
-
-def log_loss(probabilities: np.ndarray, y: np.ndarray) -> float:
-    picked = probabilities[np.arange(len(y)), y]
-    return float(-np.log(np.clip(picked, 1e-9, 1.0)).mean())
 
 
 def accuracy(probabilities: np.ndarray, y: np.ndarray) -> float:
     return float((probabilities.argmax(axis=1) == y).mean())
-
-
-def blend(specialist: np.ndarray, classic: np.ndarray, weight: float) -> np.ndarray:
-    return weight * specialist + (1.0 - weight) * classic
-
-
-def blend_weight(specialist: np.ndarray, classic: np.ndarray, y: np.ndarray) -> float:
-    """The grid weight with the lowest log loss on (validation) rows; ties to the larger."""
-    # Rounded so that equal losses (up to float noise) do tie.
-    losses = [(round(log_loss(blend(specialist, classic, w), y), 9), -w) for w in WEIGHTS]
-    return float(-min(losses)[1])
 
 
 def run(name: str, job_seed: int, split_seed: int) -> dict:
@@ -73,6 +60,7 @@ def run(name: str, job_seed: int, split_seed: int) -> dict:
     from training_worker.ml.base_models import resolve_base_model_source
     from training_worker.ml.baselines import fit_classic_classifier
     from training_worker.ml.inference import load_adapter_model
+    from training_worker.ml.lexical_head import WEIGHT_GRID, blend, choose_weight
 
     corpus = CORPORA[name]
     if corpus.task != "text-classification":
@@ -117,9 +105,9 @@ def run(name: str, job_seed: int, split_seed: int) -> dict:
     classic_sealed = classic_all.predict_proba(texts(sealed_rows))
 
     y_validation, y_sealed = ids(validation), ids(sealed_rows)
-    weight = blend_weight(spec_validation, classic_validation, y_validation)
+    weight = choose_weight(spec_validation, classic_validation, y_validation)
     by_weight = {
-        float(w): accuracy(blend(spec_sealed, classic_sealed, w), y_sealed) for w in WEIGHTS
+        float(w): accuracy(blend(spec_sealed, classic_sealed, w), y_sealed) for w in WEIGHT_GRID
     }
     oracle_weight = max(by_weight, key=lambda w: (by_weight[w], w))
     record = {

@@ -172,6 +172,15 @@ def summarise(
         if not (has_classic and name.startswith("classic")):
             baselines.setdefault(name, values)
     classic = next((baselines[k] for k in CLASSIC_KEYS if k in baselines), None)
+    # Classification is served (and scored) as a blend of adapter and lexical head when
+    # the job's validation rows chose one: keep the adapter alone's score beside it.
+    blend = report.get("blend") or {}
+    alone = blend.get("adapter_alone")
+    adapter_alone = (
+        {"score": alone["accuracy"], "interval": [alone["ci_low"], alone["ci_high"]]}
+        if alone
+        else None
+    )
     scored = {k: v for k, v in baselines.items() if v.get("score") is not None}
     strongest = max(scored, key=lambda k: scored[k]["score"], default=None)
     return {
@@ -181,6 +190,8 @@ def summarise(
         "sealed_rows": n,
         "train_rows": train_rows,
         "default_job": {"score": score, "interval": interval},
+        "blend_weight": blend.get("weight"),
+        "adapter_alone": adapter_alone,
         "baselines": baselines,
         "lift_over_classic": None if classic is None else round(score - classic["score"], 4),
         "strongest_baseline": strongest,
@@ -199,6 +210,10 @@ def _cell(entry: dict[str, Any] | None) -> str:
     return f"{entry['score']:.3f} [{low:.3f},{high:.3f}]"
 
 
+def _weight(value: Any) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
 def _or_dash(value: Any) -> str:
     return "-" if value is None else str(value)
 
@@ -211,13 +226,14 @@ def _pick(baselines: dict[str, Any], *needles: str) -> dict[str, Any] | None:
 
 
 def format_table(records: list[dict[str, Any]]) -> str:
-    """A fixed-width table: per corpus the default job, classic, generalist LLM, generalist
-    embedding and majority (score [95 % interval]), lift over classic, train seconds. For
-    generation the LLM column is the un-adapted base prompted zero-shot and the embedding
-    column holds the base few-shot."""
+    """A fixed-width table: per corpus the default job, its blend weight (w of the adapter;
+    1 = the adapter alone) and the adapter alone when blended, classic, generalist LLM,
+    generalist embedding and majority (score [95 % interval]), lift over classic, train
+    seconds. For generation the LLM column is the un-adapted base prompted zero-shot and
+    the embedding column holds the base few-shot."""
     header = (
         f"{'corpus':<20} {'split':>5} {'seed':>4} {'metric':<9} {'default job':<22} "
-        f"{'classic':<22} "
+        f"{'w':>4} {'adapter alone':<22} {'classic':<22} "
         f"{'generalist LLM':<22} {'gen. emb./few-shot':<22} {'majority':<22} "
         f"{'lift/classic':>12} {'train s':>8}"
     )
@@ -237,6 +253,7 @@ def format_table(records: list[dict[str, Any]]) -> str:
             f"{record['corpus']:<20} {_or_dash(record.get('split_seed')):>5} "
             f"{_or_dash(record.get('job_seed')):>4} {record['metric']:<9} "
             f"{_cell(record['default_job']):<22} "
+            f"{_weight(record.get('blend_weight')):>4} {_cell(record.get('adapter_alone')):<22} "
             f"{_cell(_pick(baselines, 'classic')):<22} {_cell(llm):<22} "
             f"{_cell(embedding):<22} {_cell(_pick(baselines, 'majority')):<22} "
             f"{'-' if lift is None else f'{lift:+.3f}':>12} {record['train_seconds']:>8.1f}"

@@ -2,7 +2,9 @@
 
 The zip holds the adapter exactly as the platform stores it (`adapter_model.safetensors`,
 `adapter_config.json`: `PeftModel.from_pretrained(base, folder)` loads the unpacked
-folder unchanged), `base_model.json` (the base's id and revision), the platform's
+folder unchanged), the lexical head served blended with it when the version has one
+(`lexical_head.safetensors`, see training_worker.ml.lexical_head), `base_model.json`
+(the base's id and revision, and how to blend), the platform's
 `evaluation.json`, the model card as `README.md`, `LICENSE.txt` naming the licensee and
 the date, `MANIFEST.json` (SHA-256 and size of every other file) and `MANIFEST.sig`
 (the raw 64-byte Ed25519 signature of MANIFEST.json's bytes, see billing.signing).
@@ -152,6 +154,31 @@ def _base_model_document(version: ModelVersion) -> dict:
         "labels": list(version.labels),
         **({"classification_head": head} if head else {}),
         "how_to_load": how_to_load(version.task, head),
+        **({"blend": _blend_document(version)} if version.lexical_head_path else {}),
+    }
+
+
+def _blend_document(version: ModelVersion) -> dict:
+    """How the served probabilities are made from the two files, for base_model.json."""
+    from training_worker.ml.evaluation_report import read_evaluation
+    from training_worker.ml.lexical_head import FILENAME, METHOD
+
+    report = read_evaluation(version.evaluation)
+    weight = report.blend.weight if report and report.blend else None
+    return {
+        "file": FILENAME,
+        "adapter_weight": weight,
+        "method": METHOD,
+        "how_to_apply": (
+            "p = w * softmax(adapter logits) + (1 - w) * p_lexical(text), w = adapter_weight "
+            f"(also in {FILENAME}'s __metadata__ config). {FILENAME} holds, per TF-IDF "
+            "block named in its __metadata__ config, the terms (<block>.terms UTF-8 bytes cut at "
+            "<block>.offsets), their idf (<block>.idf), then coef and intercept of a "
+            "logistic regression over the blocks' L2-normalised features side by side "
+            "(one row: sigmoid for two classes; else softmax) and the label ids it knows "
+            "(classes). scikit-learn's TfidfVectorizer with the block's analyzer, "
+            "ngram_range and sublinear_tf, vocabulary = the terms, reproduces the features."
+        ),
     }
 
 
@@ -175,6 +202,18 @@ def export_bundle_build(
             version.config_sha256,
             version.config_size,
             storage_name=version.config_path,
+        ),
+        *(
+            (
+                BundleFile(
+                    "lexical_head.safetensors",
+                    version.lexical_head_sha256,
+                    version.lexical_head_size,
+                    storage_name=version.lexical_head_path,
+                ),
+            )
+            if version.lexical_head_path
+            else ()
         ),
         BundleFile.generated("base_model.json", _json_bytes(_base_model_document(version))),
         BundleFile.generated("evaluation.json", _json_bytes(version.evaluation)),
@@ -239,19 +278,23 @@ def _download_grant(*, user: User, version_id, lock: bool) -> tuple[ModelVersion
 
 
 def export_bundle_refuse_unsafe_adapter(*, version: ModelVersion) -> None:
-    """Refuse to ship an adapter that fails the strict safetensors check (a pickle, a
-    truncated or polyglot file...): reads only the stored file's header, from any storage.
-    Raises AdapterFileRefused (409)."""
-    try:
-        check_weights_filename(version.adapter_path)
-        size = default_storage.size(version.adapter_path)
-        with default_storage.open(version.adapter_path, "rb") as handle:
-            validate_safetensors_stream(handle, size)
-    except UnsafeWeightsError as exc:
-        raise AdapterFileRefused(
-            f"This version's stored adapter is refused: {exc.message}",
-            fields={"adapter_model.safetensors": [exc.code]},
-        ) from exc
+    """Refuse to ship an adapter (or lexical head) that fails the strict safetensors check
+    (a pickle, a truncated or polyglot file...): reads only the stored files' headers, from
+    any storage. Raises AdapterFileRefused (409)."""
+    stored = [("adapter_model.safetensors", "adapter", version.adapter_path)]
+    if version.lexical_head_path:
+        stored.append(("lexical_head.safetensors", "lexical head", version.lexical_head_path))
+    for field_name, what, name in stored:
+        try:
+            check_weights_filename(name)
+            size = default_storage.size(name)
+            with default_storage.open(name, "rb") as handle:
+                validate_safetensors_stream(handle, size)
+        except UnsafeWeightsError as exc:
+            raise AdapterFileRefused(
+                f"This version's stored {what} is refused: {exc.message}",
+                fields={field_name: [exc.code]},
+            ) from exc
 
 
 def export_bundle_check(*, user: User, version_id) -> ModelVersion:

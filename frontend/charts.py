@@ -32,6 +32,12 @@ def comparison_bars(summary: dict | None) -> list[dict]:
         {"name": "This specialist", "value": summary["score"], "low": low, "high": high,
          "kind": "specialist"},
     ]  # fmt: skip
+    alone = (summary.get("blend") or {}).get("adapter_alone")
+    if alone and alone.get("value") is not None:  # served as a blend: what the adapter adds
+        rows.append(
+            {"name": "Adapter alone (no blend)", "value": alone["value"],
+             "low": alone.get("ci_low"), "high": alone.get("ci_high"), "kind": "adapter_alone"}
+        )  # fmt: skip
     for baseline in summary.get("baselines") or []:
         if baseline.get("value") is None:
             continue

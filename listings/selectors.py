@@ -376,4 +376,5 @@ def evaluation_summary(version) -> dict | None:
         **summary,
         "task": version.task,
         "adapter_sha256": version.adapter_sha256,
+        "lexical_head_sha256": version.lexical_head_sha256 or None,
     }

@@ -249,16 +249,19 @@ def _served_version(model_version_id) -> tuple[str, str, AdapterRef]:
     version = (
         ModelVersion.objects.filter(pk=model_version_id)
         .values(
-            "task", "base_model__slug", "adapter_sha256", "adapter_path", "config_path", "labels"
+            "task", "base_model__slug", "adapter_sha256", "adapter_path", "config_path",
+            "labels", "lexical_head_path", "lexical_head_sha256",
         )
         .get()
-    )
+    )  # fmt: skip
     adapter = AdapterRef(
         model_version_id=str(model_version_id),
         sha256=version["adapter_sha256"],
         adapter_path=version["adapter_path"],
         config_path=version["config_path"],
         labels=list(version["labels"] or []),
+        lexical_head_path=version["lexical_head_path"],
+        lexical_head_sha256=version["lexical_head_sha256"],
     )
     return version["task"], version["base_model__slug"], adapter
 

@@ -67,6 +67,10 @@ class AdapterRef:
     adapter_path: str  # storage name of adapter_model.safetensors
     config_path: str  # storage name of adapter_config.json
     labels: list[str] = field(default_factory=list)  # classification labels, in id order
+    # Classification: the lexical head blended with the adapter (lexical_head.py) and the
+    # SHA-256 it must have; "" when the adapter alone is served.
+    lexical_head_path: str = ""
+    lexical_head_sha256: str = ""
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> AdapterRef:
@@ -76,6 +80,8 @@ class AdapterRef:
             adapter_path=str(data["adapter_path"]),
             config_path=str(data["config_path"]),
             labels=[str(label) for label in data.get("labels") or []],
+            lexical_head_path=str(data.get("lexical_head_path") or ""),
+            lexical_head_sha256=str(data.get("lexical_head_sha256") or ""),
         )
 
 

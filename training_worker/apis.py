@@ -129,6 +129,17 @@ class ModelVersionOutput(serializers.Serializer):
                 "sha256": version.config_sha256,
                 "size": version.config_size,
             },
+            *(
+                [
+                    {
+                        "name": "lexical_head.safetensors",
+                        "sha256": version.lexical_head_sha256,
+                        "size": version.lexical_head_size,
+                    }
+                ]
+                if version.lexical_head_path
+                else []
+            ),
         ]
 
 

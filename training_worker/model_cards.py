@@ -69,6 +69,40 @@ def _baseline_lines(evaluation: dict) -> list[str]:
     return lines
 
 
+def _blend_lines(evaluation: dict, lexical_head_sha256: str) -> list[str]:
+    """What is served: the adapter alone, or blended with the lexical head (and by how
+    much), with the adapter alone's score on the same sealed rows."""
+    report = read_evaluation(evaluation)
+    blend = report.blend if report else None
+    if blend is None:
+        return []
+    if not blend.is_blended:
+        reason = f" ({blend.reason})" if blend.reason else ""
+        return ["", f"Blend: none, the adapter alone is served{reason}."]
+    lines = [
+        "",
+        f"Blend: what is served and scored above is {blend.weight:.2f} x the adapter's "
+        f"probabilities + {1 - blend.weight:.2f} x a classic TF-IDF + logistic regression "
+        "model fitted on the same training rows (`lexical_head.safetensors`"
+        + (f", SHA-256 `{lexical_head_sha256}`" if lexical_head_sha256 else "")
+        + f"); the weight was chosen on {blend.validation_rows or '?'} validation rows "
+        "carved from the training rows.",
+    ]
+    alone = blend.adapter_alone
+    if alone is not None and alone.value is not None:
+        lift = alone.lift
+        lines.append(
+            f"The adapter alone scores {alone.metric} {alone.value:.4f}"
+            + (f" [{alone.ci_low:.4f}, {alone.ci_high:.4f}]" if alone.ci_low is not None else "")
+            + (
+                f"; the blend adds {lift.delta:+.4f}{_interval(lift.ci_low, lift.ci_high)}."
+                if lift
+                else "."
+            )
+        )
+    return lines
+
+
 def render_model_card(
     *,
     name: str,
@@ -79,6 +113,7 @@ def render_model_card(
     evaluation: dict,
     run_record: dict,
     adapter_sha256: str,
+    lexical_head_sha256: str = "",
 ) -> str:
     """The card of a model version; every number comes from the platform's evaluation."""
     metric_lines = _metric_lines(task, evaluation)
@@ -131,6 +166,7 @@ def render_model_card(
     ]
     body += [f"| {label} | {value:.4f} |" for _, label, value in metric_lines]
     body += _baseline_lines(evaluation)
+    body += _blend_lines(evaluation, lexical_head_sha256)
     if labels:
         body += ["", f"Labels: {', '.join(f'`{label}`' for label in labels)}."]
     body += [
@@ -153,10 +189,17 @@ def render_model_card(
         f"- Dataset SHA-256: `{dataset.get('sha256', '')}` (the sealed split's seed is secret)",
         f"- Libraries: {libraries}",
         f"- Adapter SHA-256: `{adapter_sha256}`",
+        *([f"- Lexical head SHA-256: `{lexical_head_sha256}`"] if lexical_head_sha256 else []),
         "",
         "## Use",
         "",
         how_to_load(task, recorded_classification_head(task, run_record))
+        + (
+            " Blend its class probabilities with the lexical head's as `base_model.json` "
+            "(`blend`) of the download describes."
+            if lexical_head_sha256
+            else ""
+        )
         + " Only safetensors are shipped.",
         "",
     ]

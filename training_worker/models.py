@@ -227,6 +227,11 @@ class ModelVersion(models.Model):
     config_path = models.CharField(max_length=300)
     config_sha256 = models.CharField(max_length=64)
     config_size = models.BigIntegerField()
+    # Classification: the lexical head served blended with the adapter
+    # (training_worker/ml/lexical_head.py); blank when the adapter alone is served.
+    lexical_head_path = models.CharField(max_length=300, blank=True, default="")
+    lexical_head_sha256 = models.CharField(max_length=64, blank=True, default="")
+    lexical_head_size = models.BigIntegerField(default=0)
     dataset_sha256 = models.CharField(max_length=64)
     run_record = models.JSONField()
     evaluation = models.JSONField()

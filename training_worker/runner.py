@@ -296,6 +296,16 @@ def _model_version_fields(job: FineTuningJob, result: TrainingResult) -> dict:
     config_path, config_sha, config_size = artifacts.store_content_addressed(
         result.adapter_dir / "adapter_config.json"
     )
+    lexical = {"lexical_head_path": "", "lexical_head_sha256": "", "lexical_head_size": 0}
+    if result.lexical_head_path is not None:
+        lexical_path, lexical_sha, lexical_size = artifacts.store_content_addressed(
+            result.lexical_head_path
+        )
+        lexical = {
+            "lexical_head_path": lexical_path,
+            "lexical_head_sha256": lexical_sha,
+            "lexical_head_size": lexical_size,
+        }
     dataset = job.dataset
     evaluation = dict(result.evaluation)
     evaluation["dataset"] = {
@@ -335,6 +345,7 @@ def _model_version_fields(job: FineTuningJob, result: TrainingResult) -> dict:
         evaluation=evaluation,
         run_record=run_record,
         adapter_sha256=adapter_sha,
+        lexical_head_sha256=lexical["lexical_head_sha256"],
     )
     return {
         "owner": job.owner,
@@ -349,6 +360,7 @@ def _model_version_fields(job: FineTuningJob, result: TrainingResult) -> dict:
         "config_path": config_path,
         "config_sha256": config_sha,
         "config_size": config_size,
+        **lexical,
         "dataset_sha256": dataset.sha256,
         "run_record": run_record,
         "evaluation": evaluation,

@@ -71,6 +71,13 @@ class LoadedAdapter:
     nbytes: int
     head: torch.nn.Linear | None  # classification only
     last_used: int = 0
+    # Lexical heads blended with this adapter's probabilities, by their SHA-256 (a version
+    # row names one; identical adapter bytes could come with different heads).
+    lexical: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def total_bytes(self) -> int:
+        return self.nbytes + sum(head.nbytes for head in self.lexical.values())
 
 
 @dataclass
@@ -93,7 +100,7 @@ class LoadedBase:
 
     @property
     def adapter_bytes(self) -> int:
-        return sum(a.nbytes for a in self.adapters.values())
+        return sum(a.total_bytes for a in self.adapters.values())
 
 
 def adapter_name_for(sha256: str) -> str:
@@ -202,6 +209,7 @@ class ModelRegistry:
                 self.clock += 1
                 base.adapters[name].last_used = self.clock
                 self._check_labels(base, base.adapters[name], ref)
+                self._ensure_lexical(base.adapters[name], ref)
             self._evict(base, keep=set(wanted) | (pinned or set()))
 
     def _check_labels(self, base: LoadedBase, adapter: LoadedAdapter, ref: AdapterRef) -> None:
@@ -215,6 +223,56 @@ class ModelRegistry:
                 f"names {len(ref.labels)} labels."
             )
 
+    def _read_hashed_weights(self, ref: AdapterRef, what: str, path: str, sha256: str) -> bytes:
+        """The stored bytes of one of ``ref``'s weights files, refused unless the name is a
+        safetensors one and the bytes hash to ``sha256`` (the version row's, compared before
+        anything parses them; a mismatch is logged). The caller parses these very bytes."""
+        from training_worker.ml.safe_weights import UnsafeWeightsError, check_weights_filename
+
+        try:
+            check_weights_filename(path)
+        except UnsafeWeightsError as exc:
+            raise AdapterUnavailable(f"Only safetensors {what} files are served: {exc}") from exc
+        try:
+            payload = self.read_bytes(path)
+        except (FileNotFoundError, OSError) as exc:
+            raise AdapterUnavailable(f"The {what} file is missing: {exc}") from exc
+        actual = hashlib.sha256(payload).hexdigest()
+        if actual != sha256:
+            logger.error(
+                "serving: %s integrity failure for version %s: expected %s, stored %s (%s)",
+                what, ref.model_version_id, sha256, actual, path,
+            )  # fmt: skip
+            raise AdapterIntegrityError(
+                f"The stored {what} does not match the version's SHA-256; refused."
+            )
+        return payload
+
+    def _ensure_lexical(self, adapter: LoadedAdapter, ref: AdapterRef) -> None:
+        """Load the lexical head ``ref`` names, checked like the adapter: SHA-256 of the
+        stored bytes first, then the strict safetensors parser, then its own shape checks."""
+        from training_worker.ml.lexical_head import LexicalHead, LexicalHeadInvalid
+        from training_worker.ml.safe_weights import UnsafeWeightsError
+
+        if not ref.lexical_head_path or ref.lexical_head_sha256 in adapter.lexical:
+            return
+        payload = self._read_hashed_weights(
+            ref, "lexical head", ref.lexical_head_path, ref.lexical_head_sha256
+        )
+        try:
+            head = LexicalHead.from_bytes(payload)
+        except (UnsafeWeightsError, LexicalHeadInvalid) as exc:
+            raise AdapterUnavailable(f"The lexical head is refused: {exc}") from exc
+        if head.n_labels != len(ref.labels):
+            raise AdapterUnavailable(
+                f"The lexical head has {head.n_labels} labels but the version names "
+                f"{len(ref.labels)}."
+            )
+        adapter.lexical[ref.lexical_head_sha256] = head
+        logger.info(
+            "serving: loaded lexical head %s (%d bytes)", ref.lexical_head_sha256, head.nbytes
+        )
+
     def _load_adapter(self, base: LoadedBase, ref: AdapterRef, name: str) -> LoadedAdapter:
         from peft import PeftModel, get_peft_model
         from peft.config import PeftConfig
@@ -222,33 +280,13 @@ class ModelRegistry:
         from safetensors import SafetensorError
         from safetensors.torch import load as load_safetensors
 
-        from training_worker.ml.safe_weights import (
-            UnsafeWeightsError,
-            check_weights_filename,
-            validate_safetensors_bytes,
-        )
+        from training_worker.ml.safe_weights import validate_safetensors_bytes
 
+        payload = self._read_hashed_weights(ref, "adapter", ref.adapter_path, ref.sha256)
         try:
-            check_weights_filename(ref.adapter_path)
-        except UnsafeWeightsError as exc:
-            raise AdapterUnavailable(f"Only safetensors adapter files are served: {exc}") from exc
-        try:
-            payload = self.read_bytes(ref.adapter_path)
             config_payload = self.read_bytes(ref.config_path)
         except (FileNotFoundError, OSError) as exc:
             raise AdapterUnavailable(f"Adapter files are missing: {exc}") from exc
-        actual = hashlib.sha256(payload).hexdigest()
-        if actual != ref.sha256:
-            logger.error(
-                "serving: adapter integrity failure for version %s: expected %s, stored %s (%s)",
-                ref.model_version_id,
-                ref.sha256,
-                actual,
-                ref.adapter_path,
-            )
-            raise AdapterIntegrityError(
-                "The stored adapter does not match the version's SHA-256; refused."
-            )
         try:
             validate_safetensors_bytes(payload)  # our strict header check, before safetensors'
             state = load_safetensors(payload)

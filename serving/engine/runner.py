@@ -1,7 +1,8 @@
 """One mixed-adapter forward pass for a batch of rows over one base.
 
 ``classify_rows``: every row is a text with its adapter; one encoder pass with the
-gathered LoRA, then each row's own head on its pooled features.
+gathered LoRA, then each row's own head on its pooled features, blended with its
+version's lexical head where it has one.
 ``generate_rows``: every row is a prompt with its adapter and its own sampling
 parameters; prefill plus a KV-cached decode loop, all rows in one forward per step.
 Finished or cancelled rows leave the batch (their KV cache rows are dropped), so the
@@ -14,10 +15,17 @@ import contextlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 
 from serving.engine.lora_batched import gathered_lora
-from serving.engine.registry import AdapterUnavailable, EngineError, LoadedBase, adapter_name_for
+from serving.engine.registry import (
+    AdapterUnavailable,
+    EngineError,
+    LoadedAdapter,
+    LoadedBase,
+    adapter_name_for,
+)
 from serving.protocol import AdapterRef, ErrorCode, GenerationParameters
 from training_worker.ml import prompts
 
@@ -83,12 +91,32 @@ def classify_rows(base: LoadedBase, rows: Sequence[ClassificationRow]) -> list[d
             positions = torch.arange(ids.shape[-1], device=ids.device)
             last = (positions * non_pad).argmax(-1)
             features = features[torch.arange(len(rows), device=ids.device), last]
-        heads = [base.adapters[adapter_name_for(row.adapter.sha256)].head for row in rows]
-        probabilities = _apply_heads(heads, features)
+        adapters = [base.adapters[adapter_name_for(row.adapter.sha256)] for row in rows]
+        probabilities = _apply_heads([adapter.head for adapter in adapters], features)
+    _blend_lexical(rows, adapters, probabilities)
     return [
         dict(zip(row.adapter.labels, row_probabilities, strict=True))
         for row, row_probabilities in zip(rows, probabilities, strict=True)
     ]
+
+
+def _blend_lexical(
+    rows: Sequence[ClassificationRow],
+    adapters: Sequence[LoadedAdapter],
+    probabilities: list[list[float]],
+) -> None:
+    """Blend, in place, the rows whose version serves a lexical head beside the adapter
+    (``w * adapter + (1 - w) * lexical``, as the evaluation scored it), one batch per head."""
+    groups: dict[str, list[int]] = {}
+    for index, (row, adapter) in enumerate(zip(rows, adapters, strict=True)):
+        if row.adapter.lexical_head_sha256 in adapter.lexical:
+            groups.setdefault(row.adapter.lexical_head_sha256, []).append(index)
+    for sha256, indices in groups.items():
+        head = adapters[indices[0]].lexical[sha256]
+        adapter_part = np.asarray([probabilities[i] for i in indices], dtype=np.float64)
+        blended = head.blend(adapter_part, [rows[i].text for i in indices])
+        for index, row_probabilities in zip(indices, blended.tolist(), strict=True):
+            probabilities[index] = row_probabilities
 
 
 def _apply_heads(heads: Sequence[torch.nn.Linear], features: torch.Tensor) -> list[list[float]]:

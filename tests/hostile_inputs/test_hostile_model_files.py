@@ -8,7 +8,10 @@ Load points (the ``point`` part of each test id):
 - ``base-model-cache``: training_worker.ml.base_models.load_tokenizer_and_model on a cache
   folder;
 - ``export-bundle``: GET /api/v1/models/{id}/export of a version whose stored adapter is
-  hostile (409 ``adapter_file_refused``, no download recorded).
+  hostile (409 ``adapter_file_refused``, no download recorded);
+- ``serving-engine`` and ``export-bundle`` run once for each stored file of a version: its
+  adapter, and its lexical head (``training_worker.ml.lexical_head``) beside a benign
+  adapter (the ``adapter``/``lexical-head`` part of the id).
 
 Count: ``pytest --collect-only -q tests/hostile_inputs/test_hostile_model_files.py`` lists one
 id per (load point, case); ``-k refused`` selects the hostile ones.
@@ -102,22 +105,48 @@ def test_validator_refused(case, canary):
     assert refused.value.code == case.expected, refused.value.message
 
 
+@dataclasses.dataclass(frozen=True)
+class StoredFile:
+    """Which stored file of a version is hostile: the AdapterRef fields (path, sha256) and
+    the ModelVersion fields (path, sha256, size) that name it, and its name in a bundle."""
+
+    ref_fields: tuple[str, str]
+    version_fields: tuple[str, str, str]
+    bundle_name: str
+
+
+STORED_FILES = {
+    "adapter": StoredFile(
+        ("adapter_path", "sha256"), ("adapter_path", "adapter_sha256", "adapter_size"),
+        "adapter_model.safetensors",
+    ),
+    "lexical-head": StoredFile(  # beside a benign adapter
+        ("lexical_head_path", "lexical_head_sha256"),
+        ("lexical_head_path", "lexical_head_sha256", "lexical_head_size"),
+        "lexical_head.safetensors",
+    ),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("stored", STORED_FILES)
 @pytest.mark.parametrize("case", HOSTILE_CASES, ids=CASE_IDS)
-def test_serving_engine_refused(case, canary, engine, benign_adapter, tmp_path):
+def test_serving_engine_refused(case, stored, canary, engine, benign_adapter, tmp_path):
     path = hostile_file(case, canary, tmp_path / "storage")
+    path_field, sha_field = STORED_FILES[stored].ref_fields
     ref = dataclasses.replace(
         benign_adapter.ref,
-        model_version_id=f"hostile-{case.id}",
-        adapter_path=str(path),
-        sha256=hashlib.sha256(path.read_bytes()).hexdigest(),  # hashed honestly
-    )
+        model_version_id=f"hostile-{stored}-{case.id}",
+        **{path_field: str(path), sha_field: hashlib.sha256(path.read_bytes()).hexdigest()},
+    )  # hashed honestly
     base = engine.base("tiny-causal", TEXT_GENERATION)
     before = set(base.adapters)
     with pytest.raises(AdapterUnavailable) as refused:
         engine.ensure_adapters(base, [ref])
     assert refused.value.code == "adapter_unavailable"
     assert f"[{case.expected}]" in str(refused.value)
-    assert set(base.adapters) == before
+    assert all(not adapter.lexical for adapter in base.adapters.values())
+    if stored == "adapter":
+        assert set(base.adapters) == before
 
 
 @pytest.mark.parametrize("case", HOSTILE_CASES, ids=CASE_IDS)
@@ -154,23 +183,24 @@ def test_base_model_cache_refused(case, canary, tiny_base, tmp_path):
 
 
 @pytest.mark.django_db
+@pytest.mark.parametrize("stored", STORED_FILES)
 @pytest.mark.parametrize("case", HOSTILE_CASES, ids=CASE_IDS)
-def test_export_bundle_refused(case, canary, alice, api, tmp_path):
+def test_export_bundle_refused(case, stored, canary, alice, api, tmp_path):
     from billing.models import ExportDownload
     from tests.billing.test_export_bundle import stored_version
     from training_worker import artifacts
 
     version = stored_version(alice, tmp_path)
     path = hostile_file(case, canary, tmp_path / "upload")
-    version.adapter_path, version.adapter_sha256, version.adapter_size = (
-        artifacts.store_content_addressed(path)
-    )
+    stored_as = artifacts.store_content_addressed(path)  # (name, sha256, size)
+    for field, value in zip(STORED_FILES[stored].version_fields, stored_as, strict=True):
+        setattr(version, field, value)
     version.save()
     response = api(alice).get(f"/api/v1/models/{version.id}/export")
     assert response.status_code == 409, response.content[:300]
     error = response.json()["error"]
     assert error["code"] == "adapter_file_refused"
-    assert error["fields"] == {"adapter_model.safetensors": [case.expected]}
+    assert error["fields"] == {STORED_FILES[stored].bundle_name: [case.expected]}
     assert not ExportDownload.objects.filter(model_version=version).exists()
 
 

@@ -55,3 +55,24 @@ def shipped_base_models(transactional_db):
 
     for name in ("0002_register_base_models", "0005_register_smollm2"):
         importlib.import_module(f"training_worker.migrations.{name}").register(apps, None)
+
+
+@pytest.fixture
+def studio(api, django_capture_on_commit_callbacks):
+    """A persona's client whose enqueued tasks run inline when the request commits."""
+
+    class Studio:
+        def __init__(self, user):
+            self.client = api(user)
+
+        def upload(self, filename: str, content: bytes) -> str:
+            with django_capture_on_commit_callbacks(execute=True):
+                response = self.client.post("/api/v1/datasets", {"file": upload(filename, content)})
+            assert response.status_code == 202, response.json()
+            return response.json()["id"]
+
+        def create_job(self, **body):
+            with django_capture_on_commit_callbacks(execute=True):
+                return self.client.post("/api/v1/fine_tuning/jobs", body, format="json")
+
+    return Studio

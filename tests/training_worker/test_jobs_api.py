@@ -16,27 +16,6 @@ from training_worker.models import FineTuningJob, JobStatus, ModelVersion
 ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture
-def studio(api, django_capture_on_commit_callbacks):
-    """A persona's client whose enqueued tasks run inline when the request commits."""
-
-    class Studio:
-        def __init__(self, user):
-            self.client = api(user)
-
-        def upload(self, filename: str, content: bytes) -> str:
-            with django_capture_on_commit_callbacks(execute=True):
-                response = self.client.post("/api/v1/datasets", {"file": upload(filename, content)})
-            assert response.status_code == 202, response.json()
-            return response.json()["id"]
-
-        def create_job(self, **body):
-            with django_capture_on_commit_callbacks(execute=True):
-                return self.client.post("/api/v1/fine_tuning/jobs", body, format="json")
-
-    return Studio
-
-
 @pytest.mark.slow
 def test_classification_job_trains_evaluates_and_writes_a_version(alice, studio, tmp_path):
     s = studio(alice)

@@ -118,6 +118,15 @@ class LoraHyperparameters:
             "the batches' order is still shuffled with the seed."
         },
     )
+    lexical_blend: bool = field(
+        default=True,
+        metadata={
+            "help": "Classification: serve the adapter blended with a classic TF-IDF + "
+            "logistic regression model fitted on the same rows, the blend weight chosen on "
+            "the validation rows (the adapter alone when that scores best there); false "
+            "serves the adapter alone."
+        },
+    )
 
     def __post_init__(self) -> None:
         self.validate()
@@ -157,6 +166,8 @@ class LoraHyperparameters:
         _check_int_range("early_stopping_patience", self.early_stopping_patience, 0, 50)
         if not isinstance(self.group_by_length, bool):
             raise ValueError(f"group_by_length must be true or false, got {self.group_by_length!r}")
+        if not isinstance(self.lexical_blend, bool):
+            raise ValueError(f"lexical_blend must be true or false, got {self.lexical_blend!r}")
 
     @classmethod
     def from_dict(cls, values: dict[str, Any] | None) -> LoraHyperparameters:
@@ -288,6 +299,7 @@ class LoraHyperparameters:
             validation_fraction=self.validation_fraction,
             early_stopping_patience=self.early_stopping_patience,
             group_by_length=self.group_by_length,
+            lexical_blend=self.lexical_blend,
         )
 
 
@@ -333,6 +345,7 @@ class ResolvedHyperparameters:
     validation_fraction: float = DEFAULT_VALIDATION_FRACTION
     early_stopping_patience: int = DEFAULT_EARLY_STOPPING_PATIENCE
     group_by_length: bool = True
+    lexical_blend: bool = True
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -33,6 +33,7 @@ from training_worker.ml.data import (
 from training_worker.ml.evaluation_report import (
     REPORT_VERSION,
     BaselineResult,
+    Blend,
     EvaluationReport,
     Lift,
     baseline_label,
@@ -259,6 +260,8 @@ def classification_report(
     *,
     baselines: Sequence[BaselinePredictions] = (),
     skipped_baselines: Sequence[dict[str, str]] = (),
+    blend: dict[str, Any] | None = None,
+    adapter_pred: list[int] | None = None,
 ) -> dict[str, Any]:
     """The classification report (``EvaluationReport.as_dict()``, version 2).
 
@@ -266,6 +269,12 @@ def classification_report(
     generalist on the base itself (``zero_shot_pred``, key ``generalist_zero_shot``), then
     ``baselines`` (classic, LLM generalist...). Each gets its accuracy with a bootstrap
     interval and the specialist's paired-bootstrap accuracy lift over it.
+
+    ``specialist_pred`` is what is served: the blend of adapter and lexical head when the
+    recipe chose one. ``blend`` records how its weight was chosen; with ``adapter_pred``
+    (the adapter alone on the same rows) it also gets the adapter alone's accuracy, its
+    interval and the served model's paired lift over it, so a reader sees what the blend
+    added.
     """
     n_labels = len(labels)
     y_true_array = np.asarray(y_true, dtype=np.int64)
@@ -296,6 +305,16 @@ def classification_report(
     results += [
         _baseline_result(b, y_true_array, specialist, n_labels, resamples, seed) for b in everything
     ]
+    blend_record = None
+    if blend is not None:
+        blend_record = dict(blend)
+        if adapter_pred is not None:
+            adapter_alone = BaselinePredictions(
+                "adapter_alone", "the LoRA adapter without the lexical head", adapter_pred
+            )
+            blend_record["adapter_alone"] = _baseline_result(
+                adapter_alone, y_true_array, specialist, n_labels, resamples, seed
+            ).as_dict()
     report = EvaluationReport(
         task="text-classification",
         sealed_rows=len(y_true),
@@ -332,6 +351,7 @@ def classification_report(
         skipped_baselines=list(skipped_baselines),
         extra={"bootstrap": {"resamples": resamples, "seed": seed}},
         version=REPORT_VERSION,
+        blend=Blend.from_dict(blend_record),
     )
     return report.as_dict()
 

@@ -151,6 +151,75 @@ class BaselineResult:
 
 
 @dataclass(frozen=True)
+class Blend:
+    """How a classification specialist is served: the adapter's probabilities weighted
+    ``weight``, a classic TF-IDF model's ``1 - weight`` (``lexical_head.py``). Weight 1 is
+    the adapter alone (``reason`` says why). ``adapter_alone`` scores the adapter without
+    the lexical head on the same sealed rows, its lift being the served model's over it."""
+
+    weight: float
+    method: str = ""
+    reason: str = ""
+    validation_rows: int | None = None
+    validation: dict[str, Any] = field(default_factory=dict)
+    adapter_alone: BaselineResult | None = None
+
+    @property
+    def is_blended(self) -> bool:
+        return self.weight < 1.0
+
+    @classmethod
+    def from_dict(cls, raw: Any) -> Blend | None:
+        if not isinstance(raw, dict) or _number(raw.get("weight")) is None:
+            return None
+        alone = raw.get("adapter_alone")
+        return cls(
+            weight=float(raw["weight"]),
+            method=str(raw.get("method", "")),
+            reason=str(raw.get("reason", "")),
+            validation_rows=raw.get("validation_rows")
+            if isinstance(raw.get("validation_rows"), int)
+            else None,
+            validation=dict(raw.get("validation") or {}),
+            adapter_alone=BaselineResult.from_dict("adapter_alone", alone, "accuracy", None)
+            if isinstance(alone, dict)
+            else None,
+        )
+
+    def as_dict(self) -> dict[str, Any]:
+        record: dict[str, Any] = {"weight": self.weight, "method": self.method}
+        if self.reason:
+            record["reason"] = self.reason
+        if self.validation_rows is not None:
+            record["validation_rows"] = self.validation_rows
+        if self.validation:
+            record["validation"] = self.validation
+        if self.adapter_alone is not None:
+            record["adapter_alone"] = self.adapter_alone.as_dict()
+        return record
+
+    def as_public_dict(self) -> dict[str, Any]:
+        alone = self.adapter_alone
+        return {
+            "weight": self.weight,
+            "lexical_weight": round(1.0 - self.weight, 4),
+            "is_blended": self.is_blended,
+            "method": self.method,
+            "reason": self.reason,
+            "validation_rows": self.validation_rows,
+            "adapter_alone": None
+            if alone is None
+            else {
+                "metric": alone.metric,
+                "value": alone.value,
+                "ci_low": alone.ci_low,
+                "ci_high": alone.ci_high,
+                "lift": alone.lift.as_dict() if alone.lift else None,
+            },
+        }
+
+
+@dataclass(frozen=True)
 class EvaluationReport:
     """What the platform measured on a version's sealed split."""
 
@@ -165,6 +234,7 @@ class EvaluationReport:
     skipped_baselines: list[dict[str, str]] = field(default_factory=list)
     lift: dict[str, Any] = field(default_factory=dict)  # other lifts, e.g. loss_reduction
     extra: dict[str, Any] = field(default_factory=dict)  # keys this reader does not type
+    blend: Blend | None = None  # classification since the lexical head; None before
 
     @property
     def primary_metric(self) -> str:
@@ -233,6 +303,7 @@ class EvaluationReport:
             ],
             "per_class": self.per_class,
             "confusion_matrix": self.confusion_matrix,
+            "blend": self.blend.as_public_dict() if self.blend else None,
         }
 
     def as_dict(self) -> dict[str, Any]:
@@ -263,12 +334,14 @@ class EvaluationReport:
             report["confusion_matrix"] = self.confusion_matrix
         if self.skipped_baselines:
             report["skipped_baselines"] = self.skipped_baselines
+        if self.blend is not None:
+            report["blend"] = self.blend.as_dict()
         return report
 
 
 _TYPED_KEYS = {
     "version", "task", "sealed_rows", "metrics", "intervals", "baselines", "strongest_baseline",
-    "lift", "per_class", "confusion_matrix", "skipped_baselines",
+    "lift", "per_class", "confusion_matrix", "skipped_baselines", "blend",
 }  # fmt: skip
 
 
@@ -323,4 +396,5 @@ def read_evaluation(raw: dict | None) -> EvaluationReport | None:
         skipped_baselines=list(raw.get("skipped_baselines") or []),
         lift=other_lifts,
         extra={key: value for key, value in raw.items() if key not in _TYPED_KEYS},
+        blend=Blend.from_dict(raw.get("blend")),
     )

@@ -23,9 +23,9 @@ from typing import Any, Literal, Protocol, get_args
 import numpy as np
 import torch
 
-from training_worker.ml import data, evaluation, model_selection
+from training_worker.ml import data, evaluation, lexical_head, model_selection
 from training_worker.ml.base_models import load_tokenizer_and_model
-from training_worker.ml.baselines import EvaluationOptions
+from training_worker.ml.baselines import EvaluationOptions, fit_classic_classifier
 from training_worker.ml.config import (
     VALIDATION_MIN_TRAIN_ROWS,
     LoraHyperparameters,
@@ -122,6 +122,9 @@ class TrainingResult:
     # classification: "mean" (MeanPoolingClassifier) or "first_token"; "" for generation
     classification_head: str = ""
     precision: str = "fp32"  # "bf16" or "fp32": what training_precision() resolved
+    # classification: the lexical head blended with the adapter (lexical_head.py), when the
+    # validation rows gave it weight; None = the adapter alone is served
+    lexical_head_path: Path | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -186,6 +189,7 @@ def run_fine_tune(spec: TrainingSpec, callbacks: TrainingCallbacks) -> TrainingR
         model_selection=run.model_selection,
         classification_head=run.classification_head,
         precision=run.precision,
+        lexical_head_path=run.lexical_head_path,
     )
 
 
@@ -213,6 +217,8 @@ class _Run:
         self.train_cpu_seconds = 0.0
         self.progress_bar: Any = None
         self.classification_head = ""
+        self.lexical_head: lexical_head.LexicalHead | None = None  # chosen in evaluate()
+        self.lexical_head_path: Path | None = None
 
     @property
     def is_classification(self) -> bool:
@@ -569,10 +575,9 @@ class _Run:
         texts = [row["text"] for row in spec.sealed_rows]
         y_true = [label_to_id[row["label"]] for row in spec.sealed_rows]
         max_length = self.resolved.max_seq_length
-        probabilities = evaluation.predict_class_probabilities(
+        adapter_probabilities = evaluation.predict_class_probabilities(
             self.model, self.tokenizer, texts, max_length, self.device
         )
-        specialist_pred = probabilities.argmax(axis=1).tolist()
 
         train_counts = Counter(label_to_id[row["label"]] for row in spec.train_rows)
         # Ties go to the first label in sorted order, so the baseline is deterministic.
@@ -595,9 +600,16 @@ class _Run:
             train_rows=spec.train_rows, sealed_texts=texts, labels=spec.labels,
             device=self.device, options=spec.evaluation_options, seed=spec.seed,
         )  # fmt: skip
+        # What is served is what is scored: the blend when the validation rows chose one.
+        self.lexical_head, blend_record = self._choose_blend(others.classic_model)
+        served = (
+            self.lexical_head.blend(adapter_probabilities, texts)
+            if self.lexical_head
+            else adapter_probabilities
+        )
         return evaluation.classification_report(
             y_true,
-            specialist_pred,
+            served.argmax(axis=1).tolist(),
             spec.labels,
             majority_label_id,
             zero_shot_pred,
@@ -605,7 +617,73 @@ class _Run:
             seed=spec.seed,
             baselines=others.predictions,
             skipped_baselines=others.skipped,
+            blend=blend_record,
+            adapter_pred=(
+                adapter_probabilities.argmax(axis=1).tolist() if self.lexical_head else None
+            ),
         )
+
+    def _choose_blend(self, classic_model: Any) -> tuple[lexical_head.LexicalHead | None, dict]:
+        """The lexical head to serve beside the adapter (None: the adapter alone) and the
+        record of how its weight was chosen. The weight is chosen on the validation rows,
+        with a classic model fitted on the other training rows (so neither model has seen
+        the rows that weigh them); the head served is the classic model fitted on all the
+        training rows, the evaluation's own classic baseline."""
+        n_labels = len(self.spec.labels)
+
+        def alone(reason: str) -> tuple[None, dict]:
+            return None, {"weight": 1.0, "reason": reason, "method": lexical_head.METHOD}
+
+        if not self.resolved.lexical_blend:
+            return alone("lexical_blend is off")
+        if not self.validation_rows:
+            return alone("no validation split to choose a blend weight on")
+        head = lexical_head.from_pipeline(classic_model, n_labels)
+        label_to_id = {label: i for i, label in enumerate(self.spec.labels)}
+        fit_head = lexical_head.from_pipeline(
+            fit_classic_classifier(
+                [row["text"] for row in self.train_rows],
+                [label_to_id[row["label"]] for row in self.train_rows],
+                self.spec.seed,
+            ),
+            n_labels,
+        )
+        if head is None or fit_head is None:
+            return alone("the training rows hold one label only")
+        texts = [row["text"] for row in self.validation_rows]
+        y = np.array([label_to_id[row["label"]] for row in self.validation_rows])
+        adapter = evaluation.predict_class_probabilities(
+            self.model, self.tokenizer, texts, self.resolved.max_seq_length, self.device
+        )
+        lexical = fit_head.predict_proba(texts)
+        weight = lexical_head.choose_weight(adapter, lexical, y)
+        blended = lexical_head.blend(adapter, lexical, weight)
+        record = {
+            "weight": weight,
+            "method": lexical_head.METHOD,
+            "validation_rows": len(texts),
+            "validation": evaluation.round_floats(
+                {
+                    name: {
+                        "accuracy": float((probabilities.argmax(axis=1) == y).mean()),
+                        "log_loss": lexical_head.log_loss(probabilities, y),
+                    }
+                    for name, probabilities in (
+                        ("adapter", adapter), ("lexical", lexical), ("blend", blended)
+                    )
+                }
+            ),
+        }  # fmt: skip
+        if weight >= 1.0:
+            record["reason"] = "the adapter alone scored best on the validation rows"
+        self.callbacks.on_event(
+            "info",
+            f"Blend weight chosen on {len(texts)} validation rows: adapter {weight:.2f}, "
+            f"classic TF-IDF model {1 - weight:.2f}"
+            + (" (the adapter alone is served)." if weight >= 1.0 else "."),
+            {"blend": record},
+        )
+        return (head.with_weight(weight) if weight < 1.0 else None), record
 
     def _zero_shot_by_likelihood(self, texts: list[str], max_length: int) -> tuple[list[int], str]:
         # The classification model has no LM head: score with the base causal LM itself.
@@ -626,6 +704,16 @@ class _Run:
         adapter_dir = self.output_dir / "adapter"
         save_adapter(self.model, adapter_dir)
         self.callbacks.on_event("info", "Adapter saved.", {"adapter_dir": str(adapter_dir)})
+        if self.lexical_head is not None:
+            self.lexical_head_path = save_lexical_head(self.lexical_head, self.output_dir)
+            self.callbacks.on_event(
+                "info",
+                "Lexical head saved.",
+                {
+                    "path": str(self.lexical_head_path),
+                    "bytes": self.lexical_head_path.stat().st_size,
+                },
+            )
         return adapter_dir
 
     # ------------------------------------------------------------------ cleanup
@@ -719,6 +807,18 @@ def save_adapter(model: Any, adapter_dir: Path) -> None:
         validate_safetensors_file(adapter_dir / "adapter_model.safetensors")
     except UnsafeWeightsError as exc:
         raise UnsafeAdapterWritten(f"The adapter just written was refused: {exc}") from exc
+
+
+def save_lexical_head(head: lexical_head.LexicalHead, output_dir: Path) -> Path:
+    """Write ``head`` as ``output_dir/lexical_head.safetensors`` and read it back with the
+    loader serving uses, so a writer bug cannot publish a head serving would refuse."""
+    path = Path(output_dir) / lexical_head.FILENAME
+    path.write_bytes(head.to_bytes())
+    try:
+        lexical_head.LexicalHead.from_bytes(path.read_bytes())
+    except (UnsafeWeightsError, lexical_head.LexicalHeadInvalid) as exc:
+        raise UnsafeAdapterWritten(f"The lexical head just written was refused: {exc}") from exc
+    return path
 
 
 def _progress_bar(total_steps: int) -> Any:

@@ -11,6 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -393,3 +394,94 @@ def test_label_likelihood_prefers_a_label_the_model_was_made_to_like(tiny_causal
     )
     assert predictions[0] == predictions[1]
     assert torch.get_num_threads() >= 1
+
+
+def test_without_a_validation_split_the_adapter_alone_is_served(classification_run):
+    _, _, result = classification_run  # 66 training rows: too few to carve validation rows
+    assert result.lexical_head_path is None
+    assert result.evaluation["blend"]["weight"] == 1.0
+    assert "no validation split" in result.evaluation["blend"]["reason"]
+
+
+@pytest.fixture(scope="module")
+def blended_run(minilm_path, tmp_path_factory):
+    """A barely trained adapter (one epoch at lr 1e-6) beside a lexical model that reads
+    the topic words at once: the validation rows must give the lexical head weight."""
+    import dataclasses
+
+    rows = separable_rows(190, seed=3)
+    spec = dataclasses.replace(
+        topic_spec(minilm_path, rows, 150, tmp_path_factory.mktemp("job-blend")),
+        hyperparameters=LoraHyperparameters(n_epochs=1, batch_size=16, learning_rate=1e-6),
+    )
+    callbacks = RecordingCallbacks()
+    return spec, callbacks, run_fine_tune(spec, callbacks)
+
+
+def test_the_blend_weight_is_chosen_on_validation_rows_and_its_head_is_saved(blended_run):
+    from training_worker.ml.lexical_head import LexicalHead
+
+    _, callbacks, result = blended_run
+    blend = result.evaluation["blend"]
+    assert blend["validation_rows"] == result.model_selection["validation_rows"] == 20
+    assert blend["weight"] < 1.0
+    assert blend["validation"]["lexical"]["accuracy"] > blend["validation"]["adapter"]["accuracy"]
+    assert result.lexical_head_path.name == "lexical_head.safetensors"
+    assert result.lexical_head_path.parent == result.adapter_dir.parent  # not in the adapter
+    head = LexicalHead.from_bytes(result.lexical_head_path.read_bytes())
+    assert head.weight == blend["weight"]
+    messages = [message for _, message, _ in callbacks.events]
+    assert any(m.startswith("Blend weight chosen on 20 validation rows") for m in messages)
+
+
+def test_what_the_evaluation_scores_is_the_blend_that_is_served(blended_run, minilm_path):
+    from training_worker.ml.lexical_head import LexicalHead
+
+    spec, _, result = blended_run
+    texts = [row["text"] for row in spec.sealed_rows]
+    truth = np.array([spec.labels.index(row["label"]) for row in spec.sealed_rows])
+    # The two files as a buyer or the serving engine reads them, nothing from the run.
+    model, tokenizer = inference.load_adapter_model(
+        minilm_path, result.adapter_dir, spec.task, labels=spec.labels
+    )
+    adapter = evaluation.predict_class_probabilities(
+        model, tokenizer, texts, result.resolved_hyperparameters["max_seq_length"], "cpu"
+    )
+    head = LexicalHead.from_bytes(result.lexical_head_path.read_bytes())
+    served = head.blend(adapter, texts)
+
+    report = result.evaluation
+    assert report["metrics"]["accuracy"] == round(float((served.argmax(1) == truth).mean()), 4)
+    alone = report["blend"]["adapter_alone"]
+    assert alone["accuracy"] == round(float((adapter.argmax(1) == truth).mean()), 4)
+    assert alone["lift"]["delta"] == pytest.approx(
+        report["metrics"]["accuracy"] - alone["accuracy"], abs=1e-4
+    )
+    # The lexical head is the evaluation's own classic baseline.
+    classic = head.predict_proba(texts).argmax(1)
+    assert report["baselines"]["classic_tfidf_logreg"]["accuracy"] == round(
+        float((classic == truth).mean()), 4
+    )
+    # Blending lifted a barely trained adapter.
+    assert report["metrics"]["accuracy"] > alone["accuracy"]
+
+
+def test_lexical_blend_off_serves_the_adapter_alone(minilm_path, tmp_path):
+    import dataclasses
+
+    rows = separable_rows(150, seed=4)
+    spec = dataclasses.replace(
+        topic_spec(minilm_path, rows, 120, tmp_path),
+        hyperparameters=LoraHyperparameters(
+            n_epochs=1, batch_size=16, learning_rate=1e-6, lexical_blend=False
+        ),
+    )
+    result = run_fine_tune(spec, RecordingCallbacks())
+    assert result.lexical_head_path is None
+    assert not (tmp_path / "lexical_head.safetensors").exists()
+    assert result.evaluation["blend"] == {
+        "weight": 1.0,
+        "method": result.evaluation["blend"]["method"],
+        "reason": "lexical_blend is off",
+    }
+    assert result.resolved_hyperparameters["lexical_blend"] is False

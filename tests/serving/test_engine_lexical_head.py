@@ -1,0 +1,121 @@
+"""The engine serves a version's lexical head blended with its adapter, checked like the
+adapter: SHA-256 first, then the strict safetensors parser, then its own shape checks."""
+
+import dataclasses
+import hashlib
+import logging
+
+import numpy as np
+import pytest
+
+from serving.engine.registry import AdapterIntegrityError, AdapterUnavailable
+from serving.engine.runner import ClassificationRow, classify_rows
+from serving.protocol import TEXT_CLASSIFICATION, AdapterRef
+from tests.serving.conftest import LABELS
+from training_worker.ml import lexical_head
+from training_worker.ml.baselines import fit_classic_classifier
+
+TEXTS = [
+    "I was charged twice for one invoice",
+    "the app crashes when I open settings",
+    "thank you, lovely support team",
+    "refund my last payment please",
+]
+
+
+def write_head(folder, weight: float, labels=LABELS) -> tuple[str, str, lexical_head.LexicalHead]:
+    train = [
+        ("billed twice refund invoice", "billing"), ("payment charged card", "billing"),
+        ("crash error freeze", "bug"), ("button broken crashes", "bug"),
+        ("great lovely thanks", "praise"), ("love it thank you", "praise"),
+    ]  # fmt: skip
+    ids = {label: i for i, label in enumerate(labels)}
+    train = [(text, label) for text, label in train if label in ids]
+    pipeline = fit_classic_classifier(
+        [text for text, _ in train], [ids[label] for _, label in train], seed=0
+    )
+    head = lexical_head.from_pipeline(pipeline, len(labels), weight)
+    payload = head.to_bytes()
+    path = folder / "lexical_head.safetensors"
+    path.write_bytes(payload)
+    return str(path), hashlib.sha256(payload).hexdigest(), head
+
+
+def test_a_blended_version_is_served_as_its_weights_mix_beside_a_plain_one_in_one_batch(
+    registry, classification_adapters, tmp_path
+):
+    plain = classification_adapters[0].ref
+    path, sha256, head = write_head(tmp_path, weight=0.3)
+    blended = dataclasses.replace(plain, lexical_head_path=path, lexical_head_sha256=sha256)
+    base = registry.base("minilm-l6", TEXT_CLASSIFICATION)
+    registry.ensure_adapters(base, [plain, blended])
+
+    rows = [ClassificationRow(text=t, adapter=r) for r in (plain, blended) for t in TEXTS]
+    scores = classify_rows(base, rows)
+    adapter = np.array([[s[label] for label in LABELS] for s in scores[: len(TEXTS)]])
+    served = np.array([[s[label] for label in LABELS] for s in scores[len(TEXTS) :]])
+
+    np.testing.assert_allclose(served, 0.3 * adapter + 0.7 * head.predict_proba(TEXTS), atol=1e-6)
+    np.testing.assert_allclose(served.sum(axis=1), 1.0, atol=1e-6)
+    assert not np.allclose(served, adapter)
+    # The head counts toward the adapter cache's bytes.
+    assert base.adapter_bytes == sum(a.nbytes for a in base.adapters.values()) + head.nbytes
+
+
+def test_a_lexical_head_whose_bytes_do_not_match_the_version_is_refused_and_logged(
+    registry, classification_adapters, tmp_path, caplog
+):
+    path, _, _ = write_head(tmp_path, weight=0.5)
+    ref = dataclasses.replace(
+        classification_adapters[1].ref, lexical_head_path=path, lexical_head_sha256="0" * 64
+    )
+    base = registry.base("minilm-l6", TEXT_CLASSIFICATION)
+    with caplog.at_level(logging.ERROR), pytest.raises(AdapterIntegrityError) as refused:
+        registry.ensure_adapters(base, [ref])
+    assert refused.value.code == "adapter_integrity"
+    assert "lexical head integrity failure" in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("payload", "name", "message"),
+    [
+        (b"\x80\x04not a safetensors file", "lexical_head.safetensors", "refused"),
+        (b"{}", "lexical_head.pkl", "Only safetensors"),
+    ],
+)
+def test_a_lexical_head_that_is_not_one_is_refused_even_with_a_matching_hash(
+    registry, classification_adapters, tmp_path, payload, name, message
+):
+    path = tmp_path / name
+    path.write_bytes(payload)
+    ref = dataclasses.replace(
+        classification_adapters[2].ref,
+        lexical_head_path=str(path),
+        lexical_head_sha256=hashlib.sha256(payload).hexdigest(),
+    )
+    base = registry.base("minilm-l6", TEXT_CLASSIFICATION)
+    with pytest.raises(AdapterUnavailable, match=message):
+        registry.ensure_adapters(base, [ref])
+
+
+def test_a_lexical_head_for_another_label_count_is_refused(
+    registry, classification_adapters, tmp_path
+):
+    path, sha256, _ = write_head(tmp_path, weight=0.5, labels=["billing", "bug"])
+    ref = dataclasses.replace(
+        classification_adapters[3].ref, lexical_head_path=path, lexical_head_sha256=sha256
+    )
+    base = registry.base("minilm-l6", TEXT_CLASSIFICATION)
+    with pytest.raises(AdapterUnavailable, match="lexical head has 2 labels"):
+        registry.ensure_adapters(base, [ref])
+
+
+def test_the_wire_form_of_a_ref_carries_its_lexical_head():
+    ref = AdapterRef(
+        model_version_id="v", sha256="a" * 64, adapter_path="x.safetensors",
+        config_path="c.json", labels=["a", "b"], lexical_head_path="l.safetensors",
+        lexical_head_sha256="b" * 64,
+    )  # fmt: skip
+    assert AdapterRef.from_dict(dataclasses.asdict(ref)) == ref
+    legacy = {k: v for k, v in dataclasses.asdict(ref).items() if not k.startswith("lexical")}
+    assert AdapterRef.from_dict(legacy).lexical_head_path == ""

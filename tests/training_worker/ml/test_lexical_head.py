@@ -1,0 +1,159 @@
+"""The lexical head: scikit-learn's classic model, carried as safetensors, blended with
+the adapter by a weight chosen on validation rows."""
+
+import json
+import pickle
+import random
+
+import numpy as np
+import pytest
+from safetensors.numpy import load, save
+
+from training_worker.ml import lexical_head
+from training_worker.ml.baselines import fit_classic_classifier
+from training_worker.ml.lexical_head import LexicalHead, LexicalHeadInvalid
+from training_worker.ml.safe_weights import UnsafeWeightsError
+
+WORDS = [
+    "invoice", "refund", "charged", "twice", "crash", "error", "freeze", "lovely", "great",
+    "thanks", "the", "a", "it",
+]  # fmt: skip
+
+
+def rows(n: int, n_labels: int, seed: int) -> tuple[list[str], list[int]]:
+    """Texts whose label is carried by a few words (plus accents and an emoji)."""
+    rng = random.Random(seed)
+    cue = {0: "invoice refund", 1: "crash freeze", 2: "lovely thanks"}
+    texts, labels = [], []
+    for i in range(n):
+        label = i % n_labels
+        words = [*rng.sample(WORDS, 5), cue[label], rng.choice(["café", "naïve 😀", "ok"])]
+        rng.shuffle(words)
+        texts.append(" ".join(words))
+        labels.append(label)
+    return texts, labels
+
+
+@pytest.mark.parametrize("n_labels", [2, 3])
+def test_the_head_reproduces_scikit_learns_probabilities_and_survives_its_file(n_labels):
+    texts, labels = rows(160, n_labels, seed=0)
+    pipeline = fit_classic_classifier(texts[:120], labels[:120], seed=0)
+    head = lexical_head.from_pipeline(pipeline, n_labels, weight=0.35)
+
+    expected = pipeline.predict_proba(texts[120:])
+    np.testing.assert_allclose(head.predict_proba(texts[120:]), expected, atol=1e-12)
+
+    reloaded = LexicalHead.from_bytes(head.to_bytes())
+    assert reloaded.weight == 0.35 and reloaded.n_labels == n_labels
+    np.testing.assert_array_equal(
+        reloaded.predict_proba(texts[120:]), head.predict_proba(texts[120:])
+    )
+
+
+def test_a_label_missing_from_the_training_rows_gets_probability_zero():
+    texts, labels = rows(90, 3, seed=1)
+    kept = [i for i, label in enumerate(labels) if label != 1]
+    pipeline = fit_classic_classifier([texts[i] for i in kept], [labels[i] for i in kept], 0)
+    head = lexical_head.from_pipeline(pipeline, n_labels=3)
+    probabilities = head.predict_proba(texts[:6])
+    assert probabilities.shape == (6, 3)
+    assert (probabilities[:, 1] == 0).all()
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1.0)
+
+
+def test_a_constant_model_has_no_head():
+    texts, _ = rows(20, 2, seed=2)
+    assert lexical_head.from_pipeline(fit_classic_classifier(texts, [0] * 20, 0), 2) is None
+
+
+def test_the_blend_weight_leans_on_whichever_model_scores_the_validation_rows():
+    y = np.array([0, 1, 0, 1, 1, 0])
+    right = np.eye(2)[y] * 0.9 + 0.05
+    wrong = np.eye(2)[1 - y] * 0.9 + 0.05
+    assert lexical_head.choose_weight(right, wrong, y) == 1.0  # the adapter alone
+    assert lexical_head.choose_weight(wrong, right, y) == 0.0  # the lexical model alone
+    # Two equally good models tie: the tie goes to the adapter.
+    assert lexical_head.choose_weight(right, right.copy(), y) == 1.0
+    # Each right on half the rows: a mix beats either alone.
+    half = np.where(np.arange(6)[:, None] < 3, right, wrong)
+    other = np.where(np.arange(6)[:, None] < 3, wrong, right)
+    assert 0.0 < lexical_head.choose_weight(half, other, y) < 1.0
+    assert lexical_head.WEIGHT_GRID[0] == 0.0 and lexical_head.WEIGHT_GRID[-1] == 1.0
+
+
+def test_an_unsure_model_gets_no_weight_and_two_half_right_ones_share_it_evenly():
+    y = np.array([0, 1, 0, 1, 1, 0])
+    right, unsure = np.eye(2)[y] * 0.9 + 0.05, np.full((6, 2), 0.5)
+    assert lexical_head.choose_weight(unsure, right, y) == 0.0
+    assert lexical_head.choose_weight(right, unsure, y) == 1.0
+    first_half = (np.arange(6) < 3)[:, None]
+    wrong = np.eye(2)[1 - y] * 0.9 + 0.05
+    adapter, lexical = np.where(first_half, right, wrong), np.where(first_half, wrong, right)
+    assert lexical_head.choose_weight(adapter, lexical, y) == 0.5
+    blended = lexical_head.blend(adapter, lexical, 0.5)
+    assert lexical_head.log_loss(blended, y) == pytest.approx(-np.log(0.5))
+
+
+def _head_bytes(**changes) -> bytes:
+    """A valid head's file with tensors or config replaced."""
+    texts, labels = rows(60, 2, seed=3)
+    payload = lexical_head.from_pipeline(fit_classic_classifier(texts, labels, 0), 2, 0.5)
+    payload = payload.to_bytes()
+    tensors = load(payload)
+    from training_worker.ml.safe_weights import validate_safetensors_bytes
+
+    metadata = dict(validate_safetensors_bytes(payload).metadata)
+    config = json.loads(metadata["config"])
+    for key, value in changes.items():
+        if key in config:
+            config[key] = value
+        elif key == "metadata":
+            metadata.update(value)
+        elif value is None:
+            del tensors[key]
+        else:
+            tensors[key] = value
+    metadata["config"] = json.dumps(config)
+    return save(tensors, metadata=metadata)
+
+
+def _block(**changes) -> dict:
+    return {"name": "words", "analyzer": "word", "ngram_range": [1, 2], "sublinear_tf": True,
+            **changes}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"metadata": {"format": "something-else"}}, "format"),
+        ({"weight": 1.0}, "weight"),
+        ({"weight": -0.1}, "weight"),
+        ({"n_labels": 1}, "n_labels"),
+        ({"coef": np.zeros((1, 3))}, "coef"),
+        ({"intercept": np.array([np.nan])}, "non-finite"),
+        ({"words.offsets": np.array([0, 2, 1], dtype=np.int64)}, "offsets"),
+        ({"words.idf": np.ones(2, dtype=np.float32)}, "idf"),
+        ({"classes": np.array([1, 0], dtype=np.int64)}, "classes"),
+        ({"classes": np.array([0, 5], dtype=np.int64)}, "classes"),
+        ({"chars.terms": None}, "fit together"),
+        ({"vectorisers": [_block(analyzer="regex")]}, "analyzer"),
+        ({"vectorisers": [_block(ngram_range=[1, 99])]}, "ngram_range"),
+    ],
+)
+def test_a_head_whose_parts_do_not_fit_is_refused(changes, message):
+    with pytest.raises(LexicalHeadInvalid, match=message):
+        LexicalHead.from_bytes(_head_bytes(**changes))
+
+
+def test_a_pickle_is_never_read_as_a_head():
+    with pytest.raises(UnsafeWeightsError):
+        LexicalHead.from_bytes(pickle.dumps({"coef": [1.0]}))
+
+
+def test_a_vectoriser_with_settings_the_loader_would_not_reproduce_is_refused():
+    texts, labels = rows(40, 2, seed=4)
+    pipeline = fit_classic_classifier(texts, labels, 0)
+    words = pipeline.named_steps["features"].transformer_list[0][1]
+    words.token_pattern = r"(a+)+$"  # a regular expression from the file would be untrusted
+    with pytest.raises(LexicalHeadInvalid, match="token_pattern"):
+        lexical_head.from_pipeline(pipeline, 2)
