@@ -251,9 +251,11 @@ def _served_version(model_version_id) -> tuple[str, str, AdapterRef]:
         .values(
             "task", "base_model__slug", "adapter_sha256", "adapter_path", "config_path",
             "labels", "lexical_head_path", "lexical_head_sha256",
+            "run_record__resolved_hyperparameters__max_seq_length",
         )
         .get()
     )  # fmt: skip
+    max_seq_length = version["run_record__resolved_hyperparameters__max_seq_length"]
     adapter = AdapterRef(
         model_version_id=str(model_version_id),
         sha256=version["adapter_sha256"],
@@ -262,6 +264,7 @@ def _served_version(model_version_id) -> tuple[str, str, AdapterRef]:
         labels=list(version["labels"] or []),
         lexical_head_path=version["lexical_head_path"],
         lexical_head_sha256=version["lexical_head_sha256"],
+        max_seq_length=max_seq_length if isinstance(max_seq_length, int) else 0,
     )
     return version["task"], version["base_model__slug"], adapter
 

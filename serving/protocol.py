@@ -71,6 +71,9 @@ class AdapterRef:
     # SHA-256 it must have; "" when the adapter alone is served.
     lexical_head_path: str = ""
     lexical_head_sha256: str = ""
+    # Classification: tokens kept per row, as the evaluation kept them (the run's resolved
+    # max_seq_length); 0 = the engine's default.
+    max_seq_length: int = 0
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> AdapterRef:
@@ -82,6 +85,7 @@ class AdapterRef:
             labels=[str(label) for label in data.get("labels") or []],
             lexical_head_path=str(data.get("lexical_head_path") or ""),
             lexical_head_sha256=str(data.get("lexical_head_sha256") or ""),
+            max_seq_length=int(data.get("max_seq_length") or 0),
         )
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -73,14 +74,7 @@ def _backbone(base: LoadedBase):
 
 def classify_rows(base: LoadedBase, rows: Sequence[ClassificationRow]) -> list[dict[str, float]]:
     """Per row ``{label: probability}`` in the adapter's label order."""
-    tokenizer = base.tokenizer
-    encoded = tokenizer(
-        [row.text for row in rows],
-        padding=True,
-        truncation=True,
-        max_length=CLASSIFICATION_MAX_TOKENS,
-        return_tensors="pt",
-    ).to(base.device)
+    encoded = _encode_rows(base, rows)
     model = _backbone(base)
     with torch.inference_mode(), _lora_context(base, [row.adapter for row in rows]):
         model(**encoded)
@@ -146,11 +140,34 @@ def _apply_heads(heads: Sequence[torch.nn.Linear], features: torch.Tensor) -> li
     return out
 
 
-def count_tokens(base: LoadedBase, texts: Sequence[str]) -> list[int]:
+def token_limit(adapter: AdapterRef) -> int:
+    """Tokens of a row the version reads: the max_seq_length its evaluation cut rows to
+    (so what is served is what was scored), else ``CLASSIFICATION_MAX_TOKENS``."""
+    return adapter.max_seq_length or CLASSIFICATION_MAX_TOKENS
+
+
+def _encode_rows(base: LoadedBase, rows: Sequence[ClassificationRow]) -> Any:
+    """The batch's tensors, each row cut to its own version's ``token_limit`` (one tokenizer
+    call per distinct limit), then padded together."""
+    tokenizer = base.tokenizer
+    limits = [token_limit(row.adapter) for row in rows]
+    texts = [row.text for row in rows]
+    if len(set(limits)) == 1:
+        return tokenizer(
+            texts, padding=True, truncation=True, max_length=limits[0], return_tensors="pt"
+        ).to(base.device)
+    features: list[dict[str, list[int]]] = [{} for _ in rows]
+    for limit in set(limits):
+        indices = [i for i, row_limit in enumerate(limits) if row_limit == limit]
+        encoded = tokenizer([texts[i] for i in indices], truncation=True, max_length=limit)
+        for position, index in enumerate(indices):
+            features[index] = {key: values[position] for key, values in encoded.items()}
+    return tokenizer.pad(features, padding=True, return_tensors="pt").to(base.device)
+
+
+def count_tokens(base: LoadedBase, texts: Sequence[str], max_length: int) -> list[int]:
     return [
-        len(
-            base.tokenizer(text, truncation=True, max_length=CLASSIFICATION_MAX_TOKENS)["input_ids"]
-        )
+        len(base.tokenizer(text, truncation=True, max_length=max_length)["input_ids"])
         for text in texts
     ]
 

@@ -27,6 +27,7 @@ from serving.engine.runner import (
     generate_rows,
     render_chat,
     render_prompt,
+    token_limit,
 )
 from serving.protocol import (
     STREAM_TTL_SECONDS,
@@ -193,7 +194,7 @@ class Engine:
             per_request[index].append(ClassificationOutput(label=label, scores=row_scores))
         for index, pending in enumerate(ready):
             request = pending.request
-            prompt_tokens = sum(count_tokens(base, request.inputs))
+            prompt_tokens = sum(count_tokens(base, request.inputs, token_limit(request.adapter)))
             result = InferenceResult(
                 request_id=request.request_id,
                 outputs=per_request[index],

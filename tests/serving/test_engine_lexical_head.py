@@ -119,3 +119,36 @@ def test_the_wire_form_of_a_ref_carries_its_lexical_head():
     assert AdapterRef.from_dict(dataclasses.asdict(ref)) == ref
     legacy = {k: v for k, v in dataclasses.asdict(ref).items() if not k.startswith("lexical")}
     assert AdapterRef.from_dict(legacy).lexical_head_path == ""
+
+
+LONG = (
+    "hello there, this note rambles about nothing in particular for a good while before "
+    "it finally says that the app crashes on start and the invoice was charged twice"
+)
+
+
+def test_each_row_is_cut_to_its_versions_max_seq_length_as_its_evaluation_cut_it(
+    registry, base_sources, classification_adapters
+):
+    from training_worker.ml import evaluation, inference
+
+    built = classification_adapters[0]
+    short = dataclasses.replace(built.ref, max_seq_length=8)
+    base = registry.base("minilm-l6", TEXT_CLASSIFICATION)
+    registry.ensure_adapters(base, [built.ref, short])
+
+    mixed = classify_rows(
+        base, [ClassificationRow(text=LONG, adapter=short), ClassificationRow(LONG, built.ref)]
+    )
+    alone = classify_rows(base, [ClassificationRow(text=LONG, adapter=short)])
+
+    # A row keeps its own limit inside a batch of rows with other limits
+    assert mixed[0] == pytest.approx(alone[0], abs=1e-5)
+    assert mixed[0] != pytest.approx(mixed[1], abs=1e-3)
+    # and reads what the recipe's evaluation read at that max_seq_length
+    model, tokenizer = inference.load_adapter_model(
+        base_sources["minilm-l6"], built.directory, TEXT_CLASSIFICATION, LABELS
+    )
+    for limit, served in ((8, mixed[0]), (256, mixed[1])):
+        scored = evaluation.predict_class_probabilities(model, tokenizer, [LONG], limit, "cpu")
+        assert [served[label] for label in LABELS] == pytest.approx(scored[0].tolist(), abs=1e-5)
