@@ -132,6 +132,26 @@ def test_summary_reads_a_version_2_report():
     assert "0.700 [0.660,0.740]" in row and "0.600 [0.560,0.640]" in row
 
 
+def test_a_blended_job_shows_its_weight_and_the_adapter_alone_beside_the_served_score():
+    blended = {
+        **REPORT_V2,
+        "blend": {
+            "weight": 0.25,
+            "adapter_alone": {"accuracy": 0.636, "ci_low": 0.596, "ci_high": 0.676},
+        },
+    }
+    record = _record(blended, {})
+    assert record["blend_weight"] == 0.25
+    assert record["adapter_alone"] == {"score": 0.636, "interval": [0.596, 0.676]}
+    assert record["lift_over_classic"] == pytest.approx(0.05)  # the served blend's lift
+    row = quality.format_table([record]).splitlines()[2]
+    assert "0.900 [0.870,0.930]    0.25 0.636 [0.596,0.676]" in row
+
+    alone = _record({**REPORT_V2, "blend": {"weight": 1.0, "reason": "x"}}, {})
+    assert alone["adapter_alone"] is None
+    assert " 1.00 -  " in quality.format_table([alone]).splitlines()[2]
+
+
 def test_table_and_json_carry_every_column(tmp_path):
     classic = {
         "classic": {"score": 0.8, "interval": [0.74, 0.85], "method": "t", "source": "bench"}
