@@ -121,7 +121,8 @@ def main() -> None:
     RESULTS.write_text(json.dumps(result, indent=2) + "\n")
     print(
         f"{args.corpus}: lexical head of {sum(result['terms'].values()):,} terms, "
-        f"{result['file_bytes'] / 2**20:.1f} MiB file, loads in {result['load_seconds']} s\n"
+        f"{result['file_bytes'] / 2**20:.1f} MiB file, {result['memory_bytes'] / 2**20:.0f} MiB "
+        f"in memory, loads in {result['load_seconds']} s\n"
         f"batch of {args.batch}: adapter alone {result['adapter_ms_p50']} ms, "
         f"blend {result['blend_ms_p50']} ms (p50)\n"
         f"blend_over_adapter_p50 = {result['blend_over_adapter_p50']}"

@@ -23,7 +23,8 @@ and numpy/scipy; no torch, no Django.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+import sys
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -60,26 +61,37 @@ class Vectoriser:
     sublinear_tf: bool
     terms: tuple[str, ...]
     idf: np.ndarray  # float64, one per term
+    counter: Any = field(init=False, repr=False, compare=False)  # CountVectorizer, fixed vocab
+    nbytes: int = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         from sklearn.feature_extraction.text import CountVectorizer
 
         # Built once per head: a serving process transforms every request's texts with it.
+        vocabulary = {term: i for i, term in enumerate(self.terms)}
         counter = CountVectorizer(
             analyzer=self.analyzer,
             ngram_range=self.ngram_range,
-            vocabulary={term: i for i, term in enumerate(self.terms)},
+            vocabulary=vocabulary,
             token_pattern=DEFAULT_TOKEN_PATTERN,
             dtype=np.float64,
         )
-        object.__setattr__(self, "_counter", counter)
+        object.__setattr__(self, "counter", counter)
+        # What the head holds in memory (the Python strings and the vocabulary dict weigh
+        # far more than the arrays): the serving cache counts it against its budget.
+        python_objects = (
+            sys.getsizeof(self.terms)
+            + 2 * sys.getsizeof(vocabulary)  # scikit-learn keeps a copy as vocabulary_
+            + sum(sys.getsizeof(term) + sys.getsizeof(i) for i, term in enumerate(self.terms))
+        )
+        object.__setattr__(self, "nbytes", python_objects + self.idf.nbytes)
 
     def transform(self, texts: list[str]) -> Any:
         """Rows of L2-normalised TF-IDF features (scipy CSR), as scikit-learn's
         ``TfidfVectorizer.transform`` computes them with the same settings."""
         from sklearn.preprocessing import normalize
 
-        counts = self._counter.transform(texts)  # type: ignore[attr-defined]
+        counts = self.counter.transform(texts)
         if self.sublinear_tf:
             np.log(counts.data, counts.data)
             counts.data += 1.0
@@ -100,14 +112,9 @@ class LexicalHead:
 
     @property
     def nbytes(self) -> int:
-        terms = sum(len(term.encode()) for v in self.vectorisers for term in v.terms)
-        arrays = [self.coef, self.intercept, self.classes, *(v.idf for v in self.vectorisers)]
-        return terms + sum(array.nbytes for array in arrays)
-
-    def with_weight(self, weight: float) -> LexicalHead:
-        return LexicalHead(
-            self.vectorisers, self.coef, self.intercept, self.classes, self.n_labels, weight
-        )
+        """Bytes it holds in memory, about (Python objects included)."""
+        arrays = self.coef.nbytes + self.intercept.nbytes + self.classes.nbytes
+        return arrays + sum(v.nbytes for v in self.vectorisers)
 
     def predict_proba(self, texts: list[str]) -> np.ndarray:
         """Class probabilities, shape ``(len(texts), n_labels)``, in label-id order."""
@@ -134,7 +141,12 @@ class LexicalHead:
 
     # ------------------------------------------------------------------ file
     def to_bytes(self) -> bytes:
+        """The head as one safetensors file; only a head that takes part in a blend
+        (``0 <= weight < 1``) is ever written, and ``from_bytes`` refuses any other."""
         from safetensors.numpy import save
+
+        if not 0.0 <= self.weight < 1.0:
+            raise ValueError(f"a lexical head is written with weight in [0, 1), not {self.weight}")
 
         tensors: dict[str, np.ndarray] = {
             "coef": np.ascontiguousarray(self.coef, dtype=np.float64),

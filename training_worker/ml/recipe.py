@@ -7,6 +7,7 @@ batch. Everything is written under ``spec.output_dir``. No Django imports.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import gc
 import math
 import platform
@@ -683,7 +684,7 @@ class _Run:
             + (" (the adapter alone is served)." if weight >= 1.0 else "."),
             {"blend": record},
         )
-        return (head.with_weight(weight) if weight < 1.0 else None), record
+        return (dataclasses.replace(head, weight=weight) if weight < 1.0 else None), record
 
     def _zero_shot_by_likelihood(self, texts: list[str], max_length: int) -> tuple[list[int], str]:
         # The classification model has no LM head: score with the base causal LM itself.

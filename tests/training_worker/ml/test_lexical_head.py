@@ -61,6 +61,13 @@ def test_a_label_missing_from_the_training_rows_gets_probability_zero():
     np.testing.assert_allclose(probabilities.sum(axis=1), 1.0)
 
 
+def test_a_head_the_blend_gives_no_weight_is_never_written():
+    texts, labels = rows(40, 2, seed=6)
+    head = lexical_head.from_pipeline(fit_classic_classifier(texts, labels, 0), 2)  # weight 1
+    with pytest.raises(ValueError, match="weight"):
+        head.to_bytes()
+
+
 def test_a_constant_model_has_no_head():
     texts, _ = rows(20, 2, seed=2)
     assert lexical_head.from_pipeline(fit_classic_classifier(texts, [0] * 20, 0), 2) is None
@@ -157,3 +164,24 @@ def test_a_vectoriser_with_settings_the_loader_would_not_reproduce_is_refused():
     words.token_pattern = r"(a+)+$"  # a regular expression from the file would be untrusted
     with pytest.raises(LexicalHeadInvalid, match="token_pattern"):
         lexical_head.from_pipeline(pipeline, 2)
+
+
+def test_the_memory_a_head_reports_is_what_loading_it_takes():
+    """The serving cache counts ``nbytes`` against its budget: the Python strings and
+    dicts of the vocabulary weigh several times the arrays, and must be counted."""
+    import tracemalloc
+
+    texts, labels = rows(400, 3, seed=5)
+    texts = [f"{text} {i} user{i}@mail{i % 17}.example" for i, text in enumerate(texts)]
+    head = lexical_head.from_pipeline(fit_classic_classifier(texts, labels, 0), 3, weight=0.5)
+    payload = head.to_bytes()
+    tracemalloc.start()
+    try:
+        head = LexicalHead.from_bytes(payload)
+        head.predict_proba(texts[:4])  # scikit-learn copies the vocabulary on first use
+        held, _ = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    arrays = head.coef.nbytes + sum(v.idf.nbytes for v in head.vectorisers)
+    assert head.nbytes > 3 * arrays
+    assert 0.8 < head.nbytes / held < 1.25
