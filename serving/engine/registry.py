@@ -145,16 +145,17 @@ class ModelRegistry:
 
     def adapter_head(self, ref: AdapterRef) -> str:
         """The classification head ``ref``'s adapter was trained on, read from its tensor
-        names (cached by SHA-256). Raises ``AdapterUnavailable`` if the file is unreadable."""
+        names (cached by SHA-256) once the bytes have passed the same SHA-256 check as a
+        load. Raises ``AdapterIntegrityError``, or ``AdapterUnavailable`` if the file is
+        missing or not safetensors."""
         from training_worker.ml.pooling import classification_head
         from training_worker.ml.safe_weights import UnsafeWeightsError, validate_safetensors_bytes
 
         with self.lock:
             if ref.sha256 not in self.heads:
+                payload = self._read_hashed_weights(ref, "adapter", ref.adapter_path, ref.sha256)
                 try:
-                    header = validate_safetensors_bytes(self.read_bytes(ref.adapter_path))
-                except (FileNotFoundError, OSError) as exc:
-                    raise AdapterUnavailable(f"Adapter files are missing: {exc}") from exc
+                    header = validate_safetensors_bytes(payload)
                 except UnsafeWeightsError as exc:
                     raise AdapterUnavailable(
                         f"The adapter is not a valid safetensors file: {exc}"

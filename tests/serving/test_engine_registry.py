@@ -147,3 +147,20 @@ def test_classification_heads_with_different_label_counts_share_one_base(
     # A version whose label list does not fit its head is refused
     with pytest.raises(AdapterUnavailable, match="labels"):
         registry.ensure_adapters(base, [dataclasses.replace(three, labels=["a", "b"])])
+
+
+def test_a_tampered_classifier_is_refused_before_its_head_kind_is_read_or_cached(
+    registry, classification_adapters, tmp_path, caplog
+):
+    # Given mallory's swap: other (valid safetensors) bytes where alice's adapter was
+    genuine = classification_adapters[0].ref
+    swapped = tmp_path / "adapter_model.safetensors"
+    swapped.write_bytes(Path(classification_adapters[1].ref.adapter_path).read_bytes())
+    tampered = dataclasses.replace(genuine, adapter_path=str(swapped))
+
+    # When the engine asks which head the version's adapter needs, it refuses and logs
+    with caplog.at_level(logging.ERROR), pytest.raises(AdapterIntegrityError):
+        registry.adapter_head(tampered)
+    assert "adapter integrity failure" in caplog.text
+    # and nothing was remembered under the version's SHA-256
+    assert genuine.sha256 not in registry.heads
