@@ -191,29 +191,9 @@ def export_bundle_build(
     (content-addressed storage); streaming re-hashes them and stops on a mismatch.
     """
     files = (
-        BundleFile(
-            "adapter_model.safetensors",
-            version.adapter_sha256,
-            version.adapter_size,
-            storage_name=version.adapter_path,
-        ),
-        BundleFile(
-            "adapter_config.json",
-            version.config_sha256,
-            version.config_size,
-            storage_name=version.config_path,
-        ),
         *(
-            (
-                BundleFile(
-                    "lexical_head.safetensors",
-                    version.lexical_head_sha256,
-                    version.lexical_head_size,
-                    storage_name=version.lexical_head_path,
-                ),
-            )
-            if version.lexical_head_path
-            else ()
+            BundleFile(f.name, f.sha256, f.size, storage_name=f.storage_name)
+            for f in version.stored_files
         ),
         BundleFile.generated("base_model.json", _json_bytes(_base_model_document(version))),
         BundleFile.generated("evaluation.json", _json_bytes(version.evaluation)),
@@ -278,22 +258,21 @@ def _download_grant(*, user: User, version_id, lock: bool) -> tuple[ModelVersion
 
 
 def export_bundle_refuse_unsafe_adapter(*, version: ModelVersion) -> None:
-    """Refuse to ship an adapter (or lexical head) that fails the strict safetensors check
-    (a pickle, a truncated or polyglot file...): reads only the stored files' headers, from
-    any storage. Raises AdapterFileRefused (409)."""
-    stored = [("adapter_model.safetensors", "adapter", version.adapter_path)]
-    if version.lexical_head_path:
-        stored.append(("lexical_head.safetensors", "lexical head", version.lexical_head_path))
-    for field_name, what, name in stored:
+    """Refuse to ship weights (the adapter, the lexical head) that fail the strict
+    safetensors check (a pickle, a truncated or polyglot file...): reads only the stored
+    files' headers, from any storage. Raises AdapterFileRefused (409) naming the file."""
+    for stored in version.stored_files:
+        if not stored.is_weights:
+            continue
         try:
-            check_weights_filename(name)
-            size = default_storage.size(name)
-            with default_storage.open(name, "rb") as handle:
+            check_weights_filename(stored.storage_name)
+            size = default_storage.size(stored.storage_name)
+            with default_storage.open(stored.storage_name, "rb") as handle:
                 validate_safetensors_stream(handle, size)
         except UnsafeWeightsError as exc:
             raise AdapterFileRefused(
-                f"This version's stored {what} is refused: {exc.message}",
-                fields={field_name: [exc.code]},
+                f"This version's stored {stored.name} is refused: {exc.message}",
+                fields={stored.name: [exc.code]},
             ) from exc
 
 

@@ -118,29 +118,7 @@ class ModelVersionOutput(serializers.Serializer):
     created_at = serializers.DateTimeField()
 
     def get_files(self, version) -> list[dict]:
-        return [
-            {
-                "name": "adapter_model.safetensors",
-                "sha256": version.adapter_sha256,
-                "size": version.adapter_size,
-            },
-            {
-                "name": "adapter_config.json",
-                "sha256": version.config_sha256,
-                "size": version.config_size,
-            },
-            *(
-                [
-                    {
-                        "name": "lexical_head.safetensors",
-                        "sha256": version.lexical_head_sha256,
-                        "size": version.lexical_head_size,
-                    }
-                ]
-                if version.lexical_head_path
-                else []
-            ),
-        ]
+        return [{"name": f.name, "sha256": f.sha256, "size": f.size} for f in version.stored_files]
 
 
 def _paged(request, queryset, serializer_class) -> Response:

@@ -5,6 +5,7 @@ transition, each checking the current state.
 """
 
 import uuid
+from dataclasses import dataclass
 
 from django.conf import settings
 from django.db import models
@@ -207,6 +208,21 @@ class Checkpoint(models.Model):
         return f"checkpoint step {self.step} of job {self.job_id}"
 
 
+@dataclass(frozen=True)
+class StoredFile:
+    """One file a version is made of: its name (in the API and the export bundle), its
+    storage name, and the SHA-256 and size recorded when it was written."""
+
+    name: str
+    storage_name: str
+    sha256: str
+    size: int
+
+    @property
+    def is_weights(self) -> bool:
+        return self.name.endswith(".safetensors")
+
+
 class ModelVersion(models.Model):
     """Immutable once written: adapter files, hashes, run record, evaluation, card."""
 
@@ -243,3 +259,25 @@ class ModelVersion(models.Model):
 
     def __str__(self) -> str:
         return self.name
+
+    @property
+    def stored_files(self) -> tuple[StoredFile, ...]:
+        """The version's files, adapter first; the lexical head only when it has one. The
+        API, the portal and the export bundle list these and nothing else."""
+        files = [
+            StoredFile(
+                "adapter_model.safetensors", self.adapter_path, self.adapter_sha256,
+                self.adapter_size,
+            ),
+            StoredFile(
+                "adapter_config.json", self.config_path, self.config_sha256, self.config_size
+            ),
+        ]  # fmt: skip
+        if self.lexical_head_path:
+            files.append(
+                StoredFile(
+                    "lexical_head.safetensors", self.lexical_head_path,
+                    self.lexical_head_sha256, self.lexical_head_size,
+                )
+            )  # fmt: skip
+        return tuple(files)
