@@ -24,11 +24,14 @@ import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from serving.protocol import TEXT_CLASSIFICATION, AdapterRef, ErrorCode
+
+if TYPE_CHECKING:
+    from training_worker.ml.lexical_head import LexicalHead
 
 logger = logging.getLogger(__name__)
 
@@ -73,7 +76,7 @@ class LoadedAdapter:
     last_used: int = 0
     # Lexical heads blended with this adapter's probabilities, by their SHA-256 (a version
     # row names one; identical adapter bytes could come with different heads).
-    lexical: dict[str, Any] = field(default_factory=dict)
+    lexical: dict[str, LexicalHead] = field(default_factory=dict)
 
     @property
     def total_bytes(self) -> int:

@@ -11,7 +11,7 @@ from tests.listings.test_lift_over_strongest_baseline import (
     published_with,
 )
 from training_worker.ml import evaluation
-from training_worker.ml.evaluation_report import read_evaluation
+from training_worker.ml.evaluation_report import Blend, read_evaluation
 from training_worker.model_cards import render_model_card
 from training_worker.models import BaseModel
 
@@ -29,7 +29,7 @@ def blended_report(**blend) -> dict:
         Y_TRUE, SPECIALIST, ["billing", "shipping"], 0, [0] * 10, "embedding_cosine",
         seed=0, resamples=200,
         baselines=[evaluation.BaselinePredictions("classic_tfidf_logreg", "tf-idf", CLASSIC)],
-        blend={**BLEND, **blend},
+        blend=Blend.from_dict({**BLEND, **blend}),
         adapter_pred=ADAPTER_ALONE if blend.get("weight", 0) < 1 else None,
     )  # fmt: skip
 

@@ -5,6 +5,7 @@ Metric functions take integer class ids; label names only appear in the report.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 from collections import Counter
@@ -260,7 +261,7 @@ def classification_report(
     *,
     baselines: Sequence[BaselinePredictions] = (),
     skipped_baselines: Sequence[dict[str, str]] = (),
-    blend: dict[str, Any] | None = None,
+    blend: Blend | None = None,
     adapter_pred: list[int] | None = None,
 ) -> dict[str, Any]:
     """The classification report (``EvaluationReport.as_dict()``, version 2).
@@ -305,16 +306,16 @@ def classification_report(
     results += [
         _baseline_result(b, y_true_array, specialist, n_labels, resamples, seed) for b in everything
     ]
-    blend_record = None
-    if blend is not None:
-        blend_record = dict(blend)
-        if adapter_pred is not None:
-            adapter_alone = BaselinePredictions(
-                "adapter_alone", "the LoRA adapter without the lexical head", adapter_pred
-            )
-            blend_record["adapter_alone"] = _baseline_result(
+    if blend is not None and adapter_pred is not None:
+        adapter_alone = BaselinePredictions(
+            "adapter_alone", "the LoRA adapter without the lexical head", adapter_pred
+        )
+        blend = dataclasses.replace(
+            blend,
+            adapter_alone=_baseline_result(
                 adapter_alone, y_true_array, specialist, n_labels, resamples, seed
-            ).as_dict()
+            ),
+        )
     report = EvaluationReport(
         task="text-classification",
         sealed_rows=len(y_true),
@@ -351,7 +352,7 @@ def classification_report(
         skipped_baselines=list(skipped_baselines),
         extra={"bootstrap": {"resamples": resamples, "seed": seed}},
         version=REPORT_VERSION,
-        blend=Blend.from_dict(blend_record),
+        blend=blend,
     )
     return report.as_dict()
 

@@ -183,19 +183,16 @@ class LexicalHead:
         strict safetensors check refuses and ``LexicalHeadInvalid`` for anything else."""
         from safetensors.numpy import load
 
-        header = validate_safetensors_bytes(payload)
-        metadata = header.metadata or {}
+        metadata = validate_safetensors_bytes(payload).metadata
         if metadata.get("format") != FORMAT or metadata.get("format_version") != str(
             FORMAT_VERSION
         ):
             raise LexicalHeadInvalid("Not a lexical head of a format this version reads.")
         try:
-            config = json.loads(metadata.get("config", ""))
-            tensors = load(payload)
-            return _build(config, tensors)
+            return _build(json.loads(metadata.get("config", "")), load(payload))
+        except LexicalHeadInvalid:
+            raise
         except (KeyError, TypeError, ValueError) as exc:
-            if isinstance(exc, LexicalHeadInvalid):
-                raise
             raise LexicalHeadInvalid(f"The lexical head does not fit together: {exc}") from exc
 
 

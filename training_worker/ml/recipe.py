@@ -38,6 +38,7 @@ from training_worker.ml.errors import (
     TrainingOutOfMemory,
     UnsafeAdapterWritten,
 )
+from training_worker.ml.evaluation_report import Blend
 from training_worker.ml.mean_pooling_model import MeanPoolingClassifier
 from training_worker.ml.safe_weights import UnsafeWeightsError, validate_safetensors_file
 
@@ -624,7 +625,7 @@ class _Run:
             ),
         )
 
-    def _choose_blend(self, classic_model: Any) -> tuple[lexical_head.LexicalHead | None, dict]:
+    def _choose_blend(self, classic_model: Any) -> tuple[lexical_head.LexicalHead | None, Blend]:
         """The lexical head to serve beside the adapter (None: the adapter alone) and the
         record of how its weight was chosen. The weight is chosen on the validation rows,
         with a classic model fitted on the other training rows (so neither model has seen
@@ -632,8 +633,8 @@ class _Run:
         training rows, the evaluation's own classic baseline."""
         n_labels = len(self.spec.labels)
 
-        def alone(reason: str) -> tuple[None, dict]:
-            return None, {"weight": 1.0, "reason": reason, "method": lexical_head.METHOD}
+        def alone(reason: str) -> tuple[None, Blend]:
+            return None, Blend(weight=1.0, method=lexical_head.METHOD, reason=reason)
 
         if not self.resolved.lexical_blend:
             return alone("lexical_blend is off")
@@ -659,11 +660,12 @@ class _Run:
         lexical = fit_head.predict_proba(texts)
         weight = lexical_head.choose_weight(adapter, lexical, y)
         blended = lexical_head.blend(adapter, lexical, weight)
-        record = {
-            "weight": weight,
-            "method": lexical_head.METHOD,
-            "validation_rows": len(texts),
-            "validation": evaluation.round_floats(
+        record = Blend(
+            weight=weight,
+            method=lexical_head.METHOD,
+            reason="" if weight < 1.0 else "the adapter alone scored best on the validation rows",
+            validation_rows=len(texts),
+            validation=evaluation.round_floats(
                 {
                     name: {
                         "accuracy": float((probabilities.argmax(axis=1) == y).mean()),
@@ -674,15 +676,13 @@ class _Run:
                     )
                 }
             ),
-        }  # fmt: skip
-        if weight >= 1.0:
-            record["reason"] = "the adapter alone scored best on the validation rows"
+        )  # fmt: skip
         self.callbacks.on_event(
             "info",
             f"Blend weight chosen on {len(texts)} validation rows: adapter {weight:.2f}, "
             f"classic TF-IDF model {1 - weight:.2f}"
             + (" (the adapter alone is served)." if weight >= 1.0 else "."),
-            {"blend": record},
+            {"blend": record.as_dict()},
         )
         return (dataclasses.replace(head, weight=weight) if weight < 1.0 else None), record
 

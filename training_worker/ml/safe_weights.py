@@ -308,8 +308,3 @@ def checked_weights_headers(directory: str | Path) -> dict[Path, SafetensorsHead
     if not found:
         raise UnsafeWeightsError(MISSING_WEIGHTS, f"No .safetensors weights in {directory.name}.")
     return found
-
-
-def check_weights_directory(directory: str | Path) -> list[Path]:
-    """``checked_weights_headers``, returning only the checked files' paths."""
-    return list(checked_weights_headers(directory))
