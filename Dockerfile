@@ -11,7 +11,7 @@ RUN SECRET_KEY=build-only-$(head -c 48 /dev/urandom | base64) ALLOWED_HOSTS=x \
     DATABASE_URL=sqlite:////tmp/x REDIS_URL=redis://x \
     NICHE_SIGNING_KEY=$(head -c 32 /dev/urandom | base64) \
     STRIPE_SECRET_KEY=build-only STRIPE_WEBHOOK_SECRET=build-only \
-    AWS_STORAGE_BUCKET_NAME=build-only \
+    AWS_STORAGE_BUCKET_NAME=build-only EMAIL_HOST=build-only \
     python manage.py collectstatic --noinput
 EXPOSE 8000
 CMD ["gunicorn", "marketplace.wsgi", "--bind", "0.0.0.0:8000", "--workers", "3"]

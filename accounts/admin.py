@@ -7,7 +7,10 @@ from accounts.models import ApiKey, ExpertProfile, User
 @admin.register(User)
 class UserAdmin(DjangoUserAdmin):
     ordering = ["email"]
-    list_display = ["email", "display_name", "is_expert", "is_buyer", "is_staff", "is_active"]
+    list_display = [
+        "email", "display_name", "email_verified_at", "is_expert", "is_buyer", "is_staff",
+        "is_active",
+    ]  # fmt: skip
     list_filter = ["is_expert", "is_buyer", "is_staff", "is_active", "groups"]
     search_fields = ["email", "display_name"]
     fieldsets = (
@@ -18,7 +21,10 @@ class UserAdmin(DjangoUserAdmin):
             {"fields": ("is_active", "is_staff", "is_superuser", "groups", "user_permissions")},
         ),
         ("Dates", {"fields": ("last_login", "date_joined")}),
+        ("Email verification", {"fields": ("verified_email", "email_verified_at")}),
     )
+    # Proven by the user's link (or an operator's `create_api_key --verify-email`).
+    readonly_fields = ["verified_email", "email_verified_at"]
     add_fieldsets = ((None, {"classes": ("wide",), "fields": ("email", "password1", "password2")}),)
 
 
@@ -33,7 +39,10 @@ class ExpertProfileAdmin(admin.ModelAdmin):
 
 @admin.register(ApiKey)
 class ApiKeyAdmin(admin.ModelAdmin):
-    list_display = ["name", "prefix", "user", "scopes", "created_at", "last_used_at", "revoked_at"]
+    list_display = [
+        "name", "prefix", "user", "scopes", "rate_limit_per_minute", "created_at",
+        "last_used_at", "revoked_at",
+    ]  # fmt: skip
     search_fields = ["prefix", "user__email", "name"]
     readonly_fields = [f.name for f in ApiKey._meta.fields]
 

@@ -22,9 +22,13 @@ class UserManager(BaseUserManager):
         return user
 
     def create_superuser(self, email: str, password: str | None = None, **extra):
+        """`manage.py createsuperuser`: the operator at the console vouches for the address."""
         extra.setdefault("is_staff", True)
         extra.setdefault("is_superuser", True)
-        return self.create_user(email, password, **extra)
+        user = self.create_user(email, password, **extra)
+        user.verified_email, user.email_verified_at = user.email, timezone.now()
+        user.save(using=self._db, update_fields=["verified_email", "email_verified_at"])
+        return user
 
 
 class User(AbstractBaseUser, PermissionsMixin):
@@ -39,6 +43,11 @@ class User(AbstractBaseUser, PermissionsMixin):
         default=True, help_text="Unset to suspend: log-ins and API keys stop working."
     )
     date_joined = models.DateTimeField(default=timezone.now)
+    # The address its owner proved to hold (a signed link), and when. Changing `email`
+    # leaves this behind, so a changed address is unverified until proven again.
+    # Written only by accounts.services (email_verification_confirm, user_mark_email_verified).
+    verified_email = models.EmailField(blank=True)
+    email_verified_at = models.DateTimeField(null=True, blank=True)
 
     objects = UserManager()
 
@@ -55,6 +64,11 @@ class User(AbstractBaseUser, PermissionsMixin):
     @property
     def name(self) -> str:
         return self.display_name or self.email.split("@")[0]
+
+    @property
+    def email_verified(self) -> bool:
+        """Whether the current address is the one its owner proved to hold."""
+        return self.email_verified_at is not None and self.verified_email == self.email
 
     @property
     def is_moderator(self) -> bool:
@@ -109,6 +123,9 @@ class ApiKey(models.Model):
     created_at = models.DateTimeField(default=timezone.now, db_index=True)
     last_used_at = models.DateTimeField(null=True, blank=True)
     revoked_at = models.DateTimeField(null=True, blank=True)
+    # Calls a minute through this key, under its user's SERVING_RATE_LIMIT_PER_MINUTE
+    # (never above it); null: only the user's limit applies.
+    rate_limit_per_minute = models.PositiveIntegerField(null=True, blank=True)
 
     class Meta:
         ordering = ["-created_at"]

@@ -4,12 +4,32 @@ import hmac
 
 from django.db.models import QuerySet
 
+from accounts import email_verification
+from accounts.errors import InvalidVerificationLink
 from accounts.models import ApiKey, User
 from accounts.services import API_KEY_PREFIX, api_key_prefix_of, hash_api_key
 
 
 def api_key_list(*, user: User) -> QuerySet[ApiKey]:
     return ApiKey.objects.filter(user=user)
+
+
+def api_key_live_count(*, user: User) -> int:
+    """Keys not revoked: what API_KEYS_MAX_PER_USER bounds."""
+    return ApiKey.objects.filter(user=user, revoked_at__isnull=True).count()
+
+
+def email_verification_link_user(*, token: str) -> User:
+    """The user an emailed link verifies, changing nothing (the page before the button).
+    Raises what email_verification_confirm raises for a link that cannot verify."""
+    claim = email_verification.read_token(token)
+    user = User.objects.filter(pk=claim.user_id, is_active=True).first()
+    if user is None or user.email != claim.email:
+        raise InvalidVerificationLink(
+            "This verification link is not valid any more; use the latest link we sent you.",
+            fields={"token": ["Not a valid verification link."]},
+        )
+    return user
 
 
 def api_key_resolve(*, plaintext: str) -> ApiKey | None:

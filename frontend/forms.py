@@ -35,6 +35,13 @@ class ApiKeyForm(forms.Form):
         initial=DEFAULT_API_KEY_SCOPES,
         widget=forms.CheckboxSelectMultiple,
     )
+    # The service checks the ceiling (the account's own limit).
+    rate_limit_per_minute = forms.IntegerField(
+        required=False,
+        min_value=1,
+        label="Rate limit (calls a minute)",
+        help_text="Optional, below your account's limit; empty: your account's limit.",
+    )
 
 
 # Empty means "the platform's default"; the service checks ranges (LoraHyperparameters).

@@ -70,13 +70,16 @@ DESCRIPTIONS = {
     "422": "Invalid fields (details per field).",
     "429": "Rate limited or over quota; see Retry-After.",
     "502": "The inference engine failed.",
-    "503": "No inference worker is running.",
+    "503": "A service the call needs is unreachable (no inference worker running, the rate "
+    "limiter's store, the mail server); try again shortly.",
     "504": "The inference engine did not answer in time.",
 }
 # Errors that follow from what one operation does rather than from its shape.
 SPECIFIC = {
     # The version's stored files are refused (not safetensors, tampered) or missing.
     ("/api/v1/models/{version_id}/export", "get"): {"409"},
+    # A new link is throttled per user, and needs Redis and the mail server.
+    ("/api/v1/me/verify-email/resend", "post"): {"429", "503"},
 }
 # OpenAPI links: what a created object's id leads to (clients and stateful fuzzing follow
 # them). (source path, method, status) -> {link name: (target path, method, parameters)}.

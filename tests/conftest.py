@@ -1,17 +1,31 @@
 """Personas and clients shared by every suite.
 
-alice is an expert, bob a buyer, carol a moderator, mallory a stranger with an account.
+alice is an expert, bob a buyer, carol a moderator, mallory a stranger with an account;
+each has verified their email address. `make_user(..., email_verified=False)` makes one
+who has not (a fresh sign-up).
 """
+
+import uuid
 
 import pytest
 from rest_framework.test import APIClient
 
 from accounts.models import MODERATORS_GROUP, ExpertProfile, User
-from accounts.services import api_key_create
+from accounts.services import api_key_create, user_mark_email_verified
 
 
-def make_user(email: str, **fields) -> User:
-    return User.objects.create_user(email=email, password="correct horse battery", **fields)
+def make_user(email: str, *, email_verified: bool = True, **fields) -> User:
+    user = User.objects.create_user(email=email, password="correct horse battery", **fields)
+    if email_verified:
+        user_mark_email_verified(user=user)
+    return user
+
+
+@pytest.fixture(autouse=True)
+def own_rate_windows(settings):
+    """Each test counts in rate windows of its own: Redis outlives the test database, whose
+    ids start again at 1, so a counter of an earlier run's user 1 would meet this one's."""
+    settings.RATE_LIMIT_KEY_PREFIX = f"niche-test-{uuid.uuid4().hex[:12]}"
 
 
 @pytest.fixture

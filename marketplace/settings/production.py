@@ -1,8 +1,8 @@
 """Production: everything from the environment, secure by default.
 
 Required: SECRET_KEY, ALLOWED_HOSTS, DATABASE_URL, REDIS_URL, NICHE_SIGNING_KEY,
-STRIPE_SECRET_KEY, STRIPE_WEBHOOK_SECRET, AWS_STORAGE_BUCKET_NAME (unless
-STORAGE_BACKEND=local).
+STRIPE_SECRET_KEY, STRIPE_WEBHOOK_SECRET, EMAIL_HOST (or an EMAIL_BACKEND other than the
+console), AWS_STORAGE_BUCKET_NAME (unless STORAGE_BACKEND=local).
 """
 
 import base64
@@ -36,6 +36,11 @@ for _name in ("STRIPE_SECRET_KEY", "STRIPE_WEBHOOK_SECRET"):
         raise ImproperlyConfigured(
             f"{_name} is required in production (without it billing runs in sandbox mode)."
         )
+# New accounts get their verification link by email: it must leave the machine.
+if EMAIL_BACKEND == "django.core.mail.backends.console.EmailBackend":  # noqa: F405
+    raise ImproperlyConfigured(
+        "EMAIL_HOST is required in production: new accounts verify their address by email."
+    )
 if STRIPE_API_BASE:  # noqa: F405
     raise ImproperlyConfigured("STRIPE_API_BASE is for tests; production talks to Stripe.")
 DEBUG = False

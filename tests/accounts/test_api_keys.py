@@ -1,7 +1,10 @@
 """API keys: created once-visible, hashed at rest, scoped, revocable."""
 
+import pytest
+from django.test import override_settings
 from django.utils import timezone
 
+from accounts.errors import ApiKeyLimitReached
 from accounts.models import ApiKey
 from accounts.services import api_key_create, hash_api_key
 
@@ -229,3 +232,119 @@ def test_new_keys_do_not_manage_keys_unless_asked(bob, api):
 
     assert response.status_code == 201
     assert response.json()["scopes"] == ["infer", "read", "train"]
+
+
+# --- how many keys, and how fast each may call -------------------------------------------
+
+
+@override_settings(API_KEYS_MAX_PER_USER=3)
+def test_a_user_holds_at_most_the_cap_of_live_keys_and_revoking_frees_a_place(bob, api):
+    client = api()
+    client.force_login(bob)
+    made = [client.post("/api/v1/api_keys", {"name": f"k{n}"}, format="json") for n in range(3)]
+
+    refused = client.post("/api/v1/api_keys", {"name": "one too many"}, format="json")
+
+    assert [r.status_code for r in made] == [201, 201, 201]
+    assert refused.status_code == 409
+    assert refused.json()["error"]["code"] == "api_key_limit_reached"
+    assert refused.json()["error"]["fields"] == {"api_keys": ["At most 3 live keys."]}
+    assert not ApiKey.objects.filter(user=bob, name="one too many").exists()
+
+    client.delete(f"/api/v1/api_keys/{made[0].json()['id']}")
+    again = client.post("/api/v1/api_keys", {"name": "replacement"}, format="json")
+
+    assert again.status_code == 201
+    assert ApiKey.objects.filter(user=bob, revoked_at__isnull=True).count() == 3
+    assert ApiKey.objects.filter(user=bob).count() == 4  # the revoked one stays, listed
+
+
+@override_settings(API_KEYS_MAX_PER_USER=2)
+def test_the_portal_and_the_console_meet_the_same_cap(bob):
+    from io import StringIO
+
+    from django.core.management import CommandError, call_command
+    from django.test import Client
+
+    client = Client()
+    client.force_login(bob)
+    for n in range(2):
+        client.post("/dashboard/api-keys/", {"name": f"k{n}", "scopes": ["read"]})
+
+    page = client.post(
+        "/dashboard/api-keys/", {"name": "k2", "scopes": ["read"]}, follow=True
+    ).content.decode()
+
+    assert "You already hold 2 live API keys" in page
+    assert 'data-testid="keys-at-limit"' in page
+    with pytest.raises(CommandError, match="2 live API keys"):
+        call_command("create_api_key", "bob@example.com", stdout=StringIO())
+    assert ApiKey.objects.filter(user=bob).count() == 2
+
+
+@pytest.mark.django_db(transaction=True)
+@override_settings(API_KEYS_MAX_PER_USER=5)
+def test_concurrent_creations_cannot_pass_the_cap(bob):
+    import threading
+
+    from django.db import close_old_connections, connection
+
+    if connection.vendor != "postgresql":
+        pytest.skip("row locks need Postgres (SQLite serialises every write anyway)")
+    start = threading.Barrier(12)
+    answers = []
+
+    def create(n):
+        start.wait()
+        try:
+            api_key_create(user=bob, name=f"race{n}", scopes=["read"])
+            answers.append("created")
+        except ApiKeyLimitReached:
+            answers.append("refused")
+        finally:
+            close_old_connections()
+
+    threads = [threading.Thread(target=create, args=(n,)) for n in range(12)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    assert sorted(answers) == ["created"] * 5 + ["refused"] * 7
+    assert ApiKey.objects.filter(user=bob, revoked_at__isnull=True).count() == 5
+
+
+@override_settings(SERVING_RATE_LIMIT_PER_MINUTE=100)
+def test_a_key_may_carry_its_own_lower_rate_limit_never_above_the_users(bob, api):
+    client = api()
+    client.force_login(bob)
+
+    lower = client.post(
+        "/api/v1/api_keys", {"name": "ci", "rate_limit_per_minute": 30}, format="json"
+    )
+    equal = client.post(
+        "/api/v1/api_keys", {"name": "all", "rate_limit_per_minute": 100}, format="json"
+    )
+    above = client.post(
+        "/api/v1/api_keys", {"name": "greedy", "rate_limit_per_minute": 101}, format="json"
+    )
+    zero = client.post(
+        "/api/v1/api_keys", {"name": "zero", "rate_limit_per_minute": 0}, format="json"
+    )
+    default = client.post("/api/v1/api_keys", {"name": "plain"}, format="json")
+
+    assert lower.status_code == 201 and lower.json()["rate_limit_per_minute"] == 30
+    assert equal.status_code == 201
+    assert above.status_code == 422
+    assert above.json()["error"]["code"] == "invalid_rate_limit"
+    assert above.json()["error"]["fields"] == {
+        "rate_limit_per_minute": ["A whole number from 1 to 100."]
+    }
+    assert zero.status_code == 422
+    assert default.status_code == 201 and default.json()["rate_limit_per_minute"] is None
+    assert ApiKey.objects.get(pk=lower.json()["id"]).rate_limit_per_minute == 30
+    assert not ApiKey.objects.filter(user=bob, name__in=["greedy", "zero"]).exists()
+    listed = {
+        k["name"]: k["rate_limit_per_minute"] for k in client.get("/api/v1/api_keys").json()["data"]
+    }
+    assert listed == {"ci": 30, "all": 100, "plain": None}

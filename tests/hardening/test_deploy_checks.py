@@ -37,6 +37,7 @@ PRODUCTION_ENV = {
     "STRIPE_SECRET_KEY": "sk_live_placeholder",
     "STRIPE_WEBHOOK_SECRET": "whsec_placeholder",
     "AWS_STORAGE_BUCKET_NAME": "niche-files",
+    "EMAIL_HOST": "smtp.invalid",
 }
 GET_PAGES = sorted(
     key.split(" ", 1)[1] for key in MATRIX if key.startswith("GET ") and key != "GET healthz"

@@ -20,7 +20,7 @@ from django.contrib.auth.models import Group
 from django.core.files.uploadedfile import SimpleUploadedFile
 
 from accounts.models import MODERATORS_GROUP, ExpertProfile, User
-from accounts.services import api_key_create
+from accounts.services import api_key_create, user_mark_email_verified
 from billing.models import OfferKind
 from listings import services as listing_services
 from listings.models import Listing
@@ -80,9 +80,11 @@ class World:
 
 
 def _user(key: str, **fields) -> User:
-    return User.objects.create_user(
+    """A persona who has verified their email address (keys and trials need it)."""
+    user = User.objects.create_user(
         email=f"{key}.{marker('email', key)}@example.com", password=PASSWORD, **fields
     )
+    return user_mark_email_verified(user=user)
 
 
 def _sealed_csv() -> bytes:

@@ -26,7 +26,7 @@ from django.conf import settings
 from django.core.management import call_command
 
 from accounts.models import User
-from accounts.services import api_key_create
+from accounts.services import api_key_create, user_mark_email_verified
 from marketplace.storage import SEALED_PREFIX
 from tests.integration.conftest import WorkerProcess
 from tests.integration.web import Gunicorn
@@ -105,6 +105,7 @@ def test_upload_to_model_version_with_web_and_worker_sharing_only_postgres_redis
         worker.wait_ready()
         web.wait_ready()
         alice = User.objects.create_user(email="alice@example.com", password="x" * 12)
+        user_mark_email_verified(user=alice)  # keys need a verified address
         api = Api(web.url, api_key_create(user=alice, name="it", scopes=["read", "train"])[1])
 
         # Upload (web) -> validation (worker) -> training (worker) -> version, over HTTP.

@@ -186,6 +186,7 @@ PRODUCTION_ENV = {
     "NICHE_SIGNING_KEY": "5Z4cZ4SjJ2O8ULbEpWp4KQf0iHMAbD1fMnc7bqR3l2A=",
     "STRIPE_SECRET_KEY": "sk_live_placeholder_for_settings_checks",
     "STRIPE_WEBHOOK_SECRET": "whsec_placeholder_for_settings_checks",
+    "EMAIL_HOST": "smtp.niche.example.com",
 }
 PRODUCTION_PROBE = """
 import django

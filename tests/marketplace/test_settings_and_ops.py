@@ -54,6 +54,7 @@ PRODUCTION_ENV = {
     "STRIPE_SECRET_KEY": "sk_live_placeholder_for_settings_checks",
     "STRIPE_WEBHOOK_SECRET": "whsec_placeholder_for_settings_checks",
     "AWS_STORAGE_BUCKET_NAME": "niche-artifacts",
+    "EMAIL_HOST": "smtp.niche.example.com",
 }
 
 
@@ -114,6 +115,30 @@ def test_production_refuses_a_guessable_split_secret_or_health_token(name, messa
     ],
 )
 def test_production_refuses_to_start_in_billing_sandbox(unset, extra, message):
+    env = {k: v for k, v in os.environ.items() if k not in PRODUCTION_ENV}
+    env |= PRODUCTION_ENV | extra
+    if unset:
+        del env[unset]
+
+    result = _manage(["check"], env)
+
+    assert result.returncode != 0
+    assert message in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("unset", "extra", "message"),
+    [
+        # New accounts verify their address by email: the console backend would eat the links.
+        ("EMAIL_HOST", {}, "EMAIL_HOST is required in production"),
+        (None, {"EMAIL_USE_TLS": "1", "EMAIL_USE_SSL": "1"}, "EMAIL_USE_TLS and EMAIL_USE_SSL"),
+        (None, {"SIGNUP_MAX_PER_HOUR": "0"}, "SIGNUP_MAX_PER_HOUR"),
+        (None, {"API_KEYS_MAX_PER_USER": "many"}, "API_KEYS_MAX_PER_USER"),
+    ],
+)
+def test_production_refuses_to_start_without_a_mail_server_or_with_bad_limits(
+    unset, extra, message
+):
     env = {k: v for k, v in os.environ.items() if k not in PRODUCTION_ENV}
     env |= PRODUCTION_ENV | extra
     if unset:

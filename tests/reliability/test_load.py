@@ -2,7 +2,7 @@
 time, one scenario after the other: the catalogue, the studio's read endpoints, inference
 on a served specialist (a real LoRA adapter on a real inference worker) and Stripe
 webhooks (correctly signed). Each reports req/s, p50/p95/p99 and errors; the goal is 0
-errors at the rate it sustains. Then 50 clients share one key against a rate limit of
+errors at the rate it sustains. Then 50 clients share one key whose own rate limit is
 RATE_LIMIT per minute: the admissions per minute window must be within 5% of it.
 
 Figures go to var/reliability/load.json (docs/reliability.md is generated from it).
@@ -25,6 +25,7 @@ from django.conf import settings
 
 from accounts.services import api_key_create
 from billing.models import OfferKind, StripeEvent, UsageRecord, UsageStatus
+from marketplace.settings import base as base_settings
 from tests.billing.conftest import make_active_licence, make_offer
 from tests.billing.stripe_server import WEBHOOK_SECRET
 from tests.integration.conftest import ROOT
@@ -92,11 +93,12 @@ def marketplace_data(alice, bob, carol, shipped_base_models, tmp_path):
     )
     version = ModelVersion.objects.filter(owner=alice).order_by("created_at").first()
 
-    def key(user, scopes) -> tuple[str, str]:
-        row, plaintext = api_key_create(user=user, name=uuid.uuid4().hex, scopes=scopes)
+    def key(user, scopes, **limits) -> tuple[str, str]:
+        row, plaintext = api_key_create(user=user, name=uuid.uuid4().hex, scopes=scopes, **limits)
         return str(row.pk), plaintext
 
-    rate_key_id, rate_key = key(bob, ["infer"])
+    # bob's account keeps the servers' huge limit; this key has its own, RATE_LIMIT a minute
+    rate_key_id, rate_key = key(bob, ["infer"], rate_limit_per_minute=RATE_LIMIT)
     return {
         "LOAD_SLUGS": ",".join([served.slug] + [listing.slug for listing in others]),
         "LOAD_SERVED_SLUG": served.slug,
@@ -145,9 +147,9 @@ def test_load_on_loopback(worker_env, marketplace_data, tmp_path):
             web.stop()
         answered = web.answered("POST", predict, 200)
 
-        # The rate limiter: a fresh server whose limit is RATE_LIMIT a minute, 50 clients
+        # The rate limiter: a fresh server, 50 clients on the key whose limit is RATE_LIMIT
         store = redis.Redis.from_url(settings.REDIS_URL)
-        web = Gunicorn(web_env | {"SERVING_RATE_LIMIT_PER_MINUTE": str(RATE_LIMIT)}, "rate")
+        web = Gunicorn(web_env, "rate")
         web.wait_ready()
         try:
             rate = run_locust("RateLimitedUser", web.url, RATE_CLIENTS, locust_env, tmp_path)
@@ -156,7 +158,10 @@ def test_load_on_loopback(worker_env, marketplace_data, tmp_path):
         answered += web.answered("POST", predict, 200)
         admitted = {
             key.decode().rsplit(":", 1)[1]: int(store.get(key))
-            for key in store.scan_iter(f"serving:rate:key:{data['rate_key_id']}:*")
+            # the server's windows, under the settings' own prefix (not this test's)
+            for key in store.scan_iter(
+                f"{base_settings.RATE_LIMIT_KEY_PREFIX}:serving:rate:key:{data['rate_key_id']}:*"
+            )
             if store.get(key) is not None
         }
     finally:

@@ -13,7 +13,7 @@ from billing.models import OfferKind, UsageRecord
 from billing.services import licence_revoke, licence_start_free_trial, usage_record
 from listings.services import listing_suspend
 from serving import apis, gateway, openai_api
-from serving.ratelimit import rate_limit_admit
+from serving.ratelimit import WINDOW_SECONDS, RateWindow, rate_limit_admit, rate_window_key
 from tests.billing.conftest import make_offer
 from tests.serving.gateway.conftest import key_for
 
@@ -159,20 +159,77 @@ def test_classification_counts_each_input_against_the_quota(api, bob, triage):
     assert not UsageRecord.objects.filter(licence=trial).exists()
 
 
+def _minute_of(user=None, key_id=None) -> str:
+    import time
+
+    subject = f"user:{user.pk}" if user is not None else f"key:{key_id}"
+    return rate_window_key(subject, int(time.time() // WINDOW_SECONDS))
+
+
 @override_settings(SERVING_RATE_LIMIT_PER_MINUTE=2)
-def test_a_key_past_its_rate_gets_429_with_retry_after(api, bob, bob_licence, triage, real_redis):
+def test_a_second_key_buys_no_more_calls_than_the_users_limit(
+    api, bob, bob_licence, triage, real_redis
+):
+    # Given bob's first key made this minute's two calls (the gateway counts them as bob's)
     from accounts.selectors import api_key_resolve
 
-    key = key_for(bob)
-    subject = f"key:{api_key_resolve(plaintext=key).pk}"
-    for _ in range(2):  # this minute's two calls, already made
-        rate_limit_admit(subject=subject)
+    first, second = key_for(bob), key_for(bob)
+    first_key = api_key_resolve(plaintext=first)
+    for _ in range(2):
+        rate_limit_admit(windows=gateway._rate_windows(bob, first_key))
 
-    response = predict(api(), key, triage.slug, {"inputs": ["My invoice is wrong"]})
+    # When he calls with his second key
+    response = predict(api(), second, triage.slug, {"inputs": ["My invoice is wrong"]})
+
+    # Then it is refused as his account's limit, nothing is written, nothing counted
     assert response.status_code == 429
-    assert response.json()["error"]["code"] == "rate_limited"
+    error = response.json()["error"]
+    assert error["code"] == "rate_limited"
+    assert error["fields"] == {"limit_per_minute": ["2"], "limited_by": ["user"]}
     assert 1 <= int(response["Retry-After"]) <= 60
     assert UsageRecord.objects.count() == 0
+    assert int(real_redis.get(_minute_of(user=bob))) == 2
+
+
+@override_settings(SERVING_RATE_LIMIT_PER_MINUTE=5)
+def test_a_key_past_its_own_lower_limit_gets_429_and_the_user_keeps_the_rest(
+    api, bob, bob_licence, triage, real_redis
+):
+    from accounts.services import api_key_create
+
+    ci_key, ci_plaintext = api_key_create(
+        user=bob, name="ci", scopes=["infer"], rate_limit_per_minute=1
+    )
+    rate_limit_admit(windows=gateway._rate_windows(bob, ci_key))  # its one call this minute
+
+    response = predict(api(), ci_plaintext, triage.slug, {"inputs": ["My invoice is wrong"]})
+
+    assert response.status_code == 429
+    assert response.json()["error"]["fields"] == {
+        "limit_per_minute": ["1"],
+        "limited_by": ["api_key"],
+    }
+    assert "Retry-After" in response
+    assert UsageRecord.objects.count() == 0
+    # the refused call counted in neither window: bob has four calls left this minute
+    assert int(real_redis.get(_minute_of(user=bob))) == 1
+    assert int(real_redis.get(_minute_of(key_id=ci_key.pk))) == 1
+
+
+def test_every_key_of_a_user_and_the_portal_count_in_one_window(bob, api):
+    from accounts.services import api_key_create
+
+    plain, _ = api_key_create(user=bob, name="plain", scopes=["infer"])
+    capped, _ = api_key_create(user=bob, name="capped", scopes=["infer"], rate_limit_per_minute=7)
+
+    windows = [gateway._rate_windows(bob, key) for key in (plain, capped, None)]
+
+    user_window = RateWindow(subject=f"user:{bob.pk}", limit=600)
+    assert windows == [
+        [user_window],
+        [user_window, RateWindow(subject=f"key:{capped.pk}", limit=7)],
+        [user_window],
+    ]
 
 
 def test_a_revoked_licence_stops_at_once(api, bob, carol, bob_licence, triage):
