@@ -4,8 +4,10 @@ The hand-run measurement behind a product decision: it showed that the blend wou
 the classic TF-IDF + logistic regression on every corpus, so classification specialists
 are now served as that blend (``training_worker/ml/lexical_head.py``, weight chosen the
 same way, by the recipe). This script keeps measuring it from the outside, with the
-"oracle" bound beside it. For each corpus of ``bench/corpora.py``, on the sealed split
-``bench/quality.py`` draws:
+"oracle" bound beside it. Its classic model keeps every term, as the head did when this
+was decided; the head now ships only the terms 5 training rows share, and
+``bench/lexical_privacy.py`` measures that head beside this one. For each corpus of
+``bench/corpora.py``, on the sealed split ``bench/quality.py`` draws:
 
 1. the default job (``quality.default_job``, no LLM generalist), its adapter kept;
 2. on the job's own validation rows (the recipe's split of the TRAINING rows), the

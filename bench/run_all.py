@@ -1,8 +1,9 @@
 """Run the benchmarks in bench/ in turn; each prints its own side-by-side ratios.
 
-`auto_defaults.py` (choosing defaults) and `late_fusion.py` (whether a blend with the
+`auto_defaults.py` (choosing defaults), `late_fusion.py` (whether a blend with the
 classic baseline would pay; it did, and classification versions are now served as that
-blend) are measurement scripts behind decisions, minutes long, so they are run by hand,
+blend) and `lexical_privacy.py` (what dropping rare terms from the shipped lexical head
+costs) are measurement scripts behind decisions, minutes long, so they are run by hand,
 not here. `quality.py` (the default job vs the baselines on real corpora,
 fetched from npm into var/corpora on first use) is the longest: tens of minutes on 2 cores.
 `catalogue.py` fills its own database with 100,000 listings on its first run (minutes).

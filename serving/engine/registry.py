@@ -254,8 +254,14 @@ class ModelRegistry:
 
     def _ensure_lexical(self, adapter: LoadedAdapter, ref: AdapterRef) -> None:
         """Load the lexical head ``ref`` names, checked like the adapter: SHA-256 of the
-        stored bytes first, then the strict safetensors parser, then its own shape checks."""
-        from training_worker.ml.lexical_head import LexicalHead, LexicalHeadInvalid
+        stored bytes first, then the strict safetensors parser, then its own checks. A head
+        of an older format (every training term kept) is refused and logged: the version
+        answers ``adapter_unavailable``, never the adapter alone in its place."""
+        from training_worker.ml.lexical_head import (
+            LexicalHead,
+            LexicalHeadInvalid,
+            LexicalHeadOutdated,
+        )
         from training_worker.ml.safe_weights import UnsafeWeightsError
 
         if not ref.lexical_head_path or ref.lexical_head_sha256 in adapter.lexical:
@@ -265,6 +271,14 @@ class ModelRegistry:
         )
         try:
             head = LexicalHead.from_bytes(payload)
+        except LexicalHeadOutdated as exc:
+            # Written before heads dropped rare terms: it may hold words of single training
+            # rows, so the version is not served until it is trained again.
+            logger.error(
+                "serving: version %s has an outdated lexical head %s, refused: %s",
+                ref.model_version_id, ref.lexical_head_sha256, exc,
+            )  # fmt: skip
+            raise AdapterUnavailable(f"The lexical head is refused: {exc}") from exc
         except (UnsafeWeightsError, LexicalHeadInvalid) as exc:
             raise AdapterUnavailable(f"The lexical head is refused: {exc}") from exc
         if head.n_labels != len(ref.labels):

@@ -3,7 +3,9 @@ adapter: SHA-256 first, then the strict safetensors parser, then its own shape c
 
 import dataclasses
 import hashlib
+import json
 import logging
+import random
 
 import numpy as np
 import pytest
@@ -13,7 +15,6 @@ from serving.engine.runner import ClassificationRow, classify_rows
 from serving.protocol import TEXT_CLASSIFICATION, AdapterRef
 from tests.serving.conftest import LABELS
 from training_worker.ml import lexical_head
-from training_worker.ml.baselines import fit_classic_classifier
 
 TEXTS = [
     "I was charged twice for one invoice",
@@ -23,19 +24,32 @@ TEXTS = [
 ]
 
 
-def write_head(folder, weight: float, labels=LABELS) -> tuple[str, str, lexical_head.LexicalHead]:
+CUES = {
+    "billing": ["billed", "twice", "refund", "invoice", "payment", "charged", "card"],
+    "bug": ["crash", "error", "freeze", "button", "broken", "crashes", "settings"],
+    "praise": ["great", "lovely", "thanks", "love", "thank", "you", "team"],
+}
+
+
+def head_payload(labels=LABELS, weight: float = 0.5, rows_per_label: int = 12) -> tuple:
+    """A lexical head fitted as the recipe fits one (terms shared by at least k rows)."""
+    rng = random.Random(0)
     train = [
-        ("billed twice refund invoice", "billing"), ("payment charged card", "billing"),
-        ("crash error freeze", "bug"), ("button broken crashes", "bug"),
-        ("great lovely thanks", "praise"), ("love it thank you", "praise"),
-    ]  # fmt: skip
+        (f"{' '.join(rng.sample(CUES[label], 4))} ticket {i}", label)
+        for label in labels
+        for i in range(rows_per_label)
+    ]
     ids = {label: i for i, label in enumerate(labels)}
-    train = [(text, label) for text, label in train if label in ids]
-    pipeline = fit_classic_classifier(
-        [text for text, _ in train], [ids[label] for _, label in train], seed=0
-    )
-    head = lexical_head.from_pipeline(pipeline, len(labels), weight)
-    payload = head.to_bytes()
+    head = lexical_head.fit(
+        [text for text, _ in train], [ids[label] for _, label in train],
+        n_labels=len(labels), seed=0,
+    )  # fmt: skip
+    head = dataclasses.replace(head, weight=weight)
+    return head.to_bytes(), head
+
+
+def write_head(folder, weight: float, labels=LABELS) -> tuple[str, str, lexical_head.LexicalHead]:
+    payload, head = head_payload(labels, weight)
     path = folder / "lexical_head.safetensors"
     path.write_bytes(payload)
     return str(path), hashlib.sha256(payload).hexdigest(), head
@@ -108,6 +122,38 @@ def test_a_lexical_head_for_another_label_count_is_refused(
     base = registry.base("minilm-l6", TEXT_CLASSIFICATION)
     with pytest.raises(AdapterUnavailable, match="lexical head has 2 labels"):
         registry.ensure_adapters(base, [ref])
+
+
+def test_a_head_written_before_rare_terms_were_dropped_is_refused_and_logged(
+    registry, classification_adapters, tmp_path, caplog
+):
+    # Given a version whose head is of format 1 (every training term kept)
+    from safetensors.numpy import load, save
+
+    from training_worker.ml.safe_weights import validate_safetensors_bytes
+
+    payload, _ = head_payload()
+    metadata = dict(validate_safetensors_bytes(payload).metadata)
+    config = json.loads(metadata["config"])
+    del config["min_training_rows"]
+    legacy = save(load(payload), metadata={**metadata, "format_version": "1",
+                                           "config": json.dumps(config)})  # fmt: skip
+    path = tmp_path / "lexical_head.safetensors"
+    path.write_bytes(legacy)
+    ref = dataclasses.replace(
+        classification_adapters[2].ref,
+        lexical_head_path=str(path),
+        lexical_head_sha256=hashlib.sha256(legacy).hexdigest(),
+    )
+    base = registry.base("minilm-l6", TEXT_CLASSIFICATION)
+
+    # When the engine is asked to serve it, it refuses: not the adapter alone in its place
+    with caplog.at_level(logging.ERROR), pytest.raises(AdapterUnavailable) as refused:
+        registry.ensure_adapters(base, [ref])
+    assert refused.value.code == "adapter_unavailable"
+    assert "format 1" in str(refused.value) and "Train the version again" in str(refused.value)
+    assert "outdated lexical head" in caplog.text
+    assert all(not adapter.lexical for adapter in base.adapters.values())
 
 
 def test_the_wire_form_of_a_ref_carries_its_lexical_head():

@@ -48,39 +48,49 @@ class EvaluationOptions:
             raise ValueError("few_shot_k must not be negative")
 
 
+# The classic model's TF-IDF blocks (name, analyzer, ngram_range), sublinear tf; the
+# lexical head (lexical_head.py) uses the same blocks over a pruned vocabulary.
+TFIDF_BLOCKS: tuple[tuple[str, str, tuple[int, int]], ...] = (
+    ("words", "word", (1, 2)),
+    ("chars", "char_wb", (3, 5)),
+)
+
+
 def _tfidf_features():
     from sklearn.feature_extraction.text import TfidfVectorizer
     from sklearn.pipeline import FeatureUnion
 
     return FeatureUnion(
         [
-            ("words", TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True, min_df=1)),
-            (
-                "chars",
-                TfidfVectorizer(
-                    analyzer="char_wb", ngram_range=(3, 5), sublinear_tf=True, min_df=1
-                ),
-            ),
+            (name, TfidfVectorizer(analyzer=analyzer, ngram_range=ngram_range,
+                                   sublinear_tf=True, min_df=1))
+            for name, analyzer, ngram_range in TFIDF_BLOCKS
         ]
-    )
+    )  # fmt: skip
+
+
+def classic_logistic_regression(seed: int):
+    """The classic model's classifier (unfitted): the baseline's and the lexical head's."""
+    from sklearn.linear_model import LogisticRegression
+
+    return LogisticRegression(C=10.0, max_iter=2000, class_weight="balanced", random_state=seed)
 
 
 def fit_classic_classifier(train_texts: list[str], train_label_ids: list[int], seed: int):
     """A fitted scikit-learn pipeline (TF-IDF features + logistic regression).
 
     Fitted on ``train_texts`` only; with one class in the training rows it still predicts
-    that class (a constant model), so the evaluation never fails for lack of variety.
+    that class (a constant model), so the evaluation never fails for lack of variety. Its
+    vocabulary keeps every term of the training rows: it is scored, never shipped (the
+    shipped lexical head drops rare terms, ``lexical_head.fit``).
     """
     from sklearn.dummy import DummyClassifier
-    from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import Pipeline
 
     if len(set(train_label_ids)) < 2:
         classifier = DummyClassifier(strategy="most_frequent")
     else:
-        classifier = LogisticRegression(
-            C=10.0, max_iter=2000, class_weight="balanced", random_state=seed
-        )
+        classifier = classic_logistic_regression(seed)
     pipeline = Pipeline([("features", _tfidf_features()), ("classifier", classifier)])
     pipeline.fit(list(train_texts), np.asarray(train_label_ids, dtype=np.int64))
     return pipeline

@@ -1,23 +1,65 @@
-"""The lexical head: the classic TF-IDF + logistic regression model, blended with the adapter.
+"""The lexical head: a TF-IDF + logistic regression over terms that many training rows
+share, blended with the adapter.
 
 A classification specialist is served as ``w * p_adapter + (1 - w) * p_lexical``: the
-LoRA adapter's class probabilities mixed with those of the classic baseline the evaluation
-fits on the same training rows (``baselines.fit_classic_classifier``). The recipe chooses
-``w`` on the validation rows it carves from the training rows (lowest log loss on a grid,
-ties to the adapter), so the blend only leans on the lexical model where it helped on rows
-the adapter was not trained on; ``w = 1`` means the adapter alone and no head is written.
+LoRA adapter's class probabilities mixed with those of a TF-IDF + logistic regression
+model fitted on the same training rows (the classic baseline's blocks and classifier,
+``baselines.TFIDF_BLOCKS``, over a pruned vocabulary). The recipe chooses ``w`` on the
+validation rows it carves from the training rows (lowest log loss on a grid, ties to the
+adapter), so the blend only leans on the lexical model where it helped on rows the adapter
+was not trained on; ``w = 1`` means the adapter alone and no head is written.
+``bench/late_fusion.py`` measured why blend at all: over four sealed splits the adapter
+alone trails the classic model on State of the Union passages, where the blend leads it.
 
-Measured (``bench/late_fusion.py``, four sealed splits, 2,000 training rows): the adapter
-alone trails the classic model on State of the Union passages by 4.3 points on average;
-the blend leads it on every corpus.
+What the head may hold. It ships in the export bundle and answers buyers' calls, so no
+training row may be read back from it. A term is kept only when at least
+``MIN_TRAINING_ROWS`` (k = 5) distinct training rows hold it. Two ways were weighed:
+
+- Hashed features (no vocabulary) take the terms out of the file but not out of the model:
+  a buyer who guesses a token (record numbers are enumerable, surnames come in public
+  lists) hashes it and reads whether its bucket carries an idf and a weight, or calls the
+  model with and without it. Hashing hides only what cannot be guessed.
+- Pruning by document frequency leaves a token of one row no feature at all: it is not in
+  the file, and a call that contains it gets the answer a call with an unseen token of the
+  same shape gets. What is kept is what k rows share; the idf of a kept term tells how
+  many rows hold it (at least k), never which.
+
+So: pruning. Rows are counted once per near-duplicate key (the sealed split's: case,
+spacing and punctuation ignored), so copies of one row cannot lift its tokens over k.
+scikit-learn's ``min_df`` counts documents, which is right for a token repeated inside one
+row (it counts once) but wrong for copies of a row (each would count), so the vocabulary is
+counted on de-duplicated rows and the TF-IDF is then fitted on all the training rows over
+that fixed vocabulary. Why 5 and not 2: k = 2 already drops every token of a single row,
+but one person often has two or three rows (a note and its follow-up, a referral), and a
+surname in two rows would survive it; 5 is also the smallest count commonly published in
+frequency tables about people. What it costs, measured side by side on one adapter per
+corpus (``bench/lexical_privacy.py``, ``bench/results/lexical_privacy.json``): the served
+blend loses 1.7 points on State of the Union passages and 0.7 on first names (k = 2: 0.6
+and 0; k = 10: 2.3 and 1.3), nothing on SpamAssassin or AFINN; the file is 5-14x smaller.
+
+What it is not: differential privacy. The weights of shared terms are fitted on every row,
+so each row moves them a little, as it moves the adapter's weights; membership inference
+against a fitted model (the adapter included) is not closed by this.
+
+The evaluation's classic baseline keeps every term (``baselines.fit_classic_classifier``):
+it is the bar the specialist is measured against, the model an engineer would fit on these
+rows for their own use, and it is only scored on the sealed rows, never shipped. The blend
+weight is chosen, and the served blend scored, with the pruned head as shipped.
 
 The head is one safetensors file, written and read by this module only: the vocabularies
 as UTF-8 bytes plus offsets, the idf vectors, the coefficients and the intercept, with the
-vectoriser settings and ``w`` as JSON in the header's ``__metadata__``. It is parsed by the
-strict ``safe_weights`` check first and then by ``safetensors.numpy`` (no pickle, ever);
-every shape is checked against the others before anything is built from it. Loading
-needs scikit-learn's ``CountVectorizer`` (with the stored vocabulary, nothing fitted)
-and numpy/scipy; no torch, no Django.
+vectoriser settings, ``w`` and k (``min_training_rows``) as JSON in the header's
+``__metadata__``. It is parsed by the strict ``safe_weights`` check first and then by
+``safetensors.numpy`` (no pickle, ever); every shape is checked against the others before
+anything is built from it. Loading needs scikit-learn's ``CountVectorizer`` (with the
+stored vocabulary, nothing fitted) and numpy/scipy; no torch, no Django.
+
+Format 2 brought the pruning and k. A head of format 1 (every term kept) is refused with
+``LexicalHeadOutdated``: the serving engine does not load it (``adapter_unavailable``,
+logged) and the export bundle does not ship it (409 ``adapter_file_refused``, field code
+``lexical_head_outdated``); its version must be trained again (the platform has not
+launched, and ``make run``'s seeding trains the demo versions anew). A head whose k is
+below ``MIN_TRAINING_ROWS`` is refused too.
 """
 
 from __future__ import annotations
@@ -30,13 +72,17 @@ from typing import Any
 import numpy as np
 
 from training_worker.ml.safe_weights import validate_safetensors_bytes
+from training_worker.ml.sealed_split import near_duplicate_key
 
 FORMAT = "niche-lexical-head"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 FILENAME = "lexical_head.safetensors"
+# k: a term is kept only when at least this many distinct training rows hold it (see above).
+MIN_TRAINING_ROWS = 5
 METHOD = (
-    "w x adapter probabilities + (1 - w) x classic TF-IDF + logistic regression probabilities; "
-    "w chosen on the validation rows (lowest log loss on a 0.05 grid, ties to the adapter)"
+    "w x adapter probabilities + (1 - w) x TF-IDF + logistic regression probabilities over "
+    f"the terms at least {MIN_TRAINING_ROWS} distinct training rows share; w chosen on the "
+    "validation rows (lowest log loss on a 0.05 grid, ties to the adapter)"
 )
 # Blend weights tried on the validation rows; 1.0 is the adapter alone.
 WEIGHT_GRID = tuple(round(i / 20, 2) for i in range(21))
@@ -49,6 +95,15 @@ DEFAULT_TOKEN_PATTERN = r"(?u)\b\w\w+\b"  # noqa: S105 (a regular expression, no
 
 class LexicalHeadInvalid(ValueError):
     """The file is not a lexical head this module wrote (or its parts do not fit)."""
+
+    code = "lexical_head_invalid"
+
+
+class LexicalHeadOutdated(LexicalHeadInvalid):
+    """A head of an older format, written before rare terms were dropped: never served or
+    shipped; its version must be trained again."""
+
+    code = "lexical_head_outdated"
 
 
 @dataclass(frozen=True)
@@ -101,7 +156,8 @@ class Vectoriser:
 
 @dataclass(frozen=True)
 class LexicalHead:
-    """A fitted classic classifier, its blend weight, and the label count of its version."""
+    """A fitted lexical classifier, its blend weight, the label count of its version, and
+    k: every term it holds is shared by at least ``min_training_rows`` training rows."""
 
     vectorisers: tuple[Vectoriser, ...]
     coef: np.ndarray  # (1, features) for two classes, else (classes, features)
@@ -109,6 +165,7 @@ class LexicalHead:
     classes: np.ndarray  # label ids the model knows, ascending; others get probability 0
     n_labels: int
     weight: float  # of the adapter: w in w * p_adapter + (1 - w) * p_lexical
+    min_training_rows: int  # k of the pruning (MIN_TRAINING_ROWS for any head written)
 
     @property
     def nbytes(self) -> int:
@@ -169,7 +226,12 @@ class LexicalHead:
                     "sublinear_tf": v.sublinear_tf,
                 }
             )
-        config = {"n_labels": self.n_labels, "weight": self.weight, "vectorisers": blocks}
+        config = {
+            "n_labels": self.n_labels,
+            "weight": self.weight,
+            "min_training_rows": self.min_training_rows,
+            "vectorisers": blocks,
+        }
         metadata = {
             "format": FORMAT,
             "format_version": str(FORMAT_VERSION),
@@ -180,20 +242,50 @@ class LexicalHead:
     @classmethod
     def from_bytes(cls, payload: bytes) -> LexicalHead:
         """Parse a head written by ``to_bytes``; raises ``UnsafeWeightsError`` for a file the
-        strict safetensors check refuses and ``LexicalHeadInvalid`` for anything else."""
+        strict safetensors check refuses, ``LexicalHeadOutdated`` for a head of an older
+        format and ``LexicalHeadInvalid`` for anything else."""
         from safetensors.numpy import load
 
-        metadata = validate_safetensors_bytes(payload).metadata
-        if metadata.get("format") != FORMAT or metadata.get("format_version") != str(
-            FORMAT_VERSION
-        ):
-            raise LexicalHeadInvalid("Not a lexical head of a format this version reads.")
+        config = check_metadata(validate_safetensors_bytes(payload).metadata)
         try:
-            return _build(json.loads(metadata.get("config", "")), load(payload))
+            return _build(config, load(payload))
         except LexicalHeadInvalid:
             raise
         except (KeyError, TypeError, ValueError) as exc:
             raise LexicalHeadInvalid(f"The lexical head does not fit together: {exc}") from exc
+
+
+def check_metadata(metadata: dict[str, str]) -> dict[str, Any]:
+    """The config of a head whose safetensors ``__metadata__`` is ``metadata``, when this
+    version may serve and ship it. Raises ``LexicalHeadOutdated`` for a head of an older
+    format (every term kept) and ``LexicalHeadInvalid`` for anything else, a head pruned
+    at fewer than ``MIN_TRAINING_ROWS`` rows included. Reads the header only: the export
+    bundle checks stored heads with it without loading them."""
+    if metadata.get("format") != FORMAT:
+        raise LexicalHeadInvalid(f"Not a lexical head: format {metadata.get('format')!r}.")
+    version = metadata.get("format_version", "")
+    if version.isdigit() and int(version) < FORMAT_VERSION:
+        raise LexicalHeadOutdated(
+            f"This lexical head has format {int(version)}, written before heads kept only "
+            f"the terms at least {MIN_TRAINING_ROWS} training rows share: it may give away "
+            "words of single training rows, so it is neither served nor shipped. Train the "
+            "version again."
+        )
+    if version != str(FORMAT_VERSION):
+        raise LexicalHeadInvalid("Not a lexical head of a format this version reads.")
+    try:
+        config = json.loads(metadata.get("config", ""))
+    except ValueError as exc:
+        raise LexicalHeadInvalid(f"The lexical head's config is not JSON: {exc}") from exc
+    if not isinstance(config, dict):
+        raise LexicalHeadInvalid("config is not an object")
+    k = config.get("min_training_rows")
+    if not (isinstance(k, int) and not isinstance(k, bool) and k >= MIN_TRAINING_ROWS):
+        raise LexicalHeadInvalid(
+            f"min_training_rows must be an integer >= {MIN_TRAINING_ROWS}: a head that keeps "
+            "rarer terms is never served or shipped"
+        )
+    return config
 
 
 def _build(config: dict, tensors: dict[str, np.ndarray]) -> LexicalHead:
@@ -201,7 +293,6 @@ def _build(config: dict, tensors: dict[str, np.ndarray]) -> LexicalHead:
         if not condition:
             raise LexicalHeadInvalid(message)
 
-    check(isinstance(config, dict), "config is not an object")
     n_labels, weight = config["n_labels"], config["weight"]
     check(isinstance(n_labels, int) and n_labels >= 2, "n_labels must be an integer >= 2")
     check(isinstance(weight, int | float) and 0.0 <= weight < 1.0, "weight must be in [0, 1)")
@@ -261,17 +352,87 @@ def _build(config: dict, tensors: dict[str, np.ndarray]) -> LexicalHead:
     check(coef.dtype == np.float64 and coef.shape == (rows, n_features), "coef has the wrong shape")
     check(intercept.dtype == np.float64 and intercept.shape == (rows,), "bad intercept shape")
     check(bool(np.isfinite(coef).all() and np.isfinite(intercept).all()), "non-finite weights")
-    return LexicalHead(tuple(vectorisers), coef, intercept, classes, n_labels, float(weight))
+    return LexicalHead(
+        tuple(vectorisers), coef, intercept, classes, n_labels, float(weight),
+        min_training_rows=config["min_training_rows"],
+    )  # fmt: skip
 
 
-def from_pipeline(pipeline: Any, n_labels: int, weight: float = 1.0) -> LexicalHead | None:
-    """The head of a pipeline ``baselines.fit_classic_classifier`` fitted; None when it is
-    the constant model it falls back to (fewer than two classes in the training rows)."""
-    from sklearn.linear_model import LogisticRegression
+def shared_terms(
+    texts: list[str], analyzer: str, ngram_range: tuple[int, int], min_training_rows: int
+) -> list[str]:
+    """The terms (``analyzer`` n-grams) that at least ``min_training_rows`` distinct rows of
+    ``texts`` hold, sorted: rows with one near-duplicate key count once, and a term
+    repeated inside one row counts once. Empty when no term is shared that widely."""
+    from sklearn.feature_extraction.text import CountVectorizer
 
-    union, classifier = pipeline.named_steps["features"], pipeline.named_steps["classifier"]
-    if not isinstance(classifier, LogisticRegression):
+    distinct = list({near_duplicate_key(text): text for text in texts}.values())
+    counter = CountVectorizer(
+        analyzer=analyzer,
+        ngram_range=ngram_range,
+        token_pattern=DEFAULT_TOKEN_PATTERN,
+        min_df=min_training_rows,  # an int: a count of (distinct) rows
+        binary=True,
+    )
+    try:
+        counter.fit(distinct)
+    except ValueError:  # no term remains, fewer rows than k, or only empty rows
+        return []
+    return sorted(counter.vocabulary_)
+
+
+def fit(
+    texts: list[str],
+    label_ids: list[int],
+    *,
+    n_labels: int,
+    seed: int,
+    min_training_rows: int = MIN_TRAINING_ROWS,
+) -> LexicalHead | None:
+    """The lexical head of these training rows, at weight 1 until the recipe chooses one:
+    TF-IDF blocks over the terms at least ``min_training_rows`` distinct rows share (idf
+    fitted on all the rows) and the classic baseline's logistic regression over them.
+    None when the rows hold fewer than two labels or no term is shared that widely.
+    ``min_training_rows`` below ``MIN_TRAINING_ROWS`` is for measurement only (the bench's
+    every-term head): ``from_bytes`` refuses such a head, so it is never served."""
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.pipeline import FeatureUnion, Pipeline
+
+    from training_worker.ml.baselines import TFIDF_BLOCKS, classic_logistic_regression
+
+    if min_training_rows < 1:
+        raise ValueError(f"min_training_rows must be at least 1, not {min_training_rows}")
+    texts = list(texts)
+    y = np.asarray(label_ids, dtype=np.int64)
+    if len(set(y.tolist())) < 2:
         return None
+    blocks = []
+    for name, analyzer, ngram_range in TFIDF_BLOCKS:
+        terms = shared_terms(texts, analyzer, ngram_range, min_training_rows)
+        if terms:
+            vectoriser = TfidfVectorizer(
+                analyzer=analyzer,
+                ngram_range=ngram_range,
+                sublinear_tf=True,
+                token_pattern=DEFAULT_TOKEN_PATTERN,
+                vocabulary=terms,
+            )
+            blocks.append((name, vectoriser))
+    if not blocks:
+        return None
+    pipeline = Pipeline(
+        [("features", FeatureUnion(blocks)), ("classifier", classic_logistic_regression(seed))]
+    )
+    pipeline.fit(texts, y)
+    return _from_pipeline(pipeline, n_labels, min_training_rows=min_training_rows)
+
+
+def _from_pipeline(
+    pipeline: Any, n_labels: int, weight: float = 1.0, *, min_training_rows: int
+) -> LexicalHead:
+    """The head of a TF-IDF + logistic regression pipeline that ``fit`` built; refuses
+    settings ``Vectoriser.transform`` would not reproduce."""
+    union, classifier = pipeline.named_steps["features"], pipeline.named_steps["classifier"]
     vectorisers = []
     for name, vectoriser in union.transformer_list:
         unsupported = {
@@ -310,6 +471,7 @@ def from_pipeline(pipeline: Any, n_labels: int, weight: float = 1.0) -> LexicalH
         classes=np.asarray(classifier.classes_, dtype=np.int64),
         n_labels=n_labels,
         weight=weight,
+        min_training_rows=min_training_rows,
     )
 
 

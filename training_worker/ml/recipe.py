@@ -26,7 +26,7 @@ import torch
 
 from training_worker.ml import data, evaluation, lexical_head, model_selection
 from training_worker.ml.base_models import load_tokenizer_and_model
-from training_worker.ml.baselines import EvaluationOptions, fit_classic_classifier
+from training_worker.ml.baselines import EvaluationOptions
 from training_worker.ml.config import (
     VALIDATION_MIN_TRAIN_ROWS,
     LoraHyperparameters,
@@ -603,7 +603,7 @@ class _Run:
             device=self.device, options=spec.evaluation_options, seed=spec.seed,
         )  # fmt: skip
         # What is served is what is scored: the blend when the validation rows chose one.
-        self.lexical_head, blend_record = self._choose_blend(others.classic_model)
+        self.lexical_head, blend_record = self._choose_blend()
         served = (
             self.lexical_head.blend(adapter_probabilities, texts)
             if self.lexical_head
@@ -625,33 +625,37 @@ class _Run:
             ),
         )
 
-    def _choose_blend(self, classic_model: Any) -> tuple[lexical_head.LexicalHead | None, Blend]:
+    def _choose_blend(self) -> tuple[lexical_head.LexicalHead | None, Blend]:
         """The lexical head to serve beside the adapter (None: the adapter alone) and the
         record of how its weight was chosen. The weight is chosen on the validation rows,
-        with a classic model fitted on the other training rows (so neither model has seen
-        the rows that weigh them); the head served is the classic model fitted on all the
-        training rows, the evaluation's own classic baseline."""
+        with a head fitted on the other training rows (so neither model has seen the rows
+        that weigh them); the head served is fitted on all the training rows. Both keep
+        only the terms that ``lexical_head.MIN_TRAINING_ROWS`` distinct rows share."""
         n_labels = len(self.spec.labels)
+        label_to_id = {label: i for i, label in enumerate(self.spec.labels)}
 
         def alone(reason: str) -> tuple[None, Blend]:
             return None, Blend(weight=1.0, method=lexical_head.METHOD, reason=reason)
+
+        def fitted(rows: list[dict]) -> lexical_head.LexicalHead | None:
+            return lexical_head.fit(
+                [row["text"] for row in rows],
+                [label_to_id[row["label"]] for row in rows],
+                n_labels=n_labels,
+                seed=self.spec.seed,
+            )
 
         if not self.resolved.lexical_blend:
             return alone("lexical_blend is off")
         if not self.validation_rows:
             return alone("no validation split to choose a blend weight on")
-        head = lexical_head.from_pipeline(classic_model, n_labels)
-        label_to_id = {label: i for i, label in enumerate(self.spec.labels)}
-        fit_head = lexical_head.from_pipeline(
-            fit_classic_classifier(
-                [row["text"] for row in self.train_rows],
-                [label_to_id[row["label"]] for row in self.train_rows],
-                self.spec.seed,
-            ),
-            n_labels,
-        )
-        if head is None or fit_head is None:
+        if len({row["label"] for row in self.train_rows}) < 2:
             return alone("the training rows hold one label only")
+        head, fit_head = fitted(self.spec.train_rows), fitted(self.train_rows)
+        if head is None or fit_head is None:
+            return alone(
+                f"no term is shared by {lexical_head.MIN_TRAINING_ROWS} distinct training rows"
+            )
         texts = [row["text"] for row in self.validation_rows]
         y = np.array([label_to_id[row["label"]] for row in self.validation_rows])
         adapter = evaluation.predict_class_probabilities(
@@ -680,7 +684,7 @@ class _Run:
         self.callbacks.on_event(
             "info",
             f"Blend weight chosen on {len(texts)} validation rows: adapter {weight:.2f}, "
-            f"classic TF-IDF model {1 - weight:.2f}"
+            f"lexical head {1 - weight:.2f}"
             + (" (the adapter alone is served)." if weight >= 1.0 else "."),
             {"blend": record.as_dict()},
         )

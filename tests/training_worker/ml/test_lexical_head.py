@@ -1,6 +1,8 @@
-"""The lexical head: scikit-learn's classic model, carried as safetensors, blended with
-the adapter by a weight chosen on validation rows."""
+"""The lexical head: the classic TF-IDF + logistic regression over the terms that at least
+k distinct training rows share, carried as safetensors, blended with the adapter by a
+weight chosen on validation rows."""
 
+import dataclasses
 import json
 import pickle
 import random
@@ -11,7 +13,12 @@ from safetensors.numpy import load, save
 
 from training_worker.ml import lexical_head
 from training_worker.ml.baselines import fit_classic_classifier
-from training_worker.ml.lexical_head import LexicalHead, LexicalHeadInvalid
+from training_worker.ml.lexical_head import (
+    MIN_TRAINING_ROWS,
+    LexicalHead,
+    LexicalHeadInvalid,
+    LexicalHeadOutdated,
+)
 from training_worker.ml.safe_weights import UnsafeWeightsError
 
 WORDS = [
@@ -34,27 +41,97 @@ def rows(n: int, n_labels: int, seed: int) -> tuple[list[str], list[int]]:
     return texts, labels
 
 
+def head_of(texts, labels, n_labels: int, weight: float = 1.0, **options) -> LexicalHead:
+    head = lexical_head.fit(texts, labels, n_labels=n_labels, seed=0, **options)
+    return dataclasses.replace(head, weight=weight)
+
+
+def scikit_learn_pipeline(head: LexicalHead, texts, labels):
+    """scikit-learn's own TfidfVectorizer + LogisticRegression over the head's terms."""
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import FeatureUnion, Pipeline
+
+    blocks = [
+        (v.name, TfidfVectorizer(analyzer=v.analyzer, ngram_range=v.ngram_range,
+                                 sublinear_tf=True, vocabulary=list(v.terms)))
+        for v in head.vectorisers
+    ]  # fmt: skip
+    classifier = LogisticRegression(C=10.0, max_iter=2000, class_weight="balanced", random_state=0)
+    return Pipeline([("features", FeatureUnion(blocks)), ("classifier", classifier)]).fit(
+        texts, labels
+    )
+
+
 @pytest.mark.parametrize("n_labels", [2, 3])
 def test_the_head_reproduces_scikit_learns_probabilities_and_survives_its_file(n_labels):
     texts, labels = rows(160, n_labels, seed=0)
-    pipeline = fit_classic_classifier(texts[:120], labels[:120], seed=0)
-    head = lexical_head.from_pipeline(pipeline, n_labels, weight=0.35)
+    head = head_of(texts[:120], labels[:120], n_labels, weight=0.35)
 
-    expected = pipeline.predict_proba(texts[120:])
+    expected = scikit_learn_pipeline(head, texts[:120], labels[:120]).predict_proba(texts[120:])
     np.testing.assert_allclose(head.predict_proba(texts[120:]), expected, atol=1e-12)
 
     reloaded = LexicalHead.from_bytes(head.to_bytes())
     assert reloaded.weight == 0.35 and reloaded.n_labels == n_labels
+    assert reloaded.min_training_rows == MIN_TRAINING_ROWS
     np.testing.assert_array_equal(
         reloaded.predict_proba(texts[120:]), head.predict_proba(texts[120:])
     )
 
 
+def test_with_k_1_the_head_is_the_classic_baseline_and_k_is_all_that_differs():
+    texts, labels = rows(160, 3, seed=7)
+    every_term = head_of(texts[:120], labels[:120], 3, min_training_rows=1)
+    baseline = fit_classic_classifier(texts[:120], labels[:120], seed=0)
+    np.testing.assert_allclose(
+        every_term.predict_proba(texts[120:]), baseline.predict_proba(texts[120:]), atol=1e-12
+    )
+    pruned = head_of(texts[:120], labels[:120], 3)
+    assert len(pruned.coef[0]) < len(every_term.coef[0])
+
+
+def test_a_term_fewer_than_k_distinct_rows_hold_has_no_feature():
+    # Given rows whose cue words are shared widely, and tokens that only a few rows hold
+    texts, labels = rows(120, 2, seed=8)
+    texts[0] += " Wojciechowska"  # one row
+    texts[1] += " ZQXJ-4417 ZQXJ-4417 ZQXJ-4417"  # one row, repeated inside it
+    for copy in ("", "!!", "  "):  # one row and two near-copies of it (case, punctuation)
+        texts.append(f"{texts[2].upper()}{copy} Przybyszewski")
+        labels.append(labels[2])
+    for i in range(3, 3 + MIN_TRAINING_ROWS - 1):  # k - 1 distinct rows
+        texts[i] += " Kowalczykowa"
+
+    head = head_of(texts, labels, 2, weight=0.5)
+
+    terms = {term for v in head.vectorisers for term in v.terms}
+    for rare in ("wojciechowska", "zqxj", "4417", "przybyszewski", "kowalczykowa"):
+        assert rare not in terms
+        assert not any(rare[1:5] in term for term in terms)  # nor a character n-gram of it
+    # What stays is shared by at least k distinct rows; a probe with a rare token gets the
+    # answer a look-alike no row holds gets: no feature knows it.
+    assert {"invoice", "refund", "crash"} <= terms
+    probes = ["Wojciechowska crash", "Wojciechowsky crash", "ZQXJ-4417 ok", "ZQXJ-4471 ok"]
+    probabilities = LexicalHead.from_bytes(head.to_bytes()).predict_proba(probes)
+    np.testing.assert_array_equal(probabilities[0], probabilities[1])
+    np.testing.assert_array_equal(probabilities[2], probabilities[3])
+
+    # And once k distinct rows hold the surname, it is a term like any other
+    texts[3 + MIN_TRAINING_ROWS] += " Kowalczykowa"
+    assert "kowalczykowa" in head_of(texts, labels, 2).vectorisers[0].terms
+
+
+def test_rows_sharing_no_term_k_times_give_no_head():
+    texts = ["apple", "zebra", "quartz", "mango", "violin", "rocket", "fjord", "glyph"]
+    assert lexical_head.fit(texts, [i % 2 for i in range(8)], n_labels=2, seed=0) is None
+    # Fewer rows than k: nothing can be shared by k of them.
+    few = ["refund invoice", "crash freeze", "refund again", "crash again"]
+    assert lexical_head.fit(few, [0, 1, 0, 1], n_labels=2, seed=0) is None
+
+
 def test_a_label_missing_from_the_training_rows_gets_probability_zero():
     texts, labels = rows(90, 3, seed=1)
     kept = [i for i, label in enumerate(labels) if label != 1]
-    pipeline = fit_classic_classifier([texts[i] for i in kept], [labels[i] for i in kept], 0)
-    head = lexical_head.from_pipeline(pipeline, n_labels=3)
+    head = head_of([texts[i] for i in kept], [labels[i] for i in kept], 3)
     probabilities = head.predict_proba(texts[:6])
     assert probabilities.shape == (6, 3)
     assert (probabilities[:, 1] == 0).all()
@@ -63,14 +140,14 @@ def test_a_label_missing_from_the_training_rows_gets_probability_zero():
 
 def test_a_head_the_blend_gives_no_weight_is_never_written():
     texts, labels = rows(40, 2, seed=6)
-    head = lexical_head.from_pipeline(fit_classic_classifier(texts, labels, 0), 2)  # weight 1
+    head = head_of(texts, labels, 2)  # weight 1
     with pytest.raises(ValueError, match="weight"):
         head.to_bytes()
 
 
 def test_a_constant_model_has_no_head():
     texts, _ = rows(20, 2, seed=2)
-    assert lexical_head.from_pipeline(fit_classic_classifier(texts, [0] * 20, 0), 2) is None
+    assert lexical_head.fit(texts, [0] * 20, n_labels=2, seed=0) is None
 
 
 def test_the_blend_weight_leans_on_whichever_model_scores_the_validation_rows():
@@ -104,8 +181,7 @@ def test_an_unsure_model_gets_no_weight_and_two_half_right_ones_share_it_evenly(
 def _head_bytes(**changes) -> bytes:
     """A valid head's file with tensors or config replaced."""
     texts, labels = rows(60, 2, seed=3)
-    payload = lexical_head.from_pipeline(fit_classic_classifier(texts, labels, 0), 2, 0.5)
-    payload = payload.to_bytes()
+    payload = head_of(texts, labels, 2, weight=0.5).to_bytes()
     tensors = load(payload)
     from training_worker.ml.safe_weights import validate_safetensors_bytes
 
@@ -145,11 +221,35 @@ def _block(**changes) -> dict:
         ({"chars.terms": None}, "fit together"),
         ({"vectorisers": [_block(analyzer="regex")]}, "analyzer"),
         ({"vectorisers": [_block(ngram_range=[1, 99])]}, "ngram_range"),
+        ({"min_training_rows": MIN_TRAINING_ROWS - 1}, "min_training_rows"),
+        ({"min_training_rows": None}, "min_training_rows"),
+        ({"metadata": {"format_version": "3"}}, "format this version reads"),
     ],
 )
 def test_a_head_whose_parts_do_not_fit_is_refused(changes, message):
     with pytest.raises(LexicalHeadInvalid, match=message):
         LexicalHead.from_bytes(_head_bytes(**changes))
+
+
+def test_a_head_written_before_rare_terms_were_dropped_is_refused_as_outdated():
+    # Given a head as format 1 wrote it: every term kept, no k in its config
+    texts, labels = rows(60, 2, seed=3)
+    every_term = head_of(texts, labels, 2, weight=0.5, min_training_rows=1)
+    tensors = load(every_term.to_bytes())
+    from training_worker.ml.safe_weights import validate_safetensors_bytes
+
+    metadata = dict(validate_safetensors_bytes(every_term.to_bytes()).metadata)
+    config = json.loads(metadata["config"])
+    del config["min_training_rows"]
+    legacy = save(tensors, metadata={**metadata, "format_version": "1",
+                                     "config": json.dumps(config)})  # fmt: skip
+
+    with pytest.raises(LexicalHeadOutdated, match="format 1") as refused:
+        LexicalHead.from_bytes(legacy)
+    assert refused.value.code == "lexical_head_outdated"
+    # And a head of today's format that keeps every term is refused too
+    with pytest.raises(LexicalHeadInvalid, match="min_training_rows"):
+        LexicalHead.from_bytes(every_term.to_bytes())
 
 
 def test_a_pickle_is_never_read_as_a_head():
@@ -163,7 +263,7 @@ def test_a_vectoriser_with_settings_the_loader_would_not_reproduce_is_refused():
     words = pipeline.named_steps["features"].transformer_list[0][1]
     words.token_pattern = r"(a+)+$"  # a regular expression from the file would be untrusted
     with pytest.raises(LexicalHeadInvalid, match="token_pattern"):
-        lexical_head.from_pipeline(pipeline, 2)
+        lexical_head._from_pipeline(pipeline, 2, min_training_rows=MIN_TRAINING_ROWS)
 
 
 def test_the_memory_a_head_reports_is_what_loading_it_takes():
@@ -173,7 +273,7 @@ def test_the_memory_a_head_reports_is_what_loading_it_takes():
 
     texts, labels = rows(400, 3, seed=5)
     texts = [f"{text} {i} user{i}@mail{i % 17}.example" for i, text in enumerate(texts)]
-    head = lexical_head.from_pipeline(fit_classic_classifier(texts, labels, 0), 3, weight=0.5)
+    head = head_of(texts, labels, 3, weight=0.5)
     payload = head.to_bytes()
     tracemalloc.start()
     try:

@@ -457,8 +457,17 @@ def test_what_the_evaluation_scores_is_the_blend_that_is_served(blended_run, min
     assert alone["lift"]["delta"] == pytest.approx(
         report["metrics"]["accuracy"] - alone["accuracy"], abs=1e-4
     )
-    # The lexical head is the evaluation's own classic baseline.
-    classic = head.predict_proba(texts).argmax(1)
+    # The head served is fitted on all the training rows over the terms k distinct rows
+    # share; the evaluation's classic baseline keeps every term (it is never shipped).
+    from training_worker.ml import lexical_head
+    from training_worker.ml.baselines import fit_classic_classifier
+
+    train_texts = [row["text"] for row in spec.train_rows]
+    train_ids = [spec.labels.index(row["label"]) for row in spec.train_rows]
+    refitted = lexical_head.fit(train_texts, train_ids, n_labels=len(spec.labels), seed=spec.seed)
+    np.testing.assert_array_equal(refitted.predict_proba(texts), head.predict_proba(texts))
+    assert head.min_training_rows == lexical_head.MIN_TRAINING_ROWS
+    classic = fit_classic_classifier(train_texts, train_ids, spec.seed).predict(texts)
     assert report["baselines"]["classic_tfidf_logreg"]["accuracy"] == round(
         float((classic == truth).mean()), 4
     )
