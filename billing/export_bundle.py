@@ -1,16 +1,21 @@
 """Export bundles: a model version as a zip its holder runs on their own machines.
 
 The zip holds the adapter exactly as the platform stores it (`adapter_model.safetensors`,
-`adapter_config.json`: `PeftModel.from_pretrained(base, folder)` loads the unpacked
-folder unchanged), the lexical head served blended with it when the version has one
-(`lexical_head.safetensors`, see training_worker.ml.lexical_head), `base_model.json`
-(the base's id and revision, and how to blend), the platform's
+`adapter_config.json`), the lexical head served blended with it when the version has one
+(`lexical_head.safetensors`, see training_worker.ml.lexical_head), `load.py` (a loader
+that needs no Niche code: `python load.py --base <folder> "text"` checks the files, builds
+the base as serving does, applies the adapter and the blend, and prints what the gateway
+answers; billing/bundle_loader), `base_model.json` (the base's id, revision and Hub id,
+the head, the token limit served, how to load and how to blend), the platform's
 `evaluation.json`, the model card as `README.md`, `LICENSE.txt` naming the licensee and
 the date, `MANIFEST.json` (SHA-256 and size of every other file) and `MANIFEST.sig`
 (the raw 64-byte Ed25519 signature of MANIFEST.json's bytes, see billing.signing).
 
 Who may download: the version's owner, and the holder of a live download licence of a
-listing that has served the version. Every download is recorded.
+listing that has served the version. Everyone else gets what `GET /api/v1/models/{id}`
+answers them (404 `model_not_found`), except a caller who holds or held a licence of
+such a listing: 403 `licence_required` tells them nothing they do not know. Every download
+is recorded.
 """
 
 from __future__ import annotations
@@ -27,23 +32,31 @@ from django.db import transaction
 from django.utils import timezone
 
 from accounts.models import User
+from billing.bundle_loader import LOADER_FILENAME, loader_source
 from billing.errors import AdapterFileRefused, LicenceRequired
-from billing.models import LIVE_LICENCE_STATUSES, ExportDownload, Licence, OfferKind
+from billing.models import ExportDownload, Licence, OfferKind
+from billing.selectors import licence_grants_access_q
 from billing.signing import platform_signing_key
 from billing.terms import LicenceTerms
 from listings.models import ListingVersion
 from training_worker.artifacts import CHUNK
 from training_worker.errors import ModelVersionNotFound
+from training_worker.ml.pooling import classification_head, how_to_load
 from training_worker.ml.safe_weights import (
     UnsafeWeightsError,
     check_weights_filename,
     validate_safetensors_stream,
 )
 from training_worker.models import ModelVersion
+from training_worker.selectors import base_model_provenance
 
 BUNDLE_FORMAT = "niche-export-bundle/1"
 MANIFEST = "MANIFEST.json"
 SIGNATURE = "MANIFEST.sig"
+# Tokens of a text a classification version reads when its run record names no
+# max_seq_length: serving.engine.runner.CLASSIFICATION_MAX_TOKENS (billing may not import
+# serving; tests/billing/test_bundle_loader.py holds the two equal).
+SERVED_MAX_TOKENS_DEFAULT = 256
 
 
 class BundleIntegrityError(Exception):
@@ -139,20 +152,44 @@ def licence_text(
     return "\n".join(lines)
 
 
-def _base_model_document(version: ModelVersion) -> dict:
-    from training_worker.ml.pooling import how_to_load, recorded_classification_head
+def _served_classification_head(version: ModelVersion) -> str:
+    """The head the serving engine builds for this version: read from the stored adapter's
+    tensor names, as the engine reads it (a run record may not name it). "" for generation."""
+    if version.task != "text-classification":
+        return ""
+    size = default_storage.size(version.adapter_path)
+    with default_storage.open(version.adapter_path, "rb") as handle:
+        header = validate_safetensors_stream(handle, size)
+    return classification_head(tensor.name for tensor in header.tensors)
 
+
+def _served_max_tokens(version: ModelVersion) -> int:
+    """Tokens of a text the gateway has the engine read (serving.gateway._served_version)."""
+    resolved = (version.run_record or {}).get("resolved_hyperparameters") or {}
+    max_seq_length = resolved.get("max_seq_length")
+    return max_seq_length if isinstance(max_seq_length, int) else SERVED_MAX_TOKENS_DEFAULT
+
+
+def _base_model_document(version: ModelVersion) -> dict:
     base = version.base_model
-    head = recorded_classification_head(version.task, version.run_record)
+    head = _served_classification_head(version)
+    provenance = base_model_provenance(base_model=base) or {}
     return {
         "id": base.source,
         "revision": base.revision or None,
+        "hub_id": provenance.get("hub_id"),
+        **({"package": provenance["package"]} if provenance else {}),
         "slug": base.slug,
         "architecture": base.architecture,
         "licence": base.licence,
         "task": version.task,
         "labels": list(version.labels),
-        **({"classification_head": head} if head else {}),
+        **(
+            {"classification_head": head, "max_seq_length": _served_max_tokens(version)}
+            if head
+            else {}
+        ),
+        "loader": LOADER_FILENAME,
         "how_to_load": how_to_load(version.task, head),
         **({"blend": _blend_document(version)} if version.lexical_head_path else {}),
     }
@@ -170,14 +207,17 @@ def _blend_document(version: ModelVersion) -> dict:
         "adapter_weight": weight,
         "method": METHOD,
         "how_to_apply": (
-            "p = w * softmax(adapter logits) + (1 - w) * p_lexical(text), w = adapter_weight "
-            f"(also in {FILENAME}'s __metadata__ config). {FILENAME} holds, per TF-IDF "
-            "block named in its __metadata__ config, the terms (<block>.terms UTF-8 bytes cut at "
-            "<block>.offsets), their idf (<block>.idf), then coef and intercept of a "
-            "logistic regression over the blocks' L2-normalised features side by side "
-            "(one row: sigmoid for two classes; else softmax) and the label ids it knows "
-            "(classes). scikit-learn's TfidfVectorizer with the block's analyzer, "
-            "ngram_range and sublinear_tf, vocabulary = the terms, reproduces the features."
+            "load.py applies it. p = w * softmax(adapter logits) + (1 - w) * p_lexical(text), "
+            f"w = adapter_weight (also in {FILENAME}'s __metadata__ config). "
+            f"{FILENAME} holds, per TF-IDF block named in its __metadata__ config, the terms "
+            "(<block>.terms UTF-8 bytes cut at <block>.offsets), their idf (<block>.idf), "
+            "then coef and intercept of a logistic regression over the blocks' L2-normalised "
+            "features side by side (one row: sigmoid for two classes; else softmax) and the "
+            "label ids it knows (classes). scikit-learn's TfidfVectorizer with the block's "
+            "analyzer, ngram_range and sublinear_tf, vocabulary = the terms, reproduces the "
+            "features. The terms are only those that at least min_training_rows (k, in the "
+            "__metadata__ config) distinct training rows share, so no word of a single "
+            "training row is in the file; words of a text outside the terms add nothing."
         ),
     }
 
@@ -196,6 +236,7 @@ def export_bundle_build(
             for f in version.stored_files
         ),
         BundleFile.generated("base_model.json", _json_bytes(_base_model_document(version))),
+        BundleFile.generated(LOADER_FILENAME, loader_source()),
         BundleFile.generated("evaluation.json", _json_bytes(version.evaluation)),
         BundleFile.generated("README.md", version.card.encode()),
         BundleFile.generated(
@@ -226,9 +267,13 @@ def export_bundle_build(
 def _download_grant(*, user: User, version_id, lock: bool) -> tuple[ModelVersion, Licence | None]:
     """The version and the licence that lets `user` download it (None for its owner).
 
-    Anyone but the owner needs a live download licence of a listing that has put the
-    version live, now or before (403 `licence_required`); a version never listed is
-    404 to them, as the studio answers. With `lock`, the licence row is held (call
+    Anyone but the owner needs a download licence that grants access now, by the rule
+    calls follow (billing.selectors.licence_grants_access_q: live, its listing published
+    or winding down after a delisting, its expert active), of a listing that has put the
+    version live, now or before. Without one: 403 `licence_required` to a caller who holds
+    or held any licence of such a listing; to everyone else exactly what the studio's
+    `GET /api/v1/models/{id}` answers them (404 `model_not_found`), so the answer never
+    tells a stranger that the version exists. With `lock`, the licence row is held (call
     inside a transaction).
     """
     version = (
@@ -241,26 +286,32 @@ def _download_grant(*, user: User, version_id, lock: bool) -> tuple[ModelVersion
     served_on = ListingVersion.objects.filter(model_version=version).values("listing_id")
     if not served_on.exists():
         raise ModelVersionNotFound("No model version with this id.")
-    licences = Licence.objects.filter(
-        buyer=user,
-        listing_id__in=served_on,
-        kind=OfferKind.DOWNLOAD,
-        status__in=LIVE_LICENCE_STATUSES,
-    ).select_related("listing__owner")
+    licences = (
+        Licence.objects.filter(licence_grants_access_q(timezone.now()))
+        .filter(buyer=user, listing_id__in=served_on, kind=OfferKind.DOWNLOAD)
+        .select_related("listing__owner")
+    )
     if lock:
         licences = licences.select_for_update(of=("self",))
     licence = licences.first()
     if licence is None:
+        if not Licence.objects.filter(buyer=user, listing_id__in=served_on).exists():
+            raise ModelVersionNotFound("No model version with this id.")  # as the studio
         raise LicenceRequired(
-            "Downloading this model needs a live download licence of its listing."
+            "Downloading this model needs a download licence of its listing that is live, "
+            "on a listing that is on sale (or winding down after its expert delisted it)."
         )
     return version, licence
 
 
 def export_bundle_refuse_unsafe_adapter(*, version: ModelVersion) -> None:
     """Refuse to ship weights (the adapter, the lexical head) that fail the strict
-    safetensors check (a pickle, a truncated or polyglot file...): reads only the stored
+    safetensors check (a pickle, a truncated or polyglot file...), and a lexical head of an
+    older format, which may hold words of single training rows (field code
+    `lexical_head_outdated`, see training_worker.ml.lexical_head): reads only the stored
     files' headers, from any storage. Raises AdapterFileRefused (409) naming the file."""
+    from training_worker.ml import lexical_head
+
     for stored in version.stored_files:
         if not stored.is_weights:
             continue
@@ -268,12 +319,20 @@ def export_bundle_refuse_unsafe_adapter(*, version: ModelVersion) -> None:
             check_weights_filename(stored.storage_name)
             size = default_storage.size(stored.storage_name)
             with default_storage.open(stored.storage_name, "rb") as handle:
-                validate_safetensors_stream(handle, size)
+                header = validate_safetensors_stream(handle, size)
         except UnsafeWeightsError as exc:
             raise AdapterFileRefused(
                 f"This version's stored {stored.name} is refused: {exc.message}",
                 fields={stored.name: [exc.code]},
             ) from exc
+        if stored.name == lexical_head.FILENAME:
+            try:
+                lexical_head.check_metadata(header.metadata)
+            except lexical_head.LexicalHeadInvalid as exc:
+                raise AdapterFileRefused(
+                    f"This version's stored {stored.name} is refused: {exc}",
+                    fields={stored.name: [exc.code]},
+                ) from exc
 
 
 def export_bundle_check(*, user: User, version_id) -> ModelVersion:

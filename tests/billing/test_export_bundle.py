@@ -2,6 +2,7 @@
 unchanged, and only its owner or a download licensee gets it."""
 
 import base64
+import dataclasses
 import hashlib
 import io
 import json
@@ -34,6 +35,7 @@ BUNDLE_FILES = {
     "evaluation.json",
     "README.md",
     "LICENSE.txt",
+    "load.py",
 }
 
 
@@ -322,5 +324,105 @@ def test_a_head_request_answers_who_may_download_and_records_nothing(
 
     assert api(bob, scopes=["read"]).head(url).status_code == 200
     assert api(alice, scopes=["read"]).head(url).status_code == 200
-    assert api(mallory, scopes=["read"]).head(url).status_code == 403
+    assert api(mallory, scopes=["read"]).head(url).status_code == 404  # as GET models/<id>
     assert not ExportDownload.objects.exists()
+
+
+# --- one answer for strangers (issue 20, defect 15)
+
+
+def same_answer(first, second) -> bool:
+    return (first.status_code, first["Content-Type"], first.content) == (
+        second.status_code, second["Content-Type"], second.content,
+    )  # fmt: skip
+
+
+def test_a_stranger_gets_from_export_exactly_what_the_version_endpoint_answers(
+    alice, mallory, carol, api, tmp_path
+):
+    # Given alice's version on her published listing, one she never listed, and an id
+    # that names nothing
+    listed = stored_version(alice, tmp_path / "listed")
+    published_listing(alice, carol, listed)
+    unlisted = stored_version(alice, tmp_path / "unlisted")
+    nothing = "00000000-0000-4000-8000-000000000000"
+
+    for stranger in (mallory, carol):  # a buyer with no licence, a moderator
+        client = api(stranger, scopes=["read"])
+        for version_id in (listed.id, unlisted.id, nothing):
+            # When they ask for the version and for its export bundle
+            version = client.get(f"/api/v1/models/{version_id}")
+            export = client.get(f"/api/v1/models/{version_id}/export")
+            head = client.head(f"/api/v1/models/{version_id}/export")
+
+            # Then both answer the same bytes: nothing tells which of the three exists
+            assert version.status_code == 404
+            assert version.json()["error"]["code"] == "model_not_found"
+            assert same_answer(export, version), (version_id, export.content)
+            assert head.status_code == version.status_code
+    assert not ExportDownload.objects.exists()
+
+
+def test_a_licensee_of_the_listing_still_hears_that_a_download_licence_is_needed(
+    alice, bob, carol, api, tmp_path
+):
+    # bob held a download licence, since revoked: he knows the version, so the answer may
+    # say what he lacks
+    version = stored_version(alice, tmp_path)
+    listing = published_listing(alice, carol, version)
+    download_licence(bob, listing, status=LicenceStatus.REVOKED)
+
+    response = api(bob, scopes=["read"]).get(f"/api/v1/models/{version.id}/export")
+
+    assert response.status_code == 403
+    assert response.json()["error"]["code"] == "licence_required"
+    assert not ExportDownload.objects.exists()
+
+
+def legacy_lexical_head() -> bytes:
+    """A lexical head as format 1 wrote it: every term of its training rows kept, among
+    them a token of one row (a record number), and no k in its config."""
+    from safetensors.numpy import load, save
+
+    from training_worker.ml import lexical_head
+    from training_worker.ml.safe_weights import validate_safetensors_bytes
+
+    texts = [f"urgent scan needed {i}" for i in range(6)] + [
+        f"routine check booked {i}" for i in range(6)
+    ]
+    texts[0] += " MRN-88213-KQ"
+    head = lexical_head.fit(texts, [0] * 6 + [1] * 6, n_labels=2, seed=0, min_training_rows=1)
+    payload = dataclasses.replace(head, weight=0.5).to_bytes()
+    metadata = dict(validate_safetensors_bytes(payload).metadata)
+    config = json.loads(metadata["config"])
+    del config["min_training_rows"]
+    return save(load(payload), metadata={**metadata, "format_version": "1",
+                                         "config": json.dumps(config)})  # fmt: skip
+
+
+def test_a_lexical_head_written_before_rare_terms_were_dropped_is_never_shipped(
+    alice, bob, carol, api, tmp_path
+):
+    # Given a version whose stored head predates the pruning (it holds a row's record number)
+    version = stored_version(alice, tmp_path)
+    path = tmp_path / "lexical_head.safetensors"
+    path.write_bytes(legacy_lexical_head())
+    assert b"88213" in path.read_bytes()
+    (version.lexical_head_path, version.lexical_head_sha256, version.lexical_head_size) = (
+        artifacts.store_content_addressed(path)
+    )
+    version.save()
+    listing = published_listing(alice, carol, version)
+    download_licence(bob, listing)
+
+    # When its owner or a download licensee asks for the bundle
+    for user in (alice, bob):
+        response = api(user, scopes=["read"]).get(f"/api/v1/models/{version.id}/export")
+
+        # Then it is refused, naming the file and why, and no download is recorded
+        assert response.status_code == 409, response.content[:300]
+        error = response.json()["error"]
+        assert error["code"] == "adapter_file_refused"
+        assert error["fields"] == {"lexical_head.safetensors": ["lexical_head_outdated"]}
+        assert "Train the version again" in error["message"]
+    assert not ExportDownload.objects.filter(model_version=version).exists()

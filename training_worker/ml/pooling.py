@@ -36,24 +36,36 @@ def recorded_classification_head(task: str, run_record: dict | None) -> str:
     return head if head in CLASSIFICATION_HEADS else "first_token"
 
 
+LOADER_COMMAND = 'python load.py --base <folder> "text"'
+
+
 def how_to_load(task: str, head: str) -> str:
-    """One sentence for the model card and the export bundle: how to rebuild the model the
-    adapter was trained on, outside Niche."""
+    """A few sentences for the model card and the export bundle: how to run the model as
+    Niche serves it, outside Niche: the bundle's ``load.py`` (billing/bundle_loader), and
+    what it builds, for whoever rebuilds it by hand."""
+    run = (
+        f"In the unpacked export bundle, `{LOADER_COMMAND}` (<folder>: the base model's files, "
+        "or its Hub id; needs torch, transformers, peft, scikit-learn) checks every file "
+        "against MANIFEST.json and prints "
+    )
     if task != "text-classification":
-        return (
-            "Load the base with AutoModelForCausalLM, then "
-            "peft.PeftModel.from_pretrained(base, adapter_folder)."
+        return run + (
+            "the greedy completion of the prompt as Niche serves it. By hand: load the base "
+            "with AutoModelForCausalLM, then peft.PeftModel.from_pretrained(base, "
+            "adapter_folder); prompts go through the tokenizer's chat template when it has one."
         )
+    run += "every label's probability as Niche serves it. By hand: "
     if head == "mean":
-        return (
-            "Build a torch module with two children: `encoder` = AutoModel.from_pretrained(base, "
-            "add_pooling_layer=False) and `classifier` = Linear(hidden_size, len(labels)); its "
-            "forward feeds the attention-masked mean of the encoder's last hidden states (the "
-            "sentence embedding the base was trained for) to `classifier`. Then "
+        return run + (
+            "build a torch module with `encoder` = AutoModel.from_pretrained(base, "
+            "add_pooling_layer=False), `config` = the encoder's config (peft reads it) and "
+            "`classifier` = Linear(hidden_size, len(labels)); its forward feeds the "
+            "attention-masked mean of the encoder's last hidden states (the sentence embedding "
+            "the base was trained for) to `classifier`. Then "
             "peft.PeftModel.from_pretrained(module, adapter_folder)."
         )
-    return (
-        "Load the base with AutoModelForSequenceClassification (num_labels=len(labels)), then "
+    return run + (
+        "load the base with AutoModelForSequenceClassification (num_labels=len(labels)), then "
         "peft.PeftModel.from_pretrained(base, adapter_folder)."
     )
 

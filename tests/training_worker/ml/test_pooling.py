@@ -205,3 +205,10 @@ def test_versions_without_a_recorded_head_are_first_token_and_say_how_to_load():
     assert "AutoModelForSequenceClassification" in how_to_load("text-classification", "first_token")
     assert "attention-masked mean" in how_to_load("text-classification", "mean")
     assert "AutoModelForCausalLM" in how_to_load("text-generation", "")
+    # The bundle's loader first (issue 20): the recipe by hand failed without `config`
+    for task, head in (("text-classification", "mean"), ("text-classification", "first_token"),
+                       ("text-generation", "")):  # fmt: skip
+        assert how_to_load(task, head).startswith(
+            'In the unpacked export bundle, `python load.py --base <folder> "text"`'
+        )
+    assert "`config` = the encoder's config" in how_to_load("text-classification", "mean")
