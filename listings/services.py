@@ -45,6 +45,7 @@ from listings.models import (
     Review,
 )
 from listings.selectors import user_may_review
+from marketplace.events import event_record
 from training_worker import selectors as studio_selectors
 from training_worker.models import ModelVersion
 
@@ -267,12 +268,16 @@ def _refuse_listed_version(listing: Listing, version: ModelVersion) -> None:
 
 
 def listing_delist(*, owner: User, listing_id) -> Listing:
-    """Any state but delisted → delisted, by its owner."""
+    """Any state but delisted → delisted, by its owner. Records `listing.delisted`
+    (billing winds its paying buyers' licences down: they keep what they paid for)."""
     with transaction.atomic():
         listing = _owned_locked(owner, listing_id)
         allowed = tuple(s for s in ListingStatus.values if s != ListingStatus.DELISTED)
         _transition(listing, allowed, ListingStatus.DELISTED, "delist")
         listing.save()
+        event_record(
+            type="listing.delisted", subject_type="listing", subject_id=listing.pk, actor=owner
+        )
     return listing
 
 
@@ -386,11 +391,20 @@ def listing_reject(*, moderator: User, listing_id, reason: str) -> Listing:
 
 
 def listing_suspend(*, moderator: User, listing_id, reason: str) -> Listing:
-    """published → suspended (hidden from the catalogue), with a reason."""
+    """published → suspended (hidden from the catalogue), with a reason. Records
+    `listing.suspended` (billing ends its licences now and refunds the unused part)."""
+    reason = _require_reason(reason)
+
+    def record(listing: Listing) -> None:
+        event_record(
+            type="listing.suspended", subject_type="listing", subject_id=listing.pk,
+            actor=moderator, data={"reason": reason},
+        )  # fmt: skip
+
     return _moderate_listing(
         moderator=moderator, listing_id=listing_id, allowed=(ListingStatus.PUBLISHED,),
         target=ListingStatus.SUSPENDED, verb="suspend", action=ModerationActionType.SUSPEND,
-        reason=_require_reason(reason),
+        reason=reason, on_transition=record,
     )  # fmt: skip
 
 
@@ -491,6 +505,10 @@ def user_suspend(*, moderator: User, user: User, reason: str) -> User:
             raise InvalidListingTransition("This user is already suspended.")
         user.is_active = False
         _audit(moderator, ModerationActionType.SUSPEND_USER, user, reason=reason)
+        event_record(
+            type="user.suspended", subject_type="user", subject_id=user.pk, actor=moderator,
+            data={"reason": reason},
+        )  # fmt: skip
     return user
 
 
