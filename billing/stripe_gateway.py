@@ -4,7 +4,11 @@ Each function passes the API key explicitly (a `stripe.StripeClient`, never the 
 `stripe.api_key`), sends every POST with an idempotency key derived from our own row id
 (so a retried timeout, by the SDK or by us, never creates a second charge, session or
 refund: Stripe answers the first reply again), and turns `stripe.StripeError` into
-billing's typed errors. Results are plain dicts, as Stripe's JSON reads.
+billing's typed errors. Results are billing.stripe_objects views: no other module reads
+Stripe's JSON, and every field read there is checked against the pinned API version.
+
+Nothing here is called inside a database transaction: writes go through the outbox
+(billing.stripe_outbox), reads happen before the rows they decide are locked.
 
 With no STRIPE_SECRET_KEY billing runs in sandbox mode (`sandbox_mode()`): nothing here
 may be called then, and a call raises `PaymentProviderError` (code stripe_not_configured).
@@ -16,6 +20,8 @@ import functools
 import json
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, Literal
 
 import stripe
@@ -26,6 +32,23 @@ from billing.errors import (
     PaymentDeclined,
     PaymentProviderError,
     PaymentProviderUnavailable,
+)
+from billing.stripe_objects import (
+    AccountLinkView,
+    AccountView,
+    ApplicationFeeView,
+    ChargeView,
+    CheckoutSessionView,
+    CreatedObject,
+    InvoicePaymentView,
+    InvoiceView,
+    MeterEventView,
+    PaymentIntentView,
+    RefundView,
+    StripeEventView,
+    SubscriptionView,
+    TransferReversalView,
+    TransferView,
 )
 
 # The SDK retries a failed connection or a 5xx this many times, with the same key.
@@ -98,10 +121,37 @@ def _get(call: Callable[..., Any], object_id: str, params: dict | None = None) -
         return call(object_id, params or {}).to_dict()
 
 
+def _list(call: Callable[..., Any], params: dict) -> tuple[list[dict], bool]:
+    with _translated():
+        page = call(params).to_dict()
+    return list(page.get("data") or []), bool(page.get("has_more"))
+
+
+def _all(call: Callable[..., Any], params: dict, *, limit: int = 1000) -> list[dict]:
+    """Every item of a list, page by page (newest first), at most `limit`."""
+    items: list[dict] = []
+    cursor: str | None = None
+    while len(items) < limit:
+        page, more = _list(
+            call, {**params, "limit": 100, **({"starting_after": cursor} if cursor else {})}
+        )
+        items.extend(page)
+        if not more or not page:
+            break
+        cursor = page[-1].get("id")
+    return items[:limit]
+
+
 # --- Webhooks ------------------------------------------------------------------------
 
 
-def webhook_event_verify(*, payload: bytes, signature: str | None) -> dict:
+@dataclass(frozen=True)
+class VerifiedEvent:
+    view: StripeEventView
+    payload: dict  # the event as delivered, stored raw before it is processed
+
+
+def webhook_event_verify(*, payload: bytes, signature: str | None) -> VerifiedEvent:
     """The event in a webhook body, once its Stripe-Signature verifies (default tolerance).
 
     Tries the account endpoint's secret, then the Connect endpoint's. Raises
@@ -123,20 +173,45 @@ def webhook_event_verify(*, payload: bytes, signature: str | None) -> dict:
             continue
         except ValueError as exc:  # the body is not JSON
             raise InvalidWebhookSignature("The webhook body is not a JSON event.") from exc
-        return json.loads(payload)
+        event = json.loads(payload)
+        if not isinstance(event, dict):
+            raise InvalidWebhookSignature(
+                "The webhook body is not a Stripe event.", code="bad_event"
+            )
+        return VerifiedEvent(view=StripeEventView.parse(event), payload=event)
     raise InvalidWebhookSignature(
         f"The webhook signature does not verify: {failure.user_message or failure}."
     )
 
 
+def events_list(
+    *, created_after: datetime, types: list[str], limit: int = 1000
+) -> list[VerifiedEvent]:
+    """Stripe's events since `created_after` (Stripe keeps them 30 days), newest first:
+    what the reconciler compares with the webhooks we received."""
+    params: dict[str, Any] = {"created": {"gte": int(created_after.timestamp())}, "types": types}
+    return [
+        VerifiedEvent(view=StripeEventView.parse(raw), payload=_as_sent(raw))
+        for raw in _all(_client().v1.events.list, params, limit=limit)
+    ]
+
+
+def _as_sent(obj: dict) -> dict:
+    """An object as Stripe's JSON carried it: the SDK's to_dict() turns decimal strings
+    (`unit_amount_decimal`) into Decimal, which a JSON column cannot store."""
+    return json.loads(json.dumps(obj, default=str))
+
+
 # --- Catalogue: products, prices, meters ---------------------------------------------
 
 
-def product_create(*, offer_id: object, name: str) -> dict:
-    return _post(
-        _client().v1.products.create,
-        {"name": name, "metadata": {"niche_offer_id": str(offer_id)}},
-        key=idempotency_key("product", offer_id),
+def product_create(*, offer_id: object, name: str) -> CreatedObject:
+    return CreatedObject.product(
+        _post(
+            _client().v1.products.create,
+            {"name": name, "metadata": {"niche_offer_id": str(offer_id)}},
+            key=idempotency_key("product", offer_id),
+        )
     )
 
 
@@ -145,17 +220,19 @@ def meter_event_name(offer_id: object) -> str:
     return f"niche_calls_{str(offer_id).replace('-', '')}"
 
 
-def meter_create(*, offer_id: object) -> dict:
-    return _post(
-        _client().v1.billing.meters.create,
-        {
-            "display_name": f"Niche calls ({offer_id})",
-            "event_name": meter_event_name(offer_id),
-            "default_aggregation": {"formula": "sum"},
-            "customer_mapping": {"event_payload_key": "stripe_customer_id", "type": "by_id"},
-            "value_settings": {"event_payload_key": "value"},
-        },
-        key=idempotency_key("meter", offer_id),
+def meter_create(*, offer_id: object) -> CreatedObject:
+    return CreatedObject.meter(
+        _post(
+            _client().v1.billing.meters.create,
+            {
+                "display_name": f"Niche calls ({offer_id})",
+                "event_name": meter_event_name(offer_id),
+                "default_aggregation": {"formula": "sum"},
+                "customer_mapping": {"event_payload_key": "stripe_customer_id", "type": "by_id"},
+                "value_settings": {"event_payload_key": "value"},
+            },
+            key=idempotency_key("meter", offer_id),
+        )
     )
 
 
@@ -169,7 +246,7 @@ def price_create(
     recurring: Literal["licensed", "metered"] | None = None,
     meter_id: str | None = None,
     purpose: str = "price",
-) -> dict:
+) -> CreatedObject:
     """A one-time price (recurring=None), a monthly one, or a monthly metered one."""
     params: dict[str, Any] = {
         "product": product_id,
@@ -184,7 +261,9 @@ def price_create(
         params["recurring"] = {"interval": "month", "usage_type": recurring}
         if recurring == "metered":
             params["recurring"]["meter"] = meter_id
-    return _post(_client().v1.prices.create, params, key=idempotency_key(purpose, offer_id))
+    return CreatedObject.price(
+        _post(_client().v1.prices.create, params, key=idempotency_key(purpose, offer_id))
+    )
 
 
 # --- Checkout -------------------------------------------------------------------------
@@ -192,6 +271,7 @@ def price_create(
 
 def checkout_session_create(
     *,
+    key: str,
     licence_id: object,
     mode: Literal["payment", "subscription"],
     line_items: list[dict],
@@ -201,12 +281,12 @@ def checkout_session_create(
     destination_account_id: str,
     application_fee_amount: int | None = None,
     application_fee_percent: int | None = None,
-) -> dict:
+) -> CheckoutSessionView:
     """A Checkout Session for one pending licence: a destination charge to the expert.
 
     `payment` mode takes `application_fee_amount`, `subscription` mode takes
     `application_fee_percent`; both name the expert's account in `transfer_data`.
-    The key is the licence's: asking twice for the same licence gets the same session.
+    `key` is the outbox intent's: asking twice for the same licence gets one session.
     """
     metadata = {"niche_licence_id": str(licence_id)}
     params: dict[str, Any] = {
@@ -232,113 +312,199 @@ def checkout_session_create(
             "transfer_data": transfer_data,
             "metadata": metadata,
         }
-    return _post(
-        _client().v1.checkout.sessions.create,
-        params,
-        key=idempotency_key("checkout-session", licence_id),
-    )
+    return CheckoutSessionView.parse(_post(_client().v1.checkout.sessions.create, params, key=key))
 
 
-def checkout_session_retrieve(session_id: str) -> dict:
-    return _get(_client().v1.checkout.sessions.retrieve, session_id)
+def checkout_session_retrieve(session_id: str) -> CheckoutSessionView:
+    return CheckoutSessionView.parse(_get(_client().v1.checkout.sessions.retrieve, session_id))
 
 
-def checkout_session_expire(*, licence_id: object, session_id: str) -> dict:
-    """Closes an open session so it can no longer be paid."""
-    return _post(
-        lambda params, options: _client().v1.checkout.sessions.expire(session_id, params, options),
-        {},
-        key=idempotency_key("checkout-session-expire", licence_id),
+def checkout_session_expire(*, session_id: str, key: str) -> CheckoutSessionView:
+    """Closes an open session so it can no longer be paid (PaymentProviderError when it
+    is not open any more: the caller re-reads it)."""
+    return CheckoutSessionView.parse(
+        _post(
+            lambda params, options: _client().v1.checkout.sessions.expire(
+                session_id, params, options
+            ),
+            {},
+            key=key,
+        )
     )
 
 
 # --- Connect --------------------------------------------------------------------------
 
 
-def account_create(*, expert_id: object, email: str) -> dict:
+def account_create(*, expert_id: object, email: str) -> AccountView:
     """An Express account for an expert (the key is the expert's: one account each)."""
-    return _post(
-        _client().v1.accounts.create,
-        {
-            "type": "express",
-            "email": email,
-            "capabilities": {
-                "card_payments": {"requested": True},
-                "transfers": {"requested": True},
+    return AccountView.parse(
+        _post(
+            _client().v1.accounts.create,
+            {
+                "type": "express",
+                "email": email,
+                "capabilities": {
+                    "card_payments": {"requested": True},
+                    "transfers": {"requested": True},
+                },
+                "metadata": {"niche_user_id": str(expert_id)},
             },
-            "metadata": {"niche_user_id": str(expert_id)},
-        },
-        key=idempotency_key("connect-account", expert_id),
+            key=idempotency_key("connect-account", expert_id),
+        )
     )
 
 
-def account_retrieve(account_id: str) -> dict:
-    return _get(_client().v1.accounts.retrieve, account_id)
+def account_retrieve(account_id: str) -> AccountView:
+    return AccountView.parse(_get(_client().v1.accounts.retrieve, account_id))
 
 
 def account_link_create(
     *, connect_account_id: object, account_id: str, refresh_url: str, return_url: str, nonce: str
-) -> dict:
+) -> AccountLinkView:
     """A single-use onboarding link. `nonce` (e.g. the minute) lets a later request get a
     fresh link while a retried timeout of the same request gets the same one."""
-    return _post(
-        _client().v1.account_links.create,
-        {
-            "account": account_id,
-            "type": "account_onboarding",
-            "refresh_url": refresh_url,
-            "return_url": return_url,
-        },
-        key=idempotency_key("account-link", connect_account_id, nonce),
+    return AccountLinkView.parse(
+        _post(
+            _client().v1.account_links.create,
+            {
+                "account": account_id,
+                "type": "account_onboarding",
+                "refresh_url": refresh_url,
+                "return_url": return_url,
+            },
+            key=idempotency_key("account-link", connect_account_id, nonce),
+        )
     )
 
 
-# --- Payments, subscriptions, refunds -------------------------------------------------
+# --- Subscriptions and invoices -------------------------------------------------------
 
 
-def subscription_retrieve(subscription_id: str) -> dict:
-    return _get(_client().v1.subscriptions.retrieve, subscription_id)
+def subscription_retrieve(subscription_id: str) -> SubscriptionView:
+    """The subscription; its items carry their price (Stripe always includes it)."""
+    return SubscriptionView.parse(_get(_client().v1.subscriptions.retrieve, subscription_id))
 
 
-def subscription_cancel(subscription_id: str) -> dict:
-    """Ends a subscription now (a DELETE: idempotent by itself)."""
+def subscription_cancel(*, subscription_id: str, invoice_now: bool) -> SubscriptionView:
+    """Ends a subscription now, without proration credit (a refund owed is issued by
+    us, explicitly); `invoice_now` bills metered usage not yet invoiced. A DELETE:
+    idempotent by itself (cancelling a cancelled subscription answers an error that
+    the caller resolves by re-reading it)."""
     with _translated():
-        return _client().v1.subscriptions.cancel(subscription_id).to_dict()
+        return SubscriptionView.parse(
+            _client()
+            .v1.subscriptions.cancel(
+                subscription_id,
+                {"invoice_now": invoice_now, "prorate": False},
+            )
+            .to_dict()
+        )
 
 
-def invoice_retrieve(invoice_id: str) -> dict:
-    return _get(_client().v1.invoices.retrieve, invoice_id)
+def subscription_set_cancel_at_period_end(
+    *, subscription_id: str, cancel: bool, key: str
+) -> SubscriptionView:
+    """Schedule (cancel=True) or undo (False) the end of a subscription at its period's
+    end: billing stops renewing, access lasts what was paid."""
+    return SubscriptionView.parse(
+        _post(
+            lambda params, options: _client().v1.subscriptions.update(
+                subscription_id, params, options
+            ),
+            {"cancel_at_period_end": cancel},
+            key=key,
+        )
+    )
 
 
-def payment_intent_retrieve(payment_intent_id: str) -> dict:
-    return _get(_client().v1.payment_intents.retrieve, payment_intent_id)
+def subscriptions_of_customer(customer_id: str) -> list[SubscriptionView]:
+    """Every subscription of a customer Stripe still bills or may bill."""
+    return [
+        SubscriptionView.parse(raw)
+        for raw in _all(
+            _client().v1.subscriptions.list,
+            {"customer": customer_id, "status": "all"},
+        )
+    ]
 
 
-def charge_retrieve(charge_id: str) -> dict:
-    return _get(_client().v1.charges.retrieve, charge_id)
+def invoice_retrieve(invoice_id: str) -> InvoiceView:
+    return InvoiceView.parse(
+        _get(_client().v1.invoices.retrieve, invoice_id, {"expand": ["payments"]})
+    )
 
 
-def refund_create(
-    *,
-    payment_id: object,
-    refunded_before: int,
-    amount: int,
-    charge_id: str,
-    reason: str,
-) -> dict:
+def invoices_of_subscription(subscription_id: str) -> list[InvoiceView]:
+    return [
+        InvoiceView.parse(raw)
+        for raw in _all(
+            _client().v1.invoices.list,
+            {"subscription": subscription_id, "expand": ["data.payments"]},
+        )
+    ]
+
+
+def invoice_payments_of_payment_intent(payment_intent_id: str) -> list[InvoicePaymentView]:
+    """Which invoice a payment intent paid (the pinned API has no PaymentIntent.invoice)."""
+    return [
+        InvoicePaymentView.parse(raw)
+        for raw in _all(
+            _client().v1.invoice_payments.list,
+            {"payment": {"type": "payment_intent", "payment_intent": payment_intent_id}},
+        )
+    ]
+
+
+# --- Payments, fees, transfers, refunds ------------------------------------------------
+
+
+def payment_intent_retrieve(payment_intent_id: str) -> PaymentIntentView:
+    return PaymentIntentView.parse(_get(_client().v1.payment_intents.retrieve, payment_intent_id))
+
+
+def charge_retrieve(charge_id: str) -> ChargeView:
+    """The charge, its balance transaction (Stripe's fee) and its refunds."""
+    return ChargeView.parse(
+        _get(
+            _client().v1.charges.retrieve,
+            charge_id,
+            {"expand": ["balance_transaction", "refunds"]},
+        )
+    )
+
+
+def application_fee_retrieve(fee_id: str) -> ApplicationFeeView:
+    return ApplicationFeeView.parse(_get(_client().v1.application_fees.retrieve, fee_id))
+
+
+def transfer_retrieve(transfer_id: str) -> TransferView:
+    return TransferView.parse(_get(_client().v1.transfers.retrieve, transfer_id))
+
+
+def transfer_reversal_retrieve(*, transfer_id: str, reversal_id: str) -> TransferReversalView:
+    with _translated():
+        return TransferReversalView.parse(
+            _client().v1.transfers.reversals.retrieve(transfer_id, reversal_id).to_dict()
+        )
+
+
+def refund_create(*, charge_id: str, amount: int, key: str, metadata: dict) -> RefundView:
     """Refunds `amount` of a destination charge, taking it back from the expert's transfer
-    and returning the platform fee in proportion. Keyed by the payment and what was
-    refunded before, so a retry repeats this refund and a later one is a new refund."""
-    return _post(
-        _client().v1.refunds.create,
-        {
-            "charge": charge_id,
-            "amount": amount,
-            "reverse_transfer": True,
-            "refund_application_fee": True,
-            "metadata": {"niche_payment_id": str(payment_id), "reason": reason[:500]},
-        },
-        key=idempotency_key("refund", payment_id, refunded_before, amount),
+    (`reverse_transfer`) and returning the platform fee in proportion
+    (`refund_application_fee`). `key` is the outbox intent's."""
+    return RefundView.parse(
+        _post(
+            _client().v1.refunds.create,
+            {
+                "charge": charge_id,
+                "amount": amount,
+                "reverse_transfer": True,
+                "refund_application_fee": True,
+                "metadata": metadata,
+            },
+            key=key,
+        )
     )
 
 
@@ -347,20 +513,22 @@ def refund_create(
 
 def meter_event_create(
     *, event_name: str, customer_id: str, value: int, identifier: str, timestamp: int
-) -> dict | None:
-    """Reports `value` calls for a customer. `identifier` is ours (licence, period and
-    the running total): Stripe counts an identifier once, so a re-report is a no-op.
+) -> MeterEventView | None:
+    """Reports `value` calls for a customer. `identifier` is ours (the period and its
+    billable total): Stripe counts an identifier once, so a re-report is a no-op.
     Returns None when Stripe already had this identifier."""
     try:
-        return _post(
-            _client().v1.billing.meter_events.create,
-            {
-                "event_name": event_name,
-                "identifier": identifier,
-                "timestamp": timestamp,
-                "payload": {"stripe_customer_id": customer_id, "value": str(value)},
-            },
-            key=idempotency_key("meter-event", identifier),
+        return MeterEventView.parse(
+            _post(
+                _client().v1.billing.meter_events.create,
+                {
+                    "event_name": event_name,
+                    "identifier": identifier,
+                    "timestamp": timestamp,
+                    "payload": {"stripe_customer_id": customer_id, "value": str(value)},
+                },
+                key=idempotency_key("meter-event", identifier),
+            )
         )
     except PaymentProviderError as exc:
         if exc.fields.get("stripe_code") == ["duplicate_meter_event"]:

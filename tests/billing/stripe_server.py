@@ -18,6 +18,27 @@ Idempotency-Key header). Webhooks are signed with the SDK's scheme
 to the endpoint the test set (a `live_server`); the reply also carries the payload
 and header, so a test may hand them to Django's test client instead.
 
+Every answer speaks the API version the installed SDK pins. localstripe speaks an
+older one (`Invoice.charge`, `Invoice.payment_intent`, `Subscription.current_period_*`,
+`PaymentIntent.invoice`...), so a middleware moves what moved (an invoice's payments to
+`Invoice.payments`, its subscription to `Invoice.parent`, a subscription's period to its
+items), drops what the pinned version no longer has, and then checks every object of
+the answer against the SDK's typed resource classes (tests/billing/stripe_types.py): a
+field the pinned SDK does not declare makes the answer a 500 naming it, so this server
+can never hide a read of a field Stripe dropped.
+
+Stripe's side of a destination charge is modelled as Stripe records it: an application
+fee object per charge, a transfer to the expert's account, and, per refund made with
+`refund_application_fee` / `reverse_transfer`, a fee refund and a transfer reversal,
+each in proportion to the refund and rounded on its own (half up), as Stripe does, so a
+partial refund can leave a cent between them that only reading them reveals.
+
+Subscriptions have periods of their own here (`advance_subscription` moves one to its
+next period: renewed, or ended when it was set to cancel at the period's end), and
+events Stripe would send when we cancel, update or refund are sent too: to the webhook
+endpoint when one is set, otherwise kept for the test to deliver
+(`undelivered_events`), in any order, duplicated or not at all.
+
 The server runs in a background thread on 127.0.0.1 (a free port), with localstripe's
 pickle-to-/tmp persistence switched off; `reset()` empties it between tests.
 """
@@ -25,18 +46,23 @@ pickle-to-/tmp persistence switched off; `reset()` empties it between tests.
 from __future__ import annotations
 
 import asyncio
+import calendar
 import hashlib
 import hmac
 import json
+import re
 import secrets
 import socket
 import threading
 import time
 import urllib.request
 from dataclasses import dataclass, field
-from decimal import Decimal
+from datetime import UTC, datetime
+from decimal import ROUND_HALF_UP, Decimal
 
 import pytest
+
+from tests.billing.stripe_types import shape_errors
 
 WEBHOOK_SECRET = "whsec_niche_tests"
 SECRET_KEY = "sk_test_niche_local"
@@ -55,6 +81,52 @@ def _new_id(prefix: str) -> str:
 
 def _int(value, default=None):
     return default if value in (None, "") else int(value)
+
+
+def _share(total: int, part: int, whole: int) -> int:
+    """total x part / whole, rounded half up (Stripe's rounding of a proportional share)."""
+    if whole <= 0:
+        return 0
+    return int((Decimal(total) * part / whole).quantize(Decimal(1), rounding=ROUND_HALF_UP))
+
+
+def _add_months(timestamp: int, months: int) -> int:
+    """Stripe's billing-anchor rule: the same day `months` later, clamped to the month."""
+    moment = datetime.fromtimestamp(timestamp, tz=UTC)
+    index = moment.month - 1 + months
+    year, month = moment.year + index // 12, index % 12 + 1
+    day = min(moment.day, calendar.monthrange(year, month)[1])
+    return int(moment.replace(year=year, month=month, day=day).timestamp())
+
+
+# Expansions of fields this server always includes (localstripe refuses to expand them).
+INCLUDED_ALWAYS = {"payments", "data.payments"}
+
+# What localstripe answers that the pinned API version no longer has (each either moved,
+# handled in _pin, or gone). Dropped before the shape check, which fails on anything else.
+DROPPED = {
+    "invoice": {
+        "charge", "payment_intent", "subscription", "tax", "tax_percent", "date", "discount",
+        "application_fee", "total_tax_amounts", "paid",
+    },
+    "subscription": {
+        "current_period_start", "current_period_end", "plan", "quantity", "tax_percent",
+        "discount", "trial_from_plan", "trial_period_days",
+    },
+    "subscription_item": {"invoice", "livemode"},
+    "payment_intent": {"charges", "invoice"},
+    "charge": {"invoice"},
+    "refund": {"date", "livemode"},
+    "balance_transaction": {"livemode", "exchange_rate"},
+    "line_item": {
+        "created", "plan", "proration", "subscription_item", "tax_amounts", "tax_rates", "type",
+    },
+    "product": {"attributes", "caption"},
+    "plan": {"name", "statement_descriptor", "tiers"},
+    # Kept on the fake's own session as the request sent them (tests read them there);
+    # Stripe does not answer them.
+    "checkout.session": {"payment_intent_data", "subscription_data"},
+}  # fmt: skip
 
 
 @dataclass
@@ -85,6 +157,13 @@ class FakeState:
     meters: dict[str, dict] = field(default_factory=dict)
     meter_events: dict[str, dict] = field(default_factory=dict)  # by identifier
     refund_options: dict[str, dict] = field(default_factory=dict)  # refund id -> extras
+    application_fees: dict[str, dict] = field(default_factory=dict)
+    charge_fee: dict[str, str] = field(default_factory=dict)  # charge id -> fee id
+    reversals: dict[str, dict] = field(default_factory=dict)  # transfer reversal id -> object
+    refund_reversal: dict[str, str] = field(default_factory=dict)  # refund id -> reversal id
+    periods: dict[str, tuple[int, int]] = field(default_factory=dict)  # sub -> (anchor, index)
+    undelivered: list[dict] = field(default_factory=list)  # events kept for the test
+    shape_errors: list[str] = field(default_factory=list)
     requests: list[RecordedRequest] = field(default_factory=list)
     idempotent: dict[str, tuple[str, int, bytes]] = field(default_factory=dict)
     events: dict[str, dict] = field(default_factory=dict)
@@ -115,11 +194,15 @@ class LocalStripe:
         self.state = FakeState()
         self.app = server.app
         self.app.middlewares.insert(0, self._record_and_replay)
+        self.app.middlewares.insert(1, self._pinned_shape)
         self._add_routes()
         self.loop: asyncio.AbstractEventLoop | None = None
         self.base_url = ""
         self._thread: threading.Thread | None = None
         self._runner = None
+        self._in_flight: set = set()  # deliveries sent after an answer (as Stripe does)
+        self.strict_shapes = True  # an answer off the pinned shape is a 500
+        self.shape_errors_seen: list[str] = []
 
     # --- lifecycle -------------------------------------------------------------------
 
@@ -200,6 +283,24 @@ class LocalStripe:
         """A new billing period: an invoice for the subscription, paid or failed."""
         return self._fake_post(f"/_fake/subscriptions/{subscription_id}/renew", {"fail": fail})
 
+    def advance_subscription(self, subscription_id: str, *, fail: bool = False) -> dict:
+        """The subscription's period ends: it ends too when set to cancel at the period's
+        end (customer.subscription.deleted), otherwise its next period starts with an
+        invoice, paid or failed (invoice.paid / invoice.payment_failed)."""
+        return self._fake_post(f"/_fake/subscriptions/{subscription_id}/advance", {"fail": fail})
+
+    def set_subscription_status(self, subscription_id: str, status: str) -> dict:
+        """Stripe moves a subscription by itself (e.g. `unpaid` when retries are over)."""
+        return self._fake_post(f"/_fake/subscriptions/{subscription_id}/status", {"status": status})
+
+    def undelivered_events(self, *, clear: bool = True) -> list[dict]:
+        """Events Stripe sent while no webhook endpoint was set (as deliveries: event,
+        payload, signature), for the test to deliver in any order, or not at all."""
+        events = list(self.state.undelivered)
+        if clear:
+            self.state.undelivered.clear()
+        return events
+
     def posts(self) -> list[RecordedRequest]:
         """Every POST to Stripe's API the server saw (test routes excluded)."""
         return [r for r in self.state.requests if r.method == "POST" and r.path.startswith("/v1/")]
@@ -262,6 +363,214 @@ class LocalStripe:
             error["param"] = param
         return self.web.json_response({"error": error}, status=status)
 
+    # --- the fake: the pinned API version's shape -----------------------------------
+
+    @property
+    def _pinned_shape(self):
+        web = self.web
+
+        @web.middleware
+        async def middleware(request, handler):
+            response = await handler(request)
+            if not request.path.startswith("/v1/") or response.status >= 300:
+                return response
+            body = getattr(response, "body", None) or getattr(response, "text", None)
+            if not body:
+                return response
+            obj = json.loads(body)
+            obj = self._pin(obj)
+            errors = shape_errors(obj)
+            self.shape_errors_seen.extend(errors)  # kept across tests (test_stripe_contract)
+            if errors and not self.strict_shapes:
+                self.state.shape_errors.extend(errors)
+                errors = []
+            if errors:
+                self.state.shape_errors.extend(errors)
+                return self._error(
+                    500,
+                    "The local Stripe answered fields the pinned API version lacks: "
+                    + "; ".join(errors[:10]),
+                    type_="api_error",
+                )
+            return web.json_response(obj, status=response.status)
+
+        return middleware
+
+    def _period(self, subscription_id: str, created: int | None) -> tuple[int, int]:
+        anchor, index = self.state.periods.setdefault(
+            subscription_id, (created or int(time.time()), 0)
+        )
+        return _add_months(anchor, index), _add_months(anchor, index + 1)
+
+    def _invoice_payment(self, invoice: dict) -> dict | None:
+        pi = invoice.get("payment_intent")
+        pi_id = pi.get("id") if isinstance(pi, dict) else pi
+        if not pi_id:
+            return None
+        paid = invoice.get("status") == "paid"
+        paid_at = (invoice.get("status_transitions") or {}).get("paid_at")
+        return {
+            "id": "inpay_" + invoice["id"].removeprefix("in_"),
+            "object": "invoice_payment",
+            "amount_paid": invoice.get("amount_paid") if paid else 0,
+            "amount_requested": invoice.get("amount_due"),
+            "created": invoice.get("created"),
+            "currency": invoice.get("currency"),
+            "invoice": invoice["id"],
+            "is_default": True,
+            "livemode": False,
+            "payment": {"type": "payment_intent", "payment_intent": pi_id},
+            "status": "paid" if paid else "open",
+            "status_transitions": {"canceled_at": None, "paid_at": paid_at if paid else None},
+        }
+
+    def _pin(self, obj):
+        """localstripe's answer → the pinned API version's (see the module docstring)."""
+        if isinstance(obj, list):
+            return [self._pin(item) for item in obj]
+        if not isinstance(obj, dict):
+            return obj
+        kind = obj.get("object") if isinstance(obj.get("object"), str) else None
+        if kind == "invoice" and "payments" not in obj:
+            payment = self._invoice_payment(obj)
+            obj["payments"] = {
+                "object": "list",
+                "data": [payment] if payment else [],
+                "has_more": False,
+                "url": f"/v1/invoice_payments?invoice={obj['id']}",
+            }
+            sub = obj.get("subscription")
+            if sub and not obj.get("parent"):
+                obj["parent"] = {
+                    "type": "subscription_details",
+                    "subscription_details": {"subscription": sub, "metadata": {}},
+                }
+        elif kind == "subscription":
+            start, end = self._period(obj["id"], obj.get("created"))
+            for item in (obj.get("items") or {}).get("data") or []:
+                item["current_period_start"], item["current_period_end"] = start, end
+                plan = item.get("plan") or {}
+                plan_id = plan.get("id") if isinstance(plan, dict) else plan
+                if plan_id in self.state.prices:
+                    item["price"] = dict(self.state.prices[plan_id])
+        elif kind == "charge":
+            obj["application_fee"] = self.state.charge_fee.get(obj["id"])
+        elif kind == "refund":
+            obj["transfer_reversal"] = self.state.refund_reversal.get(obj["id"])
+        elif kind == "transfer":
+            reversals = [r for r in self.state.reversals.values() if r["transfer"] == obj["id"]]
+            obj["reversals"] = {
+                "object": "list", "data": reversals, "has_more": False,
+                "url": f"/v1/transfers/{obj['id']}/reversals",
+            }  # fmt: skip
+            obj["amount_reversed"] = sum(r["amount"] for r in reversals)
+            obj["reversed"] = obj["amount_reversed"] >= obj.get("amount", 0) > 0
+        for key in DROPPED.get(kind, ()):
+            obj.pop(key, None)
+        return {key: self._pin(value) for key, value in obj.items()}
+
+    # --- the fake: routes localstripe serves its own way ------------------------------
+
+    @property
+    def _overrides(self):
+        web = self.web
+        subscription = re.compile(r"^/v1/subscriptions/(sub_\w+)$")
+
+        @web.middleware
+        async def middleware(request, handler):
+            if request.method == "GET" and request.path == "/v1/events":
+                return await self._events_list(request)
+            if request.method in ("GET", "DELETE") and "expand" in request.query_string:
+                # Fields the pinned version includes when expanded (an invoice's payments):
+                # this server always includes them, localstripe refuses the expansion.
+                kept = [
+                    (k, v) for k, v in request.query.items()
+                    if not (k.startswith("expand") and v in INCLUDED_ALWAYS)
+                ]  # fmt: skip
+                request = request.clone(rel_url=request.rel_url.with_query(kept))
+            match = subscription.match(request.path)
+            if match and request.method == "DELETE":
+                response = await handler(request)
+                if response.status == 200:
+                    await self._emit("customer.subscription.deleted", match.group(1))
+                return response
+            if match and request.method == "POST":
+                response = await handler(request)
+                if response.status == 200:
+                    await self._emit("customer.subscription.updated", match.group(1))
+                return response
+            return await handler(request)
+
+        return middleware
+
+    async def _events_list(self, request):
+        query = self.server.unflatten_data(request.query) or {}
+        created = query.get("created") or {}
+        gte = _int(created.get("gte"), 0) if isinstance(created, dict) else 0
+        types = query.get("types") or ([query["type"]] if query.get("type") else None)
+        if isinstance(types, dict):
+            types = list(types.values())
+        events = [
+            e for e in self.state.events.values()
+            if e["created"] >= gte and (not types or e["type"] in types)
+        ]  # fmt: skip
+        events.sort(key=lambda e: (e["created"], e["id"]), reverse=True)
+        after = query.get("starting_after")
+        if after:
+            ids = [e["id"] for e in events]
+            events = events[ids.index(after) + 1 :] if after in ids else []
+        limit = _int(query.get("limit"), 10)
+        return self._json(
+            {
+                "object": "list",
+                "data": events[:limit],
+                "has_more": len(events) > limit,
+                "url": "/v1/events",
+            }
+        )
+
+    async def _invoice_payments_list(self, request):
+        query = self.server.unflatten_data(request.query) or {}
+        invoices = self.resources.Invoice._api_list_all(None, limit=100)._list
+        wanted_pi = (query.get("payment") or {}).get("payment_intent")
+        wanted_invoice = query.get("invoice")
+        data = []
+        for invoice in invoices:
+            exported = invoice._export()
+            payment = self._invoice_payment(exported)
+            if payment is None:
+                continue
+            if wanted_invoice and exported["id"] != wanted_invoice:
+                continue
+            if wanted_pi and payment["payment"]["payment_intent"] != wanted_pi:
+                continue
+            data.append(payment)
+        return self._json(
+            {"object": "list", "data": data, "has_more": False, "url": "/v1/invoice_payments"}
+        )
+
+    async def _application_fee_get(self, request):
+        fee = self.state.application_fees.get(request.match_info["id"])
+        if fee is None:
+            raise StripeError(404, f"No such application fee: '{request.match_info['id']}'")
+        return self._json(fee)
+
+    async def _reversal_get(self, request):
+        reversal = self.state.reversals.get(request.match_info["reversal"])
+        if reversal is None or reversal["transfer"] != request.match_info["id"]:
+            raise StripeError(404, "No such transfer reversal")
+        return self._json(reversal)
+
+    async def _emit(self, event_type: str, object_id: str) -> None:
+        """An event Stripe sends by itself after a change we asked for."""
+        event = self._event(event_type, self._snapshot(object_id))
+        if self.state.webhook_url:
+            task = asyncio.ensure_future(self._deliver(event))
+            self._in_flight.add(task)
+            task.add_done_callback(self._in_flight.discard)
+        else:
+            self.state.undelivered.append(self._delivery_json(await self._deliver(event)))
+
     # --- the fake: routes ------------------------------------------------------------
 
     def _add_routes(self) -> None:
@@ -284,9 +593,16 @@ class LocalStripe:
         r.add_post("/_fake/events", self._event_send)
         r.add_post("/_fake/events/{id}/redeliver", self._event_redeliver)
         r.add_post("/_fake/subscriptions/{id}/renew", self._subscription_renew)
+        r.add_post("/_fake/subscriptions/{id}/advance", self._subscription_advance)
+        r.add_post("/_fake/subscriptions/{id}/status", self._subscription_status)
+        r.add_get("/v1/invoice_payments", self._invoice_payments_list)
+        r.add_get("/v1/application_fees/{id}", self._application_fee_get)
+        r.add_get("/v1/transfers/{id}/reversals/{reversal}", self._reversal_get)
         # localstripe refuses the destination-charge refund options: the fake takes them
         # (innermost, so localstripe's authentication and error handling still apply).
         self.app.middlewares.append(self._refund_options)
+        # Routes localstripe serves its own way, answered as Stripe does.
+        self.app.middlewares.append(self._overrides)
 
     async def _data(self, request) -> dict:
         return await self.server.get_post_data(request) or {}
@@ -488,7 +804,9 @@ class LocalStripe:
         return self._json({"session": session, **self._delivery_json(delivery)})
 
     def _destination_charge(self, pi, *, fee: int, destination: str | None) -> None:
-        """What Stripe adds to a destination charge: the fee, the transfer, the fields."""
+        """What Stripe adds to a destination charge: the application fee (an object of its
+        own), the transfer to the destination, Stripe's processing fee on the balance
+        transaction, and the charge's fields naming them."""
         pi.application_fee_amount = fee or None
         pi.transfer_data = {"destination": destination} if destination else None
         charge = pi.latest_charge
@@ -497,6 +815,30 @@ class LocalStripe:
         charge.application_fee_amount = fee or None
         charge.transfer_data = pi.transfer_data
         charge.transfer = None
+        txn = getattr(charge, "balance_transaction", None)
+        if txn:
+            balance = self.resources.BalanceTransaction._api_retrieve(txn)
+            balance.fee = _share(charge.amount, 29, 1000) + 30  # 2.9% + 30
+        if fee:
+            fee_id = _new_id("fee_")
+            self.state.application_fees[fee_id] = {
+                "id": fee_id,
+                "object": "application_fee",
+                "account": destination,
+                "amount": fee,
+                "amount_refunded": 0,
+                "application": None,
+                "balance_transaction": None,
+                "charge": charge.id,
+                "created": int(time.time()),
+                "currency": charge.currency,
+                "livemode": False,
+                "originating_transaction": None,
+                "refunded": False,
+                "refunds": {"object": "list", "data": [], "has_more": False,
+                            "url": f"/v1/application_fees/{fee_id}/refunds"},
+            }  # fmt: skip
+            self.state.charge_fee[charge.id] = fee_id
         if destination:
             transfer = self._transfer(
                 amount=charge.amount - fee,
@@ -528,6 +870,7 @@ class LocalStripe:
             "created": int(time.time()),
             "livemode": False,
             "reversed": False,
+            "amount_reversed": 0,
             "metadata": fields.pop("metadata", None) or {},
             **fields,
         }
@@ -563,7 +906,6 @@ class LocalStripe:
             "capabilities": {k: "inactive" for k in (data.get("capabilities") or {})},
             "metadata": data.get("metadata") or {},
             "created": int(time.time()),
-            "livemode": False,
         }
         self.state.accounts[account["id"]] = account
         return self._json(account)
@@ -676,28 +1018,66 @@ class LocalStripe:
                 for k in ("reverse_transfer", "refund_application_fee", "reason")
                 if k in data
             }
+            charge = self.resources.Charge._api_retrieve(data.get("charge"))
+            amount = _int(data.get("amount"), charge.amount)
+            if amount > charge.amount - (charge.amount_refunded or 0):
+                raise StripeError(
+                    400,
+                    f"Refund amount ({amount}) is greater than unrefunded amount on charge.",
+                    code="charge_already_refunded",
+                )
             refund = self.resources.Refund(**data)
             self.state.refund_options[refund.id] = extras
-            exported = refund._export()
-            exported.update(extras)
-            charge = self.resources.Charge._api_retrieve(refund.charge)
+            fee_id = self.state.charge_fee.get(charge.id)
+            if fee_id and str(extras.get("refund_application_fee")).lower() == "true":
+                fee = self.state.application_fees[fee_id]
+                back = min(_share(fee["amount"], refund.amount, charge.amount),
+                           fee["amount"] - fee["amount_refunded"])  # fmt: skip
+                if back:
+                    fee["refunds"]["data"].append({
+                        "id": _new_id("fr_"), "object": "fee_refund", "amount": back,
+                        "balance_transaction": None, "created": int(time.time()),
+                        "currency": fee["currency"], "fee": fee_id, "metadata": {},
+                    })  # fmt: skip
+                    fee["amount_refunded"] += back
+                    fee["refunded"] = fee["amount_refunded"] >= fee["amount"]
             transfer = self.state.transfers.get(getattr(charge, "transfer", None) or "")
             if transfer is not None and str(extras.get("reverse_transfer")).lower() == "true":
-                transfer["reversed"] = True
-                transfer["amount_reversed"] = transfer["amount"]
-            return self.server.json_response(exported)
+                reversed_so_far = sum(
+                    r["amount"] for r in self.state.reversals.values()
+                    if r["transfer"] == transfer["id"]
+                )  # fmt: skip
+                back = min(_share(transfer["amount"], refund.amount, charge.amount),
+                           transfer["amount"] - reversed_so_far)  # fmt: skip
+                reversal_id = _new_id("trr_")
+                self.state.reversals[reversal_id] = {
+                    "id": reversal_id, "object": "transfer_reversal", "amount": back,
+                    "balance_transaction": None, "created": int(time.time()),
+                    "currency": transfer["currency"], "destination_payment_refund": None,
+                    "metadata": {}, "source_refund": refund.id, "transfer": transfer["id"],
+                }  # fmt: skip
+                self.state.refund_reversal[refund.id] = reversal_id
+            await self._emit("charge.refunded", charge.id)
+            return self.server.json_response(refund._export())
 
         return middleware
 
     async def _subscription_renew(self, request):
-        R = self.resources
-        sub = R.Subscription._api_retrieve(request.match_info["id"])
+        """A new billing period's invoice, paid or failed (the period moves on)."""
         data = await request.json()
+        invoice = self._renew(request.match_info["id"], fail=bool(data.get("fail")))
+        return self._json(self._pin(invoice._export()))
+
+    def _renew(self, subscription_id: str, *, fail: bool):
+        R = self.resources
+        sub = R.Subscription._api_retrieve(subscription_id)
         customer = R.Customer._api_retrieve(sub.customer)
-        if data.get("fail"):
+        if fail:
             declining = R.PaymentMethod._api_retrieve("pm_card_chargeCustomerFail")
             R.PaymentMethod._api_attach(declining.id, customer=customer.id)
             customer.invoice_settings["default_payment_method"] = declining.id
+        anchor, index = self.state.periods.setdefault(sub.id, (sub.created, 0))
+        self.state.periods[sub.id] = (anchor, index + 1)
         invoice = R.Invoice(customer=sub.customer, subscription=sub.id,
                             items=list(sub.items._list))  # fmt: skip
         invoice._finalize()
@@ -706,9 +1086,44 @@ class LocalStripe:
         if invoice.status == "paid":
             sub.status = "active"
             self._pay_out_invoice(sub, invoice)
+            # Stripe charges a renewal when its period starts (localstripe: now).
+            start, _end = self._period(sub.id, sub.created)
+            invoice.status_transitions = {**(invoice.status_transitions or {}), "paid_at": start}
         else:
             sub.status = "past_due"
-        return self._json(invoice._export())
+        sub.latest_invoice = invoice.id
+        return invoice
+
+    async def _subscription_advance(self, request):
+        """The period ends (see advance_subscription); events are sent as Stripe would."""
+        R = self.resources
+        data = await request.json()
+        sub = R.Subscription._api_retrieve(request.match_info["id"])
+        if sub.status in ("canceled", "incomplete_expired"):
+            raise StripeError(400, "This subscription has ended.")
+        if sub.cancel_at_period_end:
+            _start, end = self._period(sub.id, sub.created)
+            sub.status, sub.ended_at, sub.canceled_at = "canceled", end, end
+            await self._emit("customer.subscription.deleted", sub.id)
+            return self._json(self._pin(sub._export()))
+        invoice = self._renew(sub.id, fail=bool(data.get("fail")))
+        await self._emit("invoice.paid" if invoice.status == "paid" else "invoice.payment_failed",
+                         invoice.id)  # fmt: skip
+        await self._emit("customer.subscription.updated", sub.id)
+        return self._json(self._pin(sub._export()))
+
+    async def _subscription_status(self, request):
+        data = await request.json()
+        sub = self.resources.Subscription._api_retrieve(request.match_info["id"])
+        sub.status = data["status"]
+        if sub.status == "canceled":
+            sub.ended_at = sub.canceled_at = int(time.time())
+        await self._emit(
+            "customer.subscription.deleted" if sub.status == "canceled"
+            else "customer.subscription.updated",
+            sub.id,
+        )  # fmt: skip
+        return self._json(self._pin(sub._export()))
 
     # --- events ----------------------------------------------------------------------
 
@@ -720,7 +1135,7 @@ class LocalStripe:
         cls = self.resources.StripeObject._get_class_for_id(object_id)
         if cls is None:
             raise StripeError(404, f"No object {object_id}")
-        return cls._api_retrieve(object_id)._export()
+        return self._pin(cls._api_retrieve(object_id)._export())
 
     def _event(self, event_type: str, obj: dict, *, account: str | None = None) -> dict:
         event = {
