@@ -119,6 +119,8 @@ def seed(args) -> list[tuple]:
 
 
 def measure(pairs, calls: int, CaptureQueriesContext, connection) -> dict:
+    from django.utils import timezone
+
     from billing.selectors import _licence_row_orm, licence_for_call
 
     rng = random.Random(11)
@@ -134,7 +136,7 @@ def measure(pairs, calls: int, CaptureQueriesContext, connection) -> dict:
     orm_timings = []  # the same row through the ORM (the SQLite path), for comparison
     for user, slug in sample:
         started = time.perf_counter()
-        _licence_row_orm(user, slug, None)
+        _licence_row_orm(user, slug, None, timezone.now())
         orm_timings.append((time.perf_counter() - started) * 1e6)
     sql = queries.captured_queries[0]["sql"]
     with connection.cursor() as cursor:

@@ -95,6 +95,18 @@ FAMILIES = (
         {"CRASH_POINTS": "all"},
     ),
     Family(
+        "Money chaos",
+        "random lives of a listing's commerce against the local Stripe (checkout, pay, "
+        "abandon, cancel, resume, call, download, refund, revoke, suspend, delist, "
+        "renewals, failed payments, Stripe unreachable) with webhooks duplicated, "
+        "reordered or lost, then the reconciler; the money invariants checked against "
+        "Stripe's books (NICHE_CHAOS_EXAMPLES sequences in one case; the reconciler's "
+        "own cases beside it)",
+        ("tests/billing/test_money_chaos.py", "tests/billing/test_reconciler.py"),
+        {"NICHE_CHAOS_EXAMPLES": os.environ.get("NICHE_CHAOS_EXAMPLES", "1000")},  # make test: 50
+        timeout_s=3600,
+    ),
+    Family(
         "Load",
         "Locust on loopback against gunicorn: catalogue, studio reads, inference, "
         "webhooks; 50 clients on one key against the rate limit",

@@ -1,8 +1,11 @@
 """Commerce in the moderation console: read-only and searchable.
 
-Money and licences change only through services: the two writes here are bulk actions
-(refund a payment through Stripe, revoke a licence) that call one service per selected
-row, require a reason, and land in the append-only billing audit log.
+Money and licences change only through services: the writes here are bulk actions
+(refund a payment through Stripe, revoke a licence, resolve a reconciliation issue)
+that call one service per selected row, require a reason or note, and land in the
+append-only billing audit log. The reconciler's findings (ReconciliationIssue, with
+Stripe's side and ours as evidence), the outbox of writes to Stripe (StripeIntent) and
+metering periods that fail to report are here for moderators to act on.
 """
 
 from __future__ import annotations
@@ -18,13 +21,18 @@ from billing.models import (
     BillingAuditEntry,
     ConnectAccount,
     Licence,
+    LicenceUsagePeriod,
+    MeterReport,
     Offer,
     Payment,
+    ReconciliationIssue,
+    ReconciliationRun,
     StripeEvent,
+    StripeIntent,
     UsageRecord,
 )
 from billing.refunds import payment_refund
-from billing.services import licence_revoke
+from billing.services import licence_revoke, reconciliation_issue_resolve
 from marketplace.admin import ReadOnlyAdmin
 from marketplace.errors import ApplicationError
 
@@ -131,10 +139,14 @@ class StripeEventAdmin(ReadOnlyAdmin):
 
 @admin.register(BillingAuditEntry)
 class BillingAuditEntryAdmin(ReadOnlyAdmin):
-    list_display = ["created_at", "actor", "action", "target_type", "target_id", "reason"]
+    list_display = ["created_at", "who", "action", "target_type", "target_id", "reason"]
     list_filter = ["action", "target_type"]
     list_select_related = ["actor"]
     search_fields = ["=target_id", "actor__email", "reason"]
+
+    @admin.display(description="Actor")
+    def who(self, entry: BillingAuditEntry) -> str:
+        return str(entry.actor) if entry.actor else "the platform (automatic)"
 
 
 @admin.register(Offer)
@@ -163,3 +175,65 @@ class UsageRecordAdmin(ReadOnlyAdmin):
     list_select_related = ["licence", "licence__buyer", "licence__listing"]
     search_fields = ["=idempotency_key", "=licence__id", "buyer__email"]
     show_full_result_count = False  # the ledger is large; no COUNT(*) per page
+
+
+@admin.register(ReconciliationIssue)
+class ReconciliationIssueAdmin(ModeratedActionsMixin, ReadOnlyAdmin):
+    """What the reconciler found that it could not safely repair, with the evidence."""
+
+    list_display = ["last_seen_at", "kind", "stripe_object_id", "status", "licence", "summary"]
+    list_filter = ["status", "kind"]
+    list_select_related = ["licence"]
+    search_fields = ["=stripe_object_id", "summary", "=licence__id"]
+    readonly_fields = ["evidence"]
+    actions = ["resolve"]
+
+    @admin.action(description="Mark resolved (note required)", permissions=["moderate"])
+    def resolve(self, request, queryset):
+        note = request.POST.get("reason", "")
+        _each(
+            request,
+            queryset,
+            lambda issue: reconciliation_issue_resolve(
+                issue_id=issue.pk, moderator=request.user, note=note
+            ),
+            "resolved",
+        )
+
+
+@admin.register(ReconciliationRun)
+class ReconciliationRunAdmin(ReadOnlyAdmin):
+    list_display = [
+        "started_at", "finished_at", "events_listed", "events_recovered", "licences_checked",
+        "repaired", "flagged", "error",
+    ]  # fmt: skip
+
+
+@admin.register(StripeIntent)
+class StripeIntentAdmin(ReadOnlyAdmin):
+    """The outbox: every write made (or to make) at Stripe, with its answer."""
+
+    list_display = ["id", "kind", "status", "attempts", "licence", "result_id", "created_at"]
+    list_filter = ["status", "kind"]
+    search_fields = ["=idempotency_key", "=result_id", "=licence__id", "last_error"]
+    date_hierarchy = "created_at"
+
+
+@admin.register(LicenceUsagePeriod)
+class LicenceUsagePeriodAdmin(ReadOnlyAdmin):
+    """Metering periods; filter on failures to see the ones Stripe refuses."""
+
+    list_display = [
+        "licence", "period_start", "period_end", "calls", "report_failures", "next_report_at",
+        "closed_at",
+    ]  # fmt: skip
+    list_filter = [("closed_at", admin.EmptyFieldListFilter), "report_failures"]
+    search_fields = ["=licence__id", "last_report_error"]
+    show_full_result_count = False
+
+
+@admin.register(MeterReport)
+class MeterReportAdmin(ReadOnlyAdmin):
+    list_display = ["identifier", "period", "value", "billable_total", "created_at", "sent_at"]
+    search_fields = ["=identifier"]
+    show_full_result_count = False

@@ -168,13 +168,29 @@ class BuyerLicenceOutput(serializers.Serializer):
     calls_used = serializers.SerializerMethodField(help_text="In the current period.")
     current_period_start = serializers.DateTimeField(allow_null=True)
     current_period_end = serializers.DateTimeField(allow_null=True)
+    cancel_at_period_end = serializers.BooleanField(
+        help_text="Winding down: access lasts until access_ends_at, billing never renews."
+    )
+    access_ends_at = serializers.DateTimeField(allow_null=True)
+    monthly_spend_cap = serializers.IntegerField(
+        source="spend_cap_amount",
+        allow_null=True,
+        help_text="Metered licences: the most calls may bill per period (minor units).",
+    )
+    spend_cap_calls = serializers.IntegerField(allow_null=True)
     created_at = serializers.DateTimeField()
     activated_at = serializers.DateTimeField(allow_null=True)
     ended_at = serializers.DateTimeField(allow_null=True)
     end_reason = serializers.CharField()
+    notice = serializers.SerializerMethodField(
+        help_text="What is happening to this licence, in plain words (empty: nothing)."
+    )
 
     def get_calls_used(self, licence) -> int:
         return selectors.licence_calls_used(licence)
+
+    def get_notice(self, licence) -> str:
+        return selectors.licence_notice(licence)
 
 
 class LicenceListApi(BaseApi):
@@ -193,10 +209,59 @@ class LicenceListApi(BaseApi):
 
 
 class LicenceDetailApi(BaseApi):
-    required_scopes = {"GET": "read"}
+    """GET: one of the buyer's licences. PATCH: set its monthly spend cap
+    (`{"monthly_spend_cap": 5000}`, minor units; metered licences only)."""
+
+    class UpdateInput(serializers.Serializer):
+        monthly_spend_cap = serializers.IntegerField(
+            help_text="Minor units of the offer's currency; calls past it are refused (429)."
+        )
+
+    required_scopes = {"GET": "read", "PATCH": "infer"}
 
     @extend_schema(responses=BuyerLicenceOutput)
     def get(self, request, licence_id):
+        licence = selectors.licence_get_for_buyer(buyer=request.user, licence_id=licence_id)
+        return Response(BuyerLicenceOutput(licence).data)
+
+    @extend_schema(request=UpdateInput, responses=BuyerLicenceOutput)
+    def patch(self, request, licence_id):
+        selectors.licence_get_for_buyer(buyer=request.user, licence_id=licence_id)
+        data = self.UpdateInput(data=request.data)
+        data.is_valid(raise_exception=True)
+        services.licence_set_spend_cap(
+            buyer=request.user,
+            licence_id=licence_id,
+            amount=data.validated_data["monthly_spend_cap"],
+        )
+        licence = selectors.licence_get_for_buyer(buyer=request.user, licence_id=licence_id)
+        return Response(BuyerLicenceOutput(licence).data)
+
+
+class LicenceCancelApi(BaseApi):
+    """POST: cancel. A monthly licence keeps its access until the end of the period
+    already paid for and is never billed again (resume undoes it until then); a free
+    trial ends now; a download licence has nothing to cancel (409)."""
+
+    required_scopes = {"POST": "infer"}
+
+    @extend_schema(request=None, responses=BuyerLicenceOutput)
+    def post(self, request, licence_id):
+        selectors.licence_get_for_buyer(buyer=request.user, licence_id=licence_id)
+        services.licence_cancel_by_buyer(buyer=request.user, licence_id=licence_id)
+        licence = selectors.licence_get_for_buyer(buyer=request.user, licence_id=licence_id)
+        return Response(BuyerLicenceOutput(licence).data)
+
+
+class LicenceResumeApi(BaseApi):
+    """POST: undo a cancellation before the paid period ends (billing renews again)."""
+
+    required_scopes = {"POST": "infer"}
+
+    @extend_schema(request=None, responses=BuyerLicenceOutput)
+    def post(self, request, licence_id):
+        selectors.licence_get_for_buyer(buyer=request.user, licence_id=licence_id)
+        services.licence_resume(buyer=request.user, licence_id=licence_id)
         licence = selectors.licence_get_for_buyer(buyer=request.user, licence_id=licence_id)
         return Response(BuyerLicenceOutput(licence).data)
 

@@ -2,9 +2,12 @@
 
 A priced purchase is a destination charge: the buyer pays the platform, Stripe moves
 the amount less the platform fee (PLATFORM_FEE_PERCENT) to the expert's Express
-account. The licence stays pending until Stripe's webhook says the money arrived
-(billing.stripe_events). In sandbox mode (no STRIPE_SECRET_KEY) the purchase completes
-at once, no money moves and the licence and its payment are marked sandbox.
+account. The licence stays pending until Stripe shows the money (billing.stripe_sync).
+A buyer holds at most one open checkout per listing and kind family (calling: per call
+or subscription; download): opening a new one cancels the others, whose sessions the
+outbox expires, and a session paid anyway in that moment is refunded by the sync. In
+sandbox mode (no STRIPE_SECRET_KEY) the purchase completes at once, no money moves and
+the licence and its payment are marked sandbox.
 """
 
 from __future__ import annotations
@@ -20,9 +23,16 @@ from django.utils import timezone
 
 from accounts.models import User
 from billing import stripe_gateway as gateway
-from billing.errors import ExpertPayoutsNotEnabled, OfferNotFound, PaymentProviderError
+from billing.errors import (
+    ExpertPayoutsNotEnabled,
+    OfferNotFound,
+    PaymentProviderError,
+    PaymentProviderUnavailable,
+)
 from billing.models import (
     ConnectAccount,
+    IntentKind,
+    IntentStatus,
     Licence,
     LicenceStatus,
     Offer,
@@ -30,6 +40,7 @@ from billing.models import (
     Overage,
     Payment,
     PaymentKind,
+    StripeIntent,
 )
 from billing.selectors import expert_can_be_paid, month_start
 from billing.services import (
@@ -39,15 +50,25 @@ from billing.services import (
     licence_start_free_trial,
     offer_refuse_unless_purchasable,
 )
+from billing.stripe_outbox import intent_record
+from billing.stripe_sync import intent_run
 from marketplace.errors import PermissionDeniedError
 
 # A pending licence's Checkout Session is offered again for this long (Stripe keeps a
 # session open 24 h and replays an idempotent request for 24 h).
 CHECKOUT_REUSE = timedelta(hours=23)
 
+# Kinds that grant the same thing: a buyer checks out one of a family at a time.
+FAMILIES = {
+    OfferKind.PER_CALL: (OfferKind.PER_CALL, OfferKind.SUBSCRIPTION),
+    OfferKind.SUBSCRIPTION: (OfferKind.PER_CALL, OfferKind.SUBSCRIPTION),
+    OfferKind.DOWNLOAD: (OfferKind.DOWNLOAD,),
+}
+
 
 def platform_fee(amount: int) -> int:
-    """The platform's share of `amount` minor units, rounded half up."""
+    """The platform's share of `amount` minor units, rounded half up (what we ask
+    Stripe to take; what it took is read back from Stripe)."""
     return (amount * settings.PLATFORM_FEE_PERCENT + 50) // 100
 
 
@@ -70,9 +91,10 @@ def checkout_start(*, buyer: User, offer_id, success_url: str, cancel_url: str) 
     mode an active sandbox licence at once; a free trial starts at once in both.
 
     Asking again for the same offer while its licence is pending returns the same
-    session (the same licence, hence the same idempotency key). Raises OfferNotFound
-    (404), OfferRetired / ListingNotPurchasable / ExpertPayoutsNotEnabled /
-    LicenceAlreadyHeld / FreeTrialAlreadyUsed (409), PaymentProvider* (502/503).
+    session (the same licence, hence the same idempotency key); asking for another offer
+    of the same family replaces it. Raises OfferNotFound (404), OfferRetired /
+    ListingNotPurchasable / ExpertPayoutsNotEnabled / LicenceAlreadyHeld /
+    FreeTrialAlreadyUsed (409), PaymentProvider* (502/503).
     """
     offer = _offer(offer_id)
     if offer.kind == OfferKind.FREE_TRIAL:
@@ -81,70 +103,108 @@ def checkout_start(*, buyer: User, offer_id, success_url: str, cancel_url: str) 
     if gateway.sandbox_mode():
         return CheckoutStart(_sandbox_purchase(buyer, offer), success_url, sandbox=True)
 
-    licence = _pending_licence(buyer, offer)
-    if licence.stripe_checkout_session_id:
-        # Asked again: the session this licence already has, as Stripe holds it now.
-        session = gateway.checkout_session_retrieve(licence.stripe_checkout_session_id)
-        if session["status"] == "open":
-            return CheckoutStart(licence, session["url"], sandbox=False)
-        if session["status"] == "complete":  # paid: the webhook is on its way
-            return CheckoutStart(licence, success_url, sandbox=False)
-        licence_cancel(licence_id=licence.pk, reason="Checkout expired unpaid.")
-        licence = _pending_licence(buyer, offer)
-    account = ConnectAccount.objects.get(expert_id=offer.listing.owner_id)
-    prices = offer_stripe_prices_ensure(offer_id=offer.pk)
-    if offer.kind == OfferKind.DOWNLOAD:
-        line_items = [{"price": prices.stripe_price_id, "quantity": 1}]
-    elif offer.kind == OfferKind.SUBSCRIPTION:
-        line_items = [{"price": prices.stripe_price_id, "quantity": 1}]
-        if prices.stripe_overage_price_id:
-            line_items.append({"price": prices.stripe_overage_price_id})
-    else:  # per_call: metered, no quantity
-        line_items = [{"price": prices.stripe_price_id}]
-    one_time = offer.kind == OfferKind.DOWNLOAD
-    try:
-        session = gateway.checkout_session_create(
+    _refuse_unless_payable(offer)
+    offer = offer_stripe_prices_ensure(offer_id=offer.pk)
+    for _ in range(2):
+        licence, intent = _pending_licence(buyer, offer, success_url, cancel_url)
+        if licence.stripe_checkout_session_id:
+            # Asked again: the session this licence already has, as Stripe holds it now.
+            session = gateway.checkout_session_retrieve(licence.stripe_checkout_session_id)
+            if session.status == "open":
+                return CheckoutStart(licence, session.url or success_url, sandbox=False)
+            if session.status == "complete":  # paid: the webhook is on its way
+                return CheckoutStart(licence, success_url, sandbox=False)
+            licence_cancel(licence_id=licence.pk, reason="Checkout expired unpaid.", notify=False)
+            continue
+        intent = intent_run(intent_id=intent.pk)
+        if intent.status == IntentStatus.SUCCEEDED:
+            licence.stripe_checkout_session_id = intent.result_id
+            return CheckoutStart(licence, intent.result.get("url", ""), sandbox=False)
+        if intent.status == IntentStatus.PENDING:
+            raise PaymentProviderUnavailable("Stripe is unreachable just now; try again shortly.")
+        # Stripe refused it (a key it answers the same way for 24 h): this licence is
+        # spent, and the next attempt starts a new one.
+        licence_cancel(
             licence_id=licence.pk,
-            mode="payment" if one_time else "subscription",
-            line_items=line_items,
-            customer_email=buyer.email,
-            success_url=success_url,
-            cancel_url=cancel_url,
-            destination_account_id=account.stripe_account_id,
-            application_fee_amount=platform_fee(offer.unit_amount) if one_time else None,
-            application_fee_percent=None if one_time else settings.PLATFORM_FEE_PERCENT,
+            reason=f"Stripe refused the checkout: {intent.last_error}"[:1900],
+            notify=False,
         )
-    except PaymentProviderError as exc:
-        # Stripe answers a refused key the same way for 24 h: this licence is spent, and
-        # the next attempt starts a new one (an unreachable Stripe keeps it, to retry).
-        licence_cancel(licence_id=licence.pk, reason=f"Stripe refused the checkout: {exc}")
-        raise
-    Licence.objects.filter(pk=licence.pk).update(stripe_checkout_session_id=session["id"])
-    licence.stripe_checkout_session_id = session["id"]
-    return CheckoutStart(licence, session["url"], sandbox=False)
+        error = intent.result.get("error") or {}
+        raise PaymentProviderError(intent.last_error[:500], fields=error.get("fields") or {})
+    raise PaymentProviderUnavailable("The checkout could not be opened; try again.")
 
 
-def _pending_licence(buyer: User, offer: Offer) -> Licence:
-    """The buyer's recent pending licence for this offer, or a new one (committed before
-    Stripe is called, so a retry after a timeout finds it and reuses its key)."""
+def _pending_licence(
+    buyer: User, offer: Offer, success_url: str, cancel_url: str
+) -> tuple[Licence, StripeIntent | None]:
+    """The buyer's recent pending licence for this offer, or a new one with the intent
+    to open its Checkout Session (committed before Stripe is called, so a retry after a
+    timeout finds it and reuses its key). Other open checkouts of the same listing and
+    family are cancelled here: their sessions are expired by the outbox."""
     with transaction.atomic():
         User.objects.select_for_update().filter(pk=buyer.pk).first()  # one buyer at a time
-        recent = (
-            Licence.objects.filter(
-                buyer=buyer,
-                offer=offer,
-                status=LicenceStatus.PENDING,
-                sandbox=False,
-                created_at__gte=timezone.now() - CHECKOUT_REUSE,
-            )
-            .order_by("-created_at")
-            .first()
-        )
         _refuse_unless_payable(offer)
         offer_refuse_unless_purchasable(offer=offer, buyer=buyer, sandbox=False)
-        if recent is not None:
-            return recent
-        return licence_create(buyer=buyer, offer=offer, sandbox=False)
+        open_checkouts = Licence.objects.filter(
+            buyer=buyer,
+            listing_id=offer.listing_id,
+            kind__in=FAMILIES[offer.kind],
+            status=LicenceStatus.PENDING,
+            sandbox=False,
+        ).order_by("-created_at")
+        reuse = None
+        for pending in open_checkouts:
+            fresh = pending.created_at >= timezone.now() - CHECKOUT_REUSE
+            if reuse is None and pending.offer_id == offer.pk and fresh:
+                reuse = pending
+                continue
+            licence_cancel(
+                licence_id=pending.pk,
+                reason="Replaced by a newer checkout for this listing.",
+                notify=False,
+            )
+        if reuse is not None:
+            intent = StripeIntent.objects.filter(
+                licence=reuse, kind=IntentKind.CHECKOUT_SESSION_CREATE
+            ).first()
+            if intent is not None and intent.status != IntentStatus.FAILED:
+                return reuse, intent
+            licence_cancel(licence_id=reuse.pk, reason="Checkout could not open.", notify=False)
+        licence = licence_create(buyer=buyer, offer=offer, sandbox=False)
+        intent = intent_record(
+            kind=IntentKind.CHECKOUT_SESSION_CREATE,
+            key_parts=(licence.pk,),
+            params=_session_params(licence, offer, buyer, success_url, cancel_url),
+            licence=licence,
+            send=False,  # sent inline by checkout_start: the buyer waits for its URL
+        )
+        return licence, intent
+
+
+def _session_params(
+    licence: Licence, offer: Offer, buyer: User, success_url: str, cancel_url: str
+) -> dict:
+    account = ConnectAccount.objects.get(expert_id=offer.listing.owner_id)
+    if offer.kind == OfferKind.DOWNLOAD:
+        line_items = [{"price": offer.stripe_price_id, "quantity": 1}]
+    elif offer.kind == OfferKind.SUBSCRIPTION:
+        line_items = [{"price": offer.stripe_price_id, "quantity": 1}]
+        if offer.stripe_overage_price_id:
+            line_items.append({"price": offer.stripe_overage_price_id})
+    else:  # per_call: metered, no quantity
+        line_items = [{"price": offer.stripe_price_id}]
+    one_time = offer.kind == OfferKind.DOWNLOAD
+    return {
+        "licence_id": str(licence.pk),
+        "mode": "payment" if one_time else "subscription",
+        "line_items": line_items,
+        "customer_email": buyer.email,
+        "success_url": success_url,
+        "cancel_url": cancel_url,
+        "destination_account_id": account.stripe_account_id,
+        "application_fee_amount": platform_fee(offer.unit_amount) if one_time else None,
+        "application_fee_percent": None if one_time else settings.PLATFORM_FEE_PERCENT,
+    }
 
 
 def _refuse_unless_payable(offer: Offer) -> None:
@@ -162,13 +222,15 @@ def _sandbox_purchase(buyer: User, offer: Offer) -> Licence:
         if offer.kind in (OfferKind.DOWNLOAD, OfferKind.SUBSCRIPTION):
             now = timezone.now()
             one_time = offer.kind == OfferKind.DOWNLOAD
+            fee = platform_fee(offer.unit_amount)
             Payment.objects.create(
                 licence=licence,
                 kind=PaymentKind.CHARGE if one_time else PaymentKind.INVOICE,
                 amount=offer.unit_amount,
                 currency=offer.currency,
                 stripe_fee=0,
-                platform_fee=platform_fee(offer.unit_amount),
+                platform_fee=fee,
+                expert_amount=offer.unit_amount - fee,
                 period=month_start(now),
                 sandbox=True,
                 created_at=now,
@@ -181,46 +243,59 @@ def offer_stripe_prices_ensure(*, offer_id) -> Offer:
 
     download: a one-time price; subscription: a monthly price (plus a metered price
     for calls past the quota when overage is billed); per_call: a monthly metered price
-    per call (the offer's price per 1,000 calls / 1,000) on a meter of its own. Holds
-    the offer row; every POST is keyed by the offer id, so a retry creates nothing new.
+    per call (the offer's price per 1,000 calls / 1,000) on a meter of its own. No row
+    is locked while Stripe answers: every POST is keyed by the offer and its price, so
+    two buyers racing create one set, and the first to record it wins.
     """
-    with transaction.atomic():
-        offer = Offer.objects.select_for_update().select_related("listing").get(pk=offer_id)
-        if offer.stripe_price_id:
-            return offer
-        product = gateway.product_create(
+    offer = Offer.objects.select_related("listing").get(pk=offer_id)
+    if offer.stripe_price_id:
+        return offer
+    product_id = (
+        offer.stripe_product_id
+        or gateway.product_create(
             offer_id=offer.pk, name=f"{offer.listing.title} ({offer.get_kind_display()})"
+        ).id
+    )
+    common = {"offer_id": offer.pk, "product_id": product_id, "currency": offer.currency}
+    version = f"{offer.currency}-{offer.unit_amount}-{offer.overage_unit_amount}"
+    meter_id = offer.stripe_meter_id
+    overage_id = ""
+    if offer.kind == OfferKind.DOWNLOAD:
+        price = gateway.price_create(
+            **common, unit_amount=offer.unit_amount, purpose=f"price-{version}"
         )
-        common = {"offer_id": offer.pk, "product_id": product["id"], "currency": offer.currency}
-        if offer.kind == OfferKind.DOWNLOAD:
-            price = gateway.price_create(**common, unit_amount=offer.unit_amount)
-        elif offer.kind == OfferKind.SUBSCRIPTION:
-            price = gateway.price_create(
-                **common, unit_amount=offer.unit_amount, recurring="licensed"
-            )
-            if offer.overage == Overage.BILL and offer.overage_unit_amount:
-                meter = gateway.meter_create(offer_id=offer.pk)
-                overage = gateway.price_create(
-                    **common,
-                    unit_amount_decimal=_per_call(offer.overage_unit_amount),
-                    recurring="metered",
-                    meter_id=meter["id"],
-                    purpose="overage-price",
-                )
-                offer.stripe_overage_price_id = overage["id"]
-        else:
-            meter = gateway.meter_create(offer_id=offer.pk)
-            price = gateway.price_create(
+    elif offer.kind == OfferKind.SUBSCRIPTION:
+        price = gateway.price_create(
+            **common,
+            unit_amount=offer.unit_amount,
+            recurring="licensed",
+            purpose=f"price-{version}",
+        )
+        if offer.overage == Overage.BILL and offer.overage_unit_amount:
+            meter_id = meter_id or gateway.meter_create(offer_id=offer.pk).id
+            overage_id = gateway.price_create(
                 **common,
-                unit_amount_decimal=_per_call(offer.unit_amount),
+                unit_amount_decimal=_per_call(offer.overage_unit_amount),
                 recurring="metered",
-                meter_id=meter["id"],
-            )
-        offer.stripe_product_id, offer.stripe_price_id = product["id"], price["id"]
-        offer.save(
-            update_fields=["stripe_product_id", "stripe_price_id", "stripe_overage_price_id"]
+                meter_id=meter_id,
+                purpose=f"overage-price-{version}",
+            ).id
+    else:
+        meter_id = meter_id or gateway.meter_create(offer_id=offer.pk).id
+        price = gateway.price_create(
+            **common,
+            unit_amount_decimal=_per_call(offer.unit_amount),
+            recurring="metered",
+            meter_id=meter_id,
+            purpose=f"price-{version}",
         )
-    return offer
+    Offer.objects.filter(pk=offer.pk, stripe_price_id="").update(
+        stripe_product_id=product_id,
+        stripe_price_id=price.id,
+        stripe_overage_price_id=overage_id,
+        stripe_meter_id=meter_id,
+    )
+    return Offer.objects.select_related("listing").get(pk=offer.pk)
 
 
 def _per_call(amount_per_thousand: int) -> str:
@@ -257,7 +332,7 @@ def connect_account_onboard(*, expert: User, return_url: str, refresh_url: str) 
     if account is None:
         created = gateway.account_create(expert_id=expert.pk, email=expert.email)
         account, _ = ConnectAccount.objects.get_or_create(
-            expert=expert, defaults={"stripe_account_id": created["id"]}
+            expert=expert, defaults={"stripe_account_id": created.id}
         )
     link = gateway.account_link_create(
         connect_account_id=account.pk,
@@ -266,24 +341,4 @@ def connect_account_onboard(*, expert: User, return_url: str, refresh_url: str) 
         return_url=return_url,
         nonce=str(int(time.time() // 60)),
     )
-    return link["url"]
-
-
-def connect_account_sync(*, stripe_account_id: str) -> ConnectAccount | None:
-    """Re-read the account from Stripe and copy its flags (account.updated). None when
-    the account is not one of ours."""
-    if not ConnectAccount.objects.filter(stripe_account_id=stripe_account_id).exists():
-        return None
-    data = gateway.account_retrieve(stripe_account_id)
-    with transaction.atomic():
-        account = ConnectAccount.objects.select_for_update().get(
-            stripe_account_id=stripe_account_id
-        )
-        account.charges_enabled = bool(data.get("charges_enabled"))
-        account.payouts_enabled = bool(data.get("payouts_enabled"))
-        account.details_submitted = bool(data.get("details_submitted"))
-        account.updated_at = timezone.now()
-        account.save(
-            update_fields=["charges_enabled", "payouts_enabled", "details_submitted", "updated_at"]
-        )
-    return account
+    return link.url

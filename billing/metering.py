@@ -1,15 +1,24 @@
-"""Reporting metered calls to Stripe (the beat task), exactly once, and closing periods.
+"""Metered calls to Stripe, from immutable facts, one period at a time.
 
-Per-call licences are billed on every served call; a subscription whose overage is
-billed, on the calls past its quota. Each run claims the period's ledger rows not yet
-reported (`UsageRecord.reported_at`, committed before Stripe is called), then sends
-one meter event whose identifier is the period and the claimed total. A run that dies
-after Stripe accepted the event sends the same identifier and value again, which
-Stripe counts once; `stripe_reported_calls` then records what Stripe holds.
+What a period owes is derived from the ledger: its settled, served calls (a settled
+UsageRecord never changes, so the total only grows). What Stripe already holds is
+derived from our log of meter events (MeterReport: each row the period's billable total
+when it was made, and what it added). A run adds one report for the difference, written
+before Stripe is called, then sends every report Stripe has not confirmed, with the
+report's own identifier, which Stripe counts once. No two counters are compared, so no
+drift between them can freeze a period: a call settled failed after a report is simply
+never billed (it was never in a settled-served total), and a report lost in a crash is
+sent again with the same identifier.
+
+Each period is reported on its own: a period that Stripe refuses (or that cannot reach
+Stripe) backs off and is counted in its row and in /metrics
+(niche_metering_failing_periods), while every other period goes on.
 """
 
 from __future__ import annotations
 
+import logging
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from django.db import transaction
@@ -20,20 +29,22 @@ from billing import stripe_gateway as gateway
 from billing.models import (
     Licence,
     LicenceUsagePeriod,
+    MeterReport,
     OfferKind,
     Overage,
     UsageRecord,
     UsageStatus,
 )
 
-# A call is settled (served or failed) within this time of its record; only then it is
-# claimed for reporting, so a claimed batch never changes.
-SETTLE_SECONDS = 120
-# A period closes this long after it ends: calls recorded at its very end are in.
+logger = logging.getLogger(__name__)
+
+# A period closes this long after it ends: calls recorded at its very end are settled
+# and in by then.
 CLOSE_GRACE = timedelta(minutes=10)
+MAX_BACKOFF = timedelta(hours=6)
 
 
-def _billable(licence: Licence, calls: int) -> int:
+def billable(licence: Licence, calls: int) -> int:
     """Of `calls` served in a period, how many Stripe bills."""
     if licence.kind == OfferKind.PER_CALL:
         return calls
@@ -43,38 +54,95 @@ def _billable(licence: Licence, calls: int) -> int:
 
 
 def _metered(licence: Licence) -> bool:
+    return not licence.sandbox and bool(licence.stripe_customer_id) and billable(licence, 10**9) > 0
+
+
+def period_served_calls(period: LicenceUsagePeriod) -> int:
+    """The period's settled, served calls (the facts billing reads)."""
     return (
-        not licence.sandbox and bool(licence.stripe_customer_id) and _billable(licence, 10**9) > 0
+        UsageRecord.objects.filter(
+            licence_id=period.licence_id,
+            period_start=period.period_start,
+            status=UsageStatus.OK,
+            settled_at__isnull=False,
+        ).aggregate(s=Sum("units"))["s"]
+        or 0
     )
 
 
-def usage_report_to_stripe(*, now: datetime | None = None) -> int:
-    """Report every open period's unreported calls; close periods that have ended.
-    Returns the number of meter events sent."""
+def period_reported_total(period: LicenceUsagePeriod) -> int:
+    return period.meter_reports.aggregate(m=Max("billable_total"))["m"] or 0
+
+
+@dataclass
+class ReportRun:
+    sent: int = 0
+    failed: int = 0
+
+
+def usage_report_to_stripe(*, now: datetime | None = None) -> ReportRun:
+    """Report every open metered period that is due; close periods that have ended.
+    A period that fails is isolated (backoff on its row); the others go on."""
     now = now or timezone.now()
+    run = ReportRun()
+    due = (
+        LicenceUsagePeriod.objects.filter(
+            closed_at__isnull=True,
+            licence__kind__in=(OfferKind.PER_CALL, OfferKind.SUBSCRIPTION),
+        )
+        .exclude(next_report_at__gt=now)
+        .values_list("pk", flat=True)
+    )
+    for period_id in list(due):
+        try:
+            run.sent += usage_period_report(period_id=period_id, now=now)
+        except Exception as exc:
+            run.failed += 1
+            _note_failure(period_id, exc, now)
+    return run
+
+
+def usage_report_licence(*, licence_id, now: datetime | None = None) -> int:
+    """Report a licence's open periods now (before its subscription is cancelled with a
+    final invoice). Failures are recorded on the period and not raised."""
     sent = 0
-    open_periods = LicenceUsagePeriod.objects.filter(
-        closed_at__isnull=True,
-        licence__kind__in=(OfferKind.PER_CALL, OfferKind.SUBSCRIPTION),
-    ).values_list("pk", flat=True)
-    for period_id in list(open_periods):
-        sent += usage_period_report(period_id=period_id, now=now)
+    for period_id in LicenceUsagePeriod.objects.filter(
+        licence_id=licence_id, closed_at__isnull=True
+    ).values_list("pk", flat=True):
+        try:
+            sent += usage_period_report(period_id=period_id, now=now, closing=True)
+        except Exception as exc:
+            _note_failure(period_id, exc, now or timezone.now())
     return sent
 
 
-def _claimed(period: LicenceUsagePeriod) -> tuple[int, datetime | None]:
-    """Calls claimed for reporting so far, and when the latest batch was claimed."""
-    totals = UsageRecord.objects.filter(
-        licence_id=period.licence_id,
-        period_start=period.period_start,
-        reported_at__isnull=False,
-        status=UsageStatus.OK,
-    ).aggregate(calls=Sum("units"), at=Max("reported_at"))
-    return totals["calls"] or 0, totals["at"]
+def _note_failure(period_id: int, exc: BaseException, now: datetime) -> None:
+    logger.warning("metering: period %s failed: %s: %s", period_id, type(exc).__name__, exc)
+    period = LicenceUsagePeriod.objects.filter(pk=period_id).first()
+    if period is None:
+        return
+    failures = period.report_failures + 1
+    backoff = min(MAX_BACKOFF, timedelta(minutes=2 ** min(failures, 12)))
+    LicenceUsagePeriod.objects.filter(pk=period_id).update(
+        report_failures=failures,
+        next_report_at=now + backoff,
+        last_report_error=f"{type(exc).__name__}: {exc}"[:2000],
+    )
 
 
-def usage_period_report(*, period_id: int, now: datetime | None = None) -> int:
-    """Report one period (see the module's docstring); returns 1 if an event was sent."""
+def _timestamp(period: LicenceUsagePeriod, now: datetime) -> int:
+    """Inside the period: Stripe bills an event in the period its timestamp falls in."""
+    moment = now
+    if period.period_end is not None:
+        moment = min(moment, period.period_end - timedelta(seconds=1))
+    return int(max(moment, period.period_start).timestamp())
+
+
+def usage_period_report(
+    *, period_id: int, now: datetime | None = None, closing: bool = False
+) -> int:
+    """Report one period (see the module's docstring); returns the meter events sent.
+    Raises what Stripe raised (the caller isolates it)."""
     now = now or timezone.now()
     with transaction.atomic():
         period = (
@@ -92,38 +160,41 @@ def usage_period_report(*, period_id: int, now: datetime | None = None) -> int:
                 period.closed_at = now
                 period.save(update_fields=["closed_at"])
             return 0
-        claimed, claimed_at = _claimed(period)
-        if claimed == period.stripe_reported_calls:
-            # Nothing in flight: claim the settled calls not yet reported.
-            settled_before = now if ended else now - timedelta(seconds=SETTLE_SECONDS)
-            UsageRecord.objects.filter(
-                licence_id=licence.pk,
-                period_start=period.period_start,
-                reported_at__isnull=True,
-                created_at__lte=settled_before,
-            ).update(reported_at=now)
-            claimed, claimed_at = _claimed(period)
-    value = _billable(licence, claimed) - _billable(licence, period.stripe_reported_calls)
+        owed = billable(licence, period_served_calls(period))
+        reported = period_reported_total(period)
+        if owed > reported:
+            MeterReport.objects.create(
+                period=period,
+                value=owed - reported,
+                billable_total=owed,
+                identifier=f"niche-usage-{period.pk}-{owed}",
+                event_timestamp=_timestamp(period, now),
+                created_at=now,
+            )
     sent = 0
-    if value > 0:
-        # The batch's claim time: a resent batch repeats its parameters exactly.
-        end = period.period_end or claimed_at
-        moment = min(claimed_at, end - timedelta(seconds=1))
+    for report in MeterReport.objects.filter(period_id=period_id, sent_at__isnull=True).order_by(
+        "billable_total"
+    ):
         gateway.meter_event_create(
             event_name=gateway.meter_event_name(licence.offer_id),
             customer_id=licence.stripe_customer_id,
-            value=value,
-            identifier=f"niche-usage-{period.pk}-{claimed}",
-            timestamp=int(max(moment, period.period_start).timestamp()),
+            value=report.value,
+            identifier=report.identifier,
+            timestamp=report.event_timestamp,
         )
-        sent = 1
+        MeterReport.objects.filter(pk=report.pk, sent_at__isnull=True).update(
+            sent_at=timezone.now()
+        )
+        sent += 1
     with transaction.atomic():
-        period = LicenceUsagePeriod.objects.select_for_update().get(pk=period.pk)
-        period.stripe_reported_calls = max(period.stripe_reported_calls, claimed)
-        unclaimed = UsageRecord.objects.filter(
-            licence_id=licence.pk, period_start=period.period_start, reported_at__isnull=True
+        period = LicenceUsagePeriod.objects.select_for_update().get(pk=period_id)
+        unsettled = UsageRecord.objects.filter(
+            licence_id=licence.pk, period_start=period.period_start, settled_at__isnull=True
         ).exists()
-        if ended and not unclaimed:
-            period.closed_at = now
-        period.save(update_fields=["stripe_reported_calls", "closed_at"])
+        updates = {"report_failures": 0, "next_report_at": None, "last_report_error": ""}
+        if (
+            ended or (closing and period.period_end is not None and period.period_end <= now)
+        ) and not unsettled:
+            updates["closed_at"] = now
+        LicenceUsagePeriod.objects.filter(pk=period_id).update(**updates)
     return sent

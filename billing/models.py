@@ -123,6 +123,9 @@ class Offer(models.Model):
         blank=True,
         help_text="subscription with overage=bill: the metered price for calls past the quota.",
     )
+    stripe_meter_id = models.CharField(
+        max_length=64, blank=True, help_text="The offer's billing meter (metered prices)."
+    )
 
     class Meta:
         ordering = ["listing", "created_at"]
@@ -201,8 +204,37 @@ class Licence(models.Model):
             "are refused. Null: no limit. From the offer and the terms' monthly cap."
         ),
     )
-    current_period_start = models.DateTimeField(null=True, blank=True)
+    current_period_start = models.DateTimeField(
+        null=True, blank=True, help_text="Stripe's current period (the subscription item's)."
+    )
     current_period_end = models.DateTimeField(null=True, blank=True)
+    cancel_at_period_end = models.BooleanField(
+        default=False,
+        help_text=(
+            "Winding down: access lasts until access_ends_at and billing never renews "
+            "(the buyer cancelled, or the expert delisted the listing)."
+        ),
+    )
+    access_ends_at = models.DateTimeField(
+        null=True,
+        blank=True,
+        help_text="While winding down: when access ends (the paid period's end).",
+    )
+    spend_cap_amount = models.BigIntegerField(
+        null=True,
+        blank=True,
+        help_text=(
+            "Metered licences (per_call; subscription with billed overage): the most the "
+            "buyer may be billed for calls in one period, minor units. Enforced as a call "
+            "limit (spend_cap_calls) at the gateway."
+        ),
+    )
+    spend_cap_calls = models.PositiveIntegerField(
+        null=True, blank=True, help_text="Calls per period the spend cap allows (derived)."
+    )
+    stripe_subscription_status = models.CharField(
+        max_length=32, blank=True, help_text="The subscription's status as Stripe last said."
+    )
     stripe_checkout_session_id = models.CharField(max_length=255, blank=True)
     stripe_customer_id = models.CharField(max_length=64, blank=True)
     stripe_subscription_id = models.CharField(max_length=64, blank=True)
@@ -284,8 +316,13 @@ class UsageRecord(models.Model):
     )
     period_start = models.DateTimeField(help_text="The licence period the call counts in.")
     created_at = models.DateTimeField(default=timezone.now)
-    reported_at = models.DateTimeField(
-        null=True, blank=True, help_text="When its period's usage was reported to Stripe."
+    settled_at = models.DateTimeField(
+        null=True,
+        blank=True,
+        help_text=(
+            "When the outcome became final (served or failed). A settled row never changes; "
+            "metered billing reads settled rows only."
+        ),
     )
 
     class Meta:
@@ -294,6 +331,11 @@ class UsageRecord(models.Model):
             models.Index(fields=["buyer", "created_at"]),
             models.Index(fields=["licence", "period_start"]),
             models.Index(fields=["listing", "created_at"]),
+            models.Index(
+                fields=["created_at"],
+                condition=models.Q(settled_at__isnull=True),
+                name="usage_unsettled",
+            ),
         ]
 
     def __str__(self) -> str:
@@ -306,13 +348,20 @@ class LicenceUsagePeriod(models.Model):
     licence = models.ForeignKey(Licence, on_delete=models.PROTECT, related_name="periods")
     period_start = models.DateTimeField()
     period_end = models.DateTimeField(null=True, blank=True, help_text="Null: a trial's.")
-    calls = models.BigIntegerField(default=0, help_text="Served calls counted in this period.")
-    stripe_reported_calls = models.BigIntegerField(
-        default=0, help_text="Calls already reported to Stripe's metered billing."
+    calls = models.BigIntegerField(
+        default=0,
+        help_text="The quota counter: calls taken in this period (a failed call gives its back).",
     )
     closed_at = models.DateTimeField(
         null=True, blank=True, help_text="Set once the period's usage is fully reported."
     )
+    report_failures = models.PositiveIntegerField(
+        default=0, help_text="Consecutive failed reports to Stripe (reset by a success)."
+    )
+    next_report_at = models.DateTimeField(
+        null=True, blank=True, help_text="Backoff: not reported again before this."
+    )
+    last_report_error = models.TextField(blank=True)
 
     class Meta:
         ordering = ["-period_start"]
@@ -327,6 +376,35 @@ class LicenceUsagePeriod(models.Model):
 
     def __str__(self) -> str:
         return f"{self.licence_id} from {self.period_start:%Y-%m-%d}: {self.calls} calls"
+
+
+class MeterReport(models.Model):
+    """One meter event sent (or about to be sent) to Stripe for a period: the facts the
+    next report is computed from. `billable_total` is the period's billable calls, from
+    settled ledger rows, when this report was made; `value` what it added. Written before
+    Stripe is called (its identifier is the idempotency), marked sent once Stripe took it."""
+
+    period = models.ForeignKey(
+        LicenceUsagePeriod, on_delete=models.PROTECT, related_name="meter_reports"
+    )
+    value = models.PositiveIntegerField(help_text="Calls this event adds (Stripe sums them).")
+    billable_total = models.BigIntegerField(help_text="The period's billable calls through it.")
+    identifier = models.CharField(max_length=100, unique=True, help_text="Stripe's dedupe key.")
+    event_timestamp = models.BigIntegerField(help_text="The meter event's timestamp (unix).")
+    created_at = models.DateTimeField(default=timezone.now)
+    sent_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["period", "billable_total"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["period", "billable_total"], name="one_report_per_total"
+            ),
+            models.CheckConstraint(condition=models.Q(value__gt=0), name="report_adds_calls"),
+        ]
+
+    def __str__(self) -> str:
+        return f"+{self.value} → {self.billable_total} for period {self.period_id}"
 
 
 class PaymentKind(models.TextChoices):
@@ -349,13 +427,29 @@ class Payment(models.Model):
     )
     platform_fee = models.BigIntegerField(
         default=0,
-        help_text="Application fee kept by the platform; negative when a refund returns it.",
+        help_text=(
+            "Application fee kept by the platform, as Stripe recorded it; negative when a "
+            "refund returns it."
+        ),
+    )
+    expert_amount = models.BigIntegerField(
+        null=True,
+        blank=True,
+        help_text=(
+            "What reached the expert's Connect account: the transfer (negative: its "
+            "reversal), as Stripe recorded it; null while unknown."
+        ),
     )
     period = models.DateField(help_text="First day of the month the statement counts it in.")
     sandbox = models.BooleanField(default=False, help_text="No money moved.")
     stripe_charge_id = models.CharField(max_length=64, blank=True)
     stripe_invoice_id = models.CharField(max_length=64, blank=True)
     stripe_refund_id = models.CharField(max_length=64, blank=True)
+    stripe_payment_intent_id = models.CharField(max_length=64, blank=True)
+    stripe_application_fee_id = models.CharField(max_length=64, blank=True)
+    stripe_transfer_id = models.CharField(
+        max_length=64, blank=True, help_text="The transfer (a refund: its transfer reversal)."
+    )
     refunds = models.ForeignKey(
         "self",
         null=True,
@@ -407,7 +501,15 @@ class StripeEvent(models.Model):
     received_at = models.DateTimeField(default=timezone.now, db_index=True)
     processed_at = models.DateTimeField(null=True, blank=True)
     attempts = models.PositiveIntegerField(default=0)
+    next_attempt_at = models.DateTimeField(
+        null=True, blank=True, help_text="Backoff after a failed attempt."
+    )
     last_error = models.TextField(blank=True)
+    source = models.CharField(
+        max_length=10,
+        default="webhook",
+        help_text="webhook, or reconciler (listed from Stripe after a delivery was missed).",
+    )
 
     class Meta:
         ordering = ["-received_at"]
@@ -444,7 +546,14 @@ class ExportDownload(models.Model):
 class BillingAuditEntry(AppendOnlyModel):
     """Who did what to money or a licence by hand (refunds, revocations), and why."""
 
-    actor = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")
+    actor = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="+",
+        help_text="Null: the platform acted by itself (a duplicate refunded, a teardown).",
+    )
     action = models.CharField(max_length=40, help_text="e.g. refund, licence_revoke.")
     target_type = models.CharField(max_length=40, help_text="e.g. payment, licence.")
     target_id = models.CharField(max_length=64)
@@ -456,4 +565,122 @@ class BillingAuditEntry(AppendOnlyModel):
         verbose_name_plural = "billing audit entries"
 
     def __str__(self) -> str:
-        return f"{self.actor} {self.action} {self.target_type}:{self.target_id}"
+        who = self.actor or "platform"
+        return f"{who} {self.action} {self.target_type}:{self.target_id}"
+
+
+class IntentKind(models.TextChoices):
+    CHECKOUT_SESSION_CREATE = "checkout_session_create"
+    CHECKOUT_SESSION_EXPIRE = "checkout_session_expire"
+    REFUND_CREATE = "refund_create"
+    SUBSCRIPTION_CANCEL = "subscription_cancel"  # now (access ended)
+    SUBSCRIPTION_CANCEL_AT_PERIOD_END = "subscription_cancel_at_period_end"
+    SUBSCRIPTION_RESUME = "subscription_resume"
+
+
+class IntentStatus(models.TextChoices):
+    PENDING = "pending"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"  # Stripe refused it: an operator looks (admin), the reconciler flags
+
+
+class StripeIntent(models.Model):
+    """The outbox: a write we mean to make at Stripe, recorded in the transaction that
+    decided it, then sent outside any transaction with its idempotency key, and its
+    result recorded. A crash between leaves a pending row that the task or the
+    reconciler sends again (the same key: Stripe answers the first result again)."""
+
+    id = models.BigAutoField(primary_key=True)
+    kind = models.CharField(max_length=40, choices=IntentKind.choices)
+    licence = models.ForeignKey(
+        Licence, null=True, blank=True, on_delete=models.PROTECT, related_name="stripe_intents"
+    )
+    payment = models.ForeignKey(
+        Payment, null=True, blank=True, on_delete=models.PROTECT, related_name="stripe_intents"
+    )
+    params = models.JSONField(default=dict, help_text="What is sent (ids and amounts).")
+    idempotency_key = models.CharField(max_length=200, unique=True)
+    status = models.CharField(
+        max_length=10, choices=IntentStatus.choices, default=IntentStatus.PENDING
+    )
+    attempts = models.PositiveIntegerField(default=0)
+    next_attempt_at = models.DateTimeField(default=timezone.now)
+    last_error = models.TextField(blank=True)
+    result_id = models.CharField(max_length=255, blank=True, help_text="Stripe's object id.")
+    result = models.JSONField(default=dict, blank=True, help_text="What we keep of the answer.")
+    actor = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="+",
+        help_text="Who asked (a moderator's refund); null for the platform.",
+    )
+    reason = models.TextField(blank=True)
+    created_at = models.DateTimeField(default=timezone.now, db_index=True)
+    completed_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        indexes = [models.Index(fields=["status", "next_attempt_at"])]
+
+    def __str__(self) -> str:
+        return f"{self.kind} #{self.pk} ({self.status})"
+
+
+class ReconciliationRun(models.Model):
+    """One pass of the reconciler: what it read, repaired and flagged."""
+
+    started_at = models.DateTimeField(default=timezone.now, db_index=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    events_listed = models.PositiveIntegerField(default=0)
+    events_recovered = models.PositiveIntegerField(default=0)
+    licences_checked = models.PositiveIntegerField(default=0)
+    repaired = models.PositiveIntegerField(default=0)
+    flagged = models.PositiveIntegerField(default=0)
+    error = models.TextField(blank=True)
+
+    class Meta:
+        ordering = ["-started_at"]
+
+    def __str__(self) -> str:
+        return f"reconciliation {self.started_at:%Y-%m-%d %H:%M}"
+
+
+class IssueStatus(models.TextChoices):
+    OPEN = "open"
+    RESOLVED = "resolved"
+
+
+class ReconciliationIssue(models.Model):
+    """A disagreement between Stripe and our books that is not safe to repair by
+    itself, with the evidence, for a moderator (admin: Reconciliation issues)."""
+
+    kind = models.CharField(max_length=40, db_index=True)
+    stripe_object_id = models.CharField(max_length=255, blank=True, db_index=True)
+    licence = models.ForeignKey(
+        Licence, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+    )
+    summary = models.TextField()
+    evidence = models.JSONField(default=dict)
+    status = models.CharField(max_length=10, choices=IssueStatus.choices, default="open")
+    first_seen_at = models.DateTimeField(default=timezone.now)
+    last_seen_at = models.DateTimeField(default=timezone.now)
+    resolved_at = models.DateTimeField(null=True, blank=True)
+    resolved_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+    )
+    resolution_note = models.TextField(blank=True)
+
+    class Meta:
+        ordering = ["-last_seen_at"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["kind", "stripe_object_id"],
+                condition=models.Q(status="open"),
+                name="one_open_issue_per_object",
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.kind} {self.stripe_object_id} ({self.status})"

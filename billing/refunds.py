@@ -1,106 +1,105 @@
-"""Refunds, issued through Stripe by a moderator with a reason in the audit log."""
+"""Refunds a moderator issues, with a reason in the audit log.
+
+Validated first, decided in one transaction (the audit entry, the outbox intent and,
+for a full refund, the end of the licence and of its billing), sent to Stripe after the
+commit: a reason Stripe would accept but our audit log would refuse can no longer leave
+money refunded at Stripe and nothing recorded here. The refund's row (amount, the fee
+Stripe returned, the transfer reversal) is recorded from Stripe's refund by
+billing.stripe_sync, the same way a refund made in Stripe's dashboard is.
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from django.db import transaction
-from django.db.models import Sum
-from django.utils import timezone
 
 from accounts.models import User
-from billing import stripe_gateway as gateway
 from billing.errors import InvalidUsage, ReasonRequired
-from billing.models import ENDED_LICENCE_STATUSES, Payment, PaymentKind
-from billing.selectors import month_start
-from billing.services import billing_audit, licence_revoke
-from billing.stripe_events import payment_insert_once
+from billing.models import (
+    LIVE_LICENCE_STATUSES,
+    IntentStatus,
+    Licence,
+    Payment,
+    PaymentKind,
+    StripeIntent,
+)
+from billing.notices import buyer_notice_send
+from billing.services import MAX_REASON_CHARS, licence_revoke
+from billing.stripe_sync import intent_run, payment_refunded_amount, refund_record_intent
 from listings.errors import NotAModerator
 from marketplace.errors import ConflictError
 
 
-def payment_refund(
-    *, payment: Payment, actor: User, reason: str, amount: int | None = None
-) -> Payment:
-    """Refund `amount` (default: all that is left) of a payment and return the refund row.
+@dataclass(frozen=True)
+class RefundOutcome:
+    """What a refund request did: the refund row once recorded (at once in sandbox;
+    from Stripe's answer otherwise), and the outbox intent (None in sandbox)."""
 
-    Through Stripe for a real payment (taking the expert's share back from their
-    transfer and returning the platform fee in proportion; keyed by the payment and what
-    was refunded before, so a retried request refunds once), directly for a sandbox one.
-    The reason goes in the billing audit log. A payment refunded in full ends its
-    licence at once (revoked) and, for a subscription, cancels it at Stripe so billing
-    stops. Holds the payment row. Raises NotAModerator (403), ReasonRequired /
-    InvalidUsage (422), ConflictError (409) when nothing is left to refund.
-    """
+    refund: Payment | None
+    intent: StripeIntent | None
+
+    @property
+    def pending(self) -> bool:
+        """Stripe has not answered yet (unreachable): the outbox sends it again."""
+        return self.intent is not None and self.intent.status == IntentStatus.PENDING
+
+
+def _checked_reason(reason: str) -> str:
     reason = (reason or "").strip()
     if not reason:
         raise ReasonRequired("Give a reason for the refund; it goes in the audit log.")
+    if len(reason) > MAX_REASON_CHARS - 20:
+        raise ReasonRequired(f"The reason is over {MAX_REASON_CHARS - 20} characters.")
+    return reason
+
+
+def payment_refund(
+    *, payment: Payment, actor: User, reason: str, amount: int | None = None
+) -> RefundOutcome:
+    """Refund `amount` (default: all that is left) of a payment.
+
+    Through Stripe for a real payment (taking the expert's share back from their
+    transfer and returning the platform fee in proportion, keyed by the payment and
+    what was refunded before, so a retried request refunds once), directly for a
+    sandbox one. A payment refunded in full ends its licence (revoked) and, through the
+    licence's teardown, its subscription. Holds the licence, then the payment row.
+    Raises NotAModerator (403), ReasonRequired / InvalidUsage (422), ConflictError
+    (409) when nothing is left to refund or Stripe's charge is unknown.
+    """
+    reason = _checked_reason(reason)
     if not actor.is_moderator:
         raise NotAModerator("Only moderators issue refunds.")
     if payment.kind == PaymentKind.REFUND:
         raise InvalidUsage("A refund cannot be refunded.")
+    if amount is not None and (isinstance(amount, bool) or not isinstance(amount, int)):
+        raise InvalidUsage("The amount is a whole number of minor units.")
     with transaction.atomic():
-        payment = Payment.objects.select_for_update().select_related("licence").get(pk=payment.pk)
-        earlier = Payment.objects.filter(refunds=payment, kind=PaymentKind.REFUND).aggregate(
-            amount=Sum("amount"), fee=Sum("platform_fee")
-        )
-        refunded_before = -(earlier["amount"] or 0)
-        left = payment.amount - refunded_before
-        amount = left if amount is None else amount
+        licence = Licence.objects.select_for_update().get(pk=payment.licence_id)
+        payment = Payment.objects.select_for_update().get(pk=payment.pk)
+        left = payment.amount - payment_refunded_amount(payment)
         if left <= 0:
             raise ConflictError("This payment is already refunded in full.", code="refunded")
+        amount = left if amount is None else amount
         if not 0 < amount <= left:
             raise InvalidUsage(f"Refund between 1 and {left} (minor units).")
-        fee_back = -((payment.platform_fee * amount) // max(payment.amount, 1))
-        if amount == left:  # the last refund returns what is left of the fee, to the cent
-            fee_back = -(payment.platform_fee + (earlier["fee"] or 0))
-        now = timezone.now()
-        if payment.sandbox:
-            refund = Payment.objects.create(
-                licence=payment.licence,
-                kind=PaymentKind.REFUND,
-                amount=-amount,
-                currency=payment.currency,
-                platform_fee=fee_back,
-                period=month_start(now),
-                sandbox=True,
-                refunds=payment,
-                reason=reason,
-                created_at=now,
+        if not payment.sandbox and not payment.stripe_charge_id:
+            raise ConflictError(
+                "Stripe's charge for this payment is unknown; refund it in Stripe.",
+                code="charge_unknown",
             )
-        else:
-            if not payment.stripe_charge_id:
-                raise ConflictError(
-                    "Stripe's charge for this payment is unknown; refund it in Stripe.",
-                    code="charge_unknown",
-                )
-            stripe_refund = gateway.refund_create(
-                payment_id=payment.pk,
-                refunded_before=refunded_before,
-                amount=amount,
-                charge_id=payment.stripe_charge_id,
-                reason=reason,
-            )
-            refund = payment_insert_once(
-                licence=payment.licence,
-                kind=PaymentKind.REFUND,
-                amount=-amount,
-                currency=payment.currency,
-                platform_fee=fee_back,
-                period=month_start(now),
-                stripe_refund_id=stripe_refund["id"],
-                stripe_charge_id=payment.stripe_charge_id,
-                refunds=payment,
-                reason=reason,
-                created_at=now,
-            ) or Payment.objects.get(stripe_refund_id=stripe_refund["id"])
-            if not refund.reason:  # charge.refunded got here first
-                Payment.objects.filter(pk=refund.pk).update(reason=reason)
-                refund.reason = reason
-        billing_audit(
-            actor=actor, action="refund", target_type="payment", target_id=payment.pk, reason=reason
+        recorded = refund_record_intent(
+            payment=payment, amount=amount, reason=reason, actor=actor, audit_action="refund"
         )
-        licence = payment.licence
-        if amount == left and licence.status not in ENDED_LICENCE_STATUSES:
+        if amount == left and licence.status in LIVE_LICENCE_STATUSES:
             licence_revoke(licence_id=licence.pk, reason=f"Refunded in full: {reason}")
-            if licence.stripe_subscription_id and not licence.sandbox:
-                gateway.subscription_cancel(licence.stripe_subscription_id)
-    return refund
+        buyer_notice_send(licence=licence, kind="refunded", reason=reason, amount=amount)
+    if isinstance(recorded, Payment):
+        return RefundOutcome(refund=recorded, intent=None)
+    intent = intent_run(intent_id=recorded.pk)
+    refund = (
+        Payment.objects.filter(stripe_refund_id=intent.result_id).first()
+        if intent.result_id
+        else None
+    )
+    return RefundOutcome(refund=refund, intent=intent)

@@ -9,8 +9,19 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 
 from django.db import connection
-from django.db.models import Avg, Count, Min, OuterRef, Q, QuerySet, Subquery, Sum, UUIDField
-from django.db.models.functions import TruncDay
+from django.db.models import (
+    Avg,
+    Count,
+    F,
+    Min,
+    OuterRef,
+    Q,
+    QuerySet,
+    Subquery,
+    Sum,
+    UUIDField,
+)
+from django.db.models.functions import Coalesce, TruncDay
 from django.utils import timezone
 
 from accounts.models import User
@@ -24,6 +35,7 @@ from billing.errors import (
 )
 from billing.models import (
     CALL_KINDS,
+    ENDED_LICENCE_STATUSES,
     LIVE_LICENCE_STATUSES,
     ConnectAccount,
     Licence,
@@ -54,22 +66,92 @@ def add_months(moment: datetime, months: int) -> datetime:
 
 
 def licence_period_at(licence: Licence, at: datetime) -> tuple[datetime, datetime | None]:
-    """The period a call at `at` counts in: (start, end), end None for a free trial.
+    """The period a call at `at` counts in: (start, end); end None while unknown.
 
-    A trial is one period from activation. Monthly licences use the period Stripe last
-    told us (current_period_*) while `at` lies in it, and otherwise roll monthly from
-    its start, so counting never waits for a webhook.
+    A trial is one period from activation. A licence billed by Stripe counts in Stripe's
+    period (its subscription's, copied by the sync) and never in a period of our own
+    making: past the period's end, before Stripe's renewal arrives, a call counts in
+    the next period, which starts exactly where Stripe's last one ended (Stripe's
+    periods are contiguous) and whose end Stripe tells us with the renewal. A sandbox
+    licence (no Stripe) has months of its own, from its activation, each computed from
+    that anchor with Stripe's rule for a 29th-31st anchor (clamped to the month's end).
     """
     anchor = licence.current_period_start or licence.activated_at or licence.created_at
     if licence.kind == OfferKind.FREE_TRIAL:
         return anchor, None
     end = licence.current_period_end
+    if not licence.sandbox and end is not None:
+        if at < end:
+            return anchor, end
+        return end, None  # Stripe's next period; its end arrives with the renewal
     if end is not None and anchor <= at < end:
         return anchor, end
     months = max(0, (at.year - anchor.year) * 12 + at.month - anchor.month)
     while months > 0 and add_months(anchor, months) > at:
         months -= 1
     return add_months(anchor, months), add_months(anchor, months + 1)
+
+
+# --- metered licences and the buyer's spend cap ----------------------------------------
+
+
+def metered(kind: str, offer: Offer) -> bool:
+    """Whether a licence of this kind and offer bills calls (per call, or a
+    subscription's calls past its quota)."""
+    return kind == OfferKind.PER_CALL or (
+        kind == OfferKind.SUBSCRIPTION
+        and offer.overage == "bill"
+        and bool(offer.overage_unit_amount)
+    )
+
+
+def spend_cap_calls(offer: Offer, amount: int | None) -> int | None:
+    """The calls per period a spend cap of `amount` minor units allows: what is billed
+    for them never passes the cap (calls x price per call <= amount)."""
+    if amount is None:
+        return None
+    if offer.kind == OfferKind.PER_CALL and offer.unit_amount:
+        return min(amount * 1000 // offer.unit_amount, 2**31 - 1)
+    if offer.kind == OfferKind.SUBSCRIPTION and offer.overage_unit_amount:
+        paid = amount * 1000 // offer.overage_unit_amount
+        return min((offer.included_calls or 0) + paid, 2**31 - 1)
+    return None
+
+
+def effective_call_limit(call_quota: int | None, cap_calls: int | None) -> int | None:
+    """The tighter of the licence's quota and its spend cap (None: no limit)."""
+    limits = [x for x in (call_quota, cap_calls) if x is not None]
+    return min(limits) if limits else None
+
+
+def quota_error(call_quota: int | None, cap_calls: int | None, *, left: int) -> QuotaExceeded:
+    """429 naming the limit that binds: the spend cap the buyer set, or the quota."""
+    if cap_calls is not None and (call_quota is None or cap_calls < call_quota):
+        return QuotaExceeded(
+            "This licence's monthly spend cap is reached; raise it on the licence "
+            "(PATCH /api/v1/billing/licenses/{id}) or wait for the next period.",
+            code="spend_cap_reached",
+            fields={"calls_left": [str(left)]},
+        )
+    return QuotaExceeded(
+        f"This licence's {call_quota} calls for the period are used up.",
+        fields={"calls_left": [str(left)]},
+    )
+
+
+def licence_grants_access_q(now: datetime) -> Q:
+    """Licences that grant access now (calls or downloads, by kind): live, not past a
+    wind-down's end, their expert active, and their listing published, or delisted
+    while the licence winds down (the buyer keeps what they paid for). A suspended
+    listing grants nothing."""
+    return (
+        Q(status__in=LIVE_LICENCE_STATUSES, listing__owner__is_active=True)
+        & (Q(access_ends_at__isnull=True) | Q(access_ends_at__gt=now))
+        & (
+            Q(listing__status=ListingStatus.PUBLISHED)
+            | Q(listing__status=ListingStatus.DELISTED, cancel_at_period_end=True)
+        )
+    )
 
 
 # --- the licence check serving makes on every call -----------------------------------
@@ -92,6 +174,7 @@ class LicenceCheck:
     period_start: datetime | None
     calls_used: int
     call_quota: int | None
+    spend_cap_calls: int | None = None
 
     @property
     def is_owner(self) -> bool:
@@ -99,19 +182,18 @@ class LicenceCheck:
 
     @property
     def calls_left(self) -> int | None:
-        """None: no limit."""
-        if self.call_quota is None:
+        """None: no limit. The quota or the buyer's spend cap, whichever is tighter."""
+        limit = effective_call_limit(self.call_quota, self.spend_cap_calls)
+        if limit is None:
             return None
-        return max(0, self.call_quota - self.calls_used)
+        return max(0, limit - self.calls_used)
 
     def require_calls(self, units: int = 1) -> None:
-        """Raise QuotaExceeded (429) when fewer than `units` calls are left."""
+        """Raise QuotaExceeded (429: quota_exceeded or spend_cap_reached) when fewer than
+        `units` calls are left."""
         left = self.calls_left
         if left is not None and left < units:
-            raise QuotaExceeded(
-                f"This licence's {self.call_quota} calls for the period are used up.",
-                fields={"calls_left": [str(left)]},
-            )
+            raise quota_error(self.call_quota, self.spend_cap_calls, left=left)
 
 
 def _version_subqueries(version_number: int | None) -> dict:
@@ -137,6 +219,7 @@ class _PeriodFields:
     current_period_end: datetime | None
     activated_at: datetime | None
     created_at: datetime
+    sandbox: bool
 
 
 # One statement, written out: the ORM spent longer compiling the equivalent query (five
@@ -146,7 +229,8 @@ class _PeriodFields:
 _LICENCE_FOR_CALL_SQL = f"""
 SELECT lic.id, lic.listing_id, lic.kind, lic.status, lic.sandbox, lic.call_quota,
        lic.current_period_start, lic.current_period_end, lic.activated_at, lic.created_at,
-       period.period_start, period.calls, version.id, version.number, version.model_version_id
+       period.period_start, period.calls, version.id, version.number, version.model_version_id,
+       lic.spend_cap_calls
 FROM {Licence._meta.db_table} lic
 JOIN {Listing._meta.db_table} listing ON listing.id = lic.listing_id
 JOIN {User._meta.db_table} owner ON owner.id = listing.owner_id
@@ -162,14 +246,16 @@ LEFT JOIN LATERAL (
     )
     LIMIT 1
 ) version ON TRUE
-WHERE lic.buyer_id = %(buyer)s AND listing.slug = %(slug)s
-  AND listing.status = %(published)s AND owner.is_active
+WHERE lic.buyer_id = %(buyer)s AND listing.slug = %(slug)s AND owner.is_active
+  AND (listing.status = %(published)s
+       OR (listing.status = %(delisted)s AND lic.cancel_at_period_end))
+  AND (lic.access_ends_at IS NULL OR lic.access_ends_at > %(now)s)
   AND lic.status = ANY(%(live)s) AND lic.kind = ANY(%(kinds)s)
 LIMIT 1
 """  # noqa: S608  (table names from the models; every value is a parameter)
 
 
-def _licence_row_sql(user: User, slug: str, number: int | None) -> tuple | None:
+def _licence_row_sql(user: User, slug: str, number: int | None, now: datetime) -> tuple | None:
     with connection.cursor() as cursor:
         cursor.execute(
             _LICENCE_FOR_CALL_SQL,
@@ -177,7 +263,9 @@ def _licence_row_sql(user: User, slug: str, number: int | None) -> tuple | None:
                 "buyer": user.pk,
                 "slug": slug,
                 "number": number,
+                "now": now,
                 "published": ListingStatus.PUBLISHED,
+                "delisted": ListingStatus.DELISTED,
                 "live": list(LIVE_LICENCE_STATUSES),
                 "kinds": list(CALL_KINDS),
                 "version_live": ListingVersionStatus.LIVE,
@@ -186,18 +274,12 @@ def _licence_row_sql(user: User, slug: str, number: int | None) -> tuple | None:
         return cursor.fetchone()
 
 
-def _licence_row_orm(user: User, slug: str, number: int | None) -> tuple | None:
+def _licence_row_orm(user: User, slug: str, number: int | None, now: datetime) -> tuple | None:
     """The same row as _LICENCE_FOR_CALL_SQL, in the ORM (SQLite for `make run`)."""
     latest = LicenceUsagePeriod.objects.filter(licence=OuterRef("pk")).order_by("-period_start")
     rows = (
-        Licence.objects.filter(
-            buyer=user,
-            listing__slug=slug,
-            listing__status=ListingStatus.PUBLISHED,
-            listing__owner__is_active=True,
-            status__in=LIVE_LICENCE_STATUSES,
-            kind__in=CALL_KINDS,
-        )
+        Licence.objects.filter(licence_grants_access_q(now))
+        .filter(buyer=user, listing__slug=slug, kind__in=CALL_KINDS)
         .annotate(
             p_start=Subquery(latest.values("period_start")[:1]),
             p_calls=Subquery(latest.values("calls")[:1]),
@@ -207,7 +289,7 @@ def _licence_row_orm(user: User, slug: str, number: int | None) -> tuple | None:
         .values_list(
             "id", "listing_id", "kind", "status", "sandbox", "call_quota",
             "current_period_start", "current_period_end", "activated_at", "created_at",
-            "p_start", "p_calls", "v_id", "v_number", "v_model",
+            "p_start", "p_calls", "v_id", "v_number", "v_model", "spend_cap_calls",
         )[:1]
     )  # fmt: skip
     return rows[0] if rows else None
@@ -233,15 +315,15 @@ def licence_for_call(
     """
     at = at or timezone.now()
     if connection.vendor == "postgresql":
-        row = _licence_row_sql(user, listing_slug, version_number)
+        row = _licence_row_sql(user, listing_slug, version_number, at)
     else:
-        row = _licence_row_orm(user, listing_slug, version_number)
+        row = _licence_row_orm(user, listing_slug, version_number, at)
     if row is not None:
         (licence_id, listing_id, kind, status, sandbox, quota, cp_start, cp_end, activated,
-         created, p_start, p_calls, v_id, v_number, v_model) = row  # fmt: skip
+         created, p_start, p_calls, v_id, v_number, v_model, cap_calls) = row  # fmt: skip
         if v_id is None:
             raise _version_not_found(listing_slug, version_number)
-        period = _PeriodFields(kind, cp_start, cp_end, activated, created)
+        period = _PeriodFields(kind, cp_start, cp_end, activated, created, sandbox)
         start, _ = licence_period_at(period, at)
         return LicenceCheck(
             listing_id=listing_id,
@@ -256,6 +338,7 @@ def licence_for_call(
             period_start=start,
             calls_used=p_calls if p_start == start else 0,
             call_quota=quota,
+            spend_cap_calls=cap_calls,
         )
     return _refusal_or_owner(user=user, listing_slug=listing_slug, version_number=version_number)
 
@@ -272,7 +355,20 @@ def _refusal_or_owner(*, user: User, listing_slug: str, version_number: int | No
         slug=listing_slug, status=ListingStatus.PUBLISHED, owner__is_active=True
     ).first()
     if listing is None:
-        raise ListingNotFound(f"No published listing {listing_slug}.")
+        held = (
+            Licence.objects.filter(
+                buyer=user, listing__slug=listing_slug, status__in=ENDED_LICENCE_STATUSES
+            )
+            .order_by("-ended_at")
+            .first()
+        )
+        if held is None:
+            raise ListingNotFound(f"No published listing {listing_slug}.")
+        # A former buyer learns why, rather than that the listing never existed.
+        raise LicenceRequired(
+            f"Your licence to {listing_slug} has ended: {licence_notice(held)}",
+            code="licence_ended",
+        )
     if listing.owner_id != user.pk:
         holds_download = Licence.objects.filter(
             buyer=user, listing=listing, status__in=LIVE_LICENCE_STATUSES
@@ -302,11 +398,14 @@ def _refusal_or_owner(*, user: User, listing_slug: str, version_number: int | No
     )
 
 
-def licence_for_download(*, user: User, listing: Listing) -> Licence | None:
-    """The buyer's live download licence of this listing, if any (export bundles)."""
-    return Licence.objects.filter(
-        buyer=user, listing=listing, kind=OfferKind.DOWNLOAD, status__in=LIVE_LICENCE_STATUSES
-    ).first()
+def licence_for_download(*, user: User, listing: Listing, at: datetime | None = None):
+    """The buyer's download licence of this listing that grants access now, if any: the
+    rule calls follow (licence_grants_access_q)."""
+    return (
+        Licence.objects.filter(licence_grants_access_q(at or timezone.now()))
+        .filter(buyer=user, listing=listing, kind=OfferKind.DOWNLOAD)
+        .first()
+    )
 
 
 # --- offers and licences -------------------------------------------------------------
@@ -366,6 +465,15 @@ def licence_calls_used(licence: Licence, at: datetime | None = None) -> int:
         return 0
     start, _ = licence_period_at(licence, at or timezone.now())
     return licence.p_calls if licence.p_start == start else 0
+
+
+def licence_ids_granting_access(*, buyer: User, at: datetime | None = None) -> set:
+    """The buyer's licences that grant access now (the rule calls and downloads follow)."""
+    return set(
+        Licence.objects.filter(licence_grants_access_q(at or timezone.now()))
+        .filter(buyer=buyer)
+        .values_list("pk", flat=True)
+    )
 
 
 def licence_get_for_buyer(*, buyer: User, licence_id) -> Licence:
@@ -461,6 +569,7 @@ class StatementLine:
     stripe_fee: int
     stripe_fee_known: bool
     net: int
+    rounding: int = 0
 
 
 @dataclass(frozen=True)
@@ -476,17 +585,22 @@ class ListingStatement:
     stripe_fee: int
     stripe_fee_known: bool
     net: int
+    rounding: int = 0
 
 
 @dataclass(frozen=True)
 class Statement:
     """An expert's month: per listing and currency, itemised by licence.
 
-    Amounts are minor units. gross: what buyers paid; refunds: what went back
-    (negative); platform_fee: the application fee kept, net of fees a refund returned;
-    net = gross + refunds - platform_fee, what the expert's Connect account receives.
-    stripe_fee is Stripe's processing fee where known; with destination charges the
-    platform pays it out of its fee, so it is shown, not deducted.
+    Amounts are minor units, every one as Stripe recorded it. gross: what buyers paid;
+    refunds: what went back (negative); platform_fee: the application fee kept, net of
+    the fee refunds returned; net: what reached the expert's Connect account (the
+    transfers, less the reversals refunds took back). net = gross + refunds -
+    platform_fee, but for Stripe's rounding when it splits a partial refund between the
+    reversal and the fee refund: `rounding` shows it (net minus that sum), and the
+    platform absorbs it. stripe_fee is Stripe's processing fee where known; with
+    destination charges the platform pays it out of its fee, so it is shown, not
+    deducted.
     """
 
     expert_id: int
@@ -521,7 +635,13 @@ def _sum_lines(lines: list[StatementLine]) -> dict:
         "stripe_fee": sum(x.stripe_fee for x in lines),
         "stripe_fee_known": all(x.stripe_fee_known for x in lines),
         "net": sum(x.net for x in lines),
+        "rounding": sum(x.rounding for x in lines),
     }
+
+
+# What reached the expert: Stripe's transfer (or reversal); for a row written before it
+# was recorded, the amount less the platform fee.
+_EXPERT_AMOUNT = Coalesce(F("expert_amount"), F("amount") - F("platform_fee"))
 
 
 def statement_for(
@@ -551,6 +671,7 @@ def statement_for(
             s_refunds=Sum("amount", filter=Q(kind=PaymentKind.REFUND), default=0),
             s_platform_fee=Sum("platform_fee", default=0),
             s_stripe_fee=Sum("stripe_fee", default=0),
+            s_net=Sum(_EXPERT_AMOUNT, default=0),
             unknown_fees=Count(
                 "id", filter=Q(stripe_fee__isnull=True) & ~Q(kind=PaymentKind.REFUND)
             ),
@@ -575,7 +696,8 @@ def statement_for(
                 platform_fee=r["s_platform_fee"],
                 stripe_fee=r["s_stripe_fee"],
                 stripe_fee_known=r["unknown_fees"] == 0,
-                net=r["s_gross"] + r["s_refunds"] - r["s_platform_fee"],
+                net=r["s_net"],
+                rounding=r["s_net"] - (r["s_gross"] + r["s_refunds"] - r["s_platform_fee"]),
             )
         )
     listings = []
@@ -594,7 +716,8 @@ def statement_for(
             )
         )
         total = totals.setdefault(
-            currency, {"gross": 0, "refunds": 0, "platform_fee": 0, "stripe_fee": 0, "net": 0}
+            currency,
+            {"gross": 0, "refunds": 0, "platform_fee": 0, "stripe_fee": 0, "net": 0, "rounding": 0},
         )
         for name in total:
             total[name] += sums[name]
@@ -626,6 +749,7 @@ def earnings_by_month(*, expert: User, months: int = 12, sandbox: bool = False) 
             s_gross=Sum("amount", filter=~Q(kind=PaymentKind.REFUND), default=0),
             s_refunds=Sum("amount", filter=Q(kind=PaymentKind.REFUND), default=0),
             s_platform_fee=Sum("platform_fee", default=0),
+            s_net=Sum(_EXPERT_AMOUNT, default=0),
         )
         .order_by("period", "currency")
     )
@@ -636,7 +760,7 @@ def earnings_by_month(*, expert: User, months: int = 12, sandbox: bool = False) 
             gross=r["s_gross"],
             refunds=r["s_refunds"],
             platform_fee=r["s_platform_fee"],
-            net=r["s_gross"] + r["s_refunds"] - r["s_platform_fee"],
+            net=r["s_net"],
         )
         for r in rows
     ]
@@ -683,4 +807,82 @@ def stripe_webhook_lag(*, since: datetime, limit: int = 5000) -> WebhookLag:
         lag_max_s=lags[-1] if lags else None,
         unprocessed=backlog["n"],
         oldest_unprocessed_age_s=(now - oldest).total_seconds() if oldest else None,
+    )
+
+
+# --- what the buyer reads on a licence, and what operators watch -----------------------
+
+
+def _day(moment: datetime | None) -> str:
+    return f"{moment:%d %B %Y}" if moment else "the end of the paid period"
+
+
+def licence_notice(licence: Licence, *, now: datetime | None = None) -> str:
+    """What is happening to a licence, in plain words, for its buyer (API and portal)."""
+    now = now or timezone.now()
+    if licence.status == "pending":
+        return "Waiting for Stripe to confirm your payment."
+    if licence.status in LIVE_LICENCE_STATUSES and licence.cancel_at_period_end:
+        until = _day(licence.access_ends_at)
+        if licence.listing.status == ListingStatus.DELISTED:
+            return (
+                f"The expert delisted this model. You keep access until {until}, and you "
+                "will not be billed again."
+            )
+        return (
+            f"Cancelled: you keep access until {until} and will not be billed again. "
+            "You can resume before then."
+        )
+    if licence.status == "past_due":
+        return (
+            "Your last payment failed and Stripe is retrying it; update your card to keep access."
+        )
+    if licence.status in ("cancelled", "expired", "revoked"):
+        return f"Ended on {_day(licence.ended_at)}: {licence.end_reason or licence.status}."
+    return ""
+
+
+@dataclass(frozen=True)
+class BillingHealth:
+    """For /metrics and the admin: what needs an operator."""
+
+    drift_by_kind: dict[str, int]
+    intents_by_status: dict[str, int]
+    failing_periods: int
+    failing_event_deliveries: int
+    last_reconciliation_age_s: float | None
+
+
+def billing_health() -> BillingHealth:
+    from billing.models import ReconciliationIssue, ReconciliationRun, StripeIntent
+    from marketplace.models import DeliveryStatus, DomainEventDelivery
+
+    drift = dict(
+        ReconciliationIssue.objects.filter(status="open")
+        .values_list("kind")
+        .annotate(n=Count("id"))
+        .values_list("kind", "n")
+    )
+    intents = dict(
+        StripeIntent.objects.exclude(status="succeeded")
+        .values_list("status")
+        .annotate(n=Count("id"))
+        .values_list("status", "n")
+    )
+    last = (
+        ReconciliationRun.objects.filter(finished_at__isnull=False)
+        .order_by("-finished_at")
+        .values_list("finished_at", flat=True)
+        .first()
+    )
+    return BillingHealth(
+        drift_by_kind=drift,
+        intents_by_status=intents,
+        failing_periods=LicenceUsagePeriod.objects.filter(
+            closed_at__isnull=True, report_failures__gt=0
+        ).count(),
+        failing_event_deliveries=DomainEventDelivery.objects.filter(
+            status=DeliveryStatus.FAILED
+        ).count(),
+        last_reconciliation_age_s=(timezone.now() - last).total_seconds() if last else None,
     )

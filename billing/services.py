@@ -5,21 +5,25 @@ and raises InvalidLicenceTransition (409) when the move is not allowed. Offer ch
 hold the listing row, so concurrent edits of one listing's prices serialize and the
 price summary copied onto the listing is always that of the committed offers.
 
-Stripe's side (checkout, webhooks, refunds, metered reporting) lives below the
-`# --- Stripe` marker and in billing/stripe_gateway.py.
+Ending a licence ends its billing in the same transaction: an open Checkout Session is
+expired and a subscription is cancelled through the outbox (billing.stripe_outbox), sent
+to Stripe after the commit. What Stripe says back is applied by billing.stripe_sync.
 """
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import dataclass, replace
-from datetime import datetime
+from datetime import datetime, timedelta
 
+from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.db.models import F, Min, Value
 from django.db.models.functions import Greatest
 from django.utils import timezone
 
 from accounts.models import User
+from accounts.services import user_require_verified_email
 from billing.currencies import ISO_4217
 from billing.errors import (
     FreeTrialAlreadyUsed,
@@ -34,13 +38,13 @@ from billing.errors import (
     NotListingOwner,
     OfferNotFound,
     OfferRetired,
-    QuotaExceeded,
     ReasonRequired,
 )
 from billing.models import (
     CALL_KINDS,
     LIVE_LICENCE_STATUSES,
     BillingAuditEntry,
+    IntentKind,
     Licence,
     LicenceStatus,
     LicenceUsagePeriod,
@@ -51,7 +55,16 @@ from billing.models import (
     UsageRecord,
     UsageStatus,
 )
-from billing.selectors import expert_can_be_paid, licence_period_at
+from billing.notices import buyer_notice_send
+from billing.selectors import (
+    effective_call_limit,
+    expert_can_be_paid,
+    licence_period_at,
+    metered,
+    quota_error,
+    spend_cap_calls,
+)
+from billing.stripe_outbox import intent_record
 from billing.terms import LicenceTerms
 from listings.errors import NotAModerator
 from listings.models import Listing, ListingStatus
@@ -62,6 +75,8 @@ MAX_AMOUNT = 99_999_999
 MAX_INCLUDED_CALLS = 100_000_000
 MAX_UNITS_PER_RECORD = 10_000
 MAX_REASON_CHARS = 2000
+# A download licence of a delisted listing may still fetch the bundle it paid for this long.
+DOWNLOAD_WIND_DOWN = timedelta(days=30)
 
 # --- offers --------------------------------------------------------------------------
 
@@ -367,6 +382,7 @@ def licence_create(*, buyer: User, offer: Offer, sandbox: bool = False) -> Licen
         offer_refuse_unless_purchasable(offer=offer, buyer=buyer, sandbox=sandbox)
         _refuse_if_held(buyer, offer)
         terms = LicenceTerms.of_listing(offer.listing)
+        cap = settings.BILLING_DEFAULT_SPEND_CAP if metered(offer.kind, offer) else None
         try:
             with transaction.atomic():
                 return Licence.objects.create(
@@ -378,6 +394,8 @@ def licence_create(*, buyer: User, offer: Offer, sandbox: bool = False) -> Licen
                     sandbox=sandbox,
                     calls_included=offer.included_calls,
                     call_quota=_call_quota(offer.kind, offer, terms),
+                    spend_cap_amount=cap,
+                    spend_cap_calls=spend_cap_calls(offer, cap),
                 )
         except IntegrityError:
             raise FreeTrialAlreadyUsed("You have already had this listing's free trial.") from None
@@ -412,15 +430,18 @@ def licence_activate(
     stripe_subscription_id: str = "",
     stripe_subscription_item_id: str = "",
     stripe_payment_intent_id: str = "",
+    stripe_subscription_status: str = "",
     at: datetime | None = None,
 ) -> Licence:
     """pending → active, once payment is confirmed (or at once for a trial or sandbox).
 
     Holds the licence row; supersedes (expires) the buyer's live free trial of the
     listing when a paid calling licence starts; grants the listing's entitlement
-    (reviews, popularity) in the same transaction. Raises InvalidLicenceTransition
-    (409) unless pending, LicenceAlreadyHeld (409) if another live licence of the same
-    kind appeared meanwhile (the caller refunds)."""
+    (reviews, popularity) in the same transaction. A monthly licence bought through
+    Stripe takes Stripe's period (the subscription item's); a sandbox one starts its
+    months now. Raises InvalidLicenceTransition (409) unless pending, LicenceAlreadyHeld
+    (409) if another live licence of the same kind appeared meanwhile (the caller
+    refunds the duplicate)."""
     now = at or timezone.now()
     with transaction.atomic():
         licence = _locked_licence(licence_id)
@@ -430,16 +451,18 @@ def licence_activate(
             listing_id=licence.listing_id,
             status__in=LIVE_LICENCE_STATUSES,
         )
-        if licence.kind in (OfferKind.PER_CALL, OfferKind.SUBSCRIPTION):
-            for trial in live.filter(kind=OfferKind.FREE_TRIAL):
-                _end(trial, LicenceStatus.EXPIRED, f"Superseded by licence {licence.id}.", now)
         same = (
             live.filter(kind=OfferKind.DOWNLOAD)
             if licence.kind == OfferKind.DOWNLOAD
+            else live.filter(kind__in=(OfferKind.PER_CALL, OfferKind.SUBSCRIPTION))
+            if licence.kind != OfferKind.FREE_TRIAL
             else live.filter(kind__in=CALL_KINDS)
         )
         if same.exclude(pk=licence.pk).exists():
             raise LicenceAlreadyHeld("The buyer already holds a live licence of this kind.")
+        if licence.kind in (OfferKind.PER_CALL, OfferKind.SUBSCRIPTION):
+            for trial in live.filter(kind=OfferKind.FREE_TRIAL):
+                _end(trial, LicenceStatus.EXPIRED, f"Superseded by licence {licence.id}.", now)
         licence.status = LicenceStatus.ACTIVE
         licence.activated_at = now
         if licence.kind in (OfferKind.PER_CALL, OfferKind.SUBSCRIPTION):
@@ -452,6 +475,7 @@ def licence_activate(
             ("stripe_subscription_id", stripe_subscription_id),
             ("stripe_subscription_item_id", stripe_subscription_item_id),
             ("stripe_payment_intent_id", stripe_payment_intent_id),
+            ("stripe_subscription_status", stripe_subscription_status),
         ):
             if value:
                 setattr(licence, name, value)
@@ -462,7 +486,9 @@ def licence_activate(
 
 def licence_start_free_trial(*, buyer: User, offer: Offer) -> Licence:
     """Take a listing's free trial: no card, no Stripe; active at once through the same
-    path as a paid licence (entitlement included), with the trial's own quota."""
+    path as a paid licence (entitlement included), with the trial's own quota. Only for a
+    buyer whose email address is verified (EmailNotVerified, 403)."""
+    user_require_verified_email(user=buyer, action="take a free trial")
     if offer.kind != OfferKind.FREE_TRIAL:
         raise InvalidOffer("This offer is not a free trial.", fields={"offer": ["Not a trial."]})
     with transaction.atomic():
@@ -470,9 +496,49 @@ def licence_start_free_trial(*, buyer: User, offer: Offer) -> Licence:
         return licence_activate(licence_id=licence.id)
 
 
-def _end(licence: Licence, status: str, reason: str, now: datetime) -> None:
+# --- how a licence ends, and what ending it does to billing ----------------------------
+
+
+def _teardown_billing(licence: Licence, was: str, now: datetime) -> None:
+    """Every end of access ends its billing (in the caller's transaction, sent after
+    commit): an unpaid Checkout Session is expired so it can no longer be paid, and a
+    subscription is cancelled at once, billing the metered calls served so far
+    (invoice_now) and crediting nothing by itself (a refund owed is issued by the policy
+    that owes it, explicitly). A subscription that Stripe already ended, or that ends by
+    itself at this period's end (cancel_at_period_end reached), is left alone."""
+    if licence.sandbox:
+        return
+    if was == LicenceStatus.PENDING and licence.stripe_checkout_session_id:
+        intent_record(
+            kind=IntentKind.CHECKOUT_SESSION_EXPIRE,
+            key_parts=(licence.pk,),
+            params={"session_id": licence.stripe_checkout_session_id},
+            licence=licence,
+        )
+    if not licence.stripe_subscription_id:
+        return
+    if licence.stripe_subscription_status in ("canceled", "incomplete_expired"):
+        return
+    if licence.cancel_at_period_end and licence.access_ends_at and now >= licence.access_ends_at:
+        return
+    intent_record(
+        kind=IntentKind.SUBSCRIPTION_CANCEL,
+        key_parts=(licence.pk,),
+        params={
+            "subscription_id": licence.stripe_subscription_id,
+            "invoice_now": metered(licence.kind, licence.offer),
+        },
+        licence=licence,
+    )
+
+
+def _end(licence: Licence, status: str, reason: str, now: datetime, *, notify: bool = True):
+    was = licence.status
     licence.status, licence.ended_at, licence.end_reason = status, now, reason
     licence.save(update_fields=["status", "ended_at", "end_reason"])
+    _teardown_billing(licence, was, now)
+    if notify and was != LicenceStatus.PENDING:
+        buyer_notice_send(licence=licence, kind="ended")
 
 
 def licence_mark_past_due(*, licence_id) -> Licence:
@@ -496,22 +562,34 @@ def licence_renew(*, licence_id, period_start: datetime, period_end: datetime) -
             raise InvalidLicenceTransition("Only monthly licences renew.")
         licence.status = LicenceStatus.ACTIVE
         licence.current_period_start, licence.current_period_end = period_start, period_end
-        licence.save(update_fields=["status", "current_period_start", "current_period_end"])
+        if licence.cancel_at_period_end:
+            licence.access_ends_at = period_end
+        licence.save(
+            update_fields=["status", "current_period_start", "current_period_end", "access_ends_at"]
+        )
+        # The counter of a period counted before Stripe's renewal arrived gets its end.
+        LicenceUsagePeriod.objects.filter(
+            licence=licence, period_start=period_start, period_end__isnull=True
+        ).update(period_end=period_end)
     return licence
 
 
-def _finish(licence_id, status: str, reason: str, verb: str, at: datetime | None) -> Licence:
+def _finish(
+    licence_id, status: str, reason: str, verb: str, at: datetime | None, notify: bool = True
+) -> Licence:
     with transaction.atomic():
         licence = _locked_licence(licence_id)
         _require_state(licence, (LicenceStatus.PENDING, *LIVE_LICENCE_STATUSES), verb)
-        _end(licence, status, reason, at or timezone.now())
+        _end(licence, status, reason, at or timezone.now(), notify=notify)
     return licence
 
 
-def licence_cancel(*, licence_id, reason: str = "", at: datetime | None = None) -> Licence:
-    """pending | active | past_due → cancelled (subscription deleted, checkout
-    abandoned, buyer's choice). Serving access ends at once."""
-    return _finish(licence_id, LicenceStatus.CANCELLED, reason, "cancelled", at)
+def licence_cancel(
+    *, licence_id, reason: str = "", at: datetime | None = None, notify: bool = True
+) -> Licence:
+    """pending | active | past_due → cancelled (subscription ended at Stripe, checkout
+    abandoned or replaced, the listing suspended). Access ends at once; so does billing."""
+    return _finish(licence_id, LicenceStatus.CANCELLED, reason, "cancelled", at, notify)
 
 
 def licence_expire(*, licence_id, reason: str = "", at: datetime | None = None) -> Licence:
@@ -529,9 +607,10 @@ def _require_reason(reason: str) -> str:
 
 
 def billing_audit(
-    *, actor: User, action: str, target_type: str, target_id, reason: str
+    *, actor: User | None, action: str, target_type: str, target_id, reason: str
 ) -> BillingAuditEntry:
-    """Append to the billing audit log (refunds, revocations by hand)."""
+    """Append to the billing audit log (refunds, revocations; actor None: the platform
+    acted by itself, e.g. refunding a duplicate purchase)."""
     return BillingAuditEntry.objects.create(
         actor=actor,
         action=action,
@@ -544,10 +623,11 @@ def billing_audit(
 def licence_revoke(
     *, licence_id, reason: str, actor: User | None = None, at: datetime | None = None
 ) -> Licence:
-    """pending | active | past_due → revoked: access and downloads stop at once.
+    """pending | active | past_due → revoked: access, downloads and billing stop at once.
     With an actor (a moderator acting by hand) the reason is audited; without one it
-    is the system's (a refund, a dispute). Raises NotAModerator (403), ReasonRequired
-    (422), InvalidLicenceTransition (409)."""
+    is the system's (a refund, a dispute). Revocation is for cause: it refunds nothing
+    by itself (a moderator refunds separately). Raises NotAModerator (403),
+    ReasonRequired (422), InvalidLicenceTransition (409)."""
     reason = _require_reason(reason)
     if actor is not None and not actor.is_moderator:
         raise NotAModerator("Only moderators revoke licences.")
@@ -561,6 +641,157 @@ def licence_revoke(
                 target_id=licence.id,
                 reason=reason,
             )
+    return licence
+
+
+def _buyers_licence(buyer: User, licence_id) -> Licence:
+    licence = _locked_licence(licence_id)
+    if licence.buyer_id != buyer.pk:
+        raise LicenceNotFound("No such licence of yours.")
+    return licence
+
+
+def licence_cancel_by_buyer(*, buyer: User, licence_id, at: datetime | None = None) -> Licence:
+    """The buyer cancels. A monthly licence (per_call, subscription) winds down: access
+    lasts until the end of the period already paid for, billing never renews
+    (Stripe's cancel_at_period_end), and `licence_resume` undoes it until then. A free
+    trial ends at once (nothing is paid). A download licence was paid once and has
+    nothing to cancel (409). Idempotent for a licence already winding down."""
+    now = at or timezone.now()
+    with transaction.atomic():
+        licence = _buyers_licence(buyer, licence_id)
+        _require_state(licence, LIVE_LICENCE_STATUSES, "cancelled")
+        if licence.kind == OfferKind.DOWNLOAD:
+            raise InvalidLicenceTransition(
+                "A download licence is paid once; there is no billing to cancel.",
+                code="nothing_to_cancel",
+            )
+        if licence.kind == OfferKind.FREE_TRIAL:
+            _end(licence, LicenceStatus.CANCELLED, "Cancelled by the buyer.", now, notify=False)
+            return licence
+        if licence.cancel_at_period_end:
+            return licence
+        _wind_down(licence, ends_at=licence.current_period_end or now)
+    return licence
+
+
+def licence_resume(*, buyer: User, licence_id, at: datetime | None = None) -> Licence:
+    """Undo the buyer's cancellation before the paid period ends: billing renews again.
+    Refused (409) once the period is over, or when the listing is no longer on sale
+    (a delisted listing winds down for good)."""
+    now = at or timezone.now()
+    with transaction.atomic():
+        licence = _buyers_licence(buyer, licence_id)
+        _require_state(licence, LIVE_LICENCE_STATUSES, "resumed")
+        if not licence.cancel_at_period_end:
+            raise InvalidLicenceTransition("This licence is not cancelled.", code="not_cancelled")
+        if licence.access_ends_at is not None and now >= licence.access_ends_at:
+            raise InvalidLicenceTransition(
+                "The paid period is over; buy the licence again.", code="period_over"
+            )
+        if licence.listing.status != ListingStatus.PUBLISHED or not licence.listing.owner.is_active:
+            raise InvalidLicenceTransition(
+                "This listing is no longer on sale; the licence ends with its paid period.",
+                code="listing_not_on_sale",
+            )
+        licence.cancel_at_period_end, licence.access_ends_at = False, None
+        licence.save(update_fields=["cancel_at_period_end", "access_ends_at"])
+        if not licence.sandbox and licence.stripe_subscription_id:
+            intent_record(
+                kind=IntentKind.SUBSCRIPTION_RESUME,
+                key_parts=(licence.pk, _decision_stamp()),
+                params={"subscription_id": licence.stripe_subscription_id},
+                licence=licence,
+            )
+    return licence
+
+
+def _decision_stamp() -> str:
+    """Distinguishes one decision from the next on the same licence (cancel, resume,
+    cancel again): each is its own Stripe request, while a retry of one reuses its key."""
+    return uuid.uuid4().hex
+
+
+def _wind_down(licence: Licence, *, ends_at: datetime) -> None:
+    """Access until `ends_at`; billing never renews (held licence row)."""
+    licence.cancel_at_period_end, licence.access_ends_at = True, ends_at
+    licence.save(update_fields=["cancel_at_period_end", "access_ends_at"])
+    if not licence.sandbox and licence.stripe_subscription_id:
+        intent_record(
+            kind=IntentKind.SUBSCRIPTION_CANCEL_AT_PERIOD_END,
+            key_parts=(licence.pk, _decision_stamp()),
+            params={"subscription_id": licence.stripe_subscription_id},
+            licence=licence,
+        )
+
+
+def licence_wind_down(*, licence_id, reason: str, at: datetime | None = None) -> Licence:
+    """The listing ended by its expert's choice (delisted): what a paying buyer is owed
+    is the rest of what they paid for. A monthly licence keeps serving until its paid
+    period ends and never renews; a download licence may fetch its bundle for
+    DOWNLOAD_WIND_DOWN more; a free trial (nothing paid) ends now. The buyer is told.
+    A licence already ended or winding down is left as it is."""
+    now = at or timezone.now()
+    with transaction.atomic():
+        licence = _locked_licence(licence_id)
+        if licence.status == LicenceStatus.PENDING:
+            _end(licence, LicenceStatus.CANCELLED, reason, now, notify=False)
+            return licence
+        if licence.status not in LIVE_LICENCE_STATUSES:
+            return licence
+        if licence.kind == OfferKind.FREE_TRIAL:
+            _end(licence, LicenceStatus.EXPIRED, reason, now)
+            return licence
+        if licence.access_ends_at is not None and licence.cancel_at_period_end:
+            return licence
+        if licence.kind == OfferKind.DOWNLOAD:
+            licence.cancel_at_period_end, licence.access_ends_at = True, now + DOWNLOAD_WIND_DOWN
+            licence.save(update_fields=["cancel_at_period_end", "access_ends_at"])
+        else:
+            _wind_down(licence, ends_at=licence.current_period_end or now)
+        Licence.objects.filter(pk=licence.pk).update(end_reason=reason)
+        buyer_notice_send(licence=licence, kind="winding_down", reason=reason)
+    return licence
+
+
+def licences_end_wound_down(*, now: datetime | None = None) -> int:
+    """The sweep: a licence whose wind-down is over expires (Stripe has ended its
+    subscription at the period's end; if its webhook is late, access ends anyway)."""
+    now = now or timezone.now()
+    due = Licence.objects.filter(
+        status__in=LIVE_LICENCE_STATUSES, cancel_at_period_end=True, access_ends_at__lte=now
+    ).values_list("pk", flat=True)
+    ended = 0
+    for licence_id in list(due):
+        with transaction.atomic():
+            licence = _locked_licence(licence_id)
+            if licence.status in LIVE_LICENCE_STATUSES and licence.access_ends_at <= now:
+                reason = licence.end_reason or "Cancelled; the paid period is over."
+                _end(licence, LicenceStatus.EXPIRED, reason, licence.access_ends_at)
+                ended += 1
+    return ended
+
+
+def licence_set_spend_cap(*, buyer: User, licence_id, amount: int) -> Licence:
+    """The buyer's monthly cap on what a metered licence may bill for calls (minor
+    units of the offer's currency), from 1 to MAX_AMOUNT. Calls past it are refused
+    (429 spend_cap_reached) until the next period. Raises InvalidUsage (422),
+    InvalidLicenceTransition (409) for a licence that bills no calls."""
+    if isinstance(amount, bool) or not isinstance(amount, int) or not 1 <= amount <= MAX_AMOUNT:
+        raise InvalidUsage(
+            "The spend cap is a whole amount in minor units.",
+            fields={"monthly_spend_cap": [f"From 1 to {MAX_AMOUNT}."]},
+        )
+    with transaction.atomic():
+        licence = _buyers_licence(buyer, licence_id)
+        _require_state(licence, (LicenceStatus.PENDING, *LIVE_LICENCE_STATUSES), "capped")
+        if not metered(licence.kind, licence.offer):
+            raise InvalidLicenceTransition(
+                "This licence does not bill per call; it has no spend cap.", code="not_metered"
+            )
+        licence.spend_cap_amount = amount
+        licence.spend_cap_calls = spend_cap_calls(licence.offer, amount)
+        licence.save(update_fields=["spend_cap_amount", "spend_cap_calls"])
     return licence
 
 
@@ -617,9 +848,11 @@ def usage_record(
     idempotency key (a replay returns the first row, counted once), atomically (no
     lost or double counts under concurrency), refused past the licence's quota
     (QuotaExceeded 429, nothing written). A failed call (`status="error"`) is
-    written but not counted. Serving may record before running the model and settle
-    the outcome after (usage_settle). Raises LicenceRequired (403) unless the licence
-    is live and allows calls."""
+    written but not counted, and settled at once. Serving records before running the
+    model and settles the outcome after (usage_settle); a row nobody settles is settled
+    failed by the sweep (usage_settle_stale). Raises LicenceRequired (403) unless the
+    licence is live and allows calls, QuotaExceeded (429) past the quota or the buyer's
+    spend cap."""
     _validate_usage(idempotency_key, units, status)
     now = at or timezone.now()
     licence = Licence.objects.filter(pk=licence_id).first()
@@ -649,6 +882,7 @@ def usage_record(
                     idempotency_key=idempotency_key,
                     period_start=start,
                     created_at=now,
+                    settled_at=now if status == UsageStatus.ERROR else None,
                 )
         except IntegrityError:
             existing = UsageRecord.objects.filter(idempotency_key=idempotency_key).first()
@@ -658,13 +892,12 @@ def usage_record(
         if status == UsageStatus.ERROR:
             calls = LicenceUsagePeriod.objects.values_list("calls", flat=True).get(pk=period.pk)
         else:
-            calls = _count(period.pk, units, licence.call_quota)
+            limit = effective_call_limit(licence.call_quota, licence.spend_cap_calls)
+            calls = _count(period.pk, units, limit)
             if calls is None:
-                raise QuotaExceeded(
-                    f"This licence's {licence.call_quota} calls for the period are used up.",
-                    fields={"calls_left": ["0"]},
-                )
-    left = None if licence.call_quota is None else max(0, licence.call_quota - calls)
+                raise quota_error(licence.call_quota, licence.spend_cap_calls, left=0)
+    limit = effective_call_limit(licence.call_quota, licence.spend_cap_calls)
+    left = None if limit is None else max(0, limit - calls)
     return UsageOutcome(record=record, recorded=True, calls_used=calls, calls_left=left)
 
 
@@ -676,16 +909,18 @@ def _replayed(record: UsageRecord, licence: Licence) -> UsageOutcome:
         .values_list("calls", flat=True)
         .first()
     ) or 0
-    left = None if licence.call_quota is None else max(0, licence.call_quota - calls)
+    limit = effective_call_limit(licence.call_quota, licence.spend_cap_calls)
+    left = None if limit is None else max(0, limit - calls)
     return UsageOutcome(record=record, recorded=False, calls_used=calls, calls_left=left)
 
 
 def usage_settle(
     *, idempotency_key: str, status: str, latency_ms: int | None = None
 ) -> UsageRecord:
-    """Record how a call recorded before it ran turned out. ok → error gives the call
-    back to the period (failed calls are not billed); settling twice changes nothing.
-    Raises InvalidLicenceTransition (409) for error → ok."""
+    """Record how a call recorded before it ran turned out, once: the first settlement
+    is final (a settled row never changes, so the metered billing computed from settled
+    rows only ever grows), a later one changes nothing and returns the row. A failed
+    call gives its units back to the period's quota counter and is never billed."""
     _validate_usage(idempotency_key, 1, status)
     with transaction.atomic():
         record = (
@@ -695,18 +930,64 @@ def usage_settle(
             raise InvalidUsage(
                 "No call with this idempotency key.", fields={"idempotency_key": ["Unknown."]}
             )
-        if record.status == UsageStatus.ERROR and status == UsageStatus.OK:
-            raise InvalidLicenceTransition("A failed call cannot be settled as served.")
-        if record.status == UsageStatus.OK and status == UsageStatus.ERROR:
+        if record.settled_at is not None:
+            return record
+        if status == UsageStatus.ERROR:
             LicenceUsagePeriod.objects.filter(
                 licence_id=record.licence_id, period_start=record.period_start
             ).update(calls=Greatest(F("calls") - record.units, Value(0)))
         record.status = status
+        record.settled_at = timezone.now()
         if latency_ms is not None:
             record.latency_ms = latency_ms
-        record.save(update_fields=["status", "latency_ms"])
+        record.save(update_fields=["status", "latency_ms", "settled_at"])
     return record
 
 
-# --- Stripe ------------------------------------------------------------------------
-# (H's checkout, webhook handlers, refunds and metered reporting go below this line.)
+def usage_settle_if_recorded(*, idempotency_key: str, status: str) -> UsageRecord | None:
+    """usage_settle for a caller that may hold a call without a ledger row (the listing
+    owner's own calls): None then."""
+    if not UsageRecord.objects.filter(idempotency_key=idempotency_key).exists():
+        return None
+    return usage_settle(idempotency_key=idempotency_key, status=status)
+
+
+def usage_settle_stale(*, older_than: timedelta, now: datetime | None = None) -> int:
+    """The sweep: a call still unsettled long after any answer could have come (its web
+    process or worker died) is settled failed: a call whose outcome the platform never
+    learned is not billed. Returns how many it settled."""
+    cutoff = (now or timezone.now()) - older_than
+    keys = UsageRecord.objects.filter(settled_at__isnull=True, created_at__lt=cutoff).values_list(
+        "idempotency_key", flat=True
+    )
+    settled = 0
+    for key in list(keys[:5000]):
+        record = usage_settle(idempotency_key=key, status=UsageStatus.ERROR)
+        settled += record.status == UsageStatus.ERROR
+    return settled
+
+
+def reconciliation_issue_resolve(*, issue_id, moderator: User, note: str):
+    """A moderator settles a reconciliation issue by hand (after acting in Stripe or
+    here), with a note; audited. Raises NotAModerator (403), ReasonRequired (422),
+    InvalidLicenceTransition (409) for an issue already resolved."""
+    from billing.models import IssueStatus, ReconciliationIssue
+
+    if not moderator.is_moderator:
+        raise NotAModerator("Only moderators resolve reconciliation issues.")
+    note = _require_reason(note)
+    with transaction.atomic():
+        issue = ReconciliationIssue.objects.select_for_update().filter(pk=issue_id).first()
+        if issue is None or issue.status != IssueStatus.OPEN:
+            raise InvalidLicenceTransition("This issue is not open.", code="issue_not_open")
+        issue.status, issue.resolved_at = IssueStatus.RESOLVED, timezone.now()
+        issue.resolved_by, issue.resolution_note = moderator, note
+        issue.save(update_fields=["status", "resolved_at", "resolved_by", "resolution_note"])
+        billing_audit(
+            actor=moderator,
+            action="reconciliation_resolve",
+            target_type="reconciliation_issue",
+            target_id=issue.pk,
+            reason=note,
+        )
+    return issue

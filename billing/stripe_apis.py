@@ -12,7 +12,7 @@ from rest_framework.response import Response
 from billing import stripe_gateway as gateway
 from billing.checkout import checkout_start, connect_account_onboard
 from billing.models import ConnectAccount
-from billing.stripe_events import stripe_event_receive
+from billing.stripe_webhooks import stripe_event_receive
 from marketplace.api import PUBLIC, BaseApi, ObjectTypeField
 from marketplace.errors import InvalidInputError
 

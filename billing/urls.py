@@ -13,6 +13,16 @@ urlpatterns = [
         apis.LicenceDetailApi.as_view(),
         name="api-billing-licence",
     ),
+    path(
+        "billing/licenses/<uuid:licence_id>/cancel",
+        apis.LicenceCancelApi.as_view(),
+        name="api-billing-licence-cancel",
+    ),
+    path(
+        "billing/licenses/<uuid:licence_id>/resume",
+        apis.LicenceResumeApi.as_view(),
+        name="api-billing-licence-resume",
+    ),
     path("billing/usage", apis.UsageApi.as_view(), name="api-billing-usage"),
     path("billing/earnings", apis.EarningsApi.as_view(), name="api-billing-earnings"),
     path("listings/<slug:slug>/offers", apis.ListingOffersApi.as_view(), name="api-listing-offers"),

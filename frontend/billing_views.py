@@ -21,6 +21,7 @@ from django.views.decorators.http import require_GET, require_POST
 from billing import checkout as billing_checkout
 from billing import selectors as billing
 from billing import services as billing_services
+from billing import stripe_sync
 from billing.errors import LicenceNotFound
 from billing.models import (
     LIVE_LICENCE_STATUSES,
@@ -297,21 +298,33 @@ def licence_list(request):
     days = [today - timedelta(days=n) for n in range(USAGE_CHART_DAYS - 1, -1, -1)]
     calls_per_day = _calls_per_day(buyer=request.user, days=days)
     site = request.build_absolute_uri("/").rstrip("/")
+    granting = billing.licence_ids_granting_access(buyer=request.user)
     rows = []
     for licence in billing.licence_list_for_buyer(buyer=request.user).select_related(
         "listing__live_version"
     ):
         live = licence.status in LIVE_LICENCE_STATUSES
-        calling = live and licence.kind != OfferKind.DOWNLOAD
+        access = licence.pk in granting
+        calling = access and licence.kind != OfferKind.DOWNLOAD
         listing = licence.listing
+        monthly = licence.kind in (OfferKind.PER_CALL, OfferKind.SUBSCRIPTION)
         rows.append(
             {
                 "licence": licence,
                 "live": live,
+                "notice": billing.licence_notice(licence),
+                "can_cancel": live
+                and licence.kind != OfferKind.DOWNLOAD
+                and not licence.cancel_at_period_end,
+                "can_resume": live
+                and monthly
+                and licence.cancel_at_period_end
+                and listing.status == "published",
+                "spend_cap": licence.spend_cap_amount if live else None,
                 "calls": billing.licence_calls_used(licence) if calling else None,
                 "terms": _terms_rows(licence.terms),
                 "download_version": (
-                    listing.live_version if live and licence.kind == OfferKind.DOWNLOAD else None
+                    listing.live_version if access and licence.kind == OfferKind.DOWNLOAD else None
                 ),
                 "snippets": (
                     call_snippets(site=site, slug=listing.slug, task=listing.task)
@@ -331,6 +344,52 @@ def licence_list(request):
         "frontend/licences.html",
         {"rows": rows, "usage_days": USAGE_CHART_DAYS, "key_variable": KEY_VARIABLE},
     )
+
+
+@login_required
+@require_POST
+def licence_cancel(request, licence_id):
+    """Cancel: a monthly licence keeps its access to the end of the paid period."""
+    try:
+        licence = billing_services.licence_cancel_by_buyer(
+            buyer=request.user, licence_id=licence_id
+        )
+    except ApplicationError as exc:
+        messages.error(request, _error_text(exc))
+    else:
+        messages.success(request, billing.licence_notice(licence) or "Cancelled.")
+    return redirect(reverse("licences") + f"#licence-{licence_id}")
+
+
+@login_required
+@require_POST
+def licence_resume(request, licence_id):
+    try:
+        billing_services.licence_resume(buyer=request.user, licence_id=licence_id)
+    except ApplicationError as exc:
+        messages.error(request, _error_text(exc))
+    else:
+        messages.success(request, "Resumed: your licence renews as before.")
+    return redirect(reverse("licences") + f"#licence-{licence_id}")
+
+
+@login_required
+@require_POST
+def licence_spend_cap(request, licence_id):
+    """The monthly spend cap, typed in major units ("50" or "49.99")."""
+    try:
+        licence = billing.licence_get_for_buyer(buyer=request.user, licence_id=licence_id)
+        amount = parse_major_units(request.POST.get("spend_cap", ""), licence.offer.currency)
+        billing_services.licence_set_spend_cap(
+            buyer=request.user, licence_id=licence_id, amount=amount
+        )
+    except ValueError as exc:
+        messages.error(request, f"Spend cap: {exc}")
+    except ApplicationError as exc:
+        messages.error(request, _error_text(exc))
+    else:
+        messages.success(request, "Spend cap saved: calls past it are refused until next period.")
+    return redirect(reverse("licences") + f"#licence-{licence_id}")
 
 
 # --- expert: payouts and earnings
@@ -388,7 +447,7 @@ def payouts_return(request):
     account = _connect_account(request.user)
     if account is not None and not account.sandbox:
         try:
-            billing_checkout.connect_account_sync(stripe_account_id=account.stripe_account_id)
+            stripe_sync.account_sync(stripe_account_id=account.stripe_account_id)
         except ApplicationError as exc:
             messages.error(request, _error_text(exc))
     return redirect("payouts")

@@ -11,6 +11,7 @@ urlpatterns = [
         name="signing-key",
     ),
     path("signup/", views.sign_up, name="sign-up"),
+    path("verify-email/<str:token>/", views.verify_email, name="verify-email"),
     path("login/", auth_views.LoginView.as_view(), name="login"),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
     path(
@@ -24,6 +25,7 @@ urlpatterns = [
         name="password_change_done",
     ),
     path("dashboard/", views.dashboard, name="dashboard"),
+    path("dashboard/verify-email/", views.verify_email_resend, name="verify-email-resend"),
     path("dashboard/api-keys/", views.api_key_create, name="api-key-create"),
     path("dashboard/api-keys/<uuid:key_id>/revoke/", views.api_key_revoke, name="api-key-revoke"),
     path("studio/", studio_views.studio_home, name="studio"),
@@ -72,6 +74,21 @@ urlpatterns = [
         "licences/<uuid:licence_id>/status/",
         billing_views.licence_status,
         name="licence-status",
+    ),
+    path(
+        "licences/<uuid:licence_id>/cancel/",
+        billing_views.licence_cancel,
+        name="licence-cancel",
+    ),
+    path(
+        "licences/<uuid:licence_id>/resume/",
+        billing_views.licence_resume,
+        name="licence-resume",
+    ),
+    path(
+        "licences/<uuid:licence_id>/spend-cap/",
+        billing_views.licence_spend_cap,
+        name="licence-spend-cap",
     ),
     path("payouts/", billing_views.payouts, name="payouts"),
     path("payouts/onboard/", billing_views.payouts_onboard, name="payouts-onboard"),

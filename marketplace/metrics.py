@@ -174,6 +174,7 @@ class SharedStateCollector:
             ("jobs", self._jobs),
             ("training", self._training),
             ("webhooks", self._webhooks),
+            ("billing", self._billing),
         ):
             try:
                 yield from collect()
@@ -252,6 +253,46 @@ class SharedStateCollector:
             "Age of the oldest Stripe event not processed yet (0 when none waits).",
             value=lag.oldest_unprocessed_age_s or 0.0,
         )
+
+    @staticmethod
+    def _billing():
+        from billing.models import IntentStatus
+        from billing.selectors import billing_health
+
+        health = billing_health()
+        drift = GaugeMetricFamily(
+            "niche_billing_drift",
+            "Open disagreements between Stripe and our books that the reconciler could not "
+            "repair by itself, by kind (admin: Reconciliation issues).",
+            labels=["kind"],
+        )
+        for kind, count in sorted(health.drift_by_kind.items()):
+            drift.add_metric([kind], count)
+        yield drift
+        intents = GaugeMetricFamily(
+            "niche_stripe_intents",
+            "Writes to Stripe in the outbox not yet succeeded, by status.",
+            labels=["status"],
+        )
+        for status in (IntentStatus.PENDING, IntentStatus.FAILED):
+            intents.add_metric([status], health.intents_by_status.get(status, 0))
+        yield intents
+        yield GaugeMetricFamily(
+            "niche_metering_failing_periods",
+            "Open metering periods whose last report to Stripe failed (each backs off alone).",
+            value=health.failing_periods,
+        )
+        yield GaugeMetricFamily(
+            "niche_domain_event_deliveries_failed",
+            "Domain-event deliveries that exhausted their retries.",
+            value=health.failing_event_deliveries,
+        )
+        if health.last_reconciliation_age_s is not None:
+            yield GaugeMetricFamily(
+                "niche_billing_reconciliation_age_seconds",
+                "Seconds since the reconciler last finished a run.",
+                value=health.last_reconciliation_age_s,
+            )
 
 
 def _note_failure(source: str, exc: BaseException) -> None:

@@ -1,13 +1,22 @@
 """The inference gateway: every call, from the API, /v1 or the portal, passes here.
 
 Order: (the view checked the key's `infer` scope) → licence check (billing's selector:
-live licence, live version, quota left) → input limits → rate limit per key (Redis) →
+live licence, live version, quota left) → input limits → rate limit per user and key (Redis) →
 the ledger row, written before the engine runs so the quota is taken atomically → the
 engine (one Celery task; whole answers through the result backend, streamed tokens
 through a Redis stream) → the row settled: `ok`, or `error` when the engine failed or
 timed out (failed calls are not billed). A refused call (401/403/404/422/429) writes no
 row; an answered call writes exactly one. The listing's owner calls without a licence
 and without a row.
+
+Every end of a call cancels its work on the worker (a cancel key the engine checks
+between decoding steps; the worker also stops a row whose deadline passed): an answer,
+an error, a timeout, a client that left. A streamed call is billed when at least one
+token of it was delivered (an error after tokens does not make it free; an error before
+any token does). It is settled by the server when the stream ends, whoever sees the end
+first: the inference worker when it finishes (serving.tasks), or this gateway when it
+gives up or the client leaves. A call nobody settled is settled failed by billing's
+sweep: a call whose outcome the platform never learned is not billed.
 """
 
 from __future__ import annotations
@@ -53,7 +62,7 @@ from serving.protocol import (
     InferenceResult,
     Usage,
 )
-from serving.ratelimit import rate_limit_admit, serving_redis
+from serving.ratelimit import RateWindow, rate_limit_admit, serving_redis
 from training_worker.models import ModelVersion
 
 # Every this many seconds without an answer the gateway asks whether any worker still
@@ -238,8 +247,13 @@ def chat_messages(messages: Any) -> list[ChatMessage]:
 # --- the steps before the engine --------------------------------------------------------
 
 
-def _rate_subject(user: User, api_key: ApiKey | None) -> str:
-    return f"key:{api_key.pk}" if api_key is not None else f"user:{user.pk}"
+def _rate_windows(user: User, api_key: ApiKey | None) -> list[RateWindow]:
+    """The windows a call counts in: its user's (SERVING_RATE_LIMIT_PER_MINUTE, whichever
+    key or the portal it came through), and its key's when the key has a lower limit."""
+    windows = [RateWindow(subject=f"user:{user.pk}", limit=settings.SERVING_RATE_LIMIT_PER_MINUTE)]
+    if api_key is not None and api_key.rate_limit_per_minute is not None:
+        windows.append(RateWindow(subject=f"key:{api_key.pk}", limit=api_key.rate_limit_per_minute))
+    return windows
 
 
 @functools.lru_cache(maxsize=1024)
@@ -289,9 +303,10 @@ def _require_task(target: Target, task: str) -> None:
 
 
 def _admit(*, user: User, api_key: ApiKey | None, target: Target, units: int) -> None:
-    """Quota left (429 quota_exceeded), then the rate limit (429 rate_limited)."""
+    """Quota left (429 quota_exceeded), then the rate limit per user and key (429
+    rate_limited)."""
     target.check.require_calls(units)
-    rate_limit_admit(subject=_rate_subject(user, api_key))
+    rate_limit_admit(windows=_rate_windows(user, api_key))
 
 
 def _record(*, target: Target, api_key: ApiKey | None, request_id: str, units: int) -> None:
@@ -314,6 +329,14 @@ def _settle(target: Target, request_id: str, status: str, started: float) -> int
     if target.check.licence_id is not None:
         usage_settle(idempotency_key=request_id, status=status, latency_ms=latency_ms)
     return latency_ms
+
+
+def cancel_request(request_id: str) -> None:
+    """Tell the worker to stop this request (it checks between decoding steps).
+    Idempotent; an unreachable Redis leaves the worker's deadline and max_new_tokens to
+    bound it."""
+    with contextlib.suppress(redis.RedisError):
+        serving_redis().set(protocol.cancel_key(request_id), "1", ex=protocol.CANCEL_TTL_SECONDS)
 
 
 # --- the engine -------------------------------------------------------------------------
@@ -409,6 +432,7 @@ def _run(*, user, api_key, target: Target, request: InferenceRequest, units: int
                 code=ErrorCode.ADAPTER_INTEGRITY,
             )
     except BaseException:
+        cancel_request(request.request_id)  # a timeout must not leave the worker generating
         _settle(target, request.request_id, UsageStatus.ERROR, started)
         raise
     latency_ms = _settle(target, request.request_id, UsageStatus.OK, started)
@@ -525,7 +549,8 @@ def _event(fields: dict[bytes, bytes]) -> StreamEvent:
 class GatewayStream:
     """An open streamed generation. `events()` yields StreamEvents (and `idle` ones
     every second without news, so the view can write a keep-alive and learn that its
-    client left); `close()` before the end cancels the generation on the worker."""
+    client left); `close()` ends it from any path (it always cancels the worker's
+    generation and settles the call by what was delivered)."""
 
     request_id: str
     target: Target
@@ -533,6 +558,7 @@ class GatewayStream:
     _pending: list[StreamEvent] = field(default_factory=list)
     _last_id: str = "0-0"
     _finished: bool = False
+    delivered_tokens: int = 0
 
     @property
     def headers(self) -> dict[str, str]:
@@ -576,7 +602,6 @@ class GatewayStream:
                 events = self._read(1000)
             if not events:
                 if time.monotonic() - last_news > settings.SERVING_TIMEOUT_SECONDS:
-                    self._cancel()
                     events = [
                         StreamEvent(
                             type="error",
@@ -589,32 +614,27 @@ class GatewayStream:
                     continue
             last_news = time.monotonic()
             for event in events:
+                if event.type == "token" and event.text:
+                    self.delivered_tokens += 1
                 if event.type in ("done", "error"):
-                    self._finish(UsageStatus.OK if event.type == "done" else UsageStatus.ERROR)
+                    self.close(done=event.type == "done")
                     yield event
                     return
                 yield event
 
-    def _finish(self, status: str) -> None:
-        self._finished = True
-        _settle(self.target, self.request_id, status, self.started)
-        if status == UsageStatus.OK:
-            observe_stream_done(task=self.target.task, latency_s=time.monotonic() - self.started)
-
-    def close(self) -> None:
-        """The client left (or the response ended): stop the worker's generation. The
-        row stays `ok`: the tokens already sent were served."""
+    def close(self, *, done: bool = False) -> None:
+        """End the stream from any path (finished, failed, timed out, the client left):
+        the worker is told to stop (a no-op once it has), and the call is settled by
+        what was delivered: billed once a token reached the stream, free otherwise.
+        Idempotent."""
+        cancel_request(self.request_id)
         if self._finished:
             return
-        self._cancel()
-        self._finish(UsageStatus.OK)
-
-    def _cancel(self) -> None:
-        # Unreachable Redis: the worker's deadline and max_new_tokens still bound it.
-        with contextlib.suppress(redis.RedisError):
-            serving_redis().set(
-                protocol.cancel_key(self.request_id), "1", ex=protocol.CANCEL_TTL_SECONDS
-            )
+        self._finished = True
+        status = UsageStatus.OK if self.delivered_tokens or done else UsageStatus.ERROR
+        _settle(self.target, self.request_id, status, self.started)
+        if done:
+            observe_stream_done(task=self.target.task, latency_s=time.monotonic() - self.started)
 
 
 def generate_stream(
@@ -640,7 +660,6 @@ def generate_stream(
         _send(request)
         stream._wait_first()
     except BaseException:
-        stream._cancel()
-        stream._finish(UsageStatus.ERROR)
+        stream.close()  # nothing was delivered: cancelled, and not billed
         raise
     return stream

@@ -27,7 +27,32 @@ def _warm_engine(sender, **_kwargs) -> None:
 
 @shared_task(name=TASK_NAME)
 def infer(request: dict) -> dict:
-    """One protocol ``InferenceRequest`` dict in, an ``InferenceResult`` or error dict out."""
-    from serving.engine.service import engine_infer
+    """One protocol ``InferenceRequest`` dict in, an ``InferenceResult`` or error dict out.
+    A streamed call is settled here, on the server, when its stream ends (billed once a
+    token reached the stream), whether or not its client read to the end."""
+    from serving.engine.service import engine_get, engine_infer
 
-    return engine_infer(request=request)
+    answer = engine_infer(request=request)
+    if request.get("stream") and request.get("request_id"):
+        settle_stream(str(request["request_id"]), engine_get().redis)
+    return answer
+
+
+def settle_stream(request_id: str, redis_client) -> None:
+    """Settle a streamed call by what its stream holds: `ok` when a token reached it or
+    it finished, `error` when it failed before any token. The first settlement wins (the
+    gateway may have settled it already); a call without a ledger row (the owner's)
+    has nothing to settle."""
+    from billing.models import UsageStatus
+    from billing.services import usage_settle_if_recorded
+    from serving.protocol import stream_key
+
+    delivered, done = 0, False
+    if redis_client is not None:
+        for _id, fields in redis_client.xrange(stream_key(request_id)):
+            kind = fields.get(b"type", b"")
+            if kind == b"token" and fields.get(b"text"):
+                delivered += 1
+            done = done or kind == b"done"
+    status = UsageStatus.OK if delivered or done else UsageStatus.ERROR
+    usage_settle_if_recorded(idempotency_key=request_id, status=status)

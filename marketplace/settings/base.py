@@ -132,6 +132,46 @@ AXES_LOCKOUT_CALLABLE = "frontend.views.locked_out"
 AXES_VERBOSE = False
 # Behind a proxy: how many proxies put their address in X-Forwarded-For (0: none).
 AXES_IPWARE_PROXY_COUNT = env_int("AXES_IPWARE_PROXY_COUNT", 0, minimum=0) or None
+# The client's address, for log-in lockouts and the sign-up throttle alike: the entry of
+# X-Forwarded-For that the outermost of AXES_IPWARE_PROXY_COUNT proxies saw. (django-ipware
+# is not installed, so axes on its own would key every lockout on the proxy's address.)
+AXES_CLIENT_IP_CALLABLE = "accounts.client_address.client_address"
+
+# --- Sign-up, email verification, API keys (accounts.services)
+# Sign-ups a client address may make in one clock hour, and all addresses together: past
+# either, 429 with Retry-After. Counted in Redis, so every web process shares them.
+SIGNUP_MAX_PER_ADDRESS_PER_HOUR = env_int("SIGNUP_MAX_PER_ADDRESS_PER_HOUR", 10, minimum=1)
+SIGNUP_MAX_PER_HOUR = env_int("SIGNUP_MAX_PER_HOUR", 200, minimum=1)
+# A new account proves its address with a signed, single-use link before it may create an
+# API key or take a free trial. The link lives this long; a user may have one sent every
+# EMAIL_VERIFICATION_RESEND_SECONDS and at most EMAIL_VERIFICATION_MAX_PER_DAY a day.
+EMAIL_VERIFICATION_LINK_HOURS = env_int("EMAIL_VERIFICATION_LINK_HOURS", 72, minimum=1)
+EMAIL_VERIFICATION_RESEND_SECONDS = env_int("EMAIL_VERIFICATION_RESEND_SECONDS", 60, minimum=1)
+EMAIL_VERIFICATION_MAX_PER_DAY = env_int("EMAIL_VERIFICATION_MAX_PER_DAY", 5, minimum=1)
+# Live (unrevoked) API keys one user may hold; past it a new key is 409.
+API_KEYS_MAX_PER_USER = env_int("API_KEYS_MAX_PER_USER", 20, minimum=1)
+# Every rate window in Redis (serving's per-user and per-key limits, the sign-up and email
+# throttles) is a key under this prefix; tests give each test its own.
+RATE_LIMIT_KEY_PREFIX = "niche"
+
+# --- Email: SMTP when EMAIL_HOST is set; otherwise each message is printed by the process
+# that sends it (the embedded default: the verification link shows in `make run`'s output).
+EMAIL_HOST = env_str("EMAIL_HOST", "")
+EMAIL_PORT = env_int("EMAIL_PORT", 587, minimum=1)
+EMAIL_HOST_USER = env_str("EMAIL_HOST_USER", "")
+EMAIL_HOST_PASSWORD = env_str("EMAIL_HOST_PASSWORD", "")
+EMAIL_USE_SSL = env_bool("EMAIL_USE_SSL", False)  # implicit TLS (port 465)
+EMAIL_USE_TLS = env_bool("EMAIL_USE_TLS", not EMAIL_USE_SSL)  # STARTTLS (port 587)
+if EMAIL_USE_TLS and EMAIL_USE_SSL:
+    raise ImproperlyConfigured("EMAIL_USE_TLS and EMAIL_USE_SSL are exclusive: set one.")
+EMAIL_TIMEOUT = env_int("EMAIL_TIMEOUT", 10, minimum=1)
+DEFAULT_FROM_EMAIL = env_str("DEFAULT_FROM_EMAIL", "Niche <no-reply@localhost>")
+EMAIL_BACKEND = env_str(
+    "EMAIL_BACKEND",
+    "django.core.mail.backends.smtp.EmailBackend"
+    if EMAIL_HOST
+    else "django.core.mail.backends.console.EmailBackend",
+)
 LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "dashboard"
 LOGOUT_REDIRECT_URL = "home"
@@ -245,6 +285,15 @@ CELERY_BEAT_SCHEDULE = {
         "task": "billing.resend_unprocessed_stripe_events",
         "schedule": 120.0,
     },
+    # The outbox: writes to Stripe whose task was lost, or whose backoff is over.
+    "send-due-stripe-intents": {"task": "billing.send_due_stripe_intents", "schedule": 60.0},
+    # Wind-downs whose paid period is over end; calls nobody settled are settled failed.
+    "sweep-licences-and-usage": {"task": "billing.sweep_licences_and_usage", "schedule": 60.0},
+    # Domain events whose delivery task was lost, or whose retry is due.
+    "deliver-due-domain-events": {
+        "task": "marketplace.deliver_due_domain_events",
+        "schedule": 60.0,
+    },
 }
 CELERY_TASK_ALWAYS_EAGER = False
 
@@ -295,6 +344,15 @@ STRIPE_API_BASE = env_str("STRIPE_API_BASE", "")
 PLATFORM_FEE_PERCENT = env_int("PLATFORM_FEE_PERCENT", 20, minimum=0)
 if PLATFORM_FEE_PERCENT > 100:
     raise ImproperlyConfigured("PLATFORM_FEE_PERCENT must be between 0 and 100.")
+# A metered licence's monthly spend cap until its buyer sets one (minor units of the
+# offer's currency: 10000 = 100.00 USD); calls past it are refused (429 spend_cap_reached).
+BILLING_DEFAULT_SPEND_CAP = env_int("BILLING_DEFAULT_SPEND_CAP", 10_000, minimum=1)
+# How often the reconciler compares Stripe's books with ours (seconds).
+BILLING_RECONCILE_EVERY_SECONDS = env_int("BILLING_RECONCILE_EVERY_SECONDS", 900, minimum=60)
+CELERY_BEAT_SCHEDULE["reconcile-with-stripe"] = {
+    "task": "billing.reconcile_with_stripe",
+    "schedule": float(BILLING_RECONCILE_EVERY_SECONDS),
+}
 
 # --- Serving (the inference gateway and engine; see serving/protocol.py)
 # A request the engine has not answered within this many seconds gets 504 engine_timeout
@@ -303,7 +361,8 @@ SERVING_TIMEOUT_SECONDS = env_int("SERVING_TIMEOUT_SECONDS", 30, minimum=1)
 SERVING_MAX_INPUTS = env_int("SERVING_MAX_INPUTS", 64, minimum=1)
 SERVING_MAX_INPUT_CHARS = env_int("SERVING_MAX_INPUT_CHARS", 4000, minimum=1)
 SERVING_MAX_NEW_TOKENS = env_int("SERVING_MAX_NEW_TOKENS", 256, minimum=1)
-# Per API key (per user for signed-in sessions), a fixed one-minute window in Redis.
+# Per user, whichever keys (or the portal) the calls come through: a fixed one-minute
+# window in Redis. A key may carry its own lower limit (ApiKey.rate_limit_per_minute).
 SERVING_RATE_LIMIT_PER_MINUTE = env_int("SERVING_RATE_LIMIT_PER_MINUTE", 600, minimum=1)
 SERVING_BATCH_MAX_SIZE = env_int("SERVING_BATCH_MAX_SIZE", 32, minimum=1)
 SERVING_BATCH_MAX_WAIT_MS = env_int("SERVING_BATCH_MAX_WAIT_MS", 10, minimum=0)

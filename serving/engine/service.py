@@ -254,13 +254,19 @@ class Engine:
             self._resolve(pending, answer.to_dict())
 
     def _cancelled_checker(self, runnable: Sequence[Pending]):
-        if self.redis is None:
-            return None
+        """Rows to stop before the next decoding step: their client went away (the
+        gateway set the cancel key, on any end of the call) or their deadline passed
+        (nobody waits for them any more)."""
         keys = [cancel_key(p.request.request_id) for p in runnable]
+        deadlines = [p.request.deadline for p in runnable]
 
         def cancelled(live: Sequence[int]) -> set[int]:
-            values = self.redis.mget([keys[i] for i in live])
-            return {i for i, value in zip(live, values, strict=True) if value is not None}
+            now = time.time()
+            gone = {i for i in live if deadlines[i] is not None and now > deadlines[i]}
+            if self.redis is not None:
+                values = self.redis.mget([keys[i] for i in live])
+                gone |= {i for i, value in zip(live, values, strict=True) if value is not None}
+            return gone
 
         return cancelled
 

@@ -14,9 +14,17 @@ from django.utils import timezone
 
 from billing import stripe_gateway
 from billing.metering import usage_report_to_stripe
-from billing.models import ConnectAccount, Licence, LicenceStatus, OfferKind, Payment, StripeEvent
+from billing.models import (
+    ConnectAccount,
+    Licence,
+    LicenceStatus,
+    OfferKind,
+    Payment,
+    StripeEvent,
+    UsageStatus,
+)
 from billing.refunds import payment_refund
-from billing.services import usage_record
+from billing.services import usage_record, usage_settle
 from tests.billing.conftest import make_offer
 from tests.billing.stripe_server import post_webhook
 
@@ -149,6 +157,7 @@ def test_every_post_to_stripe_carries_an_idempotency_key_derived_from_our_row(
         assert post_webhook(client, paid).status_code == 200
         licences[kind] = licence
     usage_record(licence_id=licences[OfferKind.PER_CALL].pk, idempotency_key="req-1")
+    usage_settle(idempotency_key="req-1", status=UsageStatus.OK)
     usage_report_to_stripe(now=timezone.now() + timedelta(minutes=5))
     payment_refund(
         payment=Payment.objects.get(licence=licences[OfferKind.DOWNLOAD]),
@@ -165,7 +174,9 @@ def test_every_post_to_stripe_carries_an_idempotency_key_derived_from_our_row(
     }  # fmt: skip
     assert [p for p in posts if not (p.idempotency_key or "").startswith("niche:")] == []
     session_keys = {p.idempotency_key for p in posts if p.path == "/v1/checkout/sessions"}
-    assert session_keys == {f"niche:checkout-session:{licence.pk}" for licence in licences.values()}
+    assert session_keys == {
+        f"niche:checkout_session_create:{licence.pk}" for licence in licences.values()
+    }
 
 
 def test_in_sandbox_mode_a_purchase_completes_at_once_and_says_sandbox(
@@ -207,7 +218,7 @@ def test_a_checkout_asked_for_again_after_its_session_expired_starts_a_fresh_one
     offer = make_offer(listing, OfferKind.DOWNLOAD)
     first = api(bob).post(CHECKOUT, {"offer_id": str(offer.id)}, format="json").json()
     stripe_gateway.checkout_session_expire(
-        licence_id=first["licence_id"], session_id=first["checkout_session_id"]
+        session_id=first["checkout_session_id"], key="test:expire"
     )
 
     second = api(bob).post(CHECKOUT, {"offer_id": str(offer.id)}, format="json")

@@ -1,6 +1,7 @@
 """Refunds go through Stripe, once, by a moderator with a reason; a full one ends access."""
 
 import pytest
+from django.test import TestCase
 
 from billing.errors import LicenceRequired, ReasonRequired
 from billing.models import BillingAuditEntry, LicenceStatus, OfferKind, Payment, PaymentKind
@@ -24,7 +25,8 @@ def test_refunding_a_subscription_in_full_cancels_it_at_stripe_and_ends_access(
     assert licence_for_call(user=bob, listing_slug=listing.slug).licence_id == licence.pk
     payment = Payment.objects.get(licence=licence, kind=PaymentKind.INVOICE)
 
-    payment_refund(payment=payment, actor=carol, reason="Service outage all month")
+    with TestCase.captureOnCommitCallbacks(execute=True):  # the teardown is sent on commit
+        payment_refund(payment=payment, actor=carol, reason="Service outage all month")
 
     licence.refresh_from_db()
     assert licence.status == LicenceStatus.REVOKED
@@ -51,19 +53,21 @@ def test_a_partial_refund_keeps_the_licence_and_the_rest_ends_it(
     post_webhook(client, delivery)
     payment = Payment.objects.get(licence=licence)
 
-    part = payment_refund(payment=payment, actor=carol, reason="Goodwill", amount=3_333)
+    part = payment_refund(payment=payment, actor=carol, reason="Goodwill", amount=3_333).refund
     licence.refresh_from_db()
     assert licence.status == LicenceStatus.ACTIVE
-    rest = payment_refund(payment=payment, actor=carol, reason="Asked for the rest")
+    rest = payment_refund(payment=payment, actor=carol, reason="Asked for the rest").refund
 
     assert (part.amount, rest.amount) == (-3_333, -21_667)
+    # What Stripe returned of the fee and took back from the expert, to the cent.
     assert part.platform_fee + rest.platform_fee == -payment.platform_fee
+    assert part.expert_amount + rest.expert_amount == -payment.expert_amount
     licence.refresh_from_db()
     assert licence.status == LicenceStatus.REVOKED
     refund_keys = [p.idempotency_key for p in stripe_server.posts() if p.path == "/v1/refunds"]
     assert refund_keys == [
-        f"niche:refund:{payment.pk}:0:3333",
-        f"niche:refund:{payment.pk}:3333:21667",
+        f"niche:refund_create:{payment.pk}:0:3333",
+        f"niche:refund_create:{payment.pk}:3333:21667",
     ]
     assert BillingAuditEntry.objects.filter(action="refund").count() == 2
 

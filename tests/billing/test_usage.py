@@ -6,6 +6,7 @@ from datetime import UTC, datetime
 
 import pytest
 from django.db import connection, connections
+from django.utils import timezone
 
 from billing import selectors, services
 from billing.errors import (
@@ -100,7 +101,10 @@ def test_billed_overage_is_not_refused(bob, listing):
     a_call(licence)
     outcome = a_call(licence)
 
-    assert (outcome.calls_used, outcome.calls_left) == (2, None)
+    # Not refused past the quota: billed, up to the buyer's monthly spend cap.
+    licence.refresh_from_db()
+    assert licence.spend_cap_calls == 1 + 10_000 * 1000 // 50
+    assert (outcome.calls_used, outcome.calls_left) == (2, licence.spend_cap_calls - 2)
 
 
 @pytest.mark.django_db
@@ -158,6 +162,34 @@ def test_calls_count_in_the_month_they_fall_in(bob, listing):
         (datetime(2026, 2, 28, tzinfo=UTC), 1),
         (datetime(2026, 4, 30, tzinfo=UTC), 1),  # the anchor is the 31st
     ]
+
+
+@pytest.mark.django_db
+def test_a_late_renewal_never_opens_a_period_of_our_own_making(bob, listing, payable_alice):
+    """Issue 20, defect 12: past a Stripe period's end, before Stripe's renewal arrived,
+    calls counted in a month rolled locally (from Feb 28: Mar 28), then the renewal
+    opened Stripe's period (Mar 30) with a fresh counter: the quota leaked. The period is
+    Stripe's now: the next one starts where Stripe's last one ended."""
+    offer = make_offer(listing, OfferKind.SUBSCRIPTION, included_calls=2, overage="refuse")
+    start, end = datetime(2026, 2, 28, tzinfo=UTC), datetime(2026, 3, 30, tzinfo=UTC)
+    licence = make_active_licence(bob, offer, sandbox=False, period_start=start, period_end=end)
+    late = datetime(2026, 4, 2, tzinfo=UTC)  # Stripe renewed on Mar 30; the webhook is late
+
+    a_call(licence, at=late)
+    a_call(licence, at=late)
+    with pytest.raises(QuotaExceeded):
+        a_call(licence, at=late)  # the next period's quota is used up
+    services.licence_renew(licence_id=licence.id, period_start=end,
+                           period_end=datetime(2026, 4, 30, tzinfo=UTC))  # fmt: skip
+    with pytest.raises(QuotaExceeded):
+        a_call(licence, at=datetime(2026, 4, 3, tzinfo=UTC))  # still: one counter
+
+    periods = list(
+        LicenceUsagePeriod.objects.filter(licence=licence).values_list(
+            "period_start", "period_end", "calls"
+        )
+    )
+    assert periods == [(end, datetime(2026, 4, 30, tzinfo=UTC), 2)]
 
 
 # --- concurrency, on real Postgres with real threads ---------------------------------
@@ -263,8 +295,9 @@ def test_the_orm_lookup_answers_the_same_row_as_the_sql(alice, bob, carol, listi
 
     for slug, number in [(listing.slug, None), (listing.slug, 1), (listing.slug, 2),
                          (other.slug, None), ("nothing", None)]:  # fmt: skip
-        assert _licence_row_orm(bob, slug, number) == _licence_row_sql(bob, slug, number)
-    assert _licence_row_sql(bob, listing.slug, None)[0] == licence.id
+        now = timezone.now()
+        assert _licence_row_orm(bob, slug, number, now) == _licence_row_sql(bob, slug, number, now)
+    assert _licence_row_sql(bob, listing.slug, None, timezone.now())[0] == licence.id
 
 
 @pytest.mark.django_db

@@ -99,7 +99,14 @@ def outcome(licence: Licence) -> tuple:
 
 
 def reset_to_pending(licence: Licence) -> None:
-    """Back to the moment before any webhook (test set-up only)."""
+    """Back to the moment before any webhook (test set-up only; Stripe keeps its state,
+    the refund it made on the first pass included)."""
+    from billing.models import IntentKind, StripeIntent
+
+    StripeIntent.objects.filter(licence=licence).exclude(
+        kind=IntentKind.CHECKOUT_SESSION_CREATE
+    ).delete()
+    Payment.objects.filter(licence=licence, kind=PaymentKind.REFUND).delete()
     Payment.objects.filter(licence=licence).delete()
     StripeEvent.objects.all().delete()
     Licence.objects.filter(pk=licence.pk).update(
@@ -112,6 +119,9 @@ def reset_to_pending(licence: Licence) -> None:
         stripe_subscription_item_id="",
         current_period_start=None,
         current_period_end=None,
+        stripe_subscription_status="",
+        cancel_at_period_end=False,
+        access_ends_at=None,
     )
 
 
@@ -132,7 +142,7 @@ def test_five_events_delivered_in_every_order_end_in_one_state(
     failed = stripe_server.send_event("invoice.payment_failed", failed_invoice["id"])
     updated = stripe_server.send_event("customer.subscription.updated", subscription)
     assert updated["event"]["data"]["object"]["status"] == "past_due"
-    stripe_gateway.subscription_cancel(subscription)
+    stripe_gateway.subscription_cancel(subscription_id=subscription, invoice_now=False)
     deleted = stripe_server.send_event("customer.subscription.deleted", subscription)
     events = [completed, paid, failed, updated, deleted]
 
@@ -147,8 +157,11 @@ def test_five_events_delivered_in_every_order_end_in_one_state(
     assert len(outcomes) == 1
     status, reason, subscription_id, payments = json.loads(outcomes.pop())
     assert (status, subscription_id) == (LicenceStatus.CANCELLED, subscription)
-    assert reason == "Subscription ended at Stripe."
-    assert payments == [["invoice", 4900, paid["event"]["data"]["object"]["id"]]]
+    assert reason == "The subscription ended at Stripe."
+    # Every event is a hint: the first one processed already reads the subscription
+    # cancelled, so no access was ever given, and the money paid for none goes back.
+    invoice_id = paid["event"]["data"]["object"]["id"]
+    assert payments == [["invoice", 4900, invoice_id], ["refund", -4900, ""]]
 
 
 def test_a_refund_ends_the_licence_once_and_is_audited(
@@ -160,14 +173,16 @@ def test_a_refund_ends_the_licence_once_and_is_audited(
     post_webhook(client, delivery)
     payment = Payment.objects.get(licence=licence)
 
-    refund = payment_refund(payment=payment, actor=carol, reason="Bought by mistake")
+    refund = payment_refund(payment=payment, actor=carol, reason="Bought by mistake").refund
     refunded = stripe_server.send_event("charge.refunded", payment.stripe_charge_id)
     assert post_webhook(client, refunded).status_code == 200
 
-    assert (refund.kind, refund.amount, refund.platform_fee) == (
+    # The fee back and the expert's share back are Stripe's (fee refund, transfer reversal).
+    assert (refund.kind, refund.amount, refund.platform_fee, refund.expert_amount) == (
         PaymentKind.REFUND,
         -25_000,
         -5_000,
+        -20_000,
     )
     assert Payment.objects.filter(kind=PaymentKind.REFUND).count() == 1  # the webhook adds none
     licence.refresh_from_db()
@@ -176,8 +191,8 @@ def test_a_refund_ends_the_licence_once_and_is_audited(
     audit = BillingAuditEntry.objects.get()
     assert (audit.actor, audit.action, audit.reason) == (carol, "refund", "Bought by mistake")
     assert stripe_server.state.refund_options[refund.stripe_refund_id]["reverse_transfer"]
-    transfer = next(iter(stripe_server.state.transfers.values()))
-    assert transfer["reversed"] is True
+    (reversal,) = stripe_server.state.reversals.values()
+    assert (reversal["amount"], reversal["source_refund"]) == (20_000, refund.stripe_refund_id)
 
 
 def test_a_refund_made_in_stripe_ends_a_download_licence_through_the_webhook(
@@ -188,12 +203,8 @@ def test_a_refund_made_in_stripe_ends_a_download_licence_through_the_webhook(
     )
     post_webhook(client, delivery)
     payment = Payment.objects.get(licence=licence)
-    stripe_gateway.refund_create(
-        payment_id=payment.pk,
-        refunded_before=0,
-        amount=payment.amount,
-        charge_id=payment.stripe_charge_id,
-        reason="from the dashboard",
+    stripe_gateway.refund_create(  # as Stripe's dashboard would
+        charge_id=payment.stripe_charge_id, amount=payment.amount, key="dashboard", metadata={}
     )
 
     response = post_webhook(
@@ -217,7 +228,9 @@ def test_a_deleted_subscription_ends_the_licence_and_serving_access(
     check = licence_for_call(user=bob, listing_slug=listing.slug)
     assert check.licence_id == licence.pk
 
-    stripe_gateway.subscription_cancel(licence.stripe_subscription_id)
+    stripe_gateway.subscription_cancel(
+        subscription_id=licence.stripe_subscription_id, invoice_now=True
+    )
     deleted = stripe_server.send_event(
         "customer.subscription.deleted", licence.stripe_subscription_id
     )

@@ -485,3 +485,58 @@ def test_alice_downloads_her_own_version_from_the_studio_page(alice, listing, tm
     response = portal(alice).get(export_url)  # the portal's session is enough
     assert response.status_code == 200 and response["Content-Type"] == "application/zip"
     assert ExportDownload.objects.get().user == alice
+
+
+def test_bob_cancels_and_resumes_from_my_licences_and_sets_a_spend_cap(
+    alice, bob, listing, payouts_ready
+):
+    subscription = offer(listing, OfferKind.SUBSCRIPTION)
+    per_call = offer(listing, OfferKind.PER_CALL)
+    bob_portal = portal(bob)
+    bob_portal.post(f"/catalogue/{listing.slug}/buy/", {"offer": subscription.id})
+    licence = Licence.objects.get(buyer=bob)
+    page = page_of(bob_portal.get("/licences/"))
+    assert 'data-testid="licence-cancel"' in page and 'data-testid="licence-resume"' not in page
+
+    cancelled = bob_portal.post(f"/licences/{licence.id}/cancel/", follow=True)
+
+    licence.refresh_from_db()
+    assert (licence.status, licence.cancel_at_period_end) == ("active", True)
+    page = page_of(cancelled)
+    assert "keep access until" in page and 'data-testid="licence-resume"' in page
+    assert any("keep access until" in m for m in flashes(cancelled))
+
+    resumed = bob_portal.post(f"/licences/{licence.id}/resume/", follow=True)
+
+    licence.refresh_from_db()
+    assert licence.cancel_at_period_end is False
+    assert "Resumed" in " ".join(flashes(resumed))
+    # Per call instead: a metered licence, with the monthly spend cap in major units.
+    bob_portal.post(f"/licences/{licence.id}/cancel/")
+    Licence.objects.filter(pk=licence.pk).update(status="cancelled", ended_at=timezone.now())
+    bob_portal.post(f"/catalogue/{listing.slug}/buy/", {"offer": per_call.id})
+    metered = Licence.objects.get(buyer=bob, kind=OfferKind.PER_CALL)
+    assert 'data-testid="spend-cap"' in page_of(bob_portal.get("/licences/"))
+
+    capped = bob_portal.post(
+        f"/licences/{metered.id}/spend-cap/", {"spend_cap": "12.50"}, follow=True
+    )
+
+    metered.refresh_from_db()
+    assert (metered.spend_cap_amount, metered.spend_cap_calls) == (1250, 1250 * 1000 // 250)
+    assert "Spend cap saved" in " ".join(flashes(capped))
+    refused = bob_portal.post(
+        f"/licences/{metered.id}/spend-cap/", {"spend_cap": "lots"}, follow=True
+    )
+    assert any("Spend cap" in m for m in flashes(refused))
+    metered.refresh_from_db()
+    assert metered.spend_cap_amount == 1250
+    # mallory cannot touch bob's licence
+    assert (
+        portal(User.objects.create_user(email="m@x.com", password="pw-pw-pw-pw-1"))
+        .post(f"/licences/{metered.id}/cancel/", follow=True)
+        .status_code
+        == 200
+    )
+    metered.refresh_from_db()
+    assert metered.cancel_at_period_end is False

@@ -39,11 +39,21 @@ def ROUTE_VALUES(world) -> dict:
         "licence_id": world.licence_id,
         "key_id": world.key_ids["key_read"],
         "review_id": world.review_id,
+        # alice's emailed link (her address is verified: the link has nothing left to do)
+        "token": verification_token(world),
     }
+
+
+def verification_token(world) -> str:
+    from accounts.services import email_verification_token
+
+    return email_verification_token(user=world.users["owner"])
 
 
 BODIES = {
     "POST api/v1/api_keys": {"name": "new", "scopes": ["read"]},
+    "PATCH api/v1/billing/licenses/<uuid:licence_id>": {"monthly_spend_cap": 5000},
+    "POST api/v1/me/verify-email": lambda w: {"token": verification_token(w)},
     "PATCH api/v1/listings/<slug:slug>": {"summary": "A new summary."},
     "POST api/v1/listings/<slug:slug>/versions": lambda w: {"model_version": w.draft_version_id},
     "POST api/v1/listings/<slug:slug>/reviews": {"rating": 4, "text": "Fine."},
@@ -83,6 +93,8 @@ MATRIX: dict[str, tuple[int, ...]] = {
     #                                                                anon own  oth  lic  unl  mod  adm  sus  r    t    i    k
     # --- API (/api/v1/)
     "GET api/v1/me":                                                 (401, 200, 200, 200, 200, 200, 200, 401, 200, 403, 403, 403),
+    "POST api/v1/me/verify-email":                                   (409, 409, 409, 409, 409, 409, 409, 401, 409, 409, 409, 409),
+    "POST api/v1/me/verify-email/resend":                            (401, 409, 409, 409, 409, 409, 409, 401, 409, 403, 403, 403),
     "GET api/v1/api_keys":                                           (401, 200, 200, 200, 200, 200, 200, 401, 200, 403, 403, 403),
     "POST api/v1/api_keys":                                          (401, 201, 201, 201, 201, 201, 201, 401, 403, 403, 403, 403),
     "DELETE api/v1/api_keys/<uuid:key_id>":                          (401, 200, 404, 404, 404, 404, 404, 401, 403, 403, 403, 403),
@@ -120,6 +132,9 @@ MATRIX: dict[str, tuple[int, ...]] = {
     "PATCH api/v1/billing/offers/<uuid:offer_id>":                   (401, 200, 404, 404, 404, 404, 404, 401, 403, 200, 403, 403),
     "GET api/v1/billing/licenses":                                   (401, 200, 200, 200, 200, 200, 200, 401, 200, 403, 403, 403),
     "GET api/v1/billing/licenses/<uuid:licence_id>":                 (401, 404, 404, 200, 404, 404, 404, 401, 404, 403, 403, 403),
+    "PATCH api/v1/billing/licenses/<uuid:licence_id>":               (401, 404, 404, 409, 404, 404, 404, 401, 403, 403, 404, 403),
+    "POST api/v1/billing/licenses/<uuid:licence_id>/cancel":         (401, 404, 404, 200, 404, 404, 404, 401, 403, 403, 404, 403),
+    "POST api/v1/billing/licenses/<uuid:licence_id>/resume":         (401, 404, 404, 409, 404, 404, 404, 401, 403, 403, 404, 403),
     "GET api/v1/billing/usage":                                      (401, 200, 200, 200, 200, 200, 200, 401, 200, 403, 403, 403),
     "GET api/v1/billing/earnings":                                   (401, 200, 200, 200, 200, 200, 200, 401, 200, 403, 403, 403),
     "GET api/v1/listings/<slug:slug>/offers":                        (200, 200, 200, 200, 200, 200, 200, 401, 200, 200, 200, 200),
@@ -127,7 +142,8 @@ MATRIX: dict[str, tuple[int, ...]] = {
     "GET api/v1/billing/connect":                                    (401, 200, 200, 200, 200, 200, 200, 401, 200, 403, 403, 403),
     "POST api/v1/billing/connect/onboard":                           (401, 201, 201, 403, 403, 403, 403, 401, 403, 201, 403, 403),
     "POST api/v1/billing/stripe/webhook":                            (400, 400, 400, 400, 400, 400, 400, 400, 400, 400, 400, 400),
-    "GET api/v1/models/<uuid:version_id>/export":                    (401, 409, 403, 403, 403, 403, 403, 401, 409, 403, 403, 403),
+    # Export: a stranger gets what GET api/v1/models/<id> answers (404); a licensee of its listing, 403.
+    "GET api/v1/models/<uuid:version_id>/export":                    (401, 409, 404, 403, 404, 404, 404, 401, 409, 403, 403, 403),
     "POST api/v1/models/<str:listing>/predict":                      (401, 422, 403, 422, 403, 403, 403, 401, 403, 403, 422, 403),
     # --- OpenAI-compatible API (/v1/)
     "POST v1/chat/completions":                                      (401, 422, 403, 422, 403, 403, 403, 401, 403, 403, 422, 403),
@@ -149,6 +165,8 @@ MATRIX: dict[str, tuple[int, ...]] = {
     "GET .well-known/niche-signing-key":                             (200, 200, 200, 200, 200, 200, 200, 200, 200, 200, 200, 200),
     "GET signup/":                                                   (200, 200, 200, 200, 200, 200, 200, 200, 200, 200, 200, 200),
     "POST signup/":                                                  (200, 200, 200, 200, 200, 200, 200, 200, 200, 200, 200, 200),
+    "GET verify-email/<str:token>/":                                 (200, 200, 200, 200, 200, 200, 200, 200, 200, 200, 200, 200),
+    "POST verify-email/<str:token>/":                                (302, 302, 302, 302, 302, 302, 302, 302, 302, 302, 302, 302),
     "GET login/":                                                    (200, 200, 200, 200, 200, 200, 200, 200, 200, 200, 200, 200),
     "POST login/":                                                   (200, 200, 200, 200, 200, 200, 200, 200, 200, 200, 200, 200),
     "POST logout/":                                                  (302, 302, 302, 302, 302, 302, 302, 302, 302, 302, 302, 302),
@@ -156,6 +174,7 @@ MATRIX: dict[str, tuple[int, ...]] = {
     "POST password/":                                                (302, 200, 200, 200, 200, 200, 200, 302, 302, 302, 302, 302),
     "GET password/done/":                                            (302, 200, 200, 200, 200, 200, 200, 302, 302, 302, 302, 302),
     "GET dashboard/":                                                (302, 200, 200, 200, 200, 200, 200, 302, 302, 302, 302, 302),
+    "POST dashboard/verify-email/":                                  (302, 302, 302, 302, 302, 302, 302, 302, 302, 302, 302, 302),
     "POST dashboard/api-keys/":                                      (302, 200, 200, 200, 200, 200, 200, 302, 302, 302, 302, 302),
     "POST dashboard/api-keys/<uuid:key_id>/revoke/":                 (302, 302, 302, 302, 302, 302, 302, 302, 302, 302, 302, 302),
     "GET studio/":                                                   (302, 200, 200, 200, 200, 200, 200, 302, 302, 302, 302, 302),
@@ -180,6 +199,9 @@ MATRIX: dict[str, tuple[int, ...]] = {
     "GET licences/":                                                 (302, 200, 200, 200, 200, 200, 200, 302, 302, 302, 302, 302),
     "GET licences/return/":                                          (302, 404, 404, 404, 404, 404, 404, 302, 302, 302, 302, 302),
     "GET licences/<uuid:licence_id>/status/":                        (302, 404, 404, 200, 404, 404, 404, 302, 302, 302, 302, 302),
+    "POST licences/<uuid:licence_id>/cancel/":                       (302, 302, 302, 302, 302, 302, 302, 302, 302, 302, 302, 302),
+    "POST licences/<uuid:licence_id>/resume/":                       (302, 302, 302, 302, 302, 302, 302, 302, 302, 302, 302, 302),
+    "POST licences/<uuid:licence_id>/spend-cap/":                    (302, 302, 302, 302, 302, 302, 302, 302, 302, 302, 302, 302),
     "GET payouts/":                                                  (302, 200, 200, 403, 403, 403, 403, 302, 302, 302, 302, 302),
     "POST payouts/onboard/":                                         (302, 302, 302, 403, 403, 403, 403, 302, 302, 302, 302, 302),
     "GET payouts/return/":                                           (302, 302, 302, 403, 403, 403, 403, 302, 302, 302, 302, 302),
