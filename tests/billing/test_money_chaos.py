@@ -309,6 +309,7 @@ def unreachable_when_out(stripe_server, monkeypatch):
     return stripe_server
 
 
+@pytest.mark.timeout(max(300, EXAMPLES * 4))  # ~0.6 s a sequence on 2 idle cores
 @settings(
     max_examples=EXAMPLES,
     deadline=None,

@@ -167,10 +167,13 @@ def test_a_training_worker_killed_at_a_seeded_point_leaves_one_clean_outcome(
     # one version, whose stored files are whole (bytes match the recorded SHA-256)
     (version,) = ModelVersion.objects.filter(job=job)
     assert done.fine_tuned_model_id == version.pk
-    for name, sha in (
+    stored = [
         (version.adapter_path, version.adapter_sha256),
         (version.config_path, version.config_sha256),
-    ):
+    ]
+    if version.lexical_head_path:  # the blend's head, when the version has one
+        stored.append((version.lexical_head_path, version.lexical_head_sha256))
+    for name, sha in stored:
         assert artifacts.sha256_of_path(media / name) == sha, name
     # one checkpoint row per epoch, each pointing at whole files of the finishing attempt
     checkpoints = list(Checkpoint.objects.filter(job=job))
@@ -187,5 +190,5 @@ def test_a_training_worker_killed_at_a_seeded_point_leaves_one_clean_outcome(
         for c in checkpoints
     }
     assert files_under(media, f"checkpoints/{job.pk}") == kept_checkpoints
-    assert files_under(media, "artifacts") == {version.adapter_path, version.config_path}
+    assert files_under(media, "artifacts") == {name for name, _sha in stored}
     assert not (Path(settings.NICHE_WORK_DIR) / "jobs" / str(job.pk)).exists()
