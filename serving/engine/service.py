@@ -1,9 +1,12 @@
-"""The engine of an inference worker process: registry + batcher + Redis streaming.
+"""The engine of an inference worker process: registry + two lanes + Redis streaming.
 
-``engine_infer(request=...)`` is what ``serving.tasks.infer`` calls in each pool thread:
-it parses the protocol request, waits for its batch and returns the protocol answer
-(``InferenceResult`` or ``InferenceError`` as a dict). Never raises for a bad request or
-a bad adapter: those are answers with an error code.
+``Engine.infer(request_dict)`` is what the worker calls in each of its pool threads: it
+parses the protocol request, submits it to its task's lane (``batching.py``: a
+classification lane of micro-batches and a generation lane of iteration-level batching,
+each with its own thread, queue and scheduler), waits for the answer and returns the
+protocol answer (``InferenceResult`` or ``InferenceError`` as a dict). Never raises for a
+bad request or a bad adapter: those are answers with an error code. A full lane answers
+``overloaded`` at once, with ``retry_after``; ``queue_depth()`` says what each lane holds.
 """
 
 from __future__ import annotations
@@ -12,26 +15,36 @@ import logging
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
+from typing import Any
 
-from serving.engine.batching import Batcher, Pending
+from redis.exceptions import RedisError
+
+from serving.engine.batching import (
+    ClassificationLane,
+    GenerationLane,
+    Overloaded,
+    Pending,
+    ThreadShare,
+)
 from serving.engine.registry import EngineError, LoadedBase, ModelRegistry, adapter_name_for
 from serving.engine.runner import (
     ClassificationRow,
     GenerationRow,
-    classify_rows,
-    count_tokens,
+    RowState,
+    classify,
+    context_limit,
     encode_prompt,
-    generate_rows,
     render_chat,
     render_prompt,
-    token_limit,
 )
 from serving.protocol import (
+    STREAM_MAX_ENTRIES,
     STREAM_TTL_SECONDS,
     TEXT_CLASSIFICATION,
+    TEXT_GENERATION,
     ClassificationOutput,
     ErrorCode,
     GenerationOutput,
@@ -53,18 +66,54 @@ UNBOUNDED_WAIT_SECONDS = 300  # a request without a deadline still gives up
 
 @dataclass
 class Answer:
-    """What a batch resolves each future with."""
+    """What a lane resolves each future with."""
 
     payload: dict
     finished_at: float
 
 
 class Engine:
-    def __init__(self, *, registry: ModelRegistry, redis, max_size: int, max_wait_ms: float):
+    """One per worker process. ``max_size``: rows per classification batch and per
+    generation decode batch; ``max_waiting``: requests each lane queues per priority before
+    it answers ``overloaded``; ``max_prefill_tokens``: prompt tokens the generation lane
+    prefills per step beyond its first admission (a long prefill stalls the running rows);
+    ``max_prompt_tokens``: a prompt limit per base slug (default ``default_prompt_limit``)."""
+
+    def __init__(
+        self,
+        *,
+        registry: ModelRegistry,
+        redis,
+        max_size: int,
+        max_wait_ms: float,
+        max_waiting: int = 256,
+        max_prefill_tokens: int = 512,
+        max_prompt_tokens: Mapping[str, int] | None = None,
+        reserved_new_tokens: int = 256,
+    ):
         self.registry = registry
         self.redis = redis
         self.max_size = max_size
-        self.batcher = Batcher(self.run_batch, max_size=max_size, max_wait_ms=max_wait_ms)
+        self.max_prompt_tokens = dict(max_prompt_tokens or {})
+        self.reserved_new_tokens = reserved_new_tokens
+        self._streamed: list[tuple[str, dict]] = []  # the generation lane's, until flushed
+        threads = ThreadShare()  # torch's threads, shared by the lanes running forwards
+        self.classification = ClassificationLane(
+            self._run_classification,
+            fail=self._resolve_error,
+            max_size=max_size,
+            max_wait_ms=max_wait_ms,
+            max_waiting=max_waiting,
+            threads=threads,
+        )
+        self.generation = GenerationLane(
+            self,
+            fail=self._resolve_error,
+            max_running=max_size,
+            max_prefill_tokens=max_prefill_tokens,
+            max_waiting=max_waiting,
+            threads=threads,
+        )
 
     # --------------------------------------------------------------- callers
     def infer(self, raw: dict, timeout: float | None = None) -> dict:
@@ -77,96 +126,78 @@ class Engine:
             ).to_dict()
         if request.deadline is not None and time.time() > request.deadline:
             return self._fail(request, ErrorCode.DEADLINE_EXCEEDED, "Picked up after its deadline.")
-        rows = len(request.inputs) if request.task == TEXT_CLASSIFICATION else 1
-        future = self.batcher.submit(request, rows=max(rows, 1))
-        if timeout is None:  # Celery enforces no time limit on a threads pool: we do
+        if request.task == TEXT_CLASSIFICATION:
+            lane, rows = self.classification, max(len(request.inputs), 1)
+        else:
+            lane, rows = self.generation, 1
+        try:
+            future = lane.submit(request, rows=rows)
+        except Overloaded as exc:
+            return self._fail(request, ErrorCode.OVERLOADED, str(exc), exc.retry_after)
+        if timeout is None:  # the worker's pool enforces no time limit: we do
             remaining = request.deadline - time.time() if request.deadline else None
             timeout = max(remaining, 0) + 5 if remaining is not None else UNBOUNDED_WAIT_SECONDS
         try:
             answer: Answer = future.result(timeout=timeout)
         except FutureTimeout:
+            lane.abort(request.request_id)  # nobody waits for it any more: free its row
             return self._fail(request, ErrorCode.ENGINE_ERROR, "The engine did not answer in time.")
-        except Exception as exc:  # the batch itself crashed; logged by the batcher
+        except Exception as exc:  # the batch itself crashed; logged by the lane
             return self._fail(request, ErrorCode.ENGINE_ERROR, f"Engine error: {exc}")
         payload = dict(answer.payload)
         if "error" not in payload:
             payload["engine_ms"] = round((answer.finished_at - started) * 1000, 3)
         return payload
 
-    def _fail(self, request: InferenceRequest, code: str, message: str) -> dict:
+    def queue_depth(self) -> dict[str, dict[str, Any]]:
+        """Per lane: requests waiting per priority, rows running, the waiting bound."""
+        return {
+            "classification": self.classification.depth(),
+            "generation": self.generation.depth(),
+        }
+
+    def prompt_token_limit(self, base: LoadedBase) -> int:
+        """The longest prompt, in tokens, ``base`` takes: its setting, else its context
+        less the new tokens a call may ask for (at least half its context)."""
+        if base.slug in self.max_prompt_tokens:
+            return self.max_prompt_tokens[base.slug]
+        context = context_limit(base)
+        return max(context - self.reserved_new_tokens, context // 2)
+
+    def stop(self) -> None:
+        self.classification.stop()
+        self.generation.stop()
+
+    def _fail(
+        self, request: InferenceRequest, code: str, message: str, retry_after: float | None = None
+    ) -> dict:
         if request.stream:
-            self._xadd(request.request_id, stream_event_error(code, message))
-        return InferenceError(request.request_id, code, message).to_dict()
+            self._xadd(request.request_id, stream_event_error(code, message, retry_after))
+        return InferenceError(request.request_id, code, message, retry_after).to_dict()
 
     def _xadd(self, request_id: str, event: dict) -> None:
-        if self.redis is None:
+        self._write_streams([(request_id, event)])
+
+    def _write_streams(self, events: Sequence[tuple[str, dict]]) -> None:
+        """XADD ``events`` in order, in one round trip. Redis down: logged, not raised (the
+        request is still answered; nobody can read its stream anyway)."""
+        if self.redis is None or not events:
             return
-        key = stream_key(request_id)
         pipe = self.redis.pipeline(transaction=False)
-        pipe.xadd(key, event)
-        pipe.expire(key, STREAM_TTL_SECONDS)
-        pipe.execute()
+        for request_id, event in events:
+            pipe.xadd(stream_key(request_id), event, maxlen=STREAM_MAX_ENTRIES, approximate=False)
+        for request_id in dict.fromkeys(request_id for request_id, _ in events):
+            pipe.expire(stream_key(request_id), STREAM_TTL_SECONDS)
+        try:
+            pipe.execute()
+        except RedisError as exc:
+            logger.warning("serving: %d stream events lost: %s", len(events), exc)
 
-    # ------------------------------------------------------------ the batch
-    def run_batch(self, batch: list[Pending]) -> None:
-        groups: dict[tuple[str, str, str], list[Pending]] = defaultdict(list)
-        for pending in batch:
-            request = pending.request
-            if request.deadline is not None and time.time() > request.deadline:
-                self._resolve_error(pending, ErrorCode.DEADLINE_EXCEEDED, "Deadline passed.")
-                continue
-            head = ""  # a classification adapter names the head it was trained on
-            if request.task == TEXT_CLASSIFICATION and request.adapter is not None:
-                try:
-                    head = self.registry.adapter_head(request.adapter)
-                except EngineError as exc:
-                    self._resolve_error(pending, exc.code, str(exc))
-                    continue
-            groups[(request.base_model, request.task, head)].append(pending)
-        for (slug, task, head), group in groups.items():
-            try:
-                base = self.registry.base(slug, task, head)
-            except EngineError as exc:
-                for pending in group:
-                    self._resolve_error(pending, exc.code, str(exc))
-                continue
-            ready = self._load_adapters(base, group)
-            if not ready:
-                continue
-            try:
-                if task == TEXT_CLASSIFICATION:
-                    self._classify(base, ready)
-                else:
-                    self._generate(base, ready)
-            except EngineError as exc:
-                for pending in ready:
-                    self._resolve_error(pending, exc.code, str(exc))
-            except Exception as exc:
-                logger.exception("serving: %s batch on %s failed", task, slug)
-                for pending in ready:
-                    self._resolve_error(pending, ErrorCode.ENGINE_ERROR, f"Engine error: {exc}")
-
-    def _load_adapters(self, base: LoadedBase, group: list[Pending]) -> list[Pending]:
-        """Load each request's adapter on its own, so one bad adapter fails one request."""
-        ready, pinned = [], set()
-        for pending in group:
-            ref = pending.request.adapter
-            if ref is None:
-                if base.task == TEXT_CLASSIFICATION:
-                    self._resolve_error(
-                        pending, ErrorCode.INVALID_REQUEST, "Classification needs an adapter."
-                    )
-                    continue
-                ready.append(pending)
-                continue
-            try:
-                self.registry.ensure_adapters(base, [ref], pinned=pinned)
-            except EngineError as exc:
-                self._resolve_error(pending, exc.code, str(exc))
-                continue
-            pinned.add(adapter_name_for(ref.sha256))
-            ready.append(pending)
-        return ready
+    def flush_streams(self) -> None:
+        """Write the tokens the generation lane's last step streamed (one round trip per
+        step, not per token). Called by the lane's thread, before any request it answers."""
+        events, self._streamed = self._streamed, []
+        self._write_streams(events)
 
     def _resolve(self, pending: Pending, payload: dict) -> None:
         if not pending.future.done():
@@ -178,6 +209,76 @@ class Engine:
             self._xadd(request.request_id, stream_event_error(code, message))
         self._resolve(pending, InferenceError(request.request_id, code, message).to_dict())
 
+    # ------------------------------------------------------- classification
+    def _run_classification(self, batch: list[Pending]) -> None:
+        """One classification batch (the lane's): grouped by (base, head), each group one
+        forward pass with its adapters loaded and pinned."""
+        groups: dict[tuple[str, str], list[Pending]] = defaultdict(list)
+        for pending in batch:
+            request = pending.request
+            if request.deadline is not None and time.time() > request.deadline:
+                self._resolve_error(pending, ErrorCode.DEADLINE_EXCEEDED, "Deadline passed.")
+                continue
+            if request.adapter is None:
+                self._resolve_error(
+                    pending, ErrorCode.INVALID_REQUEST, "Classification needs an adapter."
+                )
+                continue
+            try:  # a classification adapter names the head it was trained on
+                head = self.registry.adapter_head(request.adapter)
+            except EngineError as exc:
+                self._resolve_error(pending, exc.code, str(exc))
+                continue
+            groups[(request.base_model, head)].append(pending)
+        for (slug, head), group in groups.items():
+            try:
+                base = self.registry.base(slug, TEXT_CLASSIFICATION, head)
+            except EngineError as exc:
+                for pending in group:
+                    self._resolve_error(pending, exc.code, str(exc))
+                continue
+            ready = self._load_adapters(base, group)
+            if not ready:
+                continue
+            names = [adapter_name_for(p.request.adapter.sha256) for p in ready]
+            self.registry.pin(base, names)
+            try:
+                self._classify(base, ready)
+            except EngineError as exc:
+                for pending in ready:
+                    self._resolve_error(pending, exc.code, str(exc))
+            except Exception as exc:
+                logger.exception("serving: classification batch on %s failed", slug)
+                for pending in ready:
+                    self._resolve_error(pending, ErrorCode.ENGINE_ERROR, f"Engine error: {exc}")
+            finally:
+                self.registry.unpin(base, names)
+
+    def _load_adapters(self, base: LoadedBase, group: list[Pending]) -> list[Pending]:
+        """Load each distinct adapter on its own (once per batch, however many requests
+        name it), so one bad adapter fails only the requests that name it."""
+
+        def key(ref):
+            return ref.sha256, ref.config_sha256
+
+        failed: dict[tuple[str, str], EngineError] = {}
+        pinned: set[str] = set()
+        for ref in {key(p.request.adapter): p.request.adapter for p in group}.values():
+            try:
+                self.registry.ensure_adapters(base, [ref], pinned=pinned)
+            except EngineError as exc:
+                failed[key(ref)] = exc
+                continue
+            pinned.add(adapter_name_for(ref.sha256))
+        ready = []
+        for pending in group:
+            exc = failed.get(key(pending.request.adapter))
+            if exc is not None:
+                self._resolve_error(pending, exc.code, str(exc))
+            else:
+                ready.append(pending)
+        return ready
+
     def _classify(self, base: LoadedBase, ready: list[Pending]) -> None:
         rows = [
             (index, ClassificationRow(text=text, adapter=pending.request.adapter))
@@ -185,73 +286,89 @@ class Engine:
             for text in pending.request.inputs
         ]
         scores: list[dict[str, float]] = []
+        tokens: list[int] = []
         for start in range(0, len(rows), self.max_size):
-            chunk = [row for _, row in rows[start : start + self.max_size]]
-            scores.extend(classify_rows(base, chunk))
+            classified = classify(base, [row for _, row in rows[start : start + self.max_size]])
+            scores.extend(classified.scores)
+            tokens.extend(classified.tokens)
         per_request: dict[int, list[ClassificationOutput]] = defaultdict(list)
-        for (index, _), row_scores in zip(rows, scores, strict=True):
+        prompt_tokens: dict[int, int] = defaultdict(int)
+        for (index, _), row_scores, row_tokens in zip(rows, scores, tokens, strict=True):
             label = max(row_scores, key=row_scores.__getitem__)
             per_request[index].append(ClassificationOutput(label=label, scores=row_scores))
+            prompt_tokens[index] += row_tokens
         for index, pending in enumerate(ready):
             request = pending.request
-            prompt_tokens = sum(count_tokens(base, request.inputs, token_limit(request.adapter)))
+            used = prompt_tokens[index]
             result = InferenceResult(
                 request_id=request.request_id,
                 outputs=per_request[index],
-                usage=Usage(prompt_tokens, 0, prompt_tokens),
+                usage=Usage(used, 0, used),
                 adapter_sha256=request.adapter.sha256,
                 batch_size=min(len(rows), self.max_size),
                 engine_ms=0.0,
             )
             self._resolve(pending, result.to_dict())
 
-    def _generate(self, base: LoadedBase, ready: list[Pending]) -> None:
-        runnable: list[Pending] = []
-        rows: list[GenerationRow] = []
-        limit = int(getattr(base.model.config, "max_position_embeddings", 2048) or 2048)
-        for pending in ready:
-            request = pending.request
-            if request.messages:
-                messages = [{"role": m.role, "content": m.content} for m in request.messages]
-                prompt = render_chat(base, messages)
-            else:  # a row's prompt, formatted as training formatted it
-                prompt = render_prompt(base, request.prompt or "")
-            prompt_tokens = len(encode_prompt(base, prompt))
-            if prompt_tokens + request.parameters.max_new_tokens > limit:
-                self._resolve_error(
-                    pending,
-                    ErrorCode.INPUT_TOO_LONG,
-                    f"The prompt has {prompt_tokens} tokens; with max_new_tokens "
-                    f"{request.parameters.max_new_tokens} it exceeds the model's {limit}.",
-                )
-                continue
-            on_text = None
-            if request.stream:
-                request_id = request.request_id
-                on_text = lambda text, rid=request_id: self._xadd(rid, stream_event_token(text))  # noqa: E731
-            runnable.append(pending)
-            rows.append(GenerationRow(prompt, request.adapter, request.parameters, on_text))
-        if not runnable:
-            return
-        results = generate_rows(base, rows, cancelled=self._cancelled_checker(runnable))
-        for pending, result in zip(runnable, results, strict=True):
-            request = pending.request
-            usage = Usage(
-                result.prompt_tokens,
-                result.completion_tokens,
-                result.prompt_tokens + result.completion_tokens,
+    # ----------------------------------------------------------- generation
+    def prepare_generation(
+        self, request: InferenceRequest
+    ) -> tuple[LoadedBase, GenerationRow, list[int]]:
+        """The generation lane's first look at a request (on its thread): the base, the
+        prompt rendered as training rendered it, its tokens, checked against the base's
+        prompt limit and context. Raises ``EngineError`` (``input_too_long``, ...)."""
+        base = self.registry.base(request.base_model, TEXT_GENERATION)
+        if request.messages:
+            messages = [{"role": m.role, "content": m.content} for m in request.messages]
+            prompt = render_chat(base, messages)
+        else:  # a row's prompt, formatted as training formatted it
+            prompt = render_prompt(base, request.prompt or "")
+        prompt_ids = encode_prompt(base, prompt)
+        limit = self.prompt_token_limit(base)
+        if len(prompt_ids) > limit:
+            raise EngineError(
+                f"The prompt has {len(prompt_ids)} tokens; {base.slug} takes at most {limit}.",
+                ErrorCode.INPUT_TOO_LONG,
             )
-            if request.stream:
-                self._xadd(request.request_id, stream_event_done(result.finish_reason, usage))
-            answer = InferenceResult(
-                request_id=request.request_id,
-                outputs=GenerationOutput(text=result.text, finish_reason=result.finish_reason),
-                usage=usage,
-                adapter_sha256=request.adapter.sha256 if request.adapter else None,
-                batch_size=len(runnable),
-                engine_ms=0.0,
+        context = context_limit(base)
+        max_new_tokens = request.parameters.max_new_tokens
+        if len(prompt_ids) + max_new_tokens > context:
+            raise EngineError(
+                f"The prompt has {len(prompt_ids)} tokens; with max_new_tokens "
+                f"{max_new_tokens} it exceeds the model's {context}.",
+                ErrorCode.INPUT_TOO_LONG,
             )
-            self._resolve(pending, answer.to_dict())
+        on_text = None
+        if request.stream:
+            request_id = request.request_id
+            on_text = lambda text, rid=request_id: self._streamed.append(  # noqa: E731
+                (rid, stream_event_token(text))
+            )
+        return base, GenerationRow(prompt, request.adapter, request.parameters, on_text), prompt_ids
+
+    def finish_generation(self, pending: Pending, state: RowState) -> None:
+        """A row left the batch (finished, stopped or cancelled): answer its request."""
+        request = pending.request
+        result = state.result()
+        usage = Usage(
+            result.prompt_tokens,
+            result.completion_tokens,
+            result.prompt_tokens + result.completion_tokens,
+        )
+        if request.stream:
+            self._xadd(request.request_id, stream_event_done(result.finish_reason, usage))
+        answer = InferenceResult(
+            request_id=request.request_id,
+            outputs=GenerationOutput(text=result.text, finish_reason=result.finish_reason),
+            usage=usage,
+            adapter_sha256=request.adapter.sha256 if request.adapter else None,
+            batch_size=state.peak_rows,
+            engine_ms=0.0,
+        )
+        self._resolve(pending, answer.to_dict())
+
+    def cancelled(self, pendings: Sequence[Pending]) -> set[int]:
+        return self._cancelled_checker(pendings)(range(len(pendings)))
 
     def _cancelled_checker(self, runnable: Sequence[Pending]):
         """Rows to stop before the next decoding step: their client went away (the
@@ -264,7 +381,11 @@ class Engine:
             now = time.time()
             gone = {i for i in live if deadlines[i] is not None and now > deadlines[i]}
             if self.redis is not None:
-                values = self.redis.mget([keys[i] for i in live])
+                try:
+                    values = self.redis.mget([keys[i] for i in live])
+                except RedisError as exc:  # deadlines still apply
+                    logger.warning("serving: cancel keys unreadable: %s", exc)
+                    return gone
                 gone |= {i for i, value in zip(live, values, strict=True) if value is not None}
             return gone
 
@@ -314,9 +435,13 @@ def _engine_from_settings() -> Engine:
         redis=redis.Redis.from_url(settings.REDIS_URL),
         max_size=settings.SERVING_BATCH_MAX_SIZE,
         max_wait_ms=settings.SERVING_BATCH_MAX_WAIT_MS,
+        max_waiting=settings.SERVING_QUEUE_MAX_WAITING,
+        max_prefill_tokens=settings.SERVING_PREFILL_MAX_TOKENS,
+        max_prompt_tokens=settings.SERVING_MAX_PROMPT_TOKENS,
+        reserved_new_tokens=settings.SERVING_MAX_NEW_TOKENS,
     )
 
 
 def engine_infer(*, request: dict) -> dict:
-    """Answer one protocol request through this process's batcher (blocks until done)."""
+    """Answer one protocol request through this process's engine (blocks until done)."""
     return engine_get().infer(request)

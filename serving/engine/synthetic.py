@@ -94,11 +94,13 @@ def build_adapters(
         dest.mkdir(parents=True, exist_ok=True)
         peft_model.save_pretrained(dest, safe_serialization=True)
         payload = (dest / "adapter_model.safetensors").read_bytes()
+        config = (dest / "adapter_config.json").read_bytes()
         ref = AdapterRef(
             model_version_id=f"synthetic-{seed}",
             sha256=hashlib.sha256(payload).hexdigest(),
             adapter_path=str(dest / "adapter_model.safetensors"),
             config_path=str(dest / "adapter_config.json"),
+            config_sha256=hashlib.sha256(config).hexdigest(),
             labels=labels,
         )
         built.append(BuiltAdapter(ref=ref, directory=dest))

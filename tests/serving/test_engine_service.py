@@ -1,6 +1,7 @@
 """The engine of a worker process: requests from many threads meet in mixed batches, each
 gets what its adapter alone would answer, tokens stream to Redis, cancel keys are honoured,
-and one bad adapter fails only its own request."""
+and one bad adapter fails only its own request. (Lanes, priorities and admission:
+test_engine_lanes.py; the scheduler alone: test_engine_scheduler.py.)"""
 
 import dataclasses
 import threading
@@ -10,7 +11,6 @@ import pytest
 import redis
 from django.conf import settings
 
-from serving.engine.batching import Batcher, Pending
 from serving.engine.runner import GenerationRow, generate_rows
 from serving.engine.service import Engine
 from serving.protocol import (
@@ -41,7 +41,7 @@ def engine(base_sources, redis_client):
         max_wait_ms=200,
     )
     yield engine
-    engine.batcher.stop()
+    engine.stop()
 
 
 def generation_request(adapter, prompt, **fields) -> dict:
@@ -68,17 +68,6 @@ def answer_all(engine, requests: list[dict]) -> list[dict]:
     for thread in threads:
         thread.join()
     return answers
-
-
-def test_batch_closes_at_max_size_then_at_max_wait():
-    batcher = Batcher(lambda batch: None, max_size=3, max_wait_ms=20)
-    batcher.stop()  # collect by hand, without the thread
-    for _ in range(5):
-        batcher.inbox.put(Pending(request=None, rows=1))
-    assert len(batcher.collect()) == 3  # full
-    assert len(batcher.collect()) == 2  # the wait ran out
-    batcher.inbox.put(Pending(request=None, rows=5))
-    assert len(batcher.collect()) == 1  # one request with more rows than the batch holds
 
 
 def test_requests_from_many_threads_share_a_batch_and_each_gets_its_adapter_alone(

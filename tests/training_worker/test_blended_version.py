@@ -58,9 +58,10 @@ def test_a_blended_version_is_stored_served_and_exported_as_it_was_scored(alice,
 
     # When the serving engine answers the sealed rows with what the gateway sends it
     _, slug, ref = gateway._served_version(row.pk)
-    assert (ref.lexical_head_path, ref.lexical_head_sha256, ref.max_seq_length) == (
+    assert (ref.lexical_head_path, ref.lexical_head_sha256, ref.max_seq_length,
+            ref.config_sha256) == (
         row.lexical_head_path, row.lexical_head_sha256,
-        row.run_record["resolved_hyperparameters"]["max_seq_length"],
+        row.run_record["resolved_hyperparameters"]["max_seq_length"], row.config_sha256,
     )  # fmt: skip
     registry = ModelRegistry(
         resolve_base=lambda _slug: resolve_base_model_source(

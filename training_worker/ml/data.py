@@ -101,12 +101,31 @@ def length_grouped_batches(
     return [batches[i] for i in shuffled]
 
 
+def cut_classification_ids(ids: list[int], max_length: int) -> list[int]:
+    """A row's token ids as a classifier reads them at ``max_length`` tokens: all of them
+    when they fit, else the first ``max_length - 1`` and the last. Training, the sealed-split
+    evaluation and the serving engine all cut rows here (``classification_token_ids``), so
+    a served row is the row that was scored: an encoder row keeps its closing [SEP], on
+    which BERT-like heads were trained, and a decoder row (no closing token) its last token.
+    """
+    if len(ids) <= max_length:
+        return ids
+    return [*ids[: max_length - 1], ids[-1]]
+
+
+def classification_token_ids(tokenizer: Any, texts: list[str], max_length: int) -> list[list[int]]:
+    """Each text's token ids as every classifier of the platform reads it: tokenised whole
+    with the tokenizer's special tokens, then ``cut_classification_ids``."""
+    return [
+        cut_classification_ids(example.input_ids, max_length)
+        for example in encode_classification(tokenizer, texts, None)
+    ]
+
+
 def truncate_classification(examples: list[EncodedExample], max_length: int) -> None:
-    """Cut each example to ``max_length`` tokens in place, keeping the final special token."""
+    """Cut each example to ``max_length`` tokens in place (``cut_classification_ids``)."""
     for example in examples:
-        if len(example.input_ids) > max_length:
-            # Keep [SEP]/eos: BERT-like heads were trained on sequences ending with it.
-            example.input_ids = [*example.input_ids[: max_length - 1], example.input_ids[-1]]
+        example.input_ids = cut_classification_ids(example.input_ids, max_length)
 
 
 def truncate_generation(examples: list[EncodedExample], max_length: int) -> None:

@@ -24,6 +24,7 @@ from training_worker.ml.baselines import (
 from training_worker.ml.data import (
     IGNORE_INDEX,
     EncodedExample,
+    classification_token_ids,
     collate_causal,
     collate_classification,
     encode_classification,
@@ -39,7 +40,13 @@ from training_worker.ml.evaluation_report import (
     Lift,
     baseline_label,
 )
-from training_worker.ml.prompts import encode_rendered, prompt_token_ids, render_messages
+from training_worker.ml.prompts import (
+    context_limit,
+    encode_rendered,
+    prompt_budget,
+    prompt_token_ids,
+    render_messages,
+)
 
 BOOTSTRAP_RESAMPLES = 1000
 EVAL_BATCH_SIZE = 64
@@ -381,11 +388,13 @@ def predict_class_probabilities(
     device: str,
     batch_size: int = EVAL_BATCH_SIZE,
 ) -> np.ndarray:
-    """Softmax probabilities, shape ``(len(texts), num_labels)``; model must be in eval mode."""
+    """Softmax probabilities, shape ``(len(texts), num_labels)``; model must be in eval mode.
+    Each text is read as the serving engine reads it (``data.classification_token_ids``)."""
     import torch
 
-    examples = encode_classification(tokenizer, texts, None)
-    truncate_classification(examples, max_length)
+    examples = [
+        EncodedExample(ids, 0) for ids in classification_token_ids(tokenizer, texts, max_length)
+    ]
     outputs = []
     with torch.inference_mode():
         for batch in _batches(examples, batch_size):
@@ -562,7 +571,8 @@ def greedy_completions(
     batch_size: int = 32,
     rendered: bool = False,
 ) -> list[str]:
-    """Greedy continuations of each prompt, left-padded in batches, special tokens removed.
+    """Greedy continuations of each prompt, left-padded in batches, special tokens removed;
+    a prompt longer than ``max_prompt_length`` tokens keeps its last ones.
 
     ``rendered``: the prompts are already in the model's format (e.g. a few-shot
     conversation from ``render_messages``) and are not wrapped again."""
@@ -590,6 +600,27 @@ def greedy_completions(
             new_tokens = generated[:, inputs["input_ids"].shape[1] :]
             completions.extend(tokenizer.batch_decode(new_tokens, skip_special_tokens=True))
     return [completion.strip() for completion in completions]
+
+
+def evaluated_completions(
+    model: Any,
+    tokenizer: Any,
+    prompts: list[str],
+    max_new_tokens: int,
+    device: str,
+    *,
+    batch_size: int = 32,
+    rendered: bool = False,
+) -> list[str]:
+    """The greedy completions the evaluation scores, each prompt read as the serving engine
+    reads it: whole when it fits the model's context with ``max_new_tokens`` after it
+    (``prompts.prompt_budget``), never cut to the run's max_seq_length. (A longer prompt,
+    which serving refuses, keeps its last tokens.)"""
+    budget = max(prompt_budget(context_limit(model.config), max_new_tokens), 1)
+    return greedy_completions(
+        model, tokenizer, prompts, max_new_tokens, device, budget,
+        batch_size=batch_size, rendered=rendered,
+    )  # fmt: skip
 
 
 def few_shot_conversations(tokenizer: Any, examples: list[dict], prompts: list[str]) -> list[str]:
@@ -658,8 +689,10 @@ def generation_report(
 ) -> dict[str, Any]:
     """The generation report (``EvaluationReport.as_dict()``, version 2).
 
-    Held-out loss/perplexity of base (adapter disabled) vs adapter; exact match (with a
-    bootstrap interval) and token-F1 of greedy completions. Baselines, each with the
+    Held-out loss/perplexity of base (adapter disabled) vs adapter, on rows cut to
+    ``max_length`` as training cut them; exact match (with a bootstrap interval) and
+    token-F1 of greedy completions, each prompt read as serving reads it
+    (``evaluated_completions``). Baselines, each with the
     specialist's paired-bootstrap exact-match lift: the base model prompted with the row
     (``base_zero_shot``), the base model with ``options.few_shot_k`` TRAINING rows as
     earlier turns (``base_few_shot``, first ``generalist_llm_max_rows`` sealed rows), and
@@ -671,30 +704,23 @@ def generation_report(
     prompts = [row["prompt"] for row in sealed_rows]
     references = [row["completion"] for row in sealed_rows]
     examples = encode_generation(tokenizer, prompts, references)
-    truncate_generation(examples, max_length)
+    truncate_generation(examples, max_length)  # the loss reads rows as training read them
     longest_completion = max(sum(1 for t in e.labels if t != IGNORE_INDEX) for e in examples)
     new_tokens = min(max_new_tokens, longest_completion)
-    prompt_budget = max(max_length - new_tokens, 1)
 
     adapter_loss = held_out_loss(adapter_model, tokenizer, examples, device)
-    adapter_answers = greedy_completions(
-        adapter_model, tokenizer, prompts, new_tokens, device, prompt_budget
-    )
+    adapter_answers = evaluated_completions(adapter_model, tokenizer, prompts, new_tokens, device)
     shots = few_shot_examples(train_rows, options.few_shot_k, seed)
     few_shot_rows = min(len(prompts), options.generalist_llm_max_rows) if shots else 0
     with adapter_model.disable_adapter():
         base_loss = held_out_loss(adapter_model, tokenizer, examples, device)
-        base_answers = greedy_completions(
-            adapter_model, tokenizer, prompts, new_tokens, device, prompt_budget
-        )
+        base_answers = evaluated_completions(adapter_model, tokenizer, prompts, new_tokens, device)
         few_shot_answers: list[str] = []
         if few_shot_rows:
-            position_limit = getattr(adapter_model.config, "max_position_embeddings", None)
-            few_shot_budget = max((position_limit or 4 * max_length) - new_tokens, 1)
             conversations = few_shot_conversations(tokenizer, shots, prompts[:few_shot_rows])
-            few_shot_answers = greedy_completions(
+            few_shot_answers = evaluated_completions(
                 adapter_model, tokenizer, conversations, new_tokens, device,
-                few_shot_budget, batch_size=8, rendered=True,
+                batch_size=8, rendered=True,
             )  # fmt: skip
 
     def mean_score(score, answers: list[str]) -> float:

@@ -6,7 +6,8 @@ as the template renders it; the completion follows. A base without one (tiny-cau
 the prompt text as it is, and a chat as a ``role: content`` transcript. Training
 (``data.encode_generation``), evaluation (``evaluation.greedy_completions``) and the serving
 engine (``serving.engine``) all call these functions, so an adapter is served on the very
-format it was trained on. No Django imports.
+format it was trained on, and the evaluation and the engine read the same prompt tokens
+(``prompt_budget``). No Django imports.
 """
 
 from __future__ import annotations
@@ -14,6 +15,25 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from typing import Any
+
+DEFAULT_CONTEXT_TOKENS = 2048  # for a model config that names no max_position_embeddings
+
+
+def context_limit(config: Any) -> int:
+    """Positions a generation model reads, its prompt and its new tokens together."""
+    return int(getattr(config, "max_position_embeddings", None) or DEFAULT_CONTEXT_TOKENS)
+
+
+def prompt_budget(limit: int, max_new_tokens: int) -> int:
+    """Prompt tokens a model reads before writing ``max_new_tokens`` within its context
+    ``limit`` (``context_limit``). The serving engine never cuts a prompt: it reads it whole
+    or refuses it (``input_too_long``: longer than this budget, or than the base's prompt
+    limit). The sealed-split evaluation reads every prompt within the budget whole too
+    (never cut to the run's max_seq_length), so what is served on a sealed row is what was
+    scored; only a prompt that no call could send is cut by the evaluation, which must
+    score every row: to its last tokens, where the question and the assistant's header are.
+    """
+    return max(limit - max_new_tokens, 0)
 
 
 def has_chat_template(tokenizer: Any) -> bool:
