@@ -7,9 +7,11 @@ Usage: ``nice -n 5 python bench/catalogue.py [--listings 100000] [--requests 40]
    missing, kept between runs; `--regenerate` refills it) with experts and published
    listings of varied titles, domains, tasks, tags, prices, ratings and lifts
    (bulk_create, a few thousand rows a statement).
-2. Starts gunicorn on a free port with bench/catalogue_site/catalogue_settings.py (the
-   product's settings, DEBUG off) and catalogue_urls.py next to it (the product's URLs plus
-   `bench/bare`, a bare JsonResponse view that exists only here), and warms it.
+2. Starts the web tier as deployed (`python -m marketplace.server`: gunicorn with the one
+   server config, marketplace/gunicorn_conf.py) on a free port with
+   bench/catalogue_site/catalogue_settings.py (the product's settings, DEBUG off) and
+   catalogue_urls.py next to it (the product's URLs plus `bench/bare`, a bare JsonResponse
+   view that exists only here), and warms it.
 3. p50/p95 of catalogue search, each filter and each sort (and a second page by cursor),
    one request at a time over a kept-alive connection. Goal: p95 <= 50 ms.
 4. Requests/s of the list endpoint against `bench/bare` on the same server, the same
@@ -31,6 +33,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from datetime import UTC, datetime, timedelta
@@ -171,28 +174,39 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def start_server(env: dict, workers: int, threads: int) -> tuple[subprocess.Popen, int]:
+def start_server(env: dict, workers: int) -> tuple[subprocess.Popen, int]:
+    """The web tier exactly as deployed (marketplace.server and its one gunicorn config),
+    on a free port with `workers` processes."""
+    from marketplace.server import COMMAND
+
     port = free_port()
+    # The server's output, read only if it fails to start (a pipe nobody reads can fill);
+    # open for as long as the server runs.
+    log = tempfile.TemporaryFile()  # noqa: SIM115
     server = subprocess.Popen(
-        [
-            sys.executable, "-m", "gunicorn", "marketplace.wsgi", "-c",
-            "python:marketplace.gunicorn_conf", "--bind", f"127.0.0.1:{port}",
-            "--workers", str(workers), "--threads", str(threads), "--keep-alive", "30",
-        ],
-        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-        start_new_session=True,
+        COMMAND,
+        cwd=ROOT, env={**env, "WEB_BIND": f"127.0.0.1:{port}", "WEB_WORKERS": str(workers)},
+        stdout=subprocess.DEVNULL, stderr=log, start_new_session=True,
     )  # fmt: skip
+
+    def log_tail() -> str:
+        log.seek(0)
+        return log.read().decode(errors="replace")[-2000:]
+
     deadline = time.monotonic() + 90
+    status = None
     while time.monotonic() < deadline:
         if server.poll() is not None:
-            raise SystemExit(f"gunicorn exited: {server.stderr.read().decode()[-2000:]}")
+            raise SystemExit(f"the web server exited: {log_tail()}")
         try:
             status, _ = Client(port).get("/bench/bare")
             if status == 200:
                 return server, port
         except OSError:
-            time.sleep(0.2)
-    raise SystemExit("gunicorn did not answer within 90 s")
+            pass
+        time.sleep(0.2)
+    stop_server(server)
+    raise SystemExit(f"the web server did not answer 200 within 90 s ({status}): {log_tail()}")
 
 
 def stop_server(server: subprocess.Popen) -> None:
@@ -286,14 +300,20 @@ def second_page(port: int, requests: int) -> dict:
 
 def throughput(port: int, path: str, seconds: float, threads: int) -> float:
     done = [0] * threads
+    failures: list[str] = []
     stop = time.monotonic() + seconds
 
     def hammer(slot: int) -> None:
         client = Client(port)
-        while time.monotonic() < stop:
-            status, _ = client.get(path)
+        while time.monotonic() < stop and not failures:
+            try:
+                status, body = client.get(path)
+            except OSError as exc:
+                failures.append(f"{path}: {exc!r}")
+                return
             if status != 200:
-                raise RuntimeError(f"{path} answered {status}")
+                failures.append(f"{path} answered {status}: {body[:300]!r}")
+                return
             done[slot] += 1
 
     started = time.monotonic()
@@ -302,6 +322,8 @@ def throughput(port: int, path: str, seconds: float, threads: int) -> float:
         worker.start()
     for worker in workers:
         worker.join()
+    if failures:  # a failed request is not a fast one: never count around it
+        raise SystemExit(failures[0])
     return sum(done) / (time.monotonic() - started)
 
 
@@ -312,8 +334,7 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=40, help="per case")
     parser.add_argument("--rps-seconds", type=float, default=6.0)
     parser.add_argument("--client-threads", type=int, default=4)
-    parser.add_argument("--workers", type=int, default=2, help="gunicorn workers")
-    parser.add_argument("--threads", type=int, default=2, help="threads per gunicorn worker")
+    parser.add_argument("--workers", type=int, default=2, help="web worker processes")
     parser.add_argument("--regenerate", action="store_true")
     parser.add_argument("--seed", type=int, default=11)
     args = parser.parse_args()
@@ -348,7 +369,7 @@ def main() -> None:
         "LOG_LEVEL": "WARNING",  # no access line per request on the console
     }
     env.pop("PROMETHEUS_MULTIPROC_DIR", None)
-    server, port = start_server(env, args.workers, args.threads)
+    server, port = start_server(env, args.workers)
     loads = [os.getloadavg()]
     try:
         results = {}
@@ -384,7 +405,8 @@ def main() -> None:
         "list_to_bare_ratio": round(ratio, 3),
         "goal_ratio": 0.25,
         "ratio_goal_met": ratio >= 0.25,
-        "server": f"gunicorn {args.workers} workers x {args.threads} threads, DEBUG off",
+        "server": f"python -m marketplace.server (marketplace/gunicorn_conf.py), "
+        f"{args.workers} workers, DEBUG off",
         "client_threads": args.client_threads,
         "load_averages": [[round(x, 2) for x in load] for load in loads],
         "cpus": os.cpu_count(),

@@ -1,5 +1,8 @@
 """API of the catalogue: listings (owners and buyers), reviews, reports."""
 
+from datetime import datetime, tzinfo
+
+from django.utils import timezone
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import serializers
@@ -78,6 +81,69 @@ class ListingCardOutput(serializers.Serializer):
         if listing.min_price_minor is None:
             return None
         return {"from_minor": listing.min_price_minor, "currency": listing.price_currency}
+
+
+def _iso_8601(value: datetime | None, zone: tzinfo) -> str | None:
+    """DRF's DateTimeField output: ISO 8601 in the current time zone, "Z" for UTC."""
+    if value is None:
+        return None
+    text = value.astimezone(zone).isoformat()
+    return text[:-6] + "Z" if text.endswith("+00:00") else text
+
+
+def listing_card(row: dict, zone: tzinfo) -> dict:
+    """ListingCardOutput's body, written out for a listing_card_search row.
+
+    The list serves 20-100 cards a request, and DRF's field-by-field serializer was the
+    largest cost of it (bench/catalogue.py); this builds the same keys in the same order
+    with the same values, and a test holds it equal to ListingCardOutput, which stays the
+    schema and the single-listing serializer.
+    """
+    lift = row["lift_over_generalist"]
+    price = row["min_price_minor"]
+    return {
+        "id": str(row["id"]),
+        "object": "listing",
+        "slug": row["slug"],
+        "title": row["title"],
+        "summary": row["summary"],
+        "domain": row["domain"],
+        "task": row["task"],
+        "tags": row["tags"],
+        "languages": row["languages"],
+        "status": row["status"],
+        "score_metric": row["score_metric"],
+        "score": row["score"],
+        "lift_over_strongest_baseline": None
+        if lift is None
+        else {
+            "delta": lift,
+            "ci_low": row["lift_over_generalist_low"],
+            "ci_high": row["lift_over_generalist_high"],
+            "baseline": row["lift_baseline"],
+            "label": row["lift_baseline_label"],
+        },
+        "rating": {"average": row["rating_avg"], "count": row["rating_count"]},
+        "popularity": row["popularity"],
+        "price": None
+        if price is None
+        else {"from_minor": price, "currency": row["price_currency"]},
+        "licence": {
+            "commercial_use": row["commercial_use"],
+            "derivatives_allowed": row["derivatives_allowed"],
+            "on_prem_download": row["on_prem_download"],
+            "attribution_required": row["attribution_required"],
+            "max_calls_per_month": row["max_calls_per_month"],
+            "summary": row["licence_summary"],
+        },
+        "expert": {
+            # User.name and ExpertSummaryOutput, from the columns (no profile: unverified).
+            "name": row["owner__display_name"] or row["owner__email"].split("@")[0],
+            "verified": bool(row["owner__expert_profile__verified"]),
+            "headline": row["owner__expert_profile__headline"] or "",
+        },
+        "published_at": _iso_8601(row["published_at"], zone),
+    }
 
 
 class ListingDetailOutput(ListingCardOutput):
@@ -176,8 +242,9 @@ class ListingCatalogueApi(BaseApi):
     )
     def get(self, request):
         query = selectors.catalogue_query_from_params(request.query_params)
-        page = selectors.listing_search(query=query)
-        data = ListingCardOutput(page.listings, many=True).data
+        page = selectors.listing_card_search(query=query)
+        zone = timezone.get_current_timezone()
+        data = [listing_card(row, zone) for row in page.listings]
         return Response(list_body(data, has_more=page.has_more, next_cursor=page.next_cursor))
 
     @extend_schema(request=CreateInput, responses={201: OwnerListingOutput})
