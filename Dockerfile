@@ -14,4 +14,7 @@ RUN SECRET_KEY=build-only-$(head -c 48 /dev/urandom | base64) ALLOWED_HOSTS=x \
     AWS_STORAGE_BUCKET_NAME=build-only EMAIL_HOST=build-only \
     python manage.py collectstatic --noinput
 EXPOSE 8000
-CMD ["gunicorn", "marketplace.wsgi", "--bind", "0.0.0.0:8000", "--workers", "3"]
+ENV WEB_BIND=0.0.0.0:8000
+# The web tier's one server config (marketplace/gunicorn_conf.py); workers and beat
+# override this command in docker-compose.yml.
+CMD ["python", "-m", "marketplace.server"]

@@ -30,6 +30,7 @@ from accounts.errors import (
 )
 from accounts.models import ApiKey, ApiKeyScope, ExpertProfile, User
 from accounts.throttle import ThrottleStoreUnavailable, Window, WindowFull, windows_admit
+from marketplace import access_epochs
 from marketplace.errors import RateLimitedError
 
 logger = logging.getLogger(__name__)
@@ -331,6 +332,7 @@ def api_key_revoke(*, user: User, key_id, revoked_by: ApiKey | None = None) -> A
     if key.revoked_at is None:
         key.revoked_at = timezone.now()
         key.save(update_fields=["revoked_at"])
+        access_epochs.bump(user_id=user.pk)  # the very next call with it is refused
     return key
 
 

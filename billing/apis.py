@@ -34,6 +34,9 @@ class OfferOutput(serializers.Serializer):
     included_calls = serializers.IntegerField(allow_null=True)
     overage = serializers.CharField()
     overage_unit_amount = serializers.IntegerField(allow_null=True)
+    batch_price_percent = serializers.IntegerField(
+        help_text="What a batch row (POST /v1/batches) bills, in percent of a per-call price."
+    )
     status = serializers.CharField()
     replaces = serializers.UUIDField(source="replaces_id", allow_null=True)
     created_at = serializers.DateTimeField()
@@ -52,6 +55,9 @@ class OfferFieldsInput(serializers.Serializer):
     included_calls = serializers.IntegerField(required=False, allow_null=True)
     overage = serializers.ChoiceField(choices=Overage.values, required=False, allow_blank=True)
     overage_unit_amount = serializers.IntegerField(required=False, allow_null=True)
+    batch_price_percent = serializers.IntegerField(
+        required=False, help_text="A batch row's price in percent of a per-call one (50)."
+    )
 
 
 class OfferListCreateApi(BaseApi):

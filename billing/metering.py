@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from django.db import transaction
-from django.db.models import Max, Sum
+from django.db.models import BigIntegerField, F, Max, Sum
 from django.utils import timezone
 
 from billing import stripe_gateway as gateway
@@ -58,16 +58,16 @@ def _metered(licence: Licence) -> bool:
 
 
 def period_served_calls(period: LicenceUsagePeriod) -> int:
-    """The period's settled, served calls (the facts billing reads)."""
-    return (
-        UsageRecord.objects.filter(
-            licence_id=period.licence_id,
-            period_start=period.period_start,
-            status=UsageStatus.OK,
-            settled_at__isnull=False,
-        ).aggregate(s=Sum("units"))["s"]
-        or 0
-    )
+    """The period's settled, served calls (the facts billing reads), each at its price: a
+    batch row counts its offer's batch_price_percent of a call. Rounded down as a whole,
+    so the total only grows as rows settle."""
+    hundredths = UsageRecord.objects.filter(
+        licence_id=period.licence_id,
+        period_start=period.period_start,
+        status=UsageStatus.OK,
+        settled_at__isnull=False,
+    ).aggregate(s=Sum(F("units") * F("price_percent"), output_field=BigIntegerField()))["s"]
+    return (hundredths or 0) // 100
 
 
 def period_reported_total(period: LicenceUsagePeriod) -> int:

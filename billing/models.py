@@ -126,6 +126,13 @@ class Offer(models.Model):
     stripe_meter_id = models.CharField(
         max_length=64, blank=True, help_text="The offer's billing meter (metered prices)."
     )
+    batch_price_percent = models.PositiveSmallIntegerField(
+        default=50,
+        help_text=(
+            "What a row of a batch (serving's Batch API) bills, in percent of a per-call "
+            "price: 50 = half price."
+        ),
+    )
 
     class Meta:
         ordering = ["listing", "created_at"]
@@ -147,6 +154,10 @@ class Offer(models.Model):
                 fields=["listing"],
                 condition=models.Q(kind="free_trial", status="active"),
                 name="one_active_free_trial_per_listing",
+            ),
+            models.CheckConstraint(
+                condition=models.Q(batch_price_percent__lte=100),
+                name="offer_batch_price_at_most_full",
             ),
         ]
 
@@ -309,6 +320,13 @@ class UsageRecord(models.Model):
         ListingVersion, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )
     units = models.PositiveIntegerField(default=1, help_text="Calls this row counts.")
+    price_percent = models.PositiveSmallIntegerField(
+        default=100,
+        help_text=(
+            "Percent of the per-call price each unit bills: 100 for an interactive call, "
+            "the offer's batch_price_percent for a batch row."
+        ),
+    )
     latency_ms = models.PositiveIntegerField(null=True, blank=True)
     status = models.CharField(max_length=10, choices=UsageStatus.choices, default=UsageStatus.OK)
     idempotency_key = models.CharField(
@@ -336,6 +354,11 @@ class UsageRecord(models.Model):
                 condition=models.Q(settled_at__isnull=True),
                 name="usage_unsettled",
             ),
+        ]
+        constraints = [
+            models.CheckConstraint(
+                condition=models.Q(price_percent__lte=100), name="usage_price_at_most_full"
+            )
         ]
 
     def __str__(self) -> str:

@@ -118,6 +118,15 @@ def spend_cap_calls(offer: Offer, amount: int | None) -> int | None:
     return None
 
 
+def licence_batch_price_percent(*, licence_id) -> int:
+    """What a batch row bills under this licence, in percent of a per-call price (its
+    offer's batch_price_percent; offers are immutable once bought)."""
+    percent = (
+        Licence.objects.filter(pk=licence_id).values_list("offer__batch_price_percent").first()
+    )
+    return 100 if percent is None else percent[0]
+
+
 def effective_call_limit(call_quota: int | None, cap_calls: int | None) -> int | None:
     """The tighter of the licence's quota and its spend cap (None: no limit)."""
     limits = [x for x in (call_quota, cap_calls) if x is not None]

@@ -17,7 +17,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
 from django.conf import settings
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, connection, transaction
 from django.db.models import F, Min, Value
 from django.db.models.functions import Greatest
 from django.utils import timezone
@@ -38,6 +38,7 @@ from billing.errors import (
     NotListingOwner,
     OfferNotFound,
     OfferRetired,
+    QuotaExceeded,
     ReasonRequired,
 )
 from billing.models import (
@@ -69,6 +70,7 @@ from billing.terms import LicenceTerms
 from listings.errors import NotAModerator
 from listings.models import Listing, ListingStatus
 from listings.services import entitlement_grant, listing_set_price_summary
+from marketplace import access_epochs
 
 # Stripe's largest amount for most currencies (8 digits); a typo'd price stops here.
 MAX_AMOUNT = 99_999_999
@@ -92,6 +94,7 @@ class OfferSpec:
     overage: str = ""
     overage_unit_amount: int | None = None
     name: str = ""
+    batch_price_percent: int = 50  # a batch row's price, in percent of a per-call one
 
     def normalized(self) -> OfferSpec:
         currency = self.currency.strip().lower() if isinstance(self.currency, str) else ""
@@ -109,6 +112,9 @@ class OfferSpec:
         _check_amount(errors, "unit_amount", self.unit_amount)
         for name in ("included_calls", "overage_unit_amount"):
             _check_amount(errors, name, getattr(self, name), optional=True)
+        percent = self.batch_price_percent
+        if isinstance(percent, bool) or not isinstance(percent, int) or not 0 <= percent <= 100:
+            errors["batch_price_percent"] = ["A whole percent from 0 to 100."]
         if errors:
             return errors
 
@@ -216,13 +222,15 @@ def offer_create(
     overage: str = "",
     overage_unit_amount: int | None = None,
     name: str = "",
+    batch_price_percent: int = 50,
 ) -> Offer:
     """A new active offer on the owner's listing. Raises NotListingOwner (403) and
     InvalidOffer (422) with per-field errors (a second active free trial is one).
     All of a listing's active offers share one currency; amounts are minor units."""
     spec = OfferSpec(
-        kind, currency, unit_amount, included_calls, overage, overage_unit_amount, name
-    )
+        kind, currency, unit_amount, included_calls, overage, overage_unit_amount, name,
+        batch_price_percent,
+    )  # fmt: skip
     with transaction.atomic():
         listing = _lock_listing(listing.pk)
         _refuse_unless_owner(owner, listing)
@@ -252,6 +260,7 @@ def _insert_offer(listing: Listing, spec: OfferSpec, replaces: Offer | None = No
         included_calls=spec.included_calls,
         overage=spec.overage,
         overage_unit_amount=spec.overage_unit_amount,
+        batch_price_percent=spec.batch_price_percent,
         replaces=replaces,
     )
 
@@ -271,6 +280,7 @@ def _lock_owned_offer(owner: User, offer_id) -> tuple[Listing, Offer]:
 
 UPDATABLE_OFFER_FIELDS = (
     "name", "currency", "unit_amount", "included_calls", "overage", "overage_unit_amount",
+    "batch_price_percent",
 )  # fmt: skip
 
 
@@ -481,6 +491,7 @@ def licence_activate(
                 setattr(licence, name, value)
         licence.save()
         entitlement_grant(listing=licence.listing, user=licence.buyer, reference=str(licence.id))
+        access_epochs.bump(user_id=licence.buyer_id)
     return licence
 
 
@@ -536,6 +547,7 @@ def _end(licence: Licence, status: str, reason: str, now: datetime, *, notify: b
     was = licence.status
     licence.status, licence.ended_at, licence.end_reason = status, now, reason
     licence.save(update_fields=["status", "ended_at", "end_reason"])
+    access_epochs.bump(user_id=licence.buyer_id)  # the very next call is refused
     _teardown_billing(licence, was, now)
     if notify and was != LicenceStatus.PENDING:
         buyer_notice_send(licence=licence, kind="ended")
@@ -548,6 +560,7 @@ def licence_mark_past_due(*, licence_id) -> Licence:
         _require_state(licence, (LicenceStatus.ACTIVE,), "marked past due")
         licence.status = LicenceStatus.PAST_DUE
         licence.save(update_fields=["status"])
+        access_epochs.bump(user_id=licence.buyer_id)
     return licence
 
 
@@ -567,6 +580,7 @@ def licence_renew(*, licence_id, period_start: datetime, period_end: datetime) -
         licence.save(
             update_fields=["status", "current_period_start", "current_period_end", "access_ends_at"]
         )
+        access_epochs.bump(user_id=licence.buyer_id)
         # The counter of a period counted before Stripe's renewal arrived gets its end.
         LicenceUsagePeriod.objects.filter(
             licence=licence, period_start=period_start, period_end__isnull=True
@@ -696,6 +710,7 @@ def licence_resume(*, buyer: User, licence_id, at: datetime | None = None) -> Li
             )
         licence.cancel_at_period_end, licence.access_ends_at = False, None
         licence.save(update_fields=["cancel_at_period_end", "access_ends_at"])
+        access_epochs.bump(user_id=licence.buyer_id)
         if not licence.sandbox and licence.stripe_subscription_id:
             intent_record(
                 kind=IntentKind.SUBSCRIPTION_RESUME,
@@ -716,6 +731,7 @@ def _wind_down(licence: Licence, *, ends_at: datetime) -> None:
     """Access until `ends_at`; billing never renews (held licence row)."""
     licence.cancel_at_period_end, licence.access_ends_at = True, ends_at
     licence.save(update_fields=["cancel_at_period_end", "access_ends_at"])
+    access_epochs.bump(user_id=licence.buyer_id)
     if not licence.sandbox and licence.stripe_subscription_id:
         intent_record(
             kind=IntentKind.SUBSCRIPTION_CANCEL_AT_PERIOD_END,
@@ -747,6 +763,7 @@ def licence_wind_down(*, licence_id, reason: str, at: datetime | None = None) ->
         if licence.kind == OfferKind.DOWNLOAD:
             licence.cancel_at_period_end, licence.access_ends_at = True, now + DOWNLOAD_WIND_DOWN
             licence.save(update_fields=["cancel_at_period_end", "access_ends_at"])
+            access_epochs.bump(user_id=licence.buyer_id)
         else:
             _wind_down(licence, ends_at=licence.current_period_end or now)
         Licence.objects.filter(pk=licence.pk).update(end_reason=reason)
@@ -792,6 +809,7 @@ def licence_set_spend_cap(*, buyer: User, licence_id, amount: int) -> Licence:
         licence.spend_cap_amount = amount
         licence.spend_cap_calls = spend_cap_calls(licence.offer, amount)
         licence.save(update_fields=["spend_cap_amount", "spend_cap_calls"])
+        access_epochs.bump(user_id=licence.buyer_id)
     return licence
 
 
@@ -806,7 +824,9 @@ class UsageOutcome:
     calls_left: int | None  # None: no limit
 
 
-def _validate_usage(idempotency_key: str, units: int, status: str) -> None:
+def _validate_usage(
+    idempotency_key: str, units: int, status: str, price_percent: int = 100
+) -> None:
     fields = {}
     if not isinstance(idempotency_key, str) or not 1 <= len(idempotency_key) <= 128:
         fields["idempotency_key"] = ["1 to 128 characters."]
@@ -816,21 +836,35 @@ def _validate_usage(idempotency_key: str, units: int, status: str) -> None:
         fields["units"] = [f"1 to {MAX_UNITS_PER_RECORD}."]
     if status not in UsageStatus.values:
         fields["status"] = [f"One of {', '.join(UsageStatus.values)}."]
+    if isinstance(price_percent, bool) or not isinstance(price_percent, int):
+        fields["price_percent"] = ["A whole number."]
+    elif not 0 <= price_percent <= 100:
+        fields["price_percent"] = ["0 to 100."]
     if fields:
         raise InvalidUsage("The usage record is not valid.", fields=fields)
 
 
-def _count(period_id: int, units: int, quota: int | None) -> int | None:
+def _count(licence_id, period_start: datetime, units: int, quota: int | None) -> int | None:
     """Add `units` to the period's counter unless it would pass `quota`: one conditional
-    UPDATE, so concurrent callers serialize on the row (re-checking the condition on
-    the row they waited for) and none is lost. Returns the new count, or None when
-    refused. The caller's transaction holds the row until it commits."""
-    counter = LicenceUsagePeriod.objects.filter(pk=period_id)
-    if quota is not None:
-        counter = counter.filter(calls__lte=quota - units)
-    if not counter.update(calls=F("calls") + units):
-        return None
-    return LicenceUsagePeriod.objects.values_list("calls", flat=True).get(pk=period_id)
+    UPDATE ... RETURNING, so concurrent callers serialize on the row (re-checking the
+    condition on the row they waited for) and none is lost. Returns the new count, or
+    None when refused or when the period has no counter yet. The caller's transaction
+    holds the row until it commits."""
+    table = connection.ops.quote_name(LicenceUsagePeriod._meta.db_table)
+    condition = "" if quota is None else " AND calls <= %s"
+    params = [
+        units,
+        Licence._meta.pk.get_db_prep_value(licence_id, connection),
+        connection.ops.adapt_datetimefield_value(period_start),
+    ] + ([] if quota is None else [quota - units])
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"UPDATE {table} SET calls = calls + %s "  # noqa: S608  (names from _meta)
+            f"WHERE licence_id = %s AND period_start = %s{condition} RETURNING calls",
+            params,
+        )
+        row = cursor.fetchone()
+    return None if row is None else row[0]
 
 
 def usage_record(
@@ -852,51 +886,56 @@ def usage_record(
     model and settles the outcome after (usage_settle); a row nobody settles is settled
     failed by the sweep (usage_settle_stale). Raises LicenceRequired (403) unless the
     licence is live and allows calls, QuotaExceeded (429) past the quota or the buyer's
-    spend cap."""
+    spend cap.
+
+    A served call costs the database one read of the licence and one transaction of two
+    statements (the row, then the counter); a replay costs a failed insert and a read."""
     _validate_usage(idempotency_key, units, status)
     now = at or timezone.now()
     licence = Licence.objects.filter(pk=licence_id).first()
     if licence is None:
         raise LicenceNotFound("No such licence.")
-    existing = UsageRecord.objects.filter(idempotency_key=idempotency_key).first()
-    if existing is not None:
-        return _replayed(existing, licence)
     if licence.status not in LIVE_LICENCE_STATUSES or licence.kind not in CALL_KINDS:
+        existing = UsageRecord.objects.filter(idempotency_key=idempotency_key).first()
+        if existing is not None:
+            return _replayed(existing, licence)
         raise LicenceRequired("This licence does not allow calls now.")
     start, end = licence_period_at(licence, now)
-    with transaction.atomic():
-        period, _ = LicenceUsagePeriod.objects.get_or_create(
-            licence=licence, period_start=start, defaults={"period_end": end}
-        )
-        try:
-            with transaction.atomic():
-                record = UsageRecord.objects.create(
-                    licence=licence,
-                    buyer_id=licence.buyer_id,
-                    listing_id=licence.listing_id,
-                    api_key_id=api_key_id,
-                    listing_version_id=listing_version_id,
-                    units=units,
-                    latency_ms=latency_ms,
-                    status=status,
-                    idempotency_key=idempotency_key,
-                    period_start=start,
-                    created_at=now,
-                    settled_at=now if status == UsageStatus.ERROR else None,
+    limit = effective_call_limit(licence.call_quota, licence.spend_cap_calls)
+    try:
+        with transaction.atomic():
+            record = UsageRecord.objects.create(
+                licence=licence,
+                buyer_id=licence.buyer_id,
+                listing_id=licence.listing_id,
+                api_key_id=api_key_id,
+                listing_version_id=listing_version_id,
+                units=units,
+                latency_ms=latency_ms,
+                status=status,
+                idempotency_key=idempotency_key,
+                period_start=start,
+                created_at=now,
+                settled_at=now if status == UsageStatus.ERROR else None,
+            )
+            # A failed call is written, not counted: it takes nothing, so no limit applies.
+            counted, quota = (0, None) if status == UsageStatus.ERROR else (units, limit)
+            calls = _count(licence.pk, start, counted, quota)
+            if calls is None:
+                # No counter for this period yet (its first call), or the quota is used.
+                LicenceUsagePeriod.objects.get_or_create(
+                    licence=licence, period_start=start, defaults={"period_end": end}
                 )
-        except IntegrityError:
-            existing = UsageRecord.objects.filter(idempotency_key=idempotency_key).first()
-            if existing is None:
-                raise
-            return _replayed(existing, licence)
-        if status == UsageStatus.ERROR:
-            calls = LicenceUsagePeriod.objects.values_list("calls", flat=True).get(pk=period.pk)
-        else:
-            limit = effective_call_limit(licence.call_quota, licence.spend_cap_calls)
-            calls = _count(period.pk, units, limit)
+                calls = _count(licence.pk, start, counted, quota)
             if calls is None:
                 raise quota_error(licence.call_quota, licence.spend_cap_calls, left=0)
-    limit = effective_call_limit(licence.call_quota, licence.spend_cap_calls)
+    except IntegrityError:
+        # This idempotency key is in the ledger already (a replay; everything above
+        # rolled back), or a concurrent first call created the counter: read which.
+        existing = UsageRecord.objects.filter(idempotency_key=idempotency_key).first()
+        if existing is not None:
+            return _replayed(existing, licence)
+        raise
     left = None if limit is None else max(0, limit - calls)
     return UsageOutcome(record=record, recorded=True, calls_used=calls, calls_left=left)
 
@@ -914,6 +953,87 @@ def _replayed(record: UsageRecord, licence: Licence) -> UsageOutcome:
     return UsageOutcome(record=record, recorded=False, calls_used=calls, calls_left=left)
 
 
+@dataclass(frozen=True)
+class FinishedCall:
+    """A call whose outcome is known when it is written (a batch row)."""
+
+    idempotency_key: str
+    units: int = 1
+    status: str = UsageStatus.OK
+    listing_version_id: int | None = None
+    latency_ms: int | None = None
+
+
+def usage_record_finished(
+    *,
+    licence_id,
+    calls: list[FinishedCall],
+    api_key_id=None,
+    price_percent: int = 100,
+    at: datetime | None = None,
+) -> list[QuotaExceeded | None]:
+    """Write calls that already ran to the ledger, settled, in one step (the rows of a
+    batch, written with their answers in the caller's transaction): the period's counter
+    row is locked, each served call is counted in order unless it would pass the quota
+    or the buyer's spend cap (its entry is then the QuotaExceeded the call would get,
+    and nothing is written for it), failed calls are written and not counted. A key
+    already in the ledger is not written again (None). Raises LicenceNotFound,
+    LicenceRequired (403) when the licence does not allow calls now, InvalidUsage."""
+    for call in calls:
+        _validate_usage(call.idempotency_key, call.units, call.status, price_percent)
+    now = at or timezone.now()
+    licence = Licence.objects.filter(pk=licence_id).first()
+    if licence is None:
+        raise LicenceNotFound("No such licence.")
+    if licence.status not in LIVE_LICENCE_STATUSES or licence.kind not in CALL_KINDS:
+        raise LicenceRequired("This licence does not allow calls now.")
+    start, end = licence_period_at(licence, now)
+    limit = effective_call_limit(licence.call_quota, licence.spend_cap_calls)
+    outcomes: list[QuotaExceeded | None] = []
+    with transaction.atomic():
+        LicenceUsagePeriod.objects.get_or_create(
+            licence=licence, period_start=start, defaults={"period_end": end}
+        )
+        period = LicenceUsagePeriod.objects.select_for_update().get(
+            licence=licence, period_start=start
+        )
+        keys = [call.idempotency_key for call in calls]
+        written = set(
+            UsageRecord.objects.filter(idempotency_key__in=keys).values_list(
+                "idempotency_key", flat=True
+            )
+        )
+        counted, records = period.calls, []
+        for call in calls:
+            if call.idempotency_key in written:
+                outcomes.append(None)
+                continue
+            if call.status == UsageStatus.OK:
+                if limit is not None and counted + call.units > limit:
+                    left = max(0, limit - counted)
+                    refusal = quota_error(licence.call_quota, licence.spend_cap_calls, left=left)
+                    outcomes.append(refusal)
+                    continue
+                counted += call.units
+            written.add(call.idempotency_key)
+            outcomes.append(None)
+            records.append(
+                UsageRecord(
+                    licence=licence, buyer_id=licence.buyer_id, listing_id=licence.listing_id,
+                    api_key_id=api_key_id, listing_version_id=call.listing_version_id,
+                    units=call.units, price_percent=price_percent, latency_ms=call.latency_ms,
+                    status=call.status, idempotency_key=call.idempotency_key,
+                    period_start=start, created_at=now, settled_at=now,
+                )
+            )  # fmt: skip
+        UsageRecord.objects.bulk_create(records)
+        if counted != period.calls:
+            LicenceUsagePeriod.objects.filter(pk=period.pk).update(
+                calls=F("calls") + (counted - period.calls)
+            )
+    return outcomes
+
+
 def usage_settle(
     *, idempotency_key: str, status: str, latency_ms: int | None = None
 ) -> UsageRecord:
@@ -922,6 +1042,10 @@ def usage_settle(
     rows only ever grows), a later one changes nothing and returns the row. A failed
     call gives its units back to the period's quota counter and is never billed."""
     _validate_usage(idempotency_key, 1, status)
+    if status == UsageStatus.OK and usage_settle_served(
+        idempotency_key=idempotency_key, latency_ms=latency_ms
+    ):
+        return UsageRecord.objects.get(idempotency_key=idempotency_key)
     with transaction.atomic():
         record = (
             UsageRecord.objects.select_for_update().filter(idempotency_key=idempotency_key).first()
@@ -942,6 +1066,17 @@ def usage_settle(
             record.latency_ms = latency_ms
         record.save(update_fields=["status", "latency_ms", "settled_at"])
     return record
+
+
+def usage_settle_served(*, idempotency_key: str, latency_ms: int | None = None) -> bool:
+    """usage_settle(status="ok") in one statement, for serving's hot path: the row is
+    settled served unless it was settled already (the first settlement is final).
+    Returns whether this call settled it (False: unknown or already settled)."""
+    fields = {"status": UsageStatus.OK, "settled_at": timezone.now()}
+    if latency_ms is not None:
+        fields["latency_ms"] = latency_ms
+    pending = UsageRecord.objects.filter(idempotency_key=idempotency_key, settled_at__isnull=True)
+    return bool(pending.update(**fields))
 
 
 def usage_settle_if_recorded(*, idempotency_key: str, status: str) -> UsageRecord | None:

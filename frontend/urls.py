@@ -1,7 +1,14 @@
 from django.contrib.auth import views as auth_views
 from django.urls import path
 
-from frontend import billing_views, catalogue_views, serving_views, studio_views, views
+from frontend import (
+    batch_views,
+    billing_views,
+    catalogue_views,
+    serving_views,
+    studio_views,
+    views,
+)
 
 urlpatterns = [
     path("", views.home, name="home"),
@@ -69,6 +76,12 @@ urlpatterns = [
     path("catalogue/<slug:slug>/buy/", billing_views.checkout_start, name="checkout-start"),
     path("catalogue/<slug:slug>/try/", serving_views.listing_try, name="catalogue-listing-try"),
     path("licences/", billing_views.licence_list, name="licences"),
+    path("licences/batches/", batch_views.batch_list, name="batches"),
+    path(
+        "licences/batches/<str:batch_id>/cancel/",
+        batch_views.batch_cancel,
+        name="batch-cancel",
+    ),
     path("licences/return/", billing_views.licence_return, name="licence-return"),
     path(
         "licences/<uuid:licence_id>/status/",

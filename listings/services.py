@@ -45,6 +45,7 @@ from listings.models import (
     Review,
 )
 from listings.selectors import user_may_review
+from marketplace import access_epochs
 from marketplace.events import event_record
 from training_worker import selectors as studio_selectors
 from training_worker.models import ModelVersion
@@ -275,6 +276,7 @@ def listing_delist(*, owner: User, listing_id) -> Listing:
         allowed = tuple(s for s in ListingStatus.values if s != ListingStatus.DELISTED)
         _transition(listing, allowed, ListingStatus.DELISTED, "delist")
         listing.save()
+        access_epochs.bump(everyone=True)
         event_record(
             type="listing.delisted", subject_type="listing", subject_id=listing.pk, actor=owner
         )
@@ -364,6 +366,7 @@ def _moderate_listing(
         listing.status_reason = reason
         listing.save()
         _audit(moderator, action, listing, listing=listing, reason=reason)
+        access_epochs.bump(everyone=True)  # who may call it changed for all its buyers
     return listing
 
 
@@ -436,6 +439,7 @@ def _decide_proposed_version(*, moderator: User, listing_id, accept: bool, reaso
             else ModerationActionType.REJECT_VERSION
         )  # fmt: skip
         _audit(moderator, action, version, listing=listing, reason=reason)
+        access_epochs.bump(everyone=True)  # the live version calls reach changed
     return listing
 
 
@@ -505,6 +509,7 @@ def user_suspend(*, moderator: User, user: User, reason: str) -> User:
             raise InvalidListingTransition("This user is already suspended.")
         user.is_active = False
         _audit(moderator, ModerationActionType.SUSPEND_USER, user, reason=reason)
+        access_epochs.bump(user_id=user.pk, everyone=True)  # their keys, their buyers
         event_record(
             type="user.suspended", subject_type="user", subject_id=user.pk, actor=moderator,
             data={"reason": reason},
@@ -519,6 +524,7 @@ def user_reinstate(*, moderator: User, user: User, reason: str = "") -> User:
             raise InvalidListingTransition("This user is not suspended.")
         user.is_active = True
         _audit(moderator, ModerationActionType.REINSTATE_USER, user, reason=reason)
+        access_epochs.bump(user_id=user.pk, everyone=True)
     return user
 
 

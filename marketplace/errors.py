@@ -105,8 +105,9 @@ def api_exception_handler(exc, context) -> Response | None:
     """DRF's EXCEPTION_HANDLER: every API error leaves in the one shape."""
     if isinstance(exc, ApplicationError):
         response = Response(error_body(exc.code, exc.message, exc.fields), status=exc.status)
-        if isinstance(exc, RateLimitedError):
-            response["Retry-After"] = str(exc.retry_after)
+        retry_after = getattr(exc, "retry_after", None)
+        if retry_after is not None:  # 429 and 503s that know when to come back
+            response["Retry-After"] = str(retry_after)
         return response
     if isinstance(exc, RequestDataTooBig):
         return Response(error_body("payload_too_large", str(exc)), status=413)

@@ -317,17 +317,10 @@ class Launcher:
         self.log("seeding the demo…")
         seed = self.manage("seed", "seed_demo", capture=True)
         port = str(self.port)
-        self.spawn(
-            "web",
-            [
-                sys.executable, "-m", "gunicorn", "marketplace.wsgi",
-                # /metrics sums both workers (PROMETHEUS_MULTIPROC_DIR; gunicorn_conf.py).
-                "-c", "python:marketplace.gunicorn_conf",
-                "--bind", f"127.0.0.1:{port}", "--workers", "2", "--threads", "4",
-                "--timeout", "120", "--access-logfile", "-",
-            ],
-            keep_running=True,
-        )  # fmt: skip
+        # The web tier's one server config (marketplace/gunicorn_conf.py), as deployed.
+        self.env.setdefault("WEB_BIND", f"127.0.0.1:{port}")
+        self.env.setdefault("WEB_WORKERS", "2")
+        self.spawn("web", [sys.executable, "-m", "marketplace.server"], keep_running=True)
         self.spawn(
             "worker",
             [

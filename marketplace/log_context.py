@@ -17,6 +17,7 @@ import time
 import uuid
 from datetime import UTC, datetime
 
+from asgiref.sync import iscoroutinefunction, markcoroutinefunction
 from django.utils.functional import empty
 
 REQUEST_ID_HEADER = "X-Request-ID"
@@ -120,31 +121,58 @@ class RequestContextMiddleware:
     """Binds the request id (and the user, once known) for every line the request logs,
     echoes X-Request-ID and writes one access line per request."""
 
+    sync_capable = async_capable = True
+
     def __init__(self, get_response):
         self.get_response = get_response
+        self.is_async = iscoroutinefunction(get_response)
+        if self.is_async:
+            markcoroutinefunction(self)
 
     def __call__(self, request):
-        request_id = request_id_from(request.headers.get(REQUEST_ID_HEADER))
-        request.request_id = request_id
-        token = bind(request_id=request_id)
-        request_token = _current_request.set(request)
-        started = time.perf_counter()
+        if self.is_async:
+            return self._acall(request)
+        request_id, tokens, started = self._begin(request)
         try:
             response = self.get_response(request)
-            response[REQUEST_ID_HEADER] = request_id
-            request_logger.info(
-                "%s %s %s",
-                request.method,
-                request.path,
-                response.status_code,
-                extra={
-                    "method": request.method,
-                    "path": request.path,
-                    "status": response.status_code,
-                    "duration_ms": round((time.perf_counter() - started) * 1000, 1),
-                },
-            )
-            return response
+            return self._end(request, response, request_id, started)
         finally:
-            _current_request.reset(request_token)
-            reset(token)
+            self._reset(tokens)
+
+    async def _acall(self, request):
+        request_id, tokens, started = self._begin(request)
+        try:
+            response = await self.get_response(request)
+            return self._end(request, response, request_id, started)
+        finally:
+            self._reset(tokens)
+
+    @staticmethod
+    def _begin(request):
+        request_id = request_id_from(request.headers.get(REQUEST_ID_HEADER))
+        request.request_id = request_id
+        tokens = (bind(request_id=request_id), _current_request.set(request))
+        return request_id, tokens, time.perf_counter()
+
+    @staticmethod
+    def _end(request, response, request_id: str, started: float):
+        response[REQUEST_ID_HEADER] = request_id
+        request_logger.info(
+            "%s %s %s",
+            request.method,
+            request.path,
+            response.status_code,
+            extra={
+                "method": request.method,
+                "path": request.path,
+                "status": response.status_code,
+                "duration_ms": round((time.perf_counter() - started) * 1000, 1),
+            },
+        )
+        return response
+
+    @staticmethod
+    def _reset(tokens) -> None:
+        token, request_token = tokens
+        _current_request.reset(request_token)
+        reset(token)

@@ -25,6 +25,7 @@ import os
 import time
 from datetime import timedelta
 
+from asgiref.sync import iscoroutinefunction, markcoroutinefunction
 from django.conf import settings
 from django.http import Http404, HttpResponse
 from django.utils import timezone
@@ -113,20 +114,37 @@ def observe_stream_done(*, task: str, latency_s: float) -> None:
 
 
 class MetricsMiddleware:
-    """Counts and times every request by its view name; outermost, so it times them all."""
+    """Counts and times every request by its view name; outermost, so it times them all.
+    Sync and async: under ASGI a request reaches an async view with no thread in between."""
+
+    sync_capable = async_capable = True
 
     def __init__(self, get_response):
         self.get_response = get_response
+        self.is_async = iscoroutinefunction(get_response)
+        if self.is_async:
+            markcoroutinefunction(self)
 
     def __call__(self, request):
+        if self.is_async:
+            return self._acall(request)
         started = time.perf_counter()
         response = self.get_response(request)
-        elapsed = time.perf_counter() - started
+        self._observe(request, response, time.perf_counter() - started)
+        return response
+
+    async def _acall(self, request):
+        started = time.perf_counter()
+        response = await self.get_response(request)
+        self._observe(request, response, time.perf_counter() - started)
+        return response
+
+    @staticmethod
+    def _observe(request, response, elapsed: float) -> None:
         view = view_label(request)
         method = request.method if request.method in _KNOWN_METHODS else "other"
         HTTP_REQUESTS.labels(view=view, method=method, status=str(response.status_code)).inc()
         HTTP_LATENCY.labels(view=view, method=method).observe(elapsed)
-        return response
 
 
 _redis_client = None

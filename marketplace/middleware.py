@@ -14,6 +14,7 @@ runs, so `AsgiBodyLimit` applies the same rule in front of the ASGI application.
 import json
 from collections.abc import Callable
 
+from asgiref.sync import iscoroutinefunction, markcoroutinefunction
 from django.conf import settings
 from django.http import HttpResponse
 from django.urls import Resolver404, resolve
@@ -83,13 +84,23 @@ def body_refusal(
 
 
 class RequestBodyLimitMiddleware:
-    """Answers 413 (411 for a body of unknown length) without touching the body."""
+    """Answers 413 (411 for a body of unknown length) without touching the body. Under
+    ASGI, AsgiBodyLimit (below) refuses the same requests before Django reads them, so
+    in async mode this middleware only passes requests on."""
+
+    sync_capable = async_capable = True
 
     def __init__(self, get_response):
         self.get_response = get_response
+        if iscoroutinefunction(get_response):
+            markcoroutinefunction(self)
+            self.process_view = self._aprocess_view  # no thread hop per request
 
     def __call__(self, request):
         return self.get_response(request)
+
+    async def _aprocess_view(self, request, view_func, view_args, view_kwargs):
+        return None
 
     def process_view(self, request, view_func, view_args, view_kwargs):
         refusal = body_refusal(

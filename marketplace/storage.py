@@ -84,7 +84,7 @@ def _alive(pid: int) -> bool:
 def upload_spools_sweep() -> int:
     """Remove the temporary files of uploads whose process is gone; returns how many.
 
-    Run by every web process as it starts (marketplace/wsgi.py): a web process killed
+    Run by every web process as it starts (marketplace/asgi.py): a web process killed
     mid-upload leaves its half-written spool behind, its replacement removes it. Files
     of live processes (uploads in flight) are left alone."""
     removed = 0

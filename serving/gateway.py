@@ -3,9 +3,10 @@
 Order: (the view checked the key's `infer` scope) → licence check (billing's selector:
 live licence, live version, quota left) → input limits → rate limit per user and key (Redis) →
 the ledger row, written before the engine runs so the quota is taken atomically → the
-engine (one Celery task; whole answers through the result backend, streamed tokens
-through a Redis stream) → the row settled: `ok`, or `error` when the engine failed or
-timed out (failed calls are not billed). A refused call (401/403/404/422/429) writes no
+engine (the request on a Redis stream the inference workers read, the answer on a list
+of its own, streamed tokens on a stream of their own: serving.dispatch) → the row
+settled: `ok`, or `error` when the engine failed or timed out (failed calls are not
+billed). A refused call (401/403/404/422/429) writes no
 row; an answered call writes exactly one. The listing's owner calls without a licence
 and without a row.
 
@@ -36,22 +37,21 @@ from django.conf import settings
 from accounts.models import ApiKey, User
 from billing.models import UsageStatus
 from billing.selectors import LicenceCheck, licence_for_call
-from billing.services import usage_record, usage_settle
-from marketplace.celery import (
-    BrokerUnavailable,
-    NoAnswer,
-    queue_has_workers,
-    send_by_name,
-    wait_for_answer,
-)
+from billing.services import usage_record, usage_settle, usage_settle_served
 from marketplace.errors import ApplicationError
 from marketplace.metrics import (
     observe_inference,
     observe_stream_done,
     observe_stream_first_token,
 )
-from serving import protocol
-from serving.errors import EngineFailed, EngineTimeout, EngineUnavailable, InvalidInferenceInput
+from serving import dispatch, protocol
+from serving.errors import (
+    EngineFailed,
+    EngineOverloaded,
+    EngineTimeout,
+    EngineUnavailable,
+    InvalidInferenceInput,
+)
 from serving.protocol import (
     AdapterRef,
     ChatMessage,
@@ -65,14 +65,15 @@ from serving.protocol import (
 from serving.ratelimit import RateWindow, rate_limit_admit, serving_redis
 from training_worker.models import ModelVersion
 
-# Every this many seconds without an answer the gateway asks whether any worker still
-# consumes the inference queue, so a dead engine answers 503 in seconds, not at the full
-# timeout; a yes is trusted for LIVENESS_TRUST_SECONDS (one broadcast per web process).
+# Every this many seconds without an answer the gateway asks whether any inference worker
+# is alive (their heartbeats in Redis), so a dead engine answers 503 in seconds, not at
+# the full timeout; a yes is trusted for LIVENESS_TRUST_SECONDS per web process.
 LIVENESS_CHECK_EVERY_SECONDS = 2.0
 LIVENESS_TRUST_SECONDS = 5.0
 _workers_seen_at = float("-inf")
 CHAT_ROLES = ("system", "user", "assistant")
 MAX_STOP_STRINGS = 4
+MAX_STOP_CHARS = 64  # each, as OpenAI allows: a request's stop strings are at most 256 chars
 
 
 # --- what a call names ------------------------------------------------------------------
@@ -169,7 +170,7 @@ def classification_inputs(inputs: Any) -> list[str]:
 
 def generation_parameters(raw: Any, *, field_prefix: str = "parameters.") -> GenerationParameters:
     """max_new_tokens 1..SERVING_MAX_NEW_TOKENS, temperature 0..2, top_p (0, 1], stop: up
-    to four strings."""
+    to four non-empty strings of at most 64 characters each (as OpenAI's)."""
     raw = raw or {}
     if not isinstance(raw, dict):
         raise InvalidInferenceInput(
@@ -203,6 +204,8 @@ def generation_parameters(raw: Any, *, field_prefix: str = "parameters.") -> Gen
         or not all(isinstance(s, str) and s for s in stop)
     ):
         errors[f"{field_prefix}stop"] = [f"A string or up to {MAX_STOP_STRINGS} strings."]
+    elif any(len(s) > MAX_STOP_CHARS for s in stop):
+        errors[f"{field_prefix}stop"] = [f"At most {MAX_STOP_CHARS} characters per string."]
     if errors:
         raise InvalidInferenceInput("The generation parameters are not valid.", fields=errors)
     return GenerationParameters(
@@ -264,7 +267,7 @@ def _served_version(model_version_id) -> tuple[str, str, AdapterRef]:
         ModelVersion.objects.filter(pk=model_version_id)
         .values(
             "task", "base_model__slug", "adapter_sha256", "adapter_path", "config_path",
-            "labels", "lexical_head_path", "lexical_head_sha256",
+            "config_sha256", "labels", "lexical_head_path", "lexical_head_sha256",
             "run_record__resolved_hyperparameters__max_seq_length",
         )
         .get()
@@ -275,6 +278,7 @@ def _served_version(model_version_id) -> tuple[str, str, AdapterRef]:
         sha256=version["adapter_sha256"],
         adapter_path=version["adapter_path"],
         config_path=version["config_path"],
+        config_sha256=version["config_sha256"],
         labels=list(version["labels"] or []),
         lexical_head_path=version["lexical_head_path"],
         lexical_head_sha256=version["lexical_head_sha256"],
@@ -326,7 +330,12 @@ def _record(*, target: Target, api_key: ApiKey | None, request_id: str, units: i
 
 def _settle(target: Target, request_id: str, status: str, started: float) -> int:
     latency_ms = int((time.monotonic() - started) * 1000)
-    if target.check.licence_id is not None:
+    if target.check.licence_id is None:
+        return latency_ms
+    if status != UsageStatus.OK or not usage_settle_served(
+        idempotency_key=request_id, latency_ms=latency_ms
+    ):
+        # A failure gives its units back; a row settled already (the sweep) stays so.
         usage_settle(idempotency_key=request_id, status=status, latency_ms=latency_ms)
     return latency_ms
 
@@ -350,7 +359,9 @@ _ENGINE_ERRORS: dict[str, type[ApplicationError]] = {
 }
 
 
-def _engine_error(code: str, message: str) -> ApplicationError:
+def _engine_error(code: str, message: str, retry_after: float | None = None) -> ApplicationError:
+    if code == ErrorCode.OVERLOADED:
+        return EngineOverloaded(message, code=code, retry_after=retry_after)
     return _ENGINE_ERRORS.get(code, EngineFailed)(message, code=code)
 
 
@@ -366,45 +377,55 @@ def _no_worker_error() -> EngineUnavailable:
 
 
 def _inference_workers_alive() -> bool:
+    """Whether any inference worker beat in the last few seconds (dispatch.WORKERS); a
+    yes is trusted for LIVENESS_TRUST_SECONDS per web process."""
     global _workers_seen_at
     if time.monotonic() - _workers_seen_at < LIVENESS_TRUST_SECONDS:
         return True
-    if queue_has_workers(protocol.QUEUE):
+    try:
+        alive = dispatch.workers_alive(serving_redis())
+    except redis.RedisError as exc:
+        raise EngineUnavailable("The inference queue is unreachable.") from exc
+    if alive:
         _workers_seen_at = time.monotonic()
-        return True
-    return False
+    return alive
 
 
 def _send(request: InferenceRequest) -> None:
     try:
-        send_by_name(
-            protocol.TASK_NAME, request.to_dict(), task_id=request.request_id, queue=protocol.QUEUE
-        )
-    except BrokerUnavailable as exc:
+        dispatch.send(serving_redis(), request)
+    except redis.RedisError as exc:
         raise EngineUnavailable("The inference queue is unreachable; try again shortly.") from exc
 
 
 def _engine_call(request: InferenceRequest, deadline: float) -> InferenceResult:
-    """Send the task and wait for its answer until `deadline` (monotonic): 503 when no
-    worker consumes the inference queue, 504 when the workers are too slow."""
+    """Send the request and wait for its answer until `deadline` (monotonic): 503 when
+    no inference worker is alive, 504 when the workers are too slow."""
     _send(request)
     while True:
         left = deadline - time.monotonic()
         if left <= 0:
             raise _timeout_error()
         try:
-            data = wait_for_answer(
-                request.request_id, timeout=min(left, LIVENESS_CHECK_EVERY_SECONDS)
+            data = dispatch.wait(
+                serving_redis(),
+                request.request_id,
+                timeout=min(left, LIVENESS_CHECK_EVERY_SECONDS),
             )
             break
-        except BrokerUnavailable as exc:
+        except redis.RedisError as exc:
             raise EngineUnavailable("The inference queue is unreachable.") from exc
-        except NoAnswer:
+        except dispatch.NoAnswer:
             if time.monotonic() < deadline and not _inference_workers_alive():
                 raise _no_worker_error() from None
+    return answer_of(data)
+
+
+def answer_of(data: dict) -> InferenceResult:
+    """A worker's answer, or the typed error it carries."""
     answer = protocol.result_from_dict(data)
     if isinstance(answer, InferenceError):
-        raise _engine_error(answer.code, answer.message)
+        raise _engine_error(answer.code, answer.message, answer.retry_after)
     return answer
 
 
@@ -528,6 +549,7 @@ class StreamEvent:
     usage: Usage | None = None
     code: str = ""
     message: str = ""
+    retry_after: float | None = None
 
 
 def _event(fields: dict[bytes, bytes]) -> StreamEvent:
@@ -542,6 +564,7 @@ def _event(fields: dict[bytes, bytes]) -> StreamEvent:
         type="error",
         code=data.get("code") or ErrorCode.ENGINE_ERROR,
         message=data.get("message") or "The engine failed.",
+        retry_after=float(data["retry_after"]) if data.get("retry_after") else None,
     )
 
 
@@ -591,7 +614,7 @@ class GatewayStream:
                 raise _no_worker_error()
         if self._pending[0].type == "error":
             first = self._pending[0]
-            raise _engine_error(first.code, first.message)
+            raise _engine_error(first.code, first.message, first.retry_after)
         observe_stream_first_token(task=self.target.task, seconds=time.monotonic() - self.started)
 
     def events(self) -> Iterator[StreamEvent]:

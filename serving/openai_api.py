@@ -147,7 +147,42 @@ def _streaming_response(stream: gateway.GatewayStream, chunk) -> StreamingHttpRe
     return response
 
 
+def chat_chunk_maker(stream, created: int):
+    """Builds the chat stream's chunks (role first, then deltas, finish, usage)."""
+    chunk_id = f"chatcmpl-{stream.request_id}"
+
+    def chunk(first=False, text=None, finish_reason=None, usage=None):
+        choices = []
+        if usage is None:
+            delta = {"role": "assistant", "content": ""} if first else {}
+            if text is not None:
+                delta = {"content": text}
+            choices = [{"index": 0, "delta": delta, "finish_reason": finish_reason}]
+        return _envelope(
+            id=chunk_id, object="chat.completion.chunk", created=created,
+            model=stream.target.model_name, choices=choices, usage=usage,
+        )  # fmt: skip
+
+    return chunk
+
+
+def chat_body(answer, created: int) -> dict:
+    output = answer.result.outputs
+    choice = {
+        "index": 0,
+        "message": {"role": "assistant", "content": output.text},
+        "finish_reason": output.finish_reason,
+    }
+    return _envelope(
+        id=f"chatcmpl-{answer.request_id}", object="chat.completion", created=created,
+        model=answer.target.model_name, choices=[choice], usage=asdict(answer.result.usage),
+    )  # fmt: skip
+
+
 class ChatCompletionsApi(OpenAiApi):
+    """Declares the route (scope, schema); serving.async_apis.chat_completions serves it
+    on the event loop. This synchronous post is the same call for WSGI-only callers."""
+
     required_scopes = {"POST": "infer"}
 
     @extend_schema(
@@ -166,36 +201,12 @@ class ChatCompletionsApi(OpenAiApi):
                 user=request.user, api_key=self.api_key, model=model, messages=messages,
                 parameters=parameters,
             )  # fmt: skip
-            chunk_id = f"chatcmpl-{stream.request_id}"
-
-            def chunk(first=False, text=None, finish_reason=None, usage=None):
-                choices = []
-                if usage is None:
-                    delta = {"role": "assistant", "content": ""} if first else {}
-                    if text is not None:
-                        delta = {"content": text}
-                    choices = [{"index": 0, "delta": delta, "finish_reason": finish_reason}]
-                return _envelope(
-                    id=chunk_id, object="chat.completion.chunk", created=created,
-                    model=stream.target.model_name, choices=choices, usage=usage,
-                )  # fmt: skip
-
-            return _streaming_response(stream, chunk)
+            return _streaming_response(stream, chat_chunk_maker(stream, created))
         answer = gateway.generate(
             user=request.user, api_key=self.api_key, model=model, messages=messages,
             parameters=parameters,
         )  # fmt: skip
-        output = answer.result.outputs
-        choice = {
-            "index": 0,
-            "message": {"role": "assistant", "content": output.text},
-            "finish_reason": output.finish_reason,
-        }
-        body = _envelope(
-            id=f"chatcmpl-{answer.request_id}", object="chat.completion", created=created,
-            model=answer.target.model_name, choices=[choice], usage=asdict(answer.result.usage),
-        )  # fmt: skip
-        return Response(body, headers=answer.headers)
+        return Response(chat_body(answer, created), headers=answer.headers)
 
 
 def _prompt(body: dict) -> str:
@@ -209,7 +220,42 @@ def _prompt(body: dict) -> str:
     return gateway.check_text(prompt, "prompt")
 
 
+def completion_chunk_maker(stream, created: int):
+    chunk_id = f"cmpl-{stream.request_id}"
+
+    def chunk(first=False, text=None, finish_reason=None, usage=None):
+        choices = []
+        if usage is None:
+            choices = [
+                {"index": 0, "text": text or "", "logprobs": None,
+                 "finish_reason": finish_reason}
+            ]  # fmt: skip
+        return _envelope(
+            id=chunk_id, object="text_completion", created=created,
+            model=stream.target.model_name, choices=choices, usage=usage,
+        )  # fmt: skip
+
+    return chunk
+
+
+def completion_body(answer, created: int) -> dict:
+    output = answer.result.outputs
+    choice = {
+        "index": 0,
+        "text": output.text,
+        "logprobs": None,
+        "finish_reason": output.finish_reason,
+    }
+    return _envelope(
+        id=f"cmpl-{answer.request_id}", object="text_completion", created=created,
+        model=answer.target.model_name, choices=[choice], usage=asdict(answer.result.usage),
+    )  # fmt: skip
+
+
 class CompletionsApi(OpenAiApi):
+    """Declares the route (scope, schema); serving.async_apis.completions serves it on
+    the event loop. This synchronous post is the same call for WSGI-only callers."""
+
     required_scopes = {"POST": "infer"}
 
     @extend_schema(
@@ -227,37 +273,12 @@ class CompletionsApi(OpenAiApi):
                 user=request.user, api_key=self.api_key, model=model, prompt=prompt,
                 parameters=parameters,
             )  # fmt: skip
-            chunk_id = f"cmpl-{stream.request_id}"
-
-            def chunk(first=False, text=None, finish_reason=None, usage=None):
-                choices = []
-                if usage is None:
-                    choices = [
-                        {"index": 0, "text": text or "", "logprobs": None,
-                         "finish_reason": finish_reason}
-                    ]  # fmt: skip
-                return _envelope(
-                    id=chunk_id, object="text_completion", created=created,
-                    model=stream.target.model_name, choices=choices, usage=usage,
-                )  # fmt: skip
-
-            return _streaming_response(stream, chunk)
+            return _streaming_response(stream, completion_chunk_maker(stream, created))
         answer = gateway.generate(
             user=request.user, api_key=self.api_key, model=model, prompt=prompt,
             parameters=parameters,
         )  # fmt: skip
-        output = answer.result.outputs
-        choice = {
-            "index": 0,
-            "text": output.text,
-            "logprobs": None,
-            "finish_reason": output.finish_reason,
-        }
-        body = _envelope(
-            id=f"cmpl-{answer.request_id}", object="text_completion", created=created,
-            model=answer.target.model_name, choices=[choice], usage=asdict(answer.result.usage),
-        )  # fmt: skip
-        return Response(body, headers=answer.headers)
+        return Response(completion_body(answer, created), headers=answer.headers)
 
 
 def _model_object(model: selectors.CallableModel) -> dict:

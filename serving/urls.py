@@ -3,8 +3,12 @@ no route of theirs ends in /predict)."""
 
 from django.urls import path
 
-from serving import apis
+from serving import apis, async_apis
 
 urlpatterns = [
-    path("models/<str:listing>/predict", apis.PredictApi.as_view(), name="api-predict"),
+    path(
+        "models/<str:listing>/predict",
+        async_apis.async_view(apis.PredictApi, async_apis.predict, openai=False),
+        name="api-predict",
+    ),
 ]

@@ -28,6 +28,16 @@ def own_rate_windows(settings):
     settings.RATE_LIMIT_KEY_PREFIX = f"niche-test-{uuid.uuid4().hex[:12]}"
 
 
+@pytest.fixture(autouse=True)
+def fresh_access_cache():
+    """The gateway's per-process cache of keys, licence checks and versions starts empty:
+    ids and slugs repeat from one test's database to the next (never in production)."""
+    from serving import access_cache, gateway_async
+
+    access_cache.clear()
+    gateway_async._versions.clear()
+
+
 @pytest.fixture
 def alice(db) -> User:
     user = make_user("alice@example.com", display_name="Alice", is_expert=True)

@@ -1,5 +1,6 @@
 """Settings shared by every environment; each value that varies comes from env.py."""
 
+import os
 from datetime import timedelta
 from pathlib import Path
 
@@ -7,7 +8,14 @@ import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 from kombu import Queue
 
-from marketplace.settings.env import env_bool, env_choice, env_int, env_list, env_str
+from marketplace.settings.env import (
+    env_bool,
+    env_choice,
+    env_int,
+    env_int_map,
+    env_list,
+    env_str,
+)
 from marketplace.settings.object_storage import default_storage_config, storage_backend
 
 BASE_DIR = Path(__file__).resolve().parent.parent.parent
@@ -50,6 +58,9 @@ INSTALLED_APPS = [
     "frontend",
 ]
 
+# Under ASGI (marketplace/asgi.py) Django's own middleware load as their twins in
+# marketplace.async_middleware: the same classes, whose hooks run on the event loop unless
+# this request's hook may do I/O.
 MIDDLEWARE = [
     # Outermost: they see every request and response (ids for the logs, /metrics counts).
     "marketplace.log_context.RequestContextMiddleware",
@@ -57,7 +68,7 @@ MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
     # Content-Security-Policy on every response (CONTENT_SECURITY_POLICY below).
     "csp.middleware.CSPMiddleware",
-    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "marketplace.static_files.StaticFilesMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     # Before CSRF, which parses form bodies: refuses an oversized body unread.
@@ -97,6 +108,16 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # A web and a worker process share the file: wait for locks instead of failing.
     DATABASES["default"]["OPTIONS"] = {"timeout": 20, "transaction_mode": "IMMEDIATE"}
     DATABASES["default"]["CONN_MAX_AGE"] = 0
+elif env_bool("DATABASE_POOL", os.environ.get("NICHE_WEB_SERVER") == "asgi"):
+    # Under ASGI each request's sync work runs on a thread of its own, so a connection
+    # kept per thread (CONN_MAX_AGE) would leak with the thread: the web tier
+    # (marketplace.server sets NICHE_WEB_SERVER=asgi) borrows from psycopg's pool instead.
+    DATABASES["default"]["CONN_MAX_AGE"] = 0
+    DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
+        "min_size": 1,
+        "max_size": env_int("DATABASE_POOL_MAX", 16, minimum=1),
+        "timeout": 10,
+    }
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 AUTH_USER_MODEL = "accounts.User"
@@ -364,9 +385,44 @@ SERVING_MAX_NEW_TOKENS = env_int("SERVING_MAX_NEW_TOKENS", 256, minimum=1)
 # Per user, whichever keys (or the portal) the calls come through: a fixed one-minute
 # window in Redis. A key may carry its own lower limit (ApiKey.rate_limit_per_minute).
 SERVING_RATE_LIMIT_PER_MINUTE = env_int("SERVING_RATE_LIMIT_PER_MINUTE", 600, minimum=1)
+# Calls running at once per API key (or signed-in user) and per listing; past them 429
+# too_many_concurrent_calls with Retry-After: 1 (a burst cannot take every engine slot).
+SERVING_MAX_CONCURRENT_PER_KEY = env_int("SERVING_MAX_CONCURRENT_PER_KEY", 64, minimum=1)
+SERVING_MAX_CONCURRENT_PER_LISTING = env_int("SERVING_MAX_CONCURRENT_PER_LISTING", 256, minimum=1)
 SERVING_BATCH_MAX_SIZE = env_int("SERVING_BATCH_MAX_SIZE", 32, minimum=1)
 SERVING_BATCH_MAX_WAIT_MS = env_int("SERVING_BATCH_MAX_WAIT_MS", 10, minimum=0)
 SERVING_ADAPTER_CACHE_BYTES = env_int("SERVING_ADAPTER_CACHE_BYTES", 512 * 1024 * 1024, minimum=1)
+# Requests each engine lane (classification, generation) of a worker queues per priority
+# (interactive, batch); past it the engine answers `overloaded` at once, with retry_after.
+SERVING_QUEUE_MAX_WAITING = env_int("SERVING_QUEUE_MAX_WAITING", 256, minimum=1)
+# Prompt tokens the generation lane prefills per decoding step beyond its first admission:
+# a long prefill holds up every running row for its duration.
+SERVING_PREFILL_MAX_TOKENS = env_int("SERVING_PREFILL_MAX_TOKENS", 512, minimum=1)
+# The longest prompt in tokens, per base slug (`slug=tokens,...`); a base not named takes
+# its context less SERVING_MAX_NEW_TOKENS (at least half its context). Longer: 422.
+SERVING_MAX_PROMPT_TOKENS = env_int_map("SERVING_MAX_PROMPT_TOKENS", {}, minimum=1)
+
+# --- Batch inference (POST /v1/files + /v1/batches; serving/batches.py, batch_runner.py)
+# An input file: at most this many bytes and requests (OpenAI: 200 MB, 50,000).
+BATCH_MAX_UPLOAD_BYTES = env_int("BATCH_MAX_UPLOAD_BYTES", 50 * 1024 * 1024, minimum=1)
+BATCH_MAX_REQUESTS = env_int("BATCH_MAX_REQUESTS", 50_000, minimum=1)
+# Rows one batch keeps in its worker's engine at once (queued at low priority): enough
+# to fill the largest batch the engine runs, twice over, so it never waits for the next.
+BATCH_ROWS_IN_FLIGHT = env_int("BATCH_ROWS_IN_FLIGHT", 2 * SERVING_BATCH_MAX_SIZE, minimum=1)
+# A worker works on a batch for a slice this long, then sends it on (to the back of the
+# inference queue): no task runs for hours, and batches take turns.
+BATCH_SLICE_SECONDS = env_int("BATCH_SLICE_SECONDS", 120, minimum=1)
+# The worker's lease on a batch, renewed every third of it; one left to lapse (the
+# worker died) lets the sweep send the batch to another worker, which resumes it.
+BATCH_LEASE_SECONDS = env_int("BATCH_LEASE_SECONDS", 60, minimum=2)
+# A row the engine has not answered in this long fails (engine_timeout, not billed).
+BATCH_ROW_TIMEOUT_SECONDS = env_int("BATCH_ROW_TIMEOUT_SECONDS", 600, minimum=1)
+# Taken over from dead workers this many times without a row finishing: failed.
+BATCH_MAX_STALLED_RESUMES = env_int("BATCH_MAX_STALLED_RESUMES", 3, minimum=1)
+CELERY_BEAT_SCHEDULE["resume-stalled-batches"] = {
+    "task": "serving.batches_resume_stalled",
+    "schedule": 30.0,
+}
 
 # --- Product limits
 DATASET_MAX_UPLOAD_BYTES = env_int("DATASET_MAX_UPLOAD_BYTES", 50 * 1024 * 1024, minimum=1)

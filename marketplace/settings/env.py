@@ -70,3 +70,23 @@ def env_choice(name: str, default=_UNSET, *, choices: tuple[str, ...]) -> str:
         return value
 
     return _read(name, default, parse)
+
+
+def env_int_map(name: str, default=_UNSET, *, minimum: int | None = None) -> dict[str, int]:
+    """``key=int`` pairs, comma-separated (``smollm2-135m-instruct=2048,tiny-causal=96``)."""
+
+    def parse(raw: str) -> dict[str, int]:
+        values = {}
+        for item in (p.strip() for p in raw.split(",")):
+            if not item:
+                continue
+            key, sep, value = item.partition("=")
+            if not sep or not key.strip():
+                raise ValueError(f"expected key=integer pairs, got {item!r}")
+            number = int(value.strip())
+            if minimum is not None and number < minimum:
+                raise ValueError(f"{key.strip()} must be at least {minimum}")
+            values[key.strip()] = number
+        return values
+
+    return _read(name, default, parse)

@@ -39,6 +39,8 @@ def ROUTE_VALUES(world) -> dict:
         "licence_id": world.licence_id,
         "key_id": world.key_ids["key_read"],
         "review_id": world.review_id,
+        "file_id": world.batch_file_id,
+        "batch_id": world.batch_id,
         # alice's emailed link (her address is verified: the link has nothing left to do)
         "token": verification_token(world),
     }
@@ -75,6 +77,12 @@ BODIES = {
         "messages": [{"role": "user", "content": "Hello"}],
     },
     "POST v1/completions": lambda w: {"model": w.listing.slug, "prompt": "Hello"},
+    # alice's input file: another user's is 404 (it does not reveal that it exists).
+    "POST v1/batches": lambda w: {
+        "input_file_id": w.batch_file_id,
+        "endpoint": "/api/v1/models/{listing}/predict",
+        "completion_window": "24h",
+    },
     "POST dashboard/api-keys/": {"name": "new", "scopes": ["read"]},
     "POST catalogue/<slug:slug>/review/": {"rating": "4", "text": "Fine."},
     "POST catalogue/<slug:slug>/report/": {"reason": "spam", "text": "Looks off."},
@@ -150,6 +158,15 @@ MATRIX: dict[str, tuple[int, ...]] = {
     "POST v1/completions":                                           (401, 422, 403, 422, 403, 403, 403, 401, 403, 403, 422, 403),
     "GET v1/models":                                                 (401, 200, 200, 200, 200, 200, 200, 401, 403, 403, 200, 403),
     "GET v1/models/<str:model>":                                     (401, 200, 404, 200, 404, 404, 404, 401, 403, 403, 200, 403),
+    # Batch inference: the infer scope; only the owner sees her files and batches.
+    "GET v1/files":                                                  (401, 200, 200, 200, 200, 200, 200, 401, 403, 403, 200, 403),
+    "POST v1/files":                                                 (401, 415, 415, 415, 415, 415, 415, 401, 403, 403, 415, 403),
+    "GET v1/files/<str:file_id>":                                    (401, 200, 404, 404, 404, 404, 404, 401, 403, 403, 200, 403),
+    "GET v1/files/<str:file_id>/content":                            (401, 200, 404, 404, 404, 404, 404, 401, 403, 403, 200, 403),
+    "GET v1/batches":                                                (401, 200, 200, 200, 200, 200, 200, 401, 403, 403, 200, 403),
+    "POST v1/batches":                                               (401, 200, 404, 404, 404, 404, 404, 401, 403, 403, 200, 403),
+    "GET v1/batches/<str:batch_id>":                                 (401, 200, 404, 404, 404, 404, 404, 401, 403, 403, 200, 403),
+    "POST v1/batches/<str:batch_id>/cancel":                         (401, 200, 404, 404, 404, 404, 404, 401, 403, 403, 200, 403),
     # --- Service endpoints
     "GET healthz":                                                   (503, 503, 503, 503, 503, 503, 503, 503, 503, 503, 503, 503),
     "GET metrics":                                                   (404, 404, 404, 404, 404, 404, 404, 404, 404, 404, 404, 404),
@@ -197,6 +214,8 @@ MATRIX: dict[str, tuple[int, ...]] = {
     "POST catalogue/<slug:slug>/buy/":                               (302, 302, 302, 302, 302, 302, 302, 302, 302, 302, 302, 302),
     "POST catalogue/<slug:slug>/try/":                               (302, 422, 403, 422, 403, 403, 403, 302, 302, 302, 302, 302),
     "GET licences/":                                                 (302, 200, 200, 200, 200, 200, 200, 302, 302, 302, 302, 302),
+    "GET licences/batches/":                                         (302, 200, 200, 200, 200, 200, 200, 302, 302, 302, 302, 302),
+    "POST licences/batches/<str:batch_id>/cancel/":                  (302, 302, 404, 404, 404, 404, 404, 302, 302, 302, 302, 302),
     "GET licences/return/":                                          (302, 404, 404, 404, 404, 404, 404, 302, 302, 302, 302, 302),
     "GET licences/<uuid:licence_id>/status/":                        (302, 404, 404, 200, 404, 404, 404, 302, 302, 302, 302, 302),
     "POST licences/<uuid:licence_id>/cancel/":                       (302, 302, 302, 302, 302, 302, 302, 302, 302, 302, 302, 302),

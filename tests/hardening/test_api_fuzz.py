@@ -94,6 +94,8 @@ def real_path_parameters(world: World) -> dict[str, list]:
         "licence_id": [world.licence_id],
         "key_id": [world.key_ids["key_read"], world.key_ids["other_expert:full"]],
         "review_id": [world.review_id],
+        "file_id": [world.batch_file_id],
+        "batch_id": [world.batch_id],
     }
 
 

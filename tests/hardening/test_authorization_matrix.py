@@ -162,6 +162,7 @@ def owned_state(world: World) -> tuple:
     from accounts.models import ApiKey
     from billing.models import Licence, Offer
     from listings.models import Listing, Review
+    from serving.models import Batch
     from training_worker.models import Dataset, FineTuningJob
 
     return (
@@ -174,6 +175,7 @@ def owned_state(world: World) -> tuple:
         sorted(Offer.objects.filter(listing=world.listing).values_list("status", "unit_amount")),
         Review.objects.values_list("reply").get(pk=world.review_id),
         Licence.objects.values_list("status").get(pk=world.licence_id),
+        Batch.objects.values_list("status").get(pk=world.batch_id),
     )
 
 

@@ -71,6 +71,8 @@ class World:
     draft_version_id: str
     eve_version_id: str
     review_id: int
+    batch_file_id: str  # alice's input file of batch requests
+    batch_id: str  # alice's batch over it (waiting for a worker)
     sealed_markers: list[str] = field(default_factory=list)
     private: dict[str, list[str]] = field(default_factory=dict)  # user -> marker strings
 
@@ -110,6 +112,26 @@ def _listing(owner: User, version, title: str, **terms) -> Listing:
         owner=owner, model_version_id=version.id, title=title,
         summary="Routes reports.", domain="healthcare", **terms,
     )  # fmt: skip
+
+
+def _batch(owner: User, listing: Listing):
+    """A file of two predict requests and a batch over it (never sent: the world's
+    transaction is rolled back, so its task is not)."""
+    from serving.batches import PREDICT, batch_create, batch_file_upload
+
+    rows = [
+        {"custom_id": f"{marker('request', 'alice')}-{n}", "method": "POST",
+         "url": f"/api/v1/models/{listing.slug}/predict", "body": {"inputs": ["x"]}}
+        for n in range(2)
+    ]  # fmt: skip
+    content = "".join(json.dumps(row) + "\n" for row in rows).encode()
+    upload = SimpleUploadedFile(f"requests {marker('batchfile', 'alice')}.jsonl", content)
+    batch_file = batch_file_upload(owner=owner, file=upload, purpose="batch")
+    batch = batch_create(
+        owner=owner, api_key=None, input_file_id=batch_file.id, endpoint=PREDICT,
+        metadata={"note": marker("batch", "alice")},
+    )  # fmt: skip
+    return batch_file, batch
 
 
 def build_world() -> World:
@@ -168,6 +190,9 @@ def build_world() -> World:
     private["buyer_licensed"].append(str(licence.id))
     review = listing_services.review_upsert(author=bob, listing=listing, rating=5, text="Good")
 
+    batch_file, batch = _batch(alice, listing)
+    private["owner"] += [batch_file.filename, marker("request", "alice"), marker("batch", "alice")]
+
     job, eve_job = version.job, eve_version.job
     private["owner"].append(str(job.id))
     private["other_expert"].append(str(eve_job.id))
@@ -189,6 +214,8 @@ def build_world() -> World:
         draft_version_id=str(spare.id),
         eve_version_id=str(eve_version.id),
         review_id=review.id,
+        batch_file_id=batch_file.id,
+        batch_id=batch.id,
         sealed_markers=sealed_markers,
         private=private,
     )

@@ -399,8 +399,13 @@ def test_no_endpoint_takes_weights_files_as_an_upload(alice, post, name):
 
 
 # Files that take uploads, reviewed for this suite: each new one must be added here after
-# its checks (safe_weights for weights, upload_checks for data) have tests.
-REVIEWED_UPLOAD_SITES = {"frontend/studio_views.py", "training_worker/apis.py"}
+# its checks (safe_weights for weights, upload_checks for data) have tests. Batch files:
+# tests/serving/batches/test_batch_api.py (hostile files, bad lines, size and count caps).
+REVIEWED_UPLOAD_SITES = {
+    "frontend/studio_views.py",
+    "serving/batch_apis.py",
+    "training_worker/apis.py",
+}
 
 
 def upload_sites(source: str) -> bool:

@@ -7,6 +7,7 @@ it fails them: CI must never go green by skipping what it was meant to check.
 import contextlib
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -57,6 +58,7 @@ class WorkerProcess:
         self, env: dict, queues: str, name: str, pool_args: tuple[str, ...] = ("--concurrency", "1")
     ):
         self.name = name
+        self.env, self.queues, self.pool_args = env, queues, pool_args
         self.log_path = ROOT / "var" / f"test-worker-{name}.log"
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         self.log = self.log_path.open("w")
@@ -79,8 +81,32 @@ class WorkerProcess:
                 raise RuntimeError(f"worker exited early: {self.log_path.read_text()[-2000:]}")
             replies = app.control.ping(timeout=0.5) or []
             if any(self.name in reply_name for reply in replies for reply_name in reply):
-                return
-        raise RuntimeError(f"worker not ready: {self.log_path.read_text()[-2000:]}")
+                break
+        else:
+            raise RuntimeError(f"worker not ready: {self.log_path.read_text()[-2000:]}")
+        if self.serves_calls:  # and its engine reads interactive calls (serving.dispatch)
+            while time.monotonic() < deadline:
+                if self.process.poll() is not None:
+                    raise RuntimeError(f"worker exited: {self.log_path.read_text()[-2000:]}")
+                if self.beating():
+                    return
+                time.sleep(0.2)
+            raise RuntimeError(f"engine not reading: {self.log_path.read_text()[-2000:]}")
+
+    @property
+    def serves_calls(self) -> bool:
+        return "inference" in self.queues.split(",") and "threads" in self.pool_args
+
+    def beating(self) -> bool:
+        """This worker's engine beat in the last few seconds (serving.dispatch.WORKERS)."""
+        import redis as redis_lib
+
+        from serving import dispatch
+
+        client = redis_lib.Redis.from_url(self.env["REDIS_URL"])
+        name = f"{socket.gethostname()}:{self.process.pid}"
+        seen = client.zscore(dispatch.WORKERS, name)
+        return seen is not None and time.time() - seen < dispatch.ALIVE_SECONDS
 
     def child_pids(self) -> list[int]:
         out = subprocess.run(

@@ -96,4 +96,4 @@ class InferenceWorker(WorkerProcess):
     def received(self) -> int:
         """How many inference tasks this worker has taken off the queue so far."""
         lines = self.log_path.read_text().splitlines()
-        return sum("serving.tasks.infer[" in line and "] received" in line for line in lines)
+        return sum("serving: request " in line and " received" in line for line in lines)

@@ -1,6 +1,6 @@
-"""The web tier as a real process for the crash and load tests: gunicorn as `make run`
-starts it (2 workers, 4 threads each, access log on), in a process group of its own, on
-the test database, on a free loopback port."""
+"""The web tier as a real process for the crash and load tests: `python -m
+marketplace.server` (gunicorn over uvicorn workers, 2 of them) as `make run` starts it, in
+a process group of its own, on the test database, on a free loopback port."""
 
 import contextlib
 import os
@@ -30,13 +30,9 @@ class Gunicorn:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         self.log = self.log_path.open("a")
         self.process = subprocess.Popen(
-            [
-                sys.executable, "-m", "gunicorn", "marketplace.wsgi",
-                "--bind", f"127.0.0.1:{self.port}", "--workers", "2", "--threads", "4",
-                "--timeout", "120", "--access-logfile", "-",
-            ],
-            cwd=ROOT, env=env, stdout=self.log, stderr=subprocess.STDOUT,
-            start_new_session=True,
+            [sys.executable, "-m", "marketplace.server"],  # the web tier as deployed
+            cwd=ROOT, env=env | {"WEB_BIND": f"127.0.0.1:{self.port}", "WEB_WORKERS": "2"},
+            stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True,
         )  # fmt: skip
 
     def wait_ready(self, timeout: float = 90) -> "Gunicorn":
@@ -53,9 +49,11 @@ class Gunicorn:
         raise AssertionError(f"gunicorn not ready: {self.log_path.read_text()[-3000:]}")
 
     def answered(self, method: str, path: str, status: int) -> int:
-        """How many `method path` requests it answered with `status` (its access log)."""
-        line = f'"{method} {path} HTTP/1.1" {status} '
-        return sum(line in entry for entry in self.log_path.read_text().splitlines())
+        """How many `method path` requests it answered with `status` (niche.request's
+        line for every request)."""
+        line = f"niche.request: {method} {path} {status}"
+        return sum(entry.endswith(line) or f"{line} " in entry
+                   for entry in self.log_path.read_text().splitlines())  # fmt: skip
 
     def kill(self, sig=signal.SIGKILL) -> None:
         with contextlib.suppress(ProcessLookupError):

@@ -59,12 +59,9 @@ def test_a_scrape_sums_the_requests_of_every_gunicorn_worker(tmp_path):
     }
     (tmp_path / "metrics").mkdir()
     (tmp_path / "metrics" / "counter_stale.db").write_bytes(b"left by an old run")
+    env |= {"WEB_BIND": f"127.0.0.1:{port}", "WEB_WORKERS": "3"}
     server = subprocess.Popen(
-        [
-            sys.executable, "-m", "gunicorn", "marketplace.wsgi", "-c",
-            "python:marketplace.gunicorn_conf", "--bind", f"127.0.0.1:{port}",
-            "--workers", "3", "--threads", "1",
-        ],
+        [sys.executable, "-m", "marketplace.server"],  # the web tier as deployed
         cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         start_new_session=True,
     )  # fmt: skip
@@ -75,7 +72,7 @@ def test_a_scrape_sums_the_requests_of_every_gunicorn_worker(tmp_path):
             assert server.poll() is None and time.monotonic() < deadline, "gunicorn did not start"
             time.sleep(0.2)
 
-        # Ten at a time, so that several sync workers must take some.
+        # Ten at a time, each on a connection of its own, so several workers take some.
         with ThreadPoolExecutor(10) as pool:
             statuses = list(pool.map(lambda _: get(f"{base}/api/v1/nope")[0], range(30)))
         assert statuses == [404] * 30

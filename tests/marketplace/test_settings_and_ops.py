@@ -1,6 +1,7 @@
 """Settings fail loudly, production passes check --deploy, compose names real commands."""
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -187,19 +188,86 @@ def test_docker_compose_parses_and_names_commands_that_exist():
         if service.get("image") != "niche:latest" or not command:
             continue
         program = command[0]
+        if command[:3] == ["python", "-m", "marketplace.server"]:
+            continue  # the web tier: test_every_deployment_starts_the_web_tier_one_way
         if program == "python":
             assert command[1] == "manage.py"
             listed = _manage(["help", "--commands"], dict(os.environ)).stdout.split()
             assert command[2] in listed, f"{name}: manage.py {command[2]} does not exist"
         else:
-            module = {"gunicorn": "gunicorn", "celery": "celery"}[program]
-            args = [sys.executable, "-m", module, *command[1:], "--help"]
-            if program == "gunicorn":
-                args = [sys.executable, "-c", f"import {command[1]}"]
+            assert program == "celery", f"{name}: {program} is not how Niche starts a process"
+            args = [sys.executable, "-m", "celery", *command[1:], "--help"]
             result = subprocess.run(
                 args, cwd=ROOT, capture_output=True, text=True, timeout=120, env=os.environ
             )
             assert result.returncode == 0, f"{name}: {' '.join(command)}\n{result.stderr}"
+
+
+WEB_TIER = ["python", "-m", "marketplace.server"]
+
+
+def test_every_deployment_starts_the_web_tier_one_way():
+    """The image, compose and make run start the same command; nothing else names a
+    server, so the config that was tested is the config that runs."""
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    assert compose["services"]["web"]["command"] == WEB_TIER
+    cmd = [
+        line for line in (ROOT / "Dockerfile").read_text().splitlines() if line.startswith("CMD")
+    ]
+    assert cmd == ['CMD ["python", "-m", "marketplace.server"]']
+
+    from marketplace import launcher, server
+
+    assert server.COMMAND[1:] == ["-m", "gunicorn", "-c", "python:marketplace.gunicorn_conf"]
+    assert '[sys.executable, "-m", "marketplace.server"]' in Path(launcher.__file__).read_text()
+
+    server = r"(gunicorn|uvicorn|daphne|hypercorn)"
+    starts_a_server = re.compile(
+        rf"-m[\"']?,?\s*[\"']?{server}\b"  # python -m gunicorn, [..., "-m", "uvicorn"]
+        rf"|[\"']({server[1:-1]}|runserver)[\"']"  # a program named in an argument list
+        r"|manage\.py\s+runserver"
+    )
+    shell_start = re.compile(rf"^\s*(exec\s+|RUN\s+|CMD\s+)?{server}\s")
+    allowed = {"marketplace/server.py", "tests/marketplace/test_settings_and_ops.py"}
+    offenders = []
+    sources = [
+        ROOT / "Dockerfile",
+        ROOT / "docker-compose.yml",
+        ROOT / "Makefile",
+        *ROOT.glob(".ci/*"),
+        *ROOT.glob("bin/*"),
+    ]
+    for folder in ("marketplace", "bench", "tests", "serving", "frontend", "training_worker"):
+        sources += ROOT.glob(f"{folder}/**/*.py")
+    for path in sources:
+        rel = path.relative_to(ROOT).as_posix()
+        if rel in allowed or not path.is_file():
+            continue
+        for number, line in enumerate(path.read_text().splitlines(), 1):
+            code = line.split("#", 1)[0]
+            shell = path.suffix != ".py" and shell_start.search(code)
+            if starts_a_server.search(code) or shell:
+                offenders.append(f"{rel}:{number}: {line.strip()}")
+    assert offenders == []
+
+    # In a process of its own: the config sets environment variables as it loads.
+    probe = (
+        "import marketplace.gunicorn_conf as c, marketplace.server, marketplace.asgi;"
+        "print(c.wsgi_app, c.worker_class)"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=os.environ,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == [
+        "marketplace.asgi:application",
+        "marketplace.server.UvicornWorker",
+    ]
 
 
 def test_the_docker_build_collects_static_files_under_production_settings(tmp_path):

@@ -3,6 +3,8 @@
 alice (expert) sells, bob buys, carol moderates, mallory has no licence.
 """
 
+import time
+
 import pytest
 import redis
 from django.conf import settings
@@ -36,6 +38,18 @@ def real_redis():
     except redis.RedisError as exc:
         require(False, f"Redis at {settings.REDIS_URL} is unreachable ({exc})")
     return client
+
+
+@pytest.fixture
+def no_inference_worker(real_redis):
+    """No inference worker beats: a call that reaches the queue is 503 within seconds."""
+    from serving import dispatch
+
+    # A worker of an earlier test module may still be beating for a few seconds.
+    deadline = time.monotonic() + dispatch.ALIVE_SECONDS + 2
+    while dispatch.workers_alive(real_redis) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not dispatch.workers_alive(real_redis), "this test needs no inference worker"
 
 
 @pytest.fixture
@@ -80,6 +94,7 @@ def make_served_listing(owner, *, moderator, title: str, task: str, adapter=None
             "adapter_path": adapter.ref.adapter_path,
             "adapter_sha256": adapter.ref.sha256,
             "config_path": adapter.ref.config_path,
+            "config_sha256": adapter.ref.config_sha256,
             "labels": list(adapter.ref.labels),
         }
     ModelVersion.objects.filter(pk=version.pk).update(**fields)

@@ -11,16 +11,10 @@ from django.test import override_settings
 
 from billing.models import LicenceUsagePeriod, OfferKind, UsageRecord, UsageStatus
 from tests.billing.conftest import make_active_licence
+from tests.integration.conftest import INFERENCE_POOL_ARGS
 from tests.serving.gateway.conftest import key_for
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def no_inference_worker(real_redis, tasks_through_the_broker):
-    from marketplace.celery import queue_has_workers
-
-    assert not queue_has_workers("inference"), "this test needs the inference queue unserved"
 
 
 def test_predict_without_a_worker_is_503_and_the_row_is_an_unbilled_error(
@@ -62,11 +56,10 @@ def test_a_stream_without_a_worker_is_503_in_openai_shape(api, bob, drafting, no
 def test_a_stalled_engine_is_504_within_the_timeout_and_not_billed(
     api, bob, bob_licence, triage, spawn_worker, tasks_through_the_broker
 ):
-    # Given a worker that consumes the inference queue and answers control messages, but
-    # whose only pool process is frozen (a stalled engine, not a dead one)
-    worker = spawn_worker("inference")
-    children = worker.child_pids()
-    assert children
+    # Given an inference worker that was beating a moment ago and is now frozen (a
+    # stalled engine, not a dead one: its last heartbeat is younger than ALIVE_SECONDS)
+    worker = spawn_worker("inference", INFERENCE_POOL_ARGS)
+    children = [worker.process.pid]
     for pid in children:
         os.kill(pid, signal.SIGSTOP)
     try:

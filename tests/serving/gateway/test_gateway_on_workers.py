@@ -292,9 +292,22 @@ def test_the_sse_stream_ends_with_done_and_carries_usage(live_server, shop):
         assert metrics_after[name] == metrics_before[name] + added, name
 
 
-def test_a_client_that_leaves_mid_stream_cancels_its_generation(live_server, shop, real_redis):
+@pytest.fixture
+def web_tier(worker_env):
+    """The web tier as deployed (python -m marketplace.server: uvicorn workers), which
+    hears a client leave (pytest-django's live_server is a WSGI server: it does not)."""
+    from tests.integration.web import Gunicorn
+
+    web = Gunicorn(worker_env, f"leave-{uuid.uuid4().hex[:6]}").wait_ready()
+    try:
+        yield web
+    finally:
+        web.stop()
+
+
+def test_a_client_that_leaves_mid_stream_cancels_its_generation(web_tier, shop, real_redis):
     response = requests.post(
-        f"{live_server.url}/v1/completions",
+        f"{web_tier.url}/v1/completions",
         json={
             "model": shop.clauses.slug, "prompt": "Whereas", "stream": True,
             "max_tokens": 200, "stop": None,

@@ -136,7 +136,7 @@ def test_the_worker_stops_a_row_whose_deadline_passed_within_one_step(base_sourc
         ]
         results = generate_rows(base, rows, cancelled=engine._cancelled_checker([late, on_time]))
     finally:
-        engine.batcher.stop()
+        engine.stop()
 
     assert (results[0].finish_reason, results[0].completion_tokens) == ("cancelled", 1)
     assert results[1].finish_reason != "cancelled"
