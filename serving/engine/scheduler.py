@@ -7,9 +7,12 @@ requests run at the next step; the runner (``runner.py``) then does the forward 
 Two priorities: ``interactive`` (buyers' calls, the default) and ``batch`` (rows of an
 OpenAI Batch API job). Batch requests only take the room interactive ones leave:
 
-- classification (``ClassificationScheduler``): a batch is filled with interactive rows
-  first, in arrival order, then batch rows fill what is left; so an interactive request
-  waits behind at most the one batch already running;
+- classification (``ClassificationScheduler``): interactive rows run without batch rows
+  beside them (a forward of the interactive load's size, not a full one), and while
+  interactive calls keep arriving a forward of batch rows only is cut to a quarter of the
+  batch size; so an interactive request waits behind at most one small batch forward.
+  With no interactive call for ``QUIET_SCHEDULES`` batches, batch rows fill whole
+  forwards (measured in bench/serving_load.py: `cls_p95_with_batch_over_alone`);
 - generation (``GenerationScheduler``, iteration-level): at every decoding step the running
   rows go on, then waiting requests are admitted while rows and the prefill token budget
   allow, interactive first; an interactive request that finds every row taken by running
@@ -83,11 +86,14 @@ class WaitingQueues:
 class ClassificationScheduler:
     """Forms the next classification batch (one forward pass) from the waiting requests."""
 
+    QUIET_SCHEDULES = 16  # batches without an interactive row before batch rows fill all
+
     def __init__(self, *, max_rows: int):
         if max_rows < 1:
             raise ValueError("max_rows must be at least 1")
         self.max_rows = max_rows
         self.waiting = WaitingQueues()
+        self._since_interactive = self.QUIET_SCHEDULES  # schedules since one ran
 
     def add(self, request: ScheduledRequest) -> None:
         self.waiting.push(request)
@@ -99,19 +105,34 @@ class ClassificationScheduler:
         """Enough rows wait to fill a batch: no reason to wait for more."""
         return self.waiting.rows() >= self.max_rows
 
+    def batch_rows_limit(self) -> int:
+        """Rows a forward of batch rows only may take: a quarter of a batch while
+        interactive calls were seen lately, a whole one when they stopped."""
+        if self._since_interactive < self.QUIET_SCHEDULES:
+            return max(1, self.max_rows // 4)
+        return self.max_rows
+
     def schedule(self) -> list[ScheduledRequest]:
-        """The next batch: interactive requests in arrival order, then batch ones in the
-        rows left. A request that does not fit ends its priority's turn (it stays at the
-        head: no overtaking within a priority), except that an empty batch takes its first
-        request whatever its size (the runner cuts it into ``max_rows`` chunks)."""
+        """The next batch: the waiting interactive requests in arrival order; only when
+        none waits, batch requests, up to ``batch_rows_limit()`` rows. A request that does
+        not fit ends its priority's turn (it stays at the head: no overtaking within a
+        priority), except that an empty batch takes its first request whatever its size
+        (the runner cuts it into ``max_rows`` chunks)."""
         batch: list[ScheduledRequest] = []
         rows = 0
         for priority in PRIORITIES:
+            if batch:
+                break  # batch rows never ride along with interactive ones
+            limit = self.max_rows if priority == PRIORITY_INTERACTIVE else self.batch_rows_limit()
             queue = self.waiting.queues[priority]
-            while queue and (not batch or rows + queue[0].rows <= self.max_rows):
+            while queue and (not batch or rows + queue[0].rows <= limit):
                 request = queue.popleft()
                 batch.append(request)
                 rows += request.rows
+        if batch and batch[0].priority == PRIORITY_INTERACTIVE:
+            self._since_interactive = 0
+        elif batch:
+            self._since_interactive += 1
         assert rows <= self.max_rows or len(batch) == 1, (rows, self.max_rows)
         return batch
 

@@ -33,20 +33,30 @@ def test_an_unknown_priority_is_refused():
 
 
 # ------------------------------------------------------------------ classification
-def test_a_classification_batch_takes_interactive_rows_first_then_fills_with_batch_rows():
+def test_interactive_rows_run_without_batch_rows_and_batch_forwards_stay_small_meanwhile():
     scheduler = ClassificationScheduler(max_rows=8)
     for r in [
-        request("b1", PRIORITY_BATCH, rows=3),
+        request("b1", PRIORITY_BATCH, rows=1),
         request("i1", rows=2),
-        request("b2", PRIORITY_BATCH, rows=3),
+        request("b2", PRIORITY_BATCH, rows=1),
         request("i2", rows=2),
+        *[request(f"b{n}", PRIORITY_BATCH, rows=1) for n in range(3, 12)],
     ]:
         scheduler.add(r)
 
-    # interactive first (4 rows), then the batch rows that fit in the 4 left
-    assert names(scheduler.schedule()) == ["i1", "i2", "b1"]
-    assert names(scheduler.schedule()) == ["b2"]
-    assert scheduler.schedule() == []
+    # the interactive rows alone, in arrival order: a small forward, soon over
+    assert names(scheduler.schedule()) == ["i1", "i2"]
+    # then batch rows, a quarter of a batch at a time while interactive calls come
+    assert names(scheduler.schedule()) == ["b1", "b2"]
+    assert names(scheduler.schedule()) == ["b3", "b4"]
+    # and whole batches once no interactive call came for QUIET_SCHEDULES forwards
+    for _ in range(ClassificationScheduler.QUIET_SCHEDULES - 2):
+        scheduler.add(request("filler", PRIORITY_BATCH, rows=1))
+        scheduler.schedule()
+    assert scheduler.batch_rows_limit() == 8
+    for n in range(10):
+        scheduler.add(request(f"late{n}", PRIORITY_BATCH, rows=1))
+    assert len(scheduler.schedule()) == 8
 
 
 def test_a_request_that_does_not_fit_waits_at_the_head_and_nobody_of_its_priority_overtakes():
