@@ -60,13 +60,18 @@ class GenerationRowResult:
     token_ids: list[int] = field(default_factory=list)
 
 
-def _gather(base: LoadedBase, adapters: Sequence[AdapterRef | None]) -> GatheredLora | None:
-    """The rows' LoRA stacks (None: no adapter was ever loaded on this base)."""
+def _gather(
+    base: LoadedBase, adapters: Sequence[AdapterRef | None], *, segmented: bool = False
+) -> GatheredLora | None:
+    """The rows' LoRA stacks (None: no adapter was ever loaded on this base). ``segmented``
+    for one forward (classification); a decode batch keeps per-row stacks it can select
+    from and extend."""
     if base.peft_model is None:
         if any(a is not None for a in adapters):
             raise AdapterUnavailable("Adapter not loaded.")
         return None
-    return gather(base.model, [adapter_name_for(a.sha256) if a else None for a in adapters])
+    names = [adapter_name_for(a.sha256) if a else None for a in adapters]
+    return gather(base.model, names, segmented=segmented)
 
 
 def _applied(gathered: GatheredLora | None):
@@ -75,7 +80,7 @@ def _applied(gathered: GatheredLora | None):
 
 def _lora_context(base: LoadedBase, adapters: Sequence[AdapterRef | None]):
     """Row ``i`` of every forward in the block uses ``adapters[i]``."""
-    return _applied(_gather(base, adapters))
+    return _applied(_gather(base, adapters, segmented=True))
 
 
 def _backbone(base: LoadedBase):
