@@ -24,9 +24,14 @@ Usage: ``python bench/serving_load.py [--seconds 8] [--levels 1,4,16,32,64]
      (alternated twice);
    - `gateway_overhead_p50/p95`: a 32-input call's time over the worker's own time on
      it, paired per call (30 calls, one at a time);
-   - `openai_stream_first_token_ms`: a streamed SmolLM2 chat's first token (median of 10).
+   - `openai_stream_first_token_ms`: a streamed SmolLM2 chat's first token (median of 10);
+   - `cls_p95_with_batch_over_alone`: classification p95 (4 clients) while a Batch API
+     batch of 5,000 single-input predict rows runs on the same worker (uploaded and
+     created through /v1/files and /v1/batches, cancelled after), over the same calls
+     alone; with the batch's rows/s meanwhile.
 4. Audits the ledger: every 200 the client saw is one settled, billed row (request ids
-   unique), and the licence's counted calls equal them: nothing lost or billed twice.
+   unique), each answered batch line one billed row, and the licence's counted calls
+   equal them all: nothing lost or billed twice.
 
 The machine's CPU use (from /proc/stat) and load average are recorded for each phase; the
 load client runs on the same 2 cores and its own CPU seconds are reported. Writes
@@ -64,6 +69,7 @@ GOALS = {
     "gateway_added_ms_p50": "<= 5",
     "gateway_added_ms_p95": "(report)",
     "cls_p95_mixed_over_alone": "<= 2",
+    "cls_p95_with_batch_over_alone": "<= 2 (the same fairness goal, a Batch API batch running)",
 }
 
 
@@ -268,9 +274,69 @@ async def client_main(spec: dict) -> dict:
                 if refused:
                     out.setdefault("stream_refusals", []).extend(refused)
             out["mixed"] = {"alone": alone, "mixed": mixed, "tokens_per_s": tokens_per_s}
+
+        out["batch"] = await with_a_batch_running(session, base, spec, lambda: predict(slug))
         await client.aclose()
     out["ok_request_ids"] = ok_ids
     return out
+
+
+async def with_a_batch_running(session, base: str, spec: dict, predict) -> dict:
+    """Classification p95 at 4 clients alone, then while a Batch API batch of single-input
+    predict rows runs on the same worker (its rows at priority batch), then the batch
+    cancelled: the batch's progress over the phase is its rows/s."""
+    auth = {"Authorization": f"Bearer {spec['key']}"}
+    seconds, warmup = spec["seconds"], spec["warmup"]
+    alone = await closed_loop(predict, 4, seconds, warmup)
+    url = f"/api/v1/models/{spec['classifier']}/predict"
+    lines = "".join(
+        json.dumps({"custom_id": f"b{n}", "method": "POST", "url": url,
+                    "body": {"inputs": [f"{TICKET} (row {n})"]}}) + "\n"
+        for n in range(spec["batch_rows"])
+    ).encode()  # fmt: skip
+    form = aiohttp_form(lines)
+    async with session.post(f"{base}/v1/files", data=form, headers=auth) as response:
+        uploaded = await response.json()
+        if response.status != 200:
+            return {"error": f"upload answered {response.status}: {uploaded}"}
+    body = {"input_file_id": uploaded["id"], "endpoint": "/api/v1/models/{listing}/predict",
+            "completion_window": "24h"}  # fmt: skip
+    async with session.post(f"{base}/v1/batches", json=body, headers=auth) as response:
+        batch = await response.json()
+        if response.status != 200:
+            return {"error": f"batch create answered {response.status}: {batch}"}
+
+    async def progress() -> int:
+        async with session.get(f"{base}/v1/batches/{batch['id']}", headers=auth) as response:
+            return (await response.json())["request_counts"]["completed"]
+
+    deadline = time.monotonic() + 60
+    while await progress() < 32:  # the worker has taken the batch and fills its lane
+        if time.monotonic() > deadline:
+            return {"error": "the batch did not start within 60 s"}
+        await asyncio.sleep(0.1)
+    before, began = await progress(), time.monotonic()
+    during = await closed_loop(predict, 4, seconds, warmup)
+    rows_s = (await progress() - before) / (time.monotonic() - began)
+    async with session.post(f"{base}/v1/batches/{batch['id']}/cancel", headers=auth) as r:
+        await r.read()
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        async with session.get(f"{base}/v1/batches/{batch['id']}", headers=auth) as response:
+            if (await response.json())["status"] == "cancelled":
+                break
+        await asyncio.sleep(0.2)
+    return {"alone": alone, "with_batch": during, "batch_rows_per_s": round(rows_s, 1),
+            "batch_id": batch["id"], "batch_rows": spec["batch_rows"]}  # fmt: skip
+
+
+def aiohttp_form(content: bytes):
+    import aiohttp
+
+    form = aiohttp.FormData()
+    form.add_field("purpose", "batch")
+    form.add_field("file", content, filename="rows.jsonl", content_type="application/jsonl")
+    return form
 
 
 def _cpu_now() -> tuple[int, int]:
@@ -474,8 +540,11 @@ def stop(process: subprocess.Popen) -> None:
 def audit(shop: dict, ok_ids: list[str]) -> dict:
     """Every 200 is one settled, billed row; nothing else is billed; nothing is left open."""
     from billing.models import LicenceUsagePeriod, UsageRecord, UsageStatus
+    from serving.models import BatchLine
 
-    rows = UsageRecord.objects.filter(buyer=shop["bob"])
+    everything = UsageRecord.objects.filter(buyer=shop["bob"])
+    batch_rows = everything.filter(idempotency_key__startswith="batch:")
+    rows = everything.exclude(idempotency_key__startswith="batch:")
     billed_ids = list(rows.filter(status=UsageStatus.OK).values_list("idempotency_key", flat=True))
     counted = sum(
         LicenceUsagePeriod.objects.filter(licence__buyer=shop["bob"]).values_list(
@@ -485,13 +554,22 @@ def audit(shop: dict, ok_ids: list[str]) -> dict:
     from django.db.models import Sum
 
     units = rows.filter(status=UsageStatus.OK).aggregate(units=Sum("units"))["units"] or 0
+    batch_units = (
+        batch_rows.filter(status=UsageStatus.OK).aggregate(units=Sum("units"))["units"] or 0
+    )
+    batch_keys = list(batch_rows.values_list("idempotency_key", flat=True))
+    answered_lines = BatchLine.objects.filter(succeeded=True).count()
     return {
+        "batch_lines_answered": answered_lines,
+        "batch_rows_billed": len(batch_keys),
+        "batch_rows_billed_twice": len(batch_keys) - len(set(batch_keys)),
+        "batch_lines_match_rows": answered_lines == len(batch_keys),
         "answered_200": len(ok_ids),
         "billed_rows": len(billed_ids),
         "billed_units": units,
         "period_calls": counted,
-        "counters_match_rows": counted == units,
-        "unsettled_rows": rows.filter(settled_at__isnull=True).count(),
+        "counters_match_rows": counted == units + batch_units,
+        "unsettled_rows": everything.filter(settled_at__isnull=True).count(),
         "lost": len(set(ok_ids) - set(billed_ids)),
         "billed_without_an_answer": len(set(billed_ids) - set(ok_ids)),
         "billed_twice": len(billed_ids) - len(set(billed_ids)),
@@ -549,7 +627,7 @@ def main() -> None:
             "levels": [int(v) for v in args.levels.split(",")], "seconds": args.seconds,
             "warmup": args.warmup, "side_by_side_clients": 32,
             "generations": args.generations, "new_tokens": args.new_tokens,
-            "overhead_calls": 30, "first_token_calls": 10,
+            "overhead_calls": 30, "first_token_calls": 10, "batch_rows": 5000,
         }  # fmt: skip
         measured = run_client(spec)
         raw = ROOT / "var" / "serving_load_raw.json"  # what was measured, before any sums
@@ -591,6 +669,13 @@ def results_of(measured: dict, ledger: dict, loads: dict, args, smollm: str) -> 
         result["openai_stream_first_token_ms"] = round(
             percentile(measured["first_token_ms"], 0.5), 1
         )
+    batch = measured.get("batch") or {}
+    if "with_batch" in batch:
+        alone, during = batch["alone"]["p95_ms"], batch["with_batch"]["p95_ms"]
+        result["cls_p95_with_batch_over_alone"] = round(during / alone, 3)
+        result["batch"] = batch | {"cls_p95_ms_alone": alone, "cls_p95_ms_with_batch": during}
+    elif batch:
+        result["batch"] = batch
     if "mixed" in measured:
         alone = max(run["p95_ms"] for run in measured["mixed"]["alone"])
         mixed = max(run["p95_ms"] for run in measured["mixed"]["mixed"])
