@@ -196,3 +196,20 @@ def shipped_base_models(transactional_db):
 
     for name in ("0002_register_base_models", "0005_register_smollm2"):
         importlib.import_module(f"training_worker.migrations.{name}").register(apps, None)
+
+
+@pytest.fixture
+def inference_workers(worker_env):
+    """start(**env) -> a ready InferenceWorker; every one started is stopped after."""
+    from tests.integration.specialists import InferenceWorker  # it imports this module
+
+    started: list[InferenceWorker] = []
+
+    def start(**env: str) -> InferenceWorker:
+        worker = InferenceWorker(worker_env, **env)
+        started.append(worker)
+        return worker.wait_ready()
+
+    yield start
+    for worker in started:
+        worker.stop()

@@ -16,7 +16,7 @@ import requests
 from accounts.services import api_key_create
 from billing.models import LicenceUsagePeriod, OfferKind, UsageRecord, UsageStatus
 from tests.billing.conftest import make_active_licence, make_offer
-from tests.integration.specialists import InferenceWorker, publish_specialist
+from tests.integration.specialists import publish_specialist
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -30,20 +30,6 @@ SLACK_SECONDS = 3
 def serving_timeout(settings):
     settings.SERVING_TIMEOUT_SECONDS = TIMEOUT_SECONDS
     return TIMEOUT_SECONDS
-
-
-@pytest.fixture
-def inference_workers(worker_env):
-    started: list[InferenceWorker] = []
-
-    def start(**env: str) -> InferenceWorker:
-        worker = InferenceWorker(worker_env, **env)
-        started.append(worker)
-        return worker.wait_ready()
-
-    yield start
-    for worker in started:
-        worker.stop()
 
 
 @pytest.fixture

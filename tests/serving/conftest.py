@@ -3,7 +3,9 @@
 from pathlib import Path
 
 import pytest
+import redis
 import torch
+from django.conf import settings
 
 from serving.engine.registry import ModelRegistry
 from serving.engine.synthetic import build_adapter, read_local_bytes
@@ -69,3 +71,10 @@ def generation_adapters(base_sources, tmp_path_factory):
         build_adapter(model, TEXT_GENERATION, Path(root) / f"g{i}", seed=200 + i, rank=4 * (i + 1))
         for i in range(3)
     ]
+
+
+@pytest.fixture
+def redis_client():
+    client = redis.Redis.from_url(settings.REDIS_URL, decode_responses=True)
+    client.ping()
+    return client

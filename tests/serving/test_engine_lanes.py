@@ -36,13 +36,6 @@ LONG_PROMPT = "Question: what is the capital of France? Answer with one word:"
 
 
 @pytest.fixture
-def redis_client():
-    client = redis.Redis.from_url(settings.REDIS_URL, decode_responses=True)
-    client.ping()
-    return client
-
-
-@pytest.fixture
 def make_engine(base_sources):
     engines = []
 

@@ -26,13 +26,6 @@ from tests.serving.conftest import new_registry
 
 
 @pytest.fixture
-def redis_client():
-    client = redis.Redis.from_url(settings.REDIS_URL, decode_responses=True)
-    client.ping()
-    return client
-
-
-@pytest.fixture
 def engine(base_sources, redis_client):
     engine = Engine(
         registry=new_registry(base_sources),

@@ -9,6 +9,7 @@ import json
 import pytest
 
 from tests.integration.conftest import (  # noqa: F401  (fixtures: real worker processes)
+    inference_workers,
     redis_url,
     shipped_base_models,
     worker_env,

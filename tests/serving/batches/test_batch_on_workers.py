@@ -26,27 +26,13 @@ from serving.batches import (
 from serving.models import Batch, BatchLine, BatchStatus
 from serving.protocol import TEXT_GENERATION
 from tests.billing.conftest import make_active_licence, make_offer
-from tests.integration.specialists import InferenceWorker, publish_specialist
+from tests.integration.specialists import publish_specialist
 from tests.serving.batches.conftest import chat_line, jsonl, predict_line
 from tests.serving.gateway.conftest import key_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
 
 ENDED = ("completed", "failed", "expired", "cancelled")
-
-
-@pytest.fixture
-def workers(worker_env):
-    started: list[InferenceWorker] = []
-
-    def start(**env: str) -> InferenceWorker:
-        worker = InferenceWorker(worker_env, **env)
-        started.append(worker)
-        return worker.wait_ready()
-
-    yield start
-    for worker in started:
-        worker.stop()
 
 
 @pytest.fixture
@@ -70,9 +56,11 @@ def wait_until_ended(retrieve, seconds: float = 180):
 
 
 def test_the_openai_client_uploads_runs_lists_reads_and_cancels_batches_unchanged(
-    live_server, bob, clauses, workers, tasks_through_the_broker
+    live_server, bob, clauses, inference_workers, tasks_through_the_broker
 ):
-    workers(BATCH_ROWS_IN_FLIGHT="2")  # few rows at a time, so the long batch is still running
+    inference_workers(
+        BATCH_ROWS_IN_FLIGHT="2"
+    )  # few rows at a time, so the long batch is still running
     client = openai.OpenAI(
         base_url=f"{live_server.url}/v1", api_key=key_for(bob), max_retries=0, timeout=60
     )
@@ -141,12 +129,12 @@ def test_the_openai_client_uploads_runs_lists_reads_and_cancels_batches_unchange
 
 
 def test_a_worker_killed_mid_batch_is_resumed_by_another_with_no_row_twice(
-    bob, clauses, workers, settings, tasks_through_the_broker
+    bob, clauses, inference_workers, settings, tasks_through_the_broker
 ):
     # Given a worker with a short lease that keeps few rows in flight, working on a batch
     lease = {"BATCH_LEASE_SECONDS": "3", "BATCH_ROWS_IN_FLIGHT": "4"}
     settings.BATCH_LEASE_SECONDS = 3  # the sweep's view of a lapsed lease
-    doomed = workers(**lease)
+    doomed = inference_workers(**lease)
     rows = [
         predict_line(f"r{n}", clauses.slug, f"Clause {n}:", parameters={"max_new_tokens": 16})
         for n in range(60)
@@ -165,7 +153,7 @@ def test_a_worker_killed_mid_batch_is_resumed_by_another_with_no_row_twice(
     written_before = set(BatchLine.objects.filter(batch=batch).values_list("line", flat=True))
     assert len(written_before) < 60
     # and another worker starts, and the sweep finds the lapsed lease
-    workers(**lease)
+    inference_workers(**lease)
     deadline = time.monotonic() + 30
     while not batches_resume_stalled():
         assert time.monotonic() < deadline, "the sweep never resent the batch"
