@@ -29,6 +29,11 @@ def _metric_lines(task: str, evaluation: dict) -> list[tuple[str, str, float]]:
             ("exact_match", "Exact match"),
             ("token_f1", "Token F1"),
         ]
+        report = read_evaluation(evaluation)
+        graded = report.graded_metric if report else None
+        if graded:
+            direction = "higher is better" if graded["higher_is_better"] else "lower is better"
+            names.append((graded["name"], f"{graded['label']} ({direction})"))
     return [(key, label, metrics[key]) for key, label in names if key in metrics]
 
 
@@ -64,6 +69,15 @@ def _baseline_lines(evaluation: dict) -> list[str]:
                 f"| lift over {baseline.display_name} | "
                 f"{lift.delta:+.4f}{_interval(lift.ci_low, lift.ci_high)} |"
             )
+    graded = report.graded_metric
+    if graded and graded["strongest_baseline"] and graded["strongest_baseline"].get("lift"):
+        strongest_graded, lift = graded["strongest_baseline"], graded["strongest_baseline"]["lift"]
+        lines.append(
+            f"| **{graded['label']}: better than the strongest baseline on it "
+            f"({strongest_graded['label']}) by** | "
+            f"{lift['delta']:+.4f}{_interval(lift.get('ci_low'), lift.get('ci_high'))} |"
+        )
+        lines += ["", f"{graded['label']}: {graded['why']}. Positive lifts mean better."]
     if report.is_legacy:
         lines += ["", "This evaluation predates the classic and LLM baselines."]
     return lines

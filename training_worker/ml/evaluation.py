@@ -40,6 +40,11 @@ from training_worker.ml.evaluation_report import (
     Lift,
     baseline_label,
 )
+from training_worker.ml.graded_metrics import (
+    GradedMetric,
+    choose_graded_metric,
+    strict_exact_match,
+)
 from training_worker.ml.prompts import (
     context_limit,
     encode_rendered,
@@ -183,7 +188,12 @@ def normalise_answer(text: str) -> str:
     return " ".join(re.sub(r"[^\w\s]", " ", text.lower()).split())
 
 
-def exact_match(prediction: str, reference: str) -> float:
+def exact_match(prediction: str, reference: str, strict: bool = False) -> float:
+    """1.0 when the answer is the reference, case and punctuation aside; ``strict``
+    compares them as written (whitespace collapsed), for tasks where case and punctuation
+    are the content (``graded_metrics.strict_exact_match``)."""
+    if strict:
+        return float(" ".join(prediction.split()) == " ".join(reference.split()))
     return float(normalise_answer(prediction) == normalise_answer(reference))
 
 
@@ -570,9 +580,11 @@ def greedy_completions(
     max_prompt_length: int | None = None,
     batch_size: int = 32,
     rendered: bool = False,
+    num_beams: int = 1,
 ) -> list[str]:
     """Greedy continuations of each prompt, left-padded in batches, special tokens removed;
-    a prompt longer than ``max_prompt_length`` tokens keeps its last ones.
+    a prompt longer than ``max_prompt_length`` tokens keeps its last ones. ``num_beams`` > 1
+    decodes with a beam search of that width instead (deterministic too).
 
     ``rendered``: the prompts are already in the model's format (e.g. a few-shot
     conversation from ``render_messages``) and are not wrapped again."""
@@ -594,6 +606,7 @@ def greedy_completions(
                 attention_mask=inputs["attention_mask"].to(device),
                 max_new_tokens=max_new_tokens,
                 do_sample=False,
+                num_beams=num_beams,
                 pad_token_id=tokenizer.pad_token_id,
                 eos_token_id=tokenizer.eos_token_id,
             )
@@ -611,6 +624,7 @@ def evaluated_completions(
     *,
     batch_size: int = 32,
     rendered: bool = False,
+    num_beams: int = 1,
 ) -> list[str]:
     """The greedy completions the evaluation scores, each prompt read as the serving engine
     reads it: whole when it fits the model's context with ``max_new_tokens`` after it
@@ -619,7 +633,7 @@ def evaluated_completions(
     budget = max(prompt_budget(context_limit(model.config), max_new_tokens), 1)
     return greedy_completions(
         model, tokenizer, prompts, max_new_tokens, device, budget,
-        batch_size=batch_size, rendered=rendered,
+        batch_size=batch_size, rendered=rendered, num_beams=num_beams,
     )  # fmt: skip
 
 
@@ -637,41 +651,105 @@ def few_shot_conversations(tokenizer: Any, examples: list[dict], prompts: list[s
     ]
 
 
-def _exact_match_baseline(
-    name: str,
-    method: str,
-    answers: list[str],
-    references: list[str],
-    specialist_correct: np.ndarray,
-    resamples: int,
-    seed: int,
-) -> BaselineResult:
-    """Exact match of ``answers`` on the first ``len(answers)`` sealed rows, its interval,
-    and the paired-bootstrap lift of the specialist (as accuracy of per-row correctness)."""
-    rows = len(answers)
-    correct = np.asarray(
-        [exact_match(a, r) for a, r in zip(answers, references[:rows], strict=True)],
-        dtype=np.int64,
-    )
-    ones = np.ones(rows, dtype=np.int64)
-    low, high = bootstrap_interval("accuracy", ones, correct, 2, resamples, seed)
-    lift = paired_bootstrap_lift(
-        "accuracy", ones, specialist_correct[:rows], correct, 2, resamples, seed
-    )
-    lift["metric"] = "exact_match"
-    token_f1_mean = np.mean([token_f1(a, r) for a, r in zip(answers, references, strict=False)])
-    return BaselineResult(
-        name=name,
-        label=baseline_label(name),
-        method=method,
-        metric="exact_match",
-        value=round_floats(float(correct.mean()) if rows else 0.0),
-        ci_low=round_floats(low),
-        ci_high=round_floats(high),
-        lift=Lift(**round_floats(lift)),
-        rows=rows,
-        extra=round_floats({"token_f1": float(token_f1_mean) if rows else 0.0}),
-    )
+def bootstrap_mean_interval(
+    scores: np.ndarray, resamples: int = BOOTSTRAP_RESAMPLES, seed: int = 0
+) -> tuple[float, float]:
+    """Percentile 95 % interval of the mean of per-row ``scores`` (rows resampled)."""
+    scores = np.asarray(scores, dtype=float)
+    if not len(scores):
+        return 0.0, 0.0
+    samples = scores[_bootstrap_indices(len(scores), resamples, seed)].mean(axis=1)
+    low, high = np.percentile(samples, [2.5, 97.5])
+    return float(low), float(high)
+
+
+def paired_graded_lift(
+    metric: GradedMetric,
+    specialist_scores: np.ndarray,
+    baseline_scores: np.ndarray,
+    resamples: int = BOOTSTRAP_RESAMPLES,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """How much better the specialist's mean per-row ``metric`` is than the baseline's on
+    the same rows (positive = better, whichever the metric's direction), with the paired
+    bootstrap's 95 % interval: ``{metric, delta, ci_low, ci_high}``."""
+    specialist = np.asarray(specialist_scores, dtype=float)
+    baseline = np.asarray(baseline_scores, dtype=float)
+    sign = 1.0 if metric.higher_is_better else -1.0
+    if not len(specialist):
+        return {"metric": metric.name, "delta": 0.0, "ci_low": None, "ci_high": None}
+    delta = sign * float(specialist.mean() - baseline.mean())
+    indices = _bootstrap_indices(len(specialist), resamples, seed)
+    differences = sign * (specialist[indices].mean(axis=1) - baseline[indices].mean(axis=1))
+    low, high = np.percentile(differences, [2.5, 97.5])
+    return {"metric": metric.name, "delta": delta, "ci_low": float(low), "ci_high": float(high)}
+
+
+@dataclass(frozen=True)
+class _GenerationScoring:
+    """How a generation report scores answers: exact match (strict or normalised), the
+    graded metric, and the specialist's per-row scores every baseline is paired with."""
+
+    references: list[str]
+    strict: bool
+    graded: GradedMetric
+    specialist_correct: np.ndarray
+    specialist_graded: np.ndarray
+    resamples: int
+    seed: int
+
+    def correct(self, answers: list[str]) -> np.ndarray:
+        pairs = zip(answers, self.references[: len(answers)], strict=True)
+        return np.asarray([exact_match(a, r, self.strict) for a, r in pairs], dtype=np.int64)
+
+    def graded_scores(self, answers: list[str]) -> np.ndarray:
+        pairs = zip(answers, self.references[: len(answers)], strict=True)
+        return np.asarray([self.graded.score(a, r) for a, r in pairs], dtype=float)
+
+    def baseline(self, name: str, method: str, answers: list[str]) -> BaselineResult:
+        """Exact match of ``answers`` on the first ``len(answers)`` sealed rows with its
+        interval and the specialist's paired-bootstrap lift, and the same for the graded
+        metric (``extra["graded"]``)."""
+        rows = len(answers)
+        correct = self.correct(answers)
+        ones = np.ones(rows, dtype=np.int64)
+        low, high = bootstrap_interval("accuracy", ones, correct, 2, self.resamples, self.seed)
+        lift = paired_bootstrap_lift(
+            "accuracy", ones, self.specialist_correct[:rows], correct, 2, self.resamples,
+            self.seed,
+        )  # fmt: skip
+        lift["metric"] = "exact_match"
+        graded = self.graded_scores(answers)
+        graded_low, graded_high = bootstrap_mean_interval(graded, self.resamples, self.seed)
+        graded_lift = paired_graded_lift(
+            self.graded, self.specialist_graded[:rows], graded, self.resamples, self.seed
+        )
+        token_f1_mean = np.mean(
+            [token_f1(a, r) for a, r in zip(answers, self.references, strict=False)]
+        )
+        return BaselineResult(
+            name=name,
+            label=baseline_label(name),
+            method=method,
+            metric="exact_match",
+            value=round_floats(float(correct.mean()) if rows else 0.0),
+            ci_low=round_floats(low),
+            ci_high=round_floats(high),
+            lift=Lift(**round_floats(lift)),
+            rows=rows,
+            extra=round_floats(
+                {
+                    "token_f1": float(token_f1_mean),
+                    "graded": {
+                        "metric": self.graded.name,
+                        "value": float(graded.mean()) if rows else 0.0,
+                        "ci_low": graded_low,
+                        "ci_high": graded_high,
+                        "lift": graded_lift,
+                    },
+                }
+            ),
+        )
 
 
 def generation_report(
@@ -727,16 +805,26 @@ def generation_report(
         values = [score(a, r) for a, r in zip(answers, references, strict=True)]
         return float(np.mean(values)) if values else 0.0
 
-    specialist_correct = np.asarray(
-        [exact_match(a, r) for a, r in zip(adapter_answers, references, strict=True)],
-        dtype=np.int64,
+    # Chosen from the training rows (the sealed rows only when there are none to read).
+    shape_rows = train_rows or sealed_rows
+    graded = choose_graded_metric(shape_rows)
+    strict = strict_exact_match(shape_rows)
+    scoring = _GenerationScoring(
+        references=references,
+        strict=strict,
+        graded=graded,
+        specialist_correct=np.zeros(0, dtype=np.int64),
+        specialist_graded=np.zeros(0),
+        resamples=resamples,
+        seed=seed,
+    )
+    specialist_correct = scoring.correct(adapter_answers)
+    specialist_graded = scoring.graded_scores(adapter_answers)
+    scoring = dataclasses.replace(
+        scoring, specialist_correct=specialist_correct, specialist_graded=specialist_graded
     )
     ones = np.ones(len(references), dtype=np.int64)
-
-    def baseline(name: str, method: str, answers: list[str]) -> BaselineResult:
-        return _exact_match_baseline(
-            name, method, answers, references, specialist_correct, resamples, seed
-        )
+    baseline = scoring.baseline
 
     baselines = [
         baseline(
@@ -776,9 +864,12 @@ def generation_report(
                 "adapter_perplexity": math.exp(min(adapter_loss, 50.0)),
                 "base_loss": base_loss,
                 "base_perplexity": math.exp(min(base_loss, 50.0)),
-                "exact_match": mean_score(exact_match, adapter_answers),
+                "exact_match": float(specialist_correct.mean()) if len(references) else 0.0,
                 "token_f1": mean_score(token_f1, adapter_answers),
-                "base_exact_match": mean_score(exact_match, base_answers),
+                graded.name: float(specialist_graded.mean()) if len(references) else 0.0,
+                "base_exact_match": float(scoring.correct(base_answers).mean())
+                if len(references)
+                else 0.0,
                 "base_token_f1": mean_score(token_f1, base_answers),
             }
         ),
@@ -786,13 +877,20 @@ def generation_report(
             {
                 "exact_match": list(
                     bootstrap_interval("accuracy", ones, specialist_correct, 2, resamples, seed)
-                )
+                ),
+                graded.name: list(bootstrap_mean_interval(specialist_graded, resamples, seed)),
             }
         ),
         baselines=baselines,
         skipped_baselines=skipped,
         lift=round_floats({"loss_reduction": base_loss - adapter_loss}),
-        extra={"bootstrap": {"resamples": resamples, "seed": seed}},
+        extra={
+            "bootstrap": {"resamples": resamples, "seed": seed},
+            "graded_metric": graded.describe(),
+            "exact_match_mode": "as written (case and punctuation count)"
+            if strict
+            else "case and punctuation ignored",
+        },
     )
     return report.as_dict()
 

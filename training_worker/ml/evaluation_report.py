@@ -263,6 +263,40 @@ class EvaluationReport:
     def baseline(self, name: str) -> BaselineResult | None:
         return next((b for b in self.baselines if b.name == name), None)
 
+    @property
+    def graded_metric(self) -> dict[str, Any] | None:
+        """The generation report's graded metric (partial credit beside exact match):
+        its name, label, direction and why it fits, the specialist's score and interval,
+        and the baseline it is closest to beating (the strongest on this metric) with the
+        lift over it; None for reports without one (classification, older versions)."""
+        described = self.extra.get("graded_metric")
+        if not isinstance(described, dict) or not described.get("name"):
+            return None
+        name = str(described["name"])
+        higher_is_better = bool(described.get("higher_is_better", True))
+        interval = self.intervals.get(name) or [None, None]
+        scored = [
+            (b, b.extra["graded"])
+            for b in self.baselines
+            if isinstance(b.extra.get("graded"), dict)
+            and _number(b.extra["graded"].get("value")) is not None
+        ]
+        strongest = None
+        if scored:
+            pick = max if higher_is_better else min
+            baseline, graded = pick(scored, key=lambda pair: float(pair[1]["value"]))
+            strongest = {"name": baseline.name, "label": baseline.display_name, **graded}
+        return {
+            "name": name,
+            "label": str(described.get("label") or name.replace("_", " ")),
+            "higher_is_better": higher_is_better,
+            "why": str(described.get("why", "")),
+            "value": _number(self.metrics.get(name)),
+            "ci_low": _number(interval[0]),
+            "ci_high": _number(interval[1]),
+            "strongest_baseline": strongest,
+        }
+
     def as_public_dict(self) -> dict[str, Any]:
         """What buyers and experts read (API and pages): baselines as a list with human
         names, the strongest one with the lift over it, and whether the report predates
@@ -279,6 +313,9 @@ class EvaluationReport:
                 "ci_high": b.ci_high,
                 "rows": b.rows,
                 "lift": b.lift.as_dict() if b.lift else None,
+                "graded": b.extra.get("graded")
+                if isinstance(b.extra.get("graded"), dict)
+                else None,
             }
 
         strongest = self.strongest_baseline
@@ -304,6 +341,8 @@ class EvaluationReport:
             "per_class": self.per_class,
             "confusion_matrix": self.confusion_matrix,
             "blend": self.blend.as_public_dict() if self.blend else None,
+            "graded_metric": self.graded_metric,
+            "exact_match_mode": self.extra.get("exact_match_mode"),
         }
 
     def as_dict(self) -> dict[str, Any]:
