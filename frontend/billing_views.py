@@ -327,7 +327,12 @@ def licence_list(request):
                     listing.live_version if access and licence.kind == OfferKind.DOWNLOAD else None
                 ),
                 "snippets": (
-                    call_snippets(site=site, slug=listing.slug, task=listing.task)
+                    call_snippets(
+                        site=site,
+                        slug=listing.slug,
+                        task=listing.task,
+                        example=listing.example_input,
+                    )
                     if calling
                     else []
                 ),

@@ -133,6 +133,7 @@ def listing_new(request, version_id):
                 domain=post.get("domain", ""),
                 tags=[t for t in post.get("tags", "").split(",") if t.strip()],
                 intended_use=post.get("intended_use", ""),
+                example_input=post.get("example_input", ""),
                 out_of_scope_use=post.get("out_of_scope_use", ""),
                 risk_notes=post.get("risk_notes", ""),
                 **{flag: bool(post.get(flag)) for flag in LICENCE_FLAGS},

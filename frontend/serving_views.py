@@ -38,7 +38,8 @@ def try_it_context(request, listing: Listing, *, is_owner: bool) -> dict | None:
         "max_chars_total": settings.SERVING_MAX_INPUT_CHARS * settings.SERVING_MAX_INPUTS,
         "max_new_tokens": settings.SERVING_MAX_NEW_TOKENS,
         "default_new_tokens": min(DEFAULT_NEW_TOKENS, settings.SERVING_MAX_NEW_TOKENS),
-        "text": request.POST.get("text", "") if request.method == "POST" else "",
+        # The expert's example input starts the box, so a first Run shows what it does.
+        "text": request.POST.get("text", "") if request.method == "POST" else listing.example_input,
     }
     if not request.user.is_authenticated:
         return context

@@ -24,22 +24,23 @@ class Snippet:
     code: str
 
 
-def call_snippets(*, site: str, slug: str, task: str) -> list[Snippet]:
+def call_snippets(*, site: str, slug: str, task: str, example: str = "") -> list[Snippet]:
     """Snippets for one listing, chosen by its task: classification calls
     `POST /api/v1/models/<slug>/predict`, generation the OpenAI-compatible
     `POST /v1/chat/completions` (which the openai client speaks).
 
     `site` is the portal's own address without a trailing slash
-    (`https://niche.example`); `slug` the listing's, optionally pinned (`slug@2`)."""
+    (`https://niche.example`); `slug` the listing's, optionally pinned (`slug@2`);
+    `example` the listing's example input (its expert wrote it), else a placeholder."""
     site = site.rstrip("/")
     if task == TEXT_CLASSIFICATION:
-        return _classification(site, slug)
-    return _generation(site, slug)
+        return _classification(site, slug, example.strip() or SAMPLE_TEXT)
+    return _generation(site, slug, example.strip() or SAMPLE_PROMPT)
 
 
-def _classification(site: str, slug: str) -> list[Snippet]:
+def _classification(site: str, slug: str, sample_text: str) -> list[Snippet]:
     url = f"{site}/api/v1/models/{slug}/predict"
-    body = {"inputs": [SAMPLE_TEXT]}
+    body = {"inputs": [sample_text]}
     return [
         Snippet("curl", "curl", "shell", _curl(url, body)),
         Snippet(
@@ -53,7 +54,7 @@ import requests
 response = requests.post(
     "{url}",
     headers={{"Authorization": f"Bearer {{os.environ['{KEY_VARIABLE}']}}"}},
-    json={{"inputs": [{json.dumps(SAMPLE_TEXT)}]}},
+    json={{"inputs": [{json.dumps(sample_text)}]}},
     timeout=60,
 )
 response.raise_for_status()
@@ -64,13 +65,13 @@ for prediction in response.json()["predictions"]:
     ]
 
 
-def _generation(site: str, slug: str) -> list[Snippet]:
+def _generation(site: str, slug: str, sample_prompt: str) -> list[Snippet]:
     url = f"{site}/v1/chat/completions"
-    messages = [{"role": "user", "content": SAMPLE_PROMPT}]
+    messages = [{"role": "user", "content": sample_prompt}]
     body = {"model": slug, "messages": messages, "max_tokens": SAMPLE_MAX_TOKENS}
     # A model fine-tuned on prompt/completion pairs answers best to the same plain prompt
     # (chat messages are rendered as a transcript or with the base's chat template).
-    plain = {"model": slug, "prompt": SAMPLE_PROMPT, "max_tokens": SAMPLE_MAX_TOKENS}
+    plain = {"model": slug, "prompt": sample_prompt, "max_tokens": SAMPLE_MAX_TOKENS}
     return [
         Snippet("curl", "curl", "shell", _curl(url, body)),
         Snippet(
@@ -92,7 +93,7 @@ response = requests.post(
     headers={{"Authorization": f"Bearer {{os.environ['{KEY_VARIABLE}']}}"}},
     json={{
         "model": "{slug}",
-        "messages": [{{"role": "user", "content": {json.dumps(SAMPLE_PROMPT)}}}],
+        "messages": [{{"role": "user", "content": {json.dumps(sample_prompt)}}}],
         "max_tokens": {SAMPLE_MAX_TOKENS},
     }},
     timeout=60,
@@ -112,7 +113,7 @@ from openai import OpenAI
 client = OpenAI(base_url="{site}/v1", api_key=os.environ["{KEY_VARIABLE}"])
 reply = client.chat.completions.create(
     model="{slug}",
-    messages=[{{"role": "user", "content": {json.dumps(SAMPLE_PROMPT)}}}],
+    messages=[{{"role": "user", "content": {json.dumps(sample_prompt)}}}],
     max_tokens={SAMPLE_MAX_TOKENS},
 )
 print(reply.choices[0].message.content)
@@ -122,10 +123,12 @@ print(reply.choices[0].message.content)
 
 
 def _curl(url: str, body: dict) -> str:
-    # Single quotes around the JSON: the shell passes it as is (the samples hold none).
+    # Single quotes around the JSON: the shell passes it as is; a quote inside (an
+    # expert's example input may hold one) closes, escapes and reopens the quoting.
+    quoted = json.dumps(body).replace("'", "'\\''")
     return (
         f"curl -sS -X POST {url} \\\n"
         f'  -H "Authorization: Bearer ${KEY_VARIABLE}" \\\n'
         f'  -H "Content-Type: application/json" \\\n'
-        f"  -d '{json.dumps(body)}'\n"
+        f"  -d '{quoted}'\n"
     )

@@ -53,6 +53,11 @@ class ListingCardOutput(serializers.Serializer):
     score_metric = serializers.CharField()
     score = serializers.FloatField(allow_null=True)
     lift_over_strongest_baseline = serializers.SerializerMethodField()
+    graded_metric = serializers.JSONField(
+        allow_null=True,
+        help_text="Generation: the graded metric beside exact match (name, label, "
+        "higher_is_better, value, ci_low, ci_high, lift over the strongest baseline on it).",
+    )
     rating = serializers.SerializerMethodField()
     popularity = serializers.IntegerField()
     price = serializers.SerializerMethodField()
@@ -123,6 +128,7 @@ def listing_card(row: dict, zone: tzinfo) -> dict:
             "baseline": row["lift_baseline"],
             "label": row["lift_baseline_label"],
         },
+        "graded_metric": row["graded_metric"],
         "rating": {"average": row["rating_avg"], "count": row["rating_count"]},
         "popularity": row["popularity"],
         "price": None
@@ -150,6 +156,7 @@ class ListingDetailOutput(ListingCardOutput):
     description = serializers.CharField()
     description_html = serializers.CharField()
     intended_use = serializers.CharField()
+    example_input = serializers.CharField()
     out_of_scope_use = serializers.CharField()
     risk_notes = serializers.CharField()
     evaluation = serializers.SerializerMethodField()
@@ -198,6 +205,13 @@ class ListingContentInput(serializers.Serializer):
     tags = serializers.ListField(child=serializers.CharField(max_length=40), required=False)
     languages = serializers.ListField(child=serializers.CharField(max_length=20), required=False)
     intended_use = serializers.CharField(required=False, allow_blank=True)
+    example_input = serializers.CharField(
+        required=False,
+        allow_blank=True,
+        max_length=500,
+        help_text="An input buyers can try (the Try it box and snippets start from it); "
+        "write a new one, never a row of your dataset.",
+    )
     out_of_scope_use = serializers.CharField(required=False, allow_blank=True)
     risk_notes = serializers.CharField(required=False, allow_blank=True)
     commercial_use = serializers.BooleanField(required=False)

@@ -60,6 +60,12 @@ class Listing(models.Model):
     tags = models.JSONField(default=list, blank=True)
     languages = models.JSONField(default=list, blank=True)
     intended_use = models.TextField(blank=True)
+    example_input = models.CharField(
+        max_length=500,
+        blank=True,
+        help_text="An input the expert offers buyers to try (never a training row): the "
+        "Try it box and the code snippets start from it.",
+    )
     out_of_scope_use = models.TextField(blank=True)
     risk_notes = models.TextField(blank=True)
     # Licence terms, machine-readable; licence_summary is generated from them.
@@ -97,6 +103,10 @@ class Listing(models.Model):
     lift_baseline_label = models.CharField(
         max_length=120, blank=True, help_text="Its human name, e.g. 'Classic: TF-IDF + ...'."
     )
+    # Generation: the graded metric beside exact match (partial credit), as the card shows
+    # it: name, label, direction, the score with its interval, and the lift over the
+    # strongest baseline on it (EvaluationReport.graded_metric, compacted).
+    graded_metric = models.JSONField(null=True, blank=True)
     rating_avg = models.FloatField(null=True, blank=True)
     rating_count = models.IntegerField(default=0)
     popularity = models.IntegerField(default=0, help_text="Buyers who hold or held a licence.")

@@ -42,8 +42,8 @@ MAX_LIMIT = 100
 MAX_CURSOR_CHARS = 512  # the cursors handed out are under 120
 MAX_OFFSET = 2**31 - 1
 CARD_DEFERRED_FIELDS = (
-    "description", "description_html", "intended_use", "out_of_scope_use", "risk_notes",
-    "status_reason",
+    "description", "description_html", "intended_use", "example_input", "out_of_scope_use",
+    "risk_notes", "status_reason",
 )  # fmt: skip
 
 
@@ -51,8 +51,8 @@ CARD_DEFERRED_FIELDS = (
 CARD_COLUMNS = (
     "id", "slug", "title", "summary", "domain", "task", "tags", "languages", "status",
     "score_metric", "score", "lift_over_generalist", "lift_over_generalist_low",
-    "lift_over_generalist_high", "lift_baseline", "lift_baseline_label", "rating_avg",
-    "rating_count", "popularity", "min_price_minor", "price_currency", *LICENCE_FLAGS,
+    "lift_over_generalist_high", "lift_baseline", "lift_baseline_label", "graded_metric",
+    "rating_avg", "rating_count", "popularity", "min_price_minor", "price_currency", *LICENCE_FLAGS,
     "max_calls_per_month", "licence_summary", "published_at", "owner__display_name",
     "owner__email", "owner__expert_profile__verified", "owner__expert_profile__headline",
 )  # fmt: skip

