@@ -2,8 +2,7 @@
 
 On the first `make run` the catalogue would be empty. `demo_training_start` (called by
 `seed_demo` on every start) queues a short fine-tune per demo dataset as the demo
-expert, one at a time (on two cores the arithmetic one took 232 s beside the other,
-10-37 s alone), and arms a watcher task; the watcher (`demo_watch`) lists the finished
+expert, one at a time, and arms a watcher task; the watcher (`demo_watch`) lists the finished
 specialist through the same services an expert and a moderator use (the approval is
 audited), then queues the next one. All are idempotent: the job's suffix and the
 listing's slug are the keys, so later starts queue nothing twice and list nothing twice.
@@ -41,6 +40,11 @@ DEMO_APPROVAL_REASON = (
 # A demo dataset whose fine-tunes keep failing is not retried for ever.
 MAX_DEMO_JOBS_PER_DATASET = 3
 WAITING_STATUSES = (JobStatus.VALIDATING_FILES, JobStatus.QUEUED, JobStatus.RUNNING)
+# The generation demo's fine-tune: the platform's generation defaults, fewer epochs (auto
+# would give 10 for 400 short rows), so the first start lists it within minutes.
+DEMO_GENERATION_HYPERPARAMETERS: dict = {"n_epochs": 4}
+# Not one of the 500 rows; the README and the Try it box show the specialist's answer.
+DEMO_GENERATION_EXAMPLE = "carry"
 
 
 @dataclass(frozen=True)
@@ -59,26 +63,31 @@ class DemoSpecialist:
 
 DEMO_SPECIALISTS = (
     DemoSpecialist(
-        filename="support_tickets.csv",
-        dataset_name="Support tickets (noisy, 4 classes)",
+        filename="word_sentiment.jsonl",
+        dataset_name="AFINN-111 word sentiment (600 words)",
         base_model="minilm-l6",
-        job_suffix="demo-support-triage",
-        # ~1,600 examples seen: about a minute on two busy cores (3 epochs scored
-        # 0.0075 better on the benchmark's noisy tickets; the demo favours speed).
-        hyperparameters={"n_epochs": 2},
+        job_suffix="demo-word-sentiment",
+        # 432 training rows of one word each (48 more pick the epoch): 3 epochs, about 20 s
+        # on two idle cores. On a first `make run` beside a 2-thread bench, 5 epochs took
+        # 67 s (epoch 2 was the best) and the evaluation 74 s (SmolLM2 converted once, then
+        # scored as the generalist): listed 152 s after healthy.
+        hyperparameters={"n_epochs": 3},
         listing={
-            "slug": "demo-support-ticket-triage",
-            "title": "Support ticket triage (demo)",
-            "summary": "Routes a customer message to account, billing, shipping or "
-            "technical support.",
-            "description": "A LoRA adapter on MiniLM-L6, fine-tuned by `make run` on the "
-            "demo's 1,000 noisy support tickets. The scores are the platform's evaluation "
-            "on a sealed split the expert never saw.",
+            "slug": "demo-word-sentiment",
+            "title": "Word sentiment: positive or negative (demo)",
+            "summary": "Tells whether an English word reads positive or negative, for "
+            "lexicon building and review tagging.",
+            "description": "A LoRA adapter on MiniLM-L6, fine-tuned by `make run` on 600 "
+            "words of AFINN-111 (Finn Årup Nielsen, 2011; data ODC-BY-1.0, contents "
+            "CC-BY-4.0), each labelled by the sign of its valence. The scores are the "
+            "platform's evaluation on a sealed split the expert never saw.",
             "domain": "customer-support",
-            "tags": ["demo", "triage", "support"],
+            "tags": ["demo", "sentiment", "lexicon"],
             "languages": ["en"],
-            "intended_use": "Trying Niche: search, the evaluation page, the playground.",
-            "out_of_scope_use": "Real customers: it learnt from synthetic tickets.",
+            "intended_use": "Trying Niche: search, the evaluation page, the playground; "
+            "tagging single words or short phrases by sentiment.",
+            "example_input": "delightful",  # not one of the 600 rows
+            "out_of_scope_use": "Whole reviews or documents: it learnt from single words.",
             "commercial_use": False,
             "on_prem_download": True,
             "attribution_required": True,
@@ -97,28 +106,31 @@ DEMO_SPECIALISTS = (
         ),
     ),
     DemoSpecialist(
-        filename="arithmetic.jsonl",
-        dataset_name="Arithmetic questions (generation)",
-        base_model="tiny-causal",
-        job_suffix="demo-arithmetic",
-        # The tiny base starts from random weights: 4 epochs scored token F1 0.0 on the
-        # sealed split, these 0.05 (base 0.0; perplexity 579 -> 47) in ~15 s alone.
-        # Not SmolLM2-135M-Instruct (the real generation base experts should pick): on two
-        # shared cores, 2 epochs of these 160 rows on it ran 29 min (4 CPU-min) without
-        # finishing the first epoch, far too long for the first `make run`.
-        hyperparameters={"n_epochs": 20, "learning_rate": 0.01},
+        filename="past_tense.jsonl",
+        dataset_name="English verbs and their simple past (500)",
+        base_model="smollm2-135m-instruct",
+        job_suffix="demo-past-tense",
+        hyperparameters=DEMO_GENERATION_HYPERPARAMETERS,
         listing={
-            "slug": "demo-arithmetic-answers",
-            "title": "Arithmetic answers (demo)",
-            "summary": "Answers 'What is a plus b?' with the number, on a tiny causal LM.",
-            "description": "A LoRA adapter on the tiny causal LM that ships with Niche, "
-            "fine-tuned by `make run` on 200 arithmetic questions. Its token F1 is measured "
-            "against the base model on a sealed split.",
+            "slug": "demo-past-tense",
+            "title": "English past tense (demo)",
+            "summary": "Gives the simple past of an English verb (seek -> sought, carry "
+            "-> carried), for grammar tools and language learning.",
+            "description": "A LoRA adapter on SmolLM2-135M-Instruct, fine-tuned by "
+            "`make run` on 500 English verbs and their simple past, from the inflection "
+            "tables of lemminflect 0.2.3 (MIT), derived from the NIH SPECIALIST Lexicon. "
+            "The base model cannot do this prompted: it explains the verb instead of "
+            "conjugating it, and with three examples it still gets most verbs wrong. The "
+            "evaluation shows by how much 500 rows taught it, with character error rate "
+            "for partial credit.",
             "domain": "education",
-            "tags": ["demo", "arithmetic", "generation"],
+            "tags": ["demo", "grammar", "verbs", "generation"],
             "languages": ["en"],
-            "intended_use": "Trying Niche's generation API and evaluation.",
-            "out_of_scope_use": "Any real arithmetic.",
+            "intended_use": "Trying Niche's generation API and evaluation; drafting verb "
+            "tables for grammar exercises, checked by a person.",
+            "example_input": DEMO_GENERATION_EXAMPLE,
+            "out_of_scope_use": "Sentences, and anything published unchecked: it learnt "
+            "from 500 single verbs, 30 of them irregular.",
             "commercial_use": False,
             "attribution_required": True,
         },
