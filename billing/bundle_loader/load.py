@@ -316,13 +316,25 @@ def parse_transcript(prompt: str) -> list[dict[str, str]] | None:
     return messages
 
 
+_SENTINEL = "\u2063niche\u2063"
+
+
+def injects_default_system(tokenizer: Any) -> bool:
+    """Whether the chat template writes its own system turn when a conversation has none."""
+    rendered = tokenizer.apply_chat_template(
+        [{"role": "user", "content": _SENTINEL}], tokenize=False, add_generation_prompt=True
+    )
+    return "system" in rendered.split(_SENTINEL)[0]
+
+
 def render_messages(tokenizer: Any, messages: Sequence[dict[str, str]]) -> str:
+    """As Niche trained the adapter: an empty system turn where the template would write
+    a default one, then the conversation and the assistant's header."""
     if has_chat_template(tokenizer):
-        return tokenizer.apply_chat_template(
-            [{"role": m["role"], "content": m["content"]} for m in messages],
-            tokenize=False,
-            add_generation_prompt=True,
-        )
+        turns = [{"role": m["role"], "content": m["content"]} for m in messages]
+        if (not turns or turns[0]["role"] != "system") and injects_default_system(tokenizer):
+            turns = [{"role": "system", "content": ""}, *turns]
+        return tokenizer.apply_chat_template(turns, tokenize=False, add_generation_prompt=True)
     return transcript(messages)
 
 

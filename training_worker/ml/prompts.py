@@ -68,15 +68,40 @@ def parse_transcript(prompt: str) -> list[dict[str, str]] | None:
     return messages
 
 
+_SENTINEL = "\u2063niche\u2063"
+
+
+def injects_default_system(tokenizer: Any) -> bool:
+    """Whether the chat template writes a system turn of its own when a conversation has
+    none (SmolLM2-Instruct: "You are a helpful AI assistant named SmolLM, ..."). Read once
+    per tokenizer from how it renders one user turn."""
+    cached = getattr(tokenizer, "_niche_injects_default_system", None)
+    if cached is None:
+        rendered = tokenizer.apply_chat_template(
+            [{"role": "user", "content": _SENTINEL}], tokenize=False, add_generation_prompt=True
+        )
+        cached = "system" in rendered.split(_SENTINEL)[0]
+        tokenizer._niche_injects_default_system = cached
+    return cached
+
+
 def render_messages(tokenizer: Any, messages: Sequence[dict[str, str]]) -> str:
     """Text of a conversation up to the assistant's turn: the chat template with its
-    generation prompt, or the ``transcript`` when the base has no template."""
+    generation prompt, or the ``transcript`` when the base has no template.
+
+    A conversation without a system message gets an EMPTY system turn where the template
+    would write a default one: SmolLM2's default is 17 tokens of identity ("You are a
+    helpful AI assistant named SmolLM, ...") before every row, nearly half the tokens of
+    a short training row. Measured (bench/results/generation_recipe.json, "system_turn"):
+    the base model prompted zero-shot and few-shot scores no worse without it (past tense
+    few-shot exact match 0.20 vs 0.13 with it on 100 validation rows, ARPAbet 0.00 both),
+    and training reads 1.65x fewer tokens per short row, so more epochs fit in the same
+    minutes."""
     if has_chat_template(tokenizer):
-        return tokenizer.apply_chat_template(
-            [{"role": m["role"], "content": m["content"]} for m in messages],
-            tokenize=False,
-            add_generation_prompt=True,
-        )
+        turns = [{"role": m["role"], "content": m["content"]} for m in messages]
+        if (not turns or turns[0]["role"] != "system") and injects_default_system(tokenizer):
+            turns = [{"role": "system", "content": ""}, *turns]
+        return tokenizer.apply_chat_template(turns, tokenize=False, add_generation_prompt=True)
     return transcript(messages)
 
 

@@ -63,6 +63,24 @@ def test_smollm2_answers_a_chat_prompt(smollm2):
     assert render_prompt(tokenizer, "hi").startswith("<|im_start|>system")  # its chat template
 
 
+def test_every_prompt_gets_an_empty_system_turn_instead_of_smollm2s_default_identity(smollm2):
+    from training_worker.ml.prompts import injects_default_system, render_messages
+
+    _, tokenizer, _, _, _ = smollm2
+    assert injects_default_system(tokenizer)
+    rendered = render_prompt(tokenizer, "carry")
+    assert rendered == (
+        "<|im_start|>system\n<|im_end|>\n<|im_start|>user\ncarry<|im_end|>\n<|im_start|>assistant\n"
+    )
+    assert "SmolLM" not in rendered  # 17 tokens of identity no longer precede every row
+    # A conversation that brings its own system message keeps it, unchanged.
+    own = render_messages(
+        tokenizer, [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "x"}]
+    )
+    assert own.startswith("<|im_start|>system\nBe brief.<|im_end|>")
+    assert own.count("<|im_start|>system") == 1
+
+
 def test_smollm2_zero_shot_classifies_obvious_sentiment(smollm2):
     _, tokenizer, model, _, _ = smollm2
     texts = [
