@@ -396,6 +396,7 @@ class _Run:
         self.progress_bar = _progress_bar(total_steps)
 
         self.model.train()
+        noise_hook = self._neftune_hook(resolved.neftune_alpha)
         step = 0
         examples_seen = 0
         train_started = time.perf_counter()
@@ -467,6 +468,8 @@ class _Run:
                     {"epoch": epoch + 1, "step": step, "best_epoch": selector.best_epoch},
                 )
                 break
+        if noise_hook is not None:
+            noise_hook.remove()
         self.train_seconds = time.perf_counter() - train_started
         self.train_cpu_seconds = time.process_time() - cpu_started
         self.examples_per_s = examples_seen / self.train_seconds if self.train_seconds else 0.0
@@ -482,6 +485,22 @@ class _Run:
                 "trained_tokens": self.trained_tokens,
             },
         )
+
+    def _neftune_hook(self, alpha: float) -> Any:
+        """NEFTune (Jain et al. 2023): while training, uniform noise of magnitude
+        ``alpha / sqrt(tokens * width)`` on the input embeddings; none at evaluation."""
+        if not alpha or self.is_classification:
+            return None
+        seeded = torch.Generator().manual_seed(self.spec.seed + 1)
+
+        def add_noise(module: Any, inputs: Any, output: torch.Tensor) -> torch.Tensor:
+            if not module.training:
+                return output
+            magnitude = alpha / math.sqrt(output.shape[-2] * output.shape[-1])
+            noise = torch.rand(output.shape, generator=seeded) * 2 - 1
+            return output + (noise * magnitude).to(output.device, output.dtype)
+
+        return self.model.get_input_embeddings().register_forward_hook(add_noise)
 
     def _read_pending_losses(self) -> float:
         """Turn the step losses still held as tensors into floats; returns the last one."""

@@ -88,6 +88,17 @@ def test_auto_epochs_shrink_when_long_rows_would_pass_the_token_budget():
     assert explicit.n_epochs == 9
 
 
+def test_generation_has_its_own_smaller_token_budget():
+    hyperparameters = LoraHyperparameters()
+    # 1,800 ARPAbet rows of ~25 tokens: 45,000 an epoch; 135,000 tokens -> 3 epochs, where
+    # the classification budget would have allowed the examples budget's 3 as well...
+    assert hyperparameters.resolve("text-generation", [25] * 1800, 1800, "llama").n_epochs == 3
+    # ... but 1,080 sentence rows of 60 tokens: 64,800 an epoch -> 2.1 -> 2 epochs for
+    # generation, 6 (examples) for a classifier reading as many tokens.
+    assert hyperparameters.resolve("text-generation", [60] * 1080, 1080, "llama").n_epochs == 2
+    assert hyperparameters.resolve("text-classification", [60] * 1080, 1080, "bert").n_epochs == 6
+
+
 def test_auto_max_seq_length_is_a_capped_multiple_of_eight():
     assert auto_max_seq_length("text-classification", [3, 4, 5]) == 16
     assert auto_max_seq_length("text-classification", [1000] * 20) == 128
@@ -99,7 +110,12 @@ def test_explicit_values_win_over_auto_and_llama_gets_its_own_targets():
     hyperparameters = LoraHyperparameters(n_epochs=4, batch_size=8, learning_rate=0.01)
     resolved = hyperparameters.resolve("text-generation", [30] * 10, 10, "llama")
     assert (resolved.n_epochs, resolved.batch_size, resolved.learning_rate) == (4, 8, 0.01)
-    assert resolved.target_modules == ["q_proj", "v_proj"]
+    # Generation adapts every linear layer of the decoder; classification attention q/v.
+    assert resolved.target_modules == [
+        "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj",
+    ]  # fmt: skip
+    classifier = hyperparameters.resolve("text-classification", [30] * 10, 10, "llama")
+    assert classifier.target_modules == ["q_proj", "v_proj"]
 
 
 def test_unknown_architecture_without_target_modules_names_the_parameter():
