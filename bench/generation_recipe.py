@@ -198,7 +198,7 @@ def system_turn(corpora: list[str], n_val: int, out: Path) -> None:
 
     path = resolve_base_model_source(DEFAULT_BASES["text-generation"], ROOT / "var" / "models")
     tokenizer = AutoTokenizer.from_pretrained(path)
-    model = AutoModelForCausalLM.from_pretrained(path).eval()
+    model = AutoModelForCausalLM.from_pretrained(path, use_safetensors=True).eval()
     records = json.loads(out.read_text()) if out.exists() else []
     for corpus in corpora:
         fit, val = training_and_validation(corpus, 600, n_val)
