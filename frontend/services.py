@@ -67,10 +67,10 @@ DEMO_SPECIALISTS = (
         dataset_name="AFINN-111 word sentiment (600 words)",
         base_model="minilm-l6",
         job_suffix="demo-word-sentiment",
-        # 432 training rows of one word each (48 more pick the epoch): 3 epochs, about 20 s
-        # on two idle cores. On a first `make run` beside a 2-thread bench, 5 epochs took
-        # 67 s (epoch 2 was the best) and the evaluation 74 s (SmolLM2 converted once, then
-        # scored as the generalist): listed 152 s after healthy.
+        # 432 training rows of one word each (48 more pick the epoch): 3 epochs. A fresh
+        # `make run` on two idle cores listed it 41 s after healthy, SmolLM2's conversion
+        # and its scoring as the generalist included (5 epochs beside a 2-thread bench had
+        # taken 152 s, and epoch 2 had been the best).
         hyperparameters={"n_epochs": 3},
         listing={
             "slug": "demo-word-sentiment",
