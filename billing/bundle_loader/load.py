@@ -320,11 +320,16 @@ _SENTINEL = "\u2063niche\u2063"
 
 
 def injects_default_system(tokenizer: Any) -> bool:
-    """Whether the chat template writes its own system turn when a conversation has none."""
-    rendered = tokenizer.apply_chat_template(
-        [{"role": "user", "content": _SENTINEL}], tokenize=False, add_generation_prompt=True
-    )
-    return "system" in rendered.split(_SENTINEL)[0]
+    """Whether the chat template writes its own system turn when a conversation has none
+    (read once per tokenizer, not once per prompt)."""
+    cached = getattr(tokenizer, "_niche_injects_default_system", None)
+    if cached is None:
+        rendered = tokenizer.apply_chat_template(
+            [{"role": "user", "content": _SENTINEL}], tokenize=False, add_generation_prompt=True
+        )
+        cached = "system" in rendered.split(_SENTINEL)[0]
+        tokenizer._niche_injects_default_system = cached
+    return cached
 
 
 def render_messages(tokenizer: Any, messages: Sequence[dict[str, str]]) -> str:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import re
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -43,6 +42,7 @@ from training_worker.ml.evaluation_report import (
 from training_worker.ml.graded_metrics import (
     GradedMetric,
     choose_graded_metric,
+    normalise_answer,
     strict_exact_match,
 )
 from training_worker.ml.prompts import (
@@ -181,11 +181,6 @@ def paired_bootstrap_lift(
     ) - _metric_samples(metric, y_true, baseline_pred, n_labels, indices)
     low, high = np.percentile(differences, [2.5, 97.5])
     return {"metric": metric, "delta": float(delta), "ci_low": float(low), "ci_high": float(high)}
-
-
-def normalise_answer(text: str) -> str:
-    """Lower-case, collapse whitespace, drop surrounding punctuation (exact-match convention)."""
-    return " ".join(re.sub(r"[^\w\s]", " ", text.lower()).split())
 
 
 def exact_match(prediction: str, reference: str, strict: bool = False) -> float:
@@ -685,6 +680,17 @@ def paired_graded_lift(
     return {"metric": metric.name, "delta": delta, "ci_low": float(low), "ci_high": float(high)}
 
 
+def _correct(answers: list[str], references: list[str], strict: bool) -> np.ndarray:
+    """Per-row exact match of ``answers`` against the first ``len(answers)`` references."""
+    pairs = zip(answers, references[: len(answers)], strict=True)
+    return np.asarray([exact_match(a, r, strict) for a, r in pairs], dtype=np.int64)
+
+
+def _graded_scores(metric: GradedMetric, answers: list[str], references: list[str]) -> np.ndarray:
+    pairs = zip(answers, references[: len(answers)], strict=True)
+    return np.asarray([metric.score(a, r) for a, r in pairs], dtype=float)
+
+
 @dataclass(frozen=True)
 class _GenerationScoring:
     """How a generation report scores answers: exact match (strict or normalised), the
@@ -699,12 +705,10 @@ class _GenerationScoring:
     seed: int
 
     def correct(self, answers: list[str]) -> np.ndarray:
-        pairs = zip(answers, self.references[: len(answers)], strict=True)
-        return np.asarray([exact_match(a, r, self.strict) for a, r in pairs], dtype=np.int64)
+        return _correct(answers, self.references, self.strict)
 
     def graded_scores(self, answers: list[str]) -> np.ndarray:
-        pairs = zip(answers, self.references[: len(answers)], strict=True)
-        return np.asarray([self.graded.score(a, r) for a, r in pairs], dtype=float)
+        return _graded_scores(self.graded, answers, self.references)
 
     def baseline(self, name: str, method: str, answers: list[str]) -> BaselineResult:
         """Exact match of ``answers`` on the first ``len(answers)`` sealed rows with its
@@ -809,19 +813,16 @@ def generation_report(
     shape_rows = train_rows or sealed_rows
     graded = choose_graded_metric(shape_rows)
     strict = strict_exact_match(shape_rows)
+    specialist_correct = _correct(adapter_answers, references, strict)
+    specialist_graded = _graded_scores(graded, adapter_answers, references)
     scoring = _GenerationScoring(
         references=references,
         strict=strict,
         graded=graded,
-        specialist_correct=np.zeros(0, dtype=np.int64),
-        specialist_graded=np.zeros(0),
+        specialist_correct=specialist_correct,
+        specialist_graded=specialist_graded,
         resamples=resamples,
         seed=seed,
-    )
-    specialist_correct = scoring.correct(adapter_answers)
-    specialist_graded = scoring.graded_scores(adapter_answers)
-    scoring = dataclasses.replace(
-        scoring, specialist_correct=specialist_correct, specialist_graded=specialist_graded
     )
     ones = np.ones(len(references), dtype=np.int64)
     baseline = scoring.baseline

@@ -38,8 +38,9 @@ CHRF_ORDER = 6
 CHRF_BETA = 2.0
 
 
-def _normalise(text: str) -> str:
-    # The exact-match convention (evaluation.normalise_answer), repeated to avoid a cycle.
+def normalise_answer(text: str) -> str:
+    """Lower-case, collapse whitespace, drop punctuation: the exact-match convention
+    (``evaluation.exact_match``) and the text the error rates compare."""
     return " ".join(re.sub(r"[^\w\s]", " ", text.lower()).split())
 
 
@@ -60,7 +61,7 @@ def edit_distance(a: Sequence, b: Sequence) -> int:
 
 def character_error_rate(prediction: str, reference: str) -> float:
     """Character edits / reference characters on normalised text, capped at 1."""
-    predicted, expected = _normalise(prediction), _normalise(reference)
+    predicted, expected = normalise_answer(prediction), normalise_answer(reference)
     if not expected:
         return float(bool(predicted))
     return min(1.0, edit_distance(predicted, expected) / len(expected))
@@ -68,7 +69,7 @@ def character_error_rate(prediction: str, reference: str) -> float:
 
 def token_error_rate(prediction: str, reference: str) -> float:
     """Token edits / reference tokens on normalised text, capped at 1 (WER, PER)."""
-    predicted, expected = _normalise(prediction).split(), _normalise(reference).split()
+    predicted, expected = normalise_answer(prediction).split(), normalise_answer(reference).split()
     if not expected:
         return float(bool(predicted))
     return min(1.0, edit_distance(predicted, expected) / len(expected))
@@ -149,7 +150,7 @@ def strict_exact_match(rows: Sequence[dict]) -> bool:
     case and punctuation, say). Exact match then compares the answers as written."""
     if not rows:
         return False
-    same = sum(_normalise(r["prompt"]) == _normalise(r["completion"]) for r in rows)
+    same = sum(normalise_answer(r["prompt"]) == normalise_answer(r["completion"]) for r in rows)
     return same * 2 >= len(rows)
 
 
@@ -158,7 +159,7 @@ def choose_graded_metric(rows: Sequence[dict]) -> GradedMetric:
     module's table. Deterministic, and never reads the sealed rows."""
     if not rows or strict_exact_match(rows):
         return CHRF
-    token_lists = [_normalise(r["completion"]).split() for r in rows]
+    token_lists = [normalise_answer(r["completion"]).split() for r in rows]
     lengths = sorted(len(tokens) for tokens in token_lists)
     median = lengths[len(lengths) // 2]
     if median <= 1:
