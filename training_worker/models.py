@@ -251,6 +251,12 @@ class ModelVersion(models.Model):
     dataset_sha256 = models.CharField(max_length=64)
     run_record = models.JSONField()
     evaluation = models.JSONField()
+    router_signals = models.JSONField(
+        default=dict,
+        blank=True,
+        help_text="What the specialist router reads (training rows only): prototypes and "
+        "calibration; {} for versions trained before routing.",
+    )
     card = models.TextField()
     created_at = models.DateTimeField(default=timezone.now, db_index=True)
 

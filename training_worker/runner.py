@@ -364,6 +364,7 @@ def _model_version_fields(job: FineTuningJob, result: TrainingResult) -> dict:
         "dataset_sha256": dataset.sha256,
         "run_record": run_record,
         "evaluation": evaluation,
+        "router_signals": result.router_signals,
         "card": card,
     }
 

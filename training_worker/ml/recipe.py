@@ -24,7 +24,7 @@ from typing import Any, Literal, Protocol, get_args
 import numpy as np
 import torch
 
-from training_worker.ml import data, evaluation, lexical_head, model_selection
+from training_worker.ml import data, evaluation, lexical_head, model_selection, router_signals
 from training_worker.ml.base_models import load_tokenizer_and_model
 from training_worker.ml.baselines import EvaluationOptions
 from training_worker.ml.config import (
@@ -127,6 +127,8 @@ class TrainingResult:
     # classification: the lexical head blended with the adapter (lexical_head.py), when the
     # validation rows gave it weight; None = the adapter alone is served
     lexical_head_path: Path | None = None
+    # what the specialist router reads of this version (router_signals.py); {} when not computed
+    router_signals: dict[str, Any] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -165,6 +167,7 @@ def run_fine_tune(spec: TrainingSpec, callbacks: TrainingCallbacks) -> TrainingR
         run.setup()
         run.train()
         report = run.evaluate()
+        signals = run.router_signals()
         adapter_dir = run.save()
     except (torch.cuda.OutOfMemoryError, MemoryError) as exc:
         raise TrainingOutOfMemory(
@@ -192,6 +195,7 @@ def run_fine_tune(spec: TrainingSpec, callbacks: TrainingCallbacks) -> TrainingR
         classification_head=run.classification_head,
         precision=run.precision,
         lexical_head_path=run.lexical_head_path,
+        router_signals=signals,
     )
 
 
@@ -589,6 +593,76 @@ class _Run:
             )  # fmt: skip
         self.callbacks.on_event("info", "Evaluation on the sealed split finished.", report)
         return report
+
+    def router_signals(self) -> dict[str, Any]:
+        """The specialist router's signals for this version (router_signals.py): the
+        training inputs' prototypes, and the calibration on the validation rows' outcomes
+        (the specialist against the generalist). Training rows only; the sealed rows are
+        not read. A failure here is logged and leaves {"error": ...}: the version is then
+        never routed to, but the job still succeeds."""
+        key = "text" if self.is_classification else "prompt"
+        validation = self.validation_rows
+        try:
+            if self.is_classification:
+                wins = self._classification_wins(validation)
+            else:
+                validation = validation[: router_signals.MAX_GENERATION_OUTCOME_ROWS]
+                wins = self._generation_wins(validation)
+            signals = router_signals.compute_signals(
+                train_inputs=[row[key] for row in self.train_rows],
+                validation_inputs=[row[key] for row in validation],
+                validation_wins=wins,
+                seed=self.spec.seed,
+            )
+        except Exception as exc:  # the router skips the version; the expert's job stands
+            self.callbacks.on_event("warning", f"Routing signals not computed: {exc}")
+            return {"version": router_signals.SIGNALS_VERSION, "error": str(exc)[:500]}
+        self.callbacks.on_event(
+            "info",
+            f"Routing signals: {len(signals['prototypes'])} prototypes; the specialist beat "
+            f"the generalist on {signals['validation']['wins']} of "
+            f"{signals['validation']['rows']} validation rows.",
+        )
+        return signals
+
+    def _classification_wins(self, rows: list[dict]) -> list[bool]:
+        """Whether the adapter (alone: the lexical head served beside it saw these rows)
+        labels each validation row right."""
+        if not rows:
+            return []
+        label_to_id = {label: i for i, label in enumerate(self.spec.labels)}
+        probabilities = evaluation.predict_class_probabilities(
+            self.model, self.tokenizer, [row["text"] for row in rows],
+            self.resolved.max_seq_length, self.device,
+        )  # fmt: skip
+        predicted = probabilities.argmax(axis=1).tolist()
+        return [p == label_to_id[row["label"]] for p, row in zip(predicted, rows, strict=True)]
+
+    def _generation_wins(self, rows: list[dict]) -> list[bool]:
+        """Whether the specialist's greedy answer beats the un-adapted base's (the
+        generalist the router falls back to) on each validation row, by the graded metric
+        the evaluation uses for these completions."""
+        if not rows:
+            return []
+        prompts = [row["prompt"] for row in rows]
+        references = [row["completion"] for row in rows]
+        longest = max(
+            len(self.tokenizer(r, add_special_tokens=False)["input_ids"]) for r in references
+        )
+        new_tokens = max(1, min(32, longest + 1))
+        specialist = evaluation.evaluated_completions(
+            self.model, self.tokenizer, prompts, new_tokens, self.device
+        )
+        with self.model.disable_adapter():
+            generalist = evaluation.evaluated_completions(
+                self.model, self.tokenizer, prompts, new_tokens, self.device
+            )
+        metric = evaluation.choose_graded_metric(self.train_rows)
+        return router_signals.generation_outcomes(
+            [metric.score(a, r) for a, r in zip(specialist, references, strict=True)],
+            [metric.score(a, r) for a, r in zip(generalist, references, strict=True)],
+            metric.higher_is_better,
+        )
 
     def _evaluate_classification(self) -> dict[str, Any]:
         spec = self.spec

@@ -497,3 +497,37 @@ def test_lexical_blend_off_serves_the_adapter_alone(minilm_path, tmp_path):
         "reason": "lexical_blend is off",
     }
     assert result.resolved_hyperparameters["lexical_blend"] is False
+
+
+def test_routing_signals_without_validation_rows_carry_prototypes_and_no_calibration(
+    classification_run,
+):
+    _, callbacks, result = classification_run  # no validation rows: nothing to calibrate on
+    signals = result.router_signals
+    prototypes = np.asarray(signals["prototypes"])
+    assert 1 <= len(prototypes) <= 8 and prototypes.shape[1] == 384
+    assert np.allclose(np.linalg.norm(prototypes, axis=1), 1.0, atol=1e-3)
+    assert signals["calibration"] is None
+    assert signals["validation"] == {"rows": 0, "wins": 0}
+    assert any(message.startswith("Routing signals:") for _, message, _ in callbacks.events)
+
+
+def test_routing_signals_are_calibrated_on_the_validation_rows_outcomes(blended_run):
+    from training_worker.ml import router_signals
+
+    spec, _, result = blended_run
+    signals = result.router_signals
+    calibration = signals["calibration"]
+    assert signals["validation"]["rows"] == 20  # the rows the blend was chosen on
+    assert calibration["validation_rows"] == 20
+    assert calibration["background_rows"] == len(router_signals.background_texts())
+    # The barely trained adapter (lr 1e-6) rarely labels a row right: its wins are counted
+    # as they are, and the calibration says so (a low probability even in its domain).
+    prototypes = np.asarray(signals["prototypes"], dtype=np.float32)
+    embed = router_signals.embedder().embed
+    in_domain = router_signals.similarity(embed([r["text"] for r in spec.sealed_rows]), prototypes)
+    outside = router_signals.similarity(embed(["Write a haiku about the moon."]), prototypes)
+    assert in_domain.mean() > outside.mean()
+    p_in = router_signals.win_probability(in_domain, calibration["a"], calibration["b"]).mean()
+    win_rate = signals["validation"]["wins"] / signals["validation"]["rows"]
+    assert abs(p_in - win_rate) < 0.25

@@ -1,0 +1,85 @@
+"""The router's signals on real embeddings (all-MiniLM-L6-v2 from its package)."""
+
+import json
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from training_worker.ml import router_signals
+
+REPO_ROOT = Path(__file__).resolve().parents[3]
+
+
+def past_tense_prompts() -> list[str]:
+    path = REPO_ROOT / "frontend" / "demo_data" / "past_tense.jsonl"
+    return [json.loads(line)["prompt"] for line in path.read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def verbs_signals():
+    verbs = past_tense_prompts()
+    rng = random.Random(0)
+    wins = [rng.random() < 0.9 for _ in range(60)]  # a specialist that wins 90 % in domain
+    signals = router_signals.compute_signals(
+        train_inputs=verbs[:300], validation_inputs=verbs[300:360], validation_wins=wins, seed=0
+    )
+    return signals, verbs[360:], wins
+
+
+def test_prototypes_are_at_most_eight_unit_centroids_of_the_training_inputs(verbs_signals):
+    signals, _, _ = verbs_signals
+    prototypes = np.asarray(signals["prototypes"])
+    assert prototypes.shape == (8, 384)
+    assert np.allclose(np.linalg.norm(prototypes, axis=1), 1.0, atol=1e-3)
+    assert signals["prototype_rows"] == 300
+    assert signals["embedder"] == "sentence-transformers/all-MiniLM-L6-v2"
+
+
+def test_calibrated_probability_is_high_in_domain_and_low_outside(verbs_signals):
+    signals, unseen_verbs, wins = verbs_signals
+    calibration = signals["calibration"]
+    prototypes = np.asarray(signals["prototypes"], dtype=np.float32)
+    embed = router_signals.embedder().embed
+
+    def p(texts):
+        sims = router_signals.similarity(embed(texts), prototypes)
+        return router_signals.win_probability(sims, calibration["a"], calibration["b"])
+
+    in_domain = p(unseen_verbs[:80])
+    outside = p(["What is the capital of Peru?", "Summarise this contract in one line."])
+    assert calibration["a"] > 0  # nearer the prototypes, likelier to win
+    assert in_domain.mean() > 0.6 and abs(in_domain.mean() - np.mean(wins)) < 0.3
+    assert outside.max() < 0.2
+    assert signals["validation"] == {"rows": 60, "wins": sum(wins)}
+
+
+def test_without_validation_rows_there_is_no_calibration():
+    signals = router_signals.compute_signals(
+        train_inputs=past_tense_prompts()[:40], validation_inputs=[], validation_wins=[], seed=0
+    )
+    assert signals["calibration"] is None and len(signals["prototypes"]) == 8
+
+
+def test_a_version_that_never_wins_gets_a_low_constant_probability():
+    a, b = router_signals.platt_fit(np.array([0.9, 0.8, 0.2, 0.1]), np.zeros(4))
+    assert a == 0.0
+    assert router_signals.win_probability(np.array([0.95]), a, b)[0] < 0.15
+
+
+def test_generation_outcomes_count_a_win_or_a_tie_on_a_perfect_answer():
+    # chrF (higher is better): better wins; a tie wins only when both are perfect.
+    assert router_signals.generation_outcomes([0.9, 0.5, 1.0, 0.4], [0.5, 0.5, 1.0, 0.6], True) == [
+        True, False, True, False,
+    ]  # fmt: skip
+    # character error rate (lower is better): 0 is perfect.
+    assert router_signals.generation_outcomes([0.1, 0.0, 0.3], [0.5, 0.0, 0.3], False) == [
+        True, True, False,
+    ]  # fmt: skip
+
+
+def test_the_background_set_is_committed_and_never_empty():
+    texts = router_signals.background_texts()
+    assert len(texts) >= 150
+    assert not any(text.startswith("#") for text in texts)

