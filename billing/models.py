@@ -365,6 +365,37 @@ class UsageRecord(models.Model):
         return f"{self.units} call(s) on {self.licence_id} at {self.created_at:%Y-%m-%d %H:%M}"
 
 
+class PlatformUsage(models.Model):
+    """Calls the platform itself answered: the specialist router's generalist fallback
+    (serving/router.py), metered at the operator's price (ROUTER_FALLBACK_UNIT_AMOUNT per
+    call, in ROUTER_FALLBACK_CURRENCY) and owed to the platform, not to an expert. Written
+    before the engine runs and settled after, as UsageRecord is; a failed call is settled
+    `error` and not billed."""
+
+    id = models.BigAutoField(primary_key=True)
+    buyer = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")
+    api_key = models.ForeignKey(
+        "accounts.ApiKey", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    kind = models.CharField(max_length=20, default="fallback", help_text="What answered.")
+    task = models.CharField(max_length=40)
+    units = models.PositiveIntegerField(default=1, help_text="Calls this row counts.")
+    unit_amount = models.BigIntegerField(help_text="The operator's price per call, minor units.")
+    currency = models.CharField(max_length=3)
+    status = models.CharField(max_length=10, choices=UsageStatus.choices, default=UsageStatus.OK)
+    idempotency_key = models.CharField(max_length=128, unique=True)
+    latency_ms = models.PositiveIntegerField(null=True, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+    settled_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        indexes = [models.Index(fields=["buyer", "created_at"])]
+
+    def __str__(self) -> str:
+        return f"{self.units} {self.kind} call(s) by {self.buyer_id} at {self.created_at:%Y-%m-%d}"
+
+
 class LicenceUsagePeriod(models.Model):
     """A licence's call counter for one period, incremented atomically by usage_record."""
 

@@ -53,6 +53,7 @@ from billing.models import (
     OfferKind,
     OfferStatus,
     Overage,
+    PlatformUsage,
     UsageRecord,
     UsageStatus,
 )
@@ -1126,3 +1127,35 @@ def reconciliation_issue_resolve(*, issue_id, moderator: User, note: str):
             reason=note,
         )
     return issue
+
+
+# --- the platform's own calls (the router's generalist fallback) ---------------------------
+
+
+def platform_usage_record(
+    *, buyer_id: int, idempotency_key: str, task: str, units: int = 1, api_key_id=None
+) -> PlatformUsage:
+    """A call the platform's generalist answers, written before the engine runs at the
+    operator's price; once per idempotency key (a replay returns the first row)."""
+    _validate_usage(idempotency_key, units, UsageStatus.OK)
+    record, _ = PlatformUsage.objects.get_or_create(
+        idempotency_key=idempotency_key,
+        defaults={
+            "buyer_id": buyer_id,
+            "api_key_id": api_key_id,
+            "task": task,
+            "units": units,
+            "unit_amount": settings.ROUTER_FALLBACK_UNIT_AMOUNT,
+            "currency": settings.ROUTER_FALLBACK_CURRENCY,
+        },
+    )
+    return record
+
+
+def platform_usage_settle(*, idempotency_key: str, status: str, latency_ms: int) -> bool:
+    """Settle a platform call once: served (billed) or failed (not billed)."""
+    return bool(
+        PlatformUsage.objects.filter(
+            idempotency_key=idempotency_key, settled_at__isnull=True
+        ).update(status=status, latency_ms=latency_ms, settled_at=timezone.now())
+    )

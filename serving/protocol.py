@@ -149,7 +149,8 @@ class InferenceRequest:
     - generation: exactly one of ``prompt`` (completions, /predict) or ``messages`` (chat;
       the worker renders them with the base's chat template, because web processes have
       no tokenizer).
-    ``adapter`` None means the bare base model (generation only).
+    ``adapter`` None means the bare base model: generation from the un-adapted base, or
+    classification zero-shot over ``labels`` (the router's generalist fallback).
     """
 
     request_id: str
@@ -163,6 +164,7 @@ class InferenceRequest:
     stream: bool = False
     deadline: float | None = None  # unix time
     priority: str = "interactive"  # PRIORITY_INTERACTIVE | PRIORITY_BATCH
+    labels: list[str] = field(default_factory=list)  # zero-shot classification's label names
 
     def to_dict(self) -> dict[str, Any]:
         return json.loads(json.dumps(asdict(self)))
@@ -188,6 +190,7 @@ class InferenceRequest:
             stream=bool(data.get("stream", False)),
             deadline=data.get("deadline"),
             priority=_priority(data.get("priority")),
+            labels=[str(label) for label in data.get("labels") or []],
         )
 
 

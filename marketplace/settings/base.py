@@ -11,6 +11,7 @@ from kombu import Queue
 from marketplace.settings.env import (
     env_bool,
     env_choice,
+    env_float,
     env_int,
     env_int_map,
     env_list,
@@ -389,6 +390,24 @@ SERVING_RATE_LIMIT_PER_MINUTE = env_int("SERVING_RATE_LIMIT_PER_MINUTE", 600, mi
 # too_many_concurrent_calls with Retry-After: 1 (a burst cannot take every engine slot).
 SERVING_MAX_CONCURRENT_PER_KEY = env_int("SERVING_MAX_CONCURRENT_PER_KEY", 64, minimum=1)
 SERVING_MAX_CONCURRENT_PER_LISTING = env_int("SERVING_MAX_CONCURRENT_PER_LISTING", 256, minimum=1)
+# The specialist router (`model: "niche/auto"`, POST /api/v1/route; serving/router.py).
+# A specialist answers when its calibrated P(it beats the generalist on this input) is at
+# least ROUTER_THRESHOLD: 0.5 is the goal "best quality" (the likelier winner answers); a
+# higher threshold sends more calls to the generalist, the goal "quality per cost" when the
+# generalist is the cheaper. Else the generalist fallback answers: the un-adapted base of
+# ROUTER_FALLBACK_GENERATION_BASE (generation) or zero-shot on
+# ROUTER_FALLBACK_CLASSIFICATION_BASE's embeddings (classification), metered to the
+# platform at ROUTER_FALLBACK_UNIT_AMOUNT minor units of ROUTER_FALLBACK_CURRENCY per call.
+ROUTER_THRESHOLD = env_float("ROUTER_THRESHOLD", 0.5)
+if not 0 < ROUTER_THRESHOLD < 1:
+    raise ImproperlyConfigured("ROUTER_THRESHOLD must be between 0 and 1.")
+ROUTER_GOAL = "best quality" if ROUTER_THRESHOLD <= 0.5 else "quality per cost"
+ROUTER_FALLBACK_GENERATION_BASE = env_str(
+    "ROUTER_FALLBACK_GENERATION_BASE", "smollm2-135m-instruct"
+)
+ROUTER_FALLBACK_CLASSIFICATION_BASE = env_str("ROUTER_FALLBACK_CLASSIFICATION_BASE", "minilm-l6")
+ROUTER_FALLBACK_UNIT_AMOUNT = env_int("ROUTER_FALLBACK_UNIT_AMOUNT", 0, minimum=0)
+ROUTER_FALLBACK_CURRENCY = env_str("ROUTER_FALLBACK_CURRENCY", "usd")
 SERVING_BATCH_MAX_SIZE = env_int("SERVING_BATCH_MAX_SIZE", 32, minimum=1)
 SERVING_BATCH_MAX_WAIT_MS = env_int("SERVING_BATCH_MAX_WAIT_MS", 10, minimum=0)
 SERVING_ADAPTER_CACHE_BYTES = env_int("SERVING_ADAPTER_CACHE_BYTES", 512 * 1024 * 1024, minimum=1)

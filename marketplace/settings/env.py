@@ -58,6 +58,10 @@ def env_int(name: str, default=_UNSET, *, minimum: int | None = None) -> int:
     return _read(name, default, parse)
 
 
+def env_float(name: str, default=_UNSET) -> float:
+    return _read(name, default, lambda raw: float(raw.strip()))
+
+
 def env_list(name: str, default=_UNSET) -> list[str]:
     return _read(name, default, lambda raw: [p.strip() for p in raw.split(",") if p.strip()])
 

@@ -46,6 +46,8 @@ MEDIA_ROOT = VAR_DIR / "test-media"
 MODEL_CACHE_DIR = VAR_DIR / "models"  # shared with `make run`: built base models are reused
 # The evaluation's generalist LLM is the tiny causal LM here (seconds); SmolLM2 in production.
 EVALUATION_GENERALIST_LLM = "cache:tiny-causal"
+# The router's generalist for generation: the tiny causal LM workers in tests load in a second.
+ROUTER_FALLBACK_GENERATION_BASE = "tiny-causal"
 # Its cost is in tokens, not parameters (~0.2 CPU-s a row with 4 labels): a few rows suffice.
 EVALUATION_GENERALIST_MAX_ROWS = 16
 VAR_DIR.mkdir(parents=True, exist_ok=True)

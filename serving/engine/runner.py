@@ -121,6 +121,41 @@ def classify(base: LoadedBase, rows: Sequence[ClassificationRow]) -> ClassifiedR
     )
 
 
+# The generalist fallback's zero-shot scores: softmax over the cosines times this scale (the
+# evaluation's zero-shot baseline takes the argmax of the same cosines).
+ZERO_SHOT_SCALE = 20.0
+
+
+def label_phrase(label: str) -> str:
+    """A label name as words (the evaluation's zero-shot reads it so)."""
+    return label.replace("_", " ").replace("-", " ").strip()
+
+
+def zero_shot(base: LoadedBase, texts: Sequence[str], labels: Sequence[str]) -> ClassifiedRows:
+    """The router's classification fallback: each text's label by the cosine of its
+    mean-pooled embedding to the label names' (the base un-adapted), as the evaluation's
+    generalist zero-shot baseline. One forward for the texts and the label names."""
+    strings = [*texts, *(label_phrase(label) for label in labels)]
+    cut = data.classification_token_ids(base.tokenizer, strings, CLASSIFICATION_MAX_TOKENS)
+    batch = data.collate_classification(
+        [data.EncodedExample(ids, 0) for ids in cut], base.tokenizer.pad_token_id
+    )
+    batch.pop("labels")
+    encoded = {name: tensor.to(base.device) for name, tensor in batch.items()}
+    with base.lock, torch.inference_mode(), _lora_context(base, [None] * len(strings)):
+        _backbone(base)(**encoded)
+        features = base.captured.pop("features")
+    if features.dim() != 2:
+        raise AdapterUnavailable(f"{base.slug} has no mean-pooled embedding for zero-shot.")
+    features = torch.nn.functional.normalize(features.float(), dim=-1)
+    n = len(texts)
+    probabilities = torch.softmax(features[:n] @ features[n:].T * ZERO_SHOT_SCALE, dim=-1)
+    return ClassifiedRows(
+        scores=[dict(zip(labels, row.tolist(), strict=True)) for row in probabilities],
+        tokens=encoded["attention_mask"][:n].sum(-1).tolist(),
+    )
+
+
 def classify_rows(base: LoadedBase, rows: Sequence[ClassificationRow]) -> list[dict[str, float]]:
     """Per row ``{label: probability}`` in the adapter's label order."""
     return classify(base, rows).scores

@@ -39,6 +39,7 @@ from serving.engine.runner import (
     encode_prompt,
     render_chat,
     render_prompt,
+    zero_shot,
 )
 from serving.protocol import (
     STREAM_MAX_ENTRIES,
@@ -214,15 +215,21 @@ class Engine:
         """One classification batch (the lane's): grouped by (base, head), each group one
         forward pass with its adapters loaded and pinned."""
         groups: dict[tuple[str, str], list[Pending]] = defaultdict(list)
+        zero_shot: list[Pending] = []  # the router's generalist fallback (no adapter)
         for pending in batch:
             request = pending.request
             if request.deadline is not None and time.time() > request.deadline:
                 self._resolve_error(pending, ErrorCode.DEADLINE_EXCEEDED, "Deadline passed.")
                 continue
             if request.adapter is None:
-                self._resolve_error(
-                    pending, ErrorCode.INVALID_REQUEST, "Classification needs an adapter."
-                )
+                if len(request.labels) < 2:
+                    self._resolve_error(
+                        pending,
+                        ErrorCode.INVALID_REQUEST,
+                        "Classification needs an adapter, or two or more labels for zero-shot.",
+                    )
+                else:
+                    zero_shot.append(pending)
                 continue
             try:  # a classification adapter names the head it was trained on
                 head = self.registry.adapter_head(request.adapter)
@@ -230,6 +237,8 @@ class Engine:
                 self._resolve_error(pending, exc.code, str(exc))
                 continue
             groups[(request.base_model, head)].append(pending)
+        for pending in zero_shot:
+            self._zero_shot(pending)
         for (slug, head), group in groups.items():
             try:
                 base = self.registry.base(slug, TEXT_CLASSIFICATION, head)
@@ -253,6 +262,34 @@ class Engine:
                     self._resolve_error(pending, ErrorCode.ENGINE_ERROR, f"Engine error: {exc}")
             finally:
                 self.registry.unpin(base, names)
+
+    def _zero_shot(self, pending: Pending) -> None:
+        """One request answered by the un-adapted base, zero-shot over its labels."""
+        request = pending.request
+        try:
+            base = self.registry.base(request.base_model, TEXT_CLASSIFICATION, "mean")
+            classified = zero_shot(base, request.inputs, request.labels)
+        except EngineError as exc:
+            self._resolve_error(pending, exc.code, str(exc))
+            return
+        except Exception as exc:
+            logger.exception("serving: zero-shot on %s failed", request.base_model)
+            self._resolve_error(pending, ErrorCode.ENGINE_ERROR, f"Engine error: {exc}")
+            return
+        used = sum(classified.tokens)
+        outputs = [
+            ClassificationOutput(label=max(scores, key=scores.__getitem__), scores=scores)
+            for scores in classified.scores
+        ]
+        result = InferenceResult(
+            request_id=request.request_id,
+            outputs=outputs,
+            usage=Usage(used, 0, used),
+            adapter_sha256=None,
+            batch_size=len(request.inputs),
+            engine_ms=0.0,
+        )
+        self._resolve(pending, result.to_dict())
 
     def _load_adapters(self, base: LoadedBase, group: list[Pending]) -> list[Pending]:
         """Load each distinct adapter on its own (once per batch, however many requests
