@@ -1,5 +1,6 @@
 """`POST /api/v1/models/{listing}/predict`: the gateway in the one error contract."""
 
+import json
 from dataclasses import asdict
 
 from drf_spectacular.types import OpenApiTypes
@@ -21,6 +22,8 @@ def predict_body(answer: gateway.GatewayAnswer) -> dict:
         body["finish_reason"] = result.outputs.finish_reason
     body["usage"] = asdict(result.usage)  # prompt_tokens, completion_tokens, total_tokens
     body["latency_ms"] = answer.latency_ms
+    if answer.target.route is not None:  # niche/auto: who answered, and why
+        body["niche"] = answer.target.route.as_dict()
     return body
 
 
@@ -45,3 +48,62 @@ class PredictApi(BaseApi):
             payload=request.data,
         )
         return Response(predict_body(answer), headers=answer.headers)
+
+
+def _caller(request):
+    """The gateway_async caller of a synchronous (WSGI) request: no access cache."""
+    from serving.gateway_async import Caller
+
+    key = calling_api_key(request)
+    return Caller(
+        user_id=request.user.pk,
+        key_id=key.pk if key is not None else None,
+        key_rate_limit=key.rate_limit_per_minute if key is not None else None,
+    )
+
+
+def _on_the_event_loop(handler: str, request) -> Response:
+    """A synchronous (WSGI) request served by serving.async_apis' handler, run to its end."""
+    from asgiref.sync import async_to_sync
+
+    from serving import async_apis
+
+    response = async_to_sync(getattr(async_apis, handler))(_caller(request), request.data)
+    headers = {k: v for k, v in response.items() if k.startswith("X-Niche-")}
+    return Response(json.loads(response.content), headers=headers)
+
+
+class AutoPredictApi(BaseApi):
+    """`model` "niche/auto": the specialist router picks who answers each input (the
+    verified specialist you may call that is likeliest to beat the generalist, else the
+    generalist fallback). Classification `{"inputs": [...], "labels"?: [...]}`, generation
+    `{"inputs": "prompt", "parameters"?: {...}}`; the answer's `niche` says who answered."""
+
+    required_scopes = {"POST": "infer"}
+
+    @extend_schema(
+        operation_id="models_auto_predict",
+        request=OpenApiTypes.OBJECT,
+        responses=OpenApiTypes.OBJECT,
+        summary="Call niche/auto: routed to the best specialist you may call, or the generalist.",
+    )
+    def post(self, request):
+        return _on_the_event_loop("auto_predict", request)
+
+
+class RouteApi(BaseApi):
+    """Only decides: `{"task", "inputs": [...], "labels"?: [...]}` → for each input the
+    listing that would answer (or "niche/generalist"), its calibrated confidence, the
+    runner-up and the reason; plus the candidates and those skipped, with why. Nothing is
+    run or billed."""
+
+    required_scopes = {"POST": "infer"}
+
+    @extend_schema(
+        operation_id="route",
+        request=OpenApiTypes.OBJECT,
+        responses=OpenApiTypes.OBJECT,
+        summary="Which specialist (or the generalist) would answer each input.",
+    )
+    def post(self, request):
+        return _on_the_event_loop("route", request)

@@ -23,7 +23,7 @@ from django.http import JsonResponse, StreamingHttpResponse
 from django.middleware.csrf import CsrfViewMiddleware
 
 from marketplace.errors import ApplicationError, error_body
-from serving import access_cache, gateway, gateway_async, openai_api
+from serving import access_cache, gateway, gateway_async, openai_api, protocol, router
 from serving.apis import predict_body
 from serving.errors import InvalidInferenceInput
 from serving.ratelimit import serving_aredis
@@ -160,6 +160,51 @@ async def predict(caller, body, *, listing: str):
     return JsonResponse(predict_body(answer), headers=answer.headers)
 
 
+async def auto_predict(caller, body):
+    """POST /api/v1/models/niche/auto/predict: the router picks who answers."""
+    answer = await gateway_async.auto_predict(caller=caller, payload=body)
+    if isinstance(answer, gateway.GatewayAnswer):  # a generation
+        return JsonResponse(predict_body(answer), headers=answer.headers)
+    return JsonResponse(auto_predictions_body(answer), headers=answer.headers)
+
+
+def auto_predictions_body(auto: gateway_async.AutoPrediction) -> dict:
+    predictions: list[dict | None] = [None] * len(auto.routes)
+    usage = {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
+    for indices, answer in auto.answers:
+        for index, output in zip(indices, answer.result.outputs, strict=True):
+            predictions[index] = {
+                "label": output.label,
+                "scores": output.scores,
+                "routed_to": answer.target.model_name,
+            }
+        for name, value in asdict(answer.result.usage).items():
+            usage[name] += value
+    return {
+        "id": auto.request_id,
+        "model": router.AUTO_MODEL,
+        "predictions": predictions,
+        "niche": {"routes": [route.as_dict() for route in auto.routes]},
+        "usage": usage,
+        "latency_ms": max(answer.latency_ms for _, answer in auto.answers),
+    }
+
+
+async def route(caller, body):
+    """POST /api/v1/route: {"task", "inputs": [...], "labels"?} -> each input's route."""
+    body = _object(body)
+    task = router.request_task(body.get("task"))
+    inputs = gateway.classification_inputs(body.get("inputs"))
+    labels = router.request_labels(body.get("labels"))
+    if labels is not None and task != protocol.TEXT_CLASSIFICATION:
+        raise InvalidInferenceInput(
+            "labels apply to text-classification only.", fields={"labels": ["Leave it out."]}
+        )
+    return JsonResponse(
+        await gateway_async.route_only(caller, task=task, inputs=inputs, labels=labels)
+    )
+
+
 def _object(body) -> dict:
     if not isinstance(body, dict):
         raise InvalidInferenceInput("The body must be a JSON object.")
@@ -171,6 +216,8 @@ async def chat_completions(caller, body):
     model, parameters = openai_api._model(body), openai_api._parameters(body)
     messages = gateway.chat_messages(body.get("messages"))
     created = int(time.time())
+    if model == router.AUTO_MODEL:
+        return await _auto(caller, body, created, parameters, messages=messages)
     if body.get("stream"):
         stream = await gateway_async.generate_stream(
             caller=caller, model=model, messages=messages, parameters=parameters
@@ -187,6 +234,8 @@ async def completions(caller, body):
     model, parameters = openai_api._model(body), openai_api._parameters(body)
     prompt = openai_api._prompt(body)
     created = int(time.time())
+    if model == router.AUTO_MODEL:
+        return await _auto(caller, body, created, parameters, prompt=prompt)
     if body.get("stream"):
         stream = await gateway_async.generate_stream(
             caller=caller, model=model, prompt=prompt, parameters=parameters
@@ -196,6 +245,22 @@ async def completions(caller, body):
         caller=caller, model=model, prompt=prompt, parameters=parameters
     )
     return JsonResponse(openai_api.completion_body(answer, created), headers=answer.headers)
+
+
+async def _auto(caller, body, created: int, parameters, *, prompt=None, messages=None):
+    """A /v1 call to "niche/auto": the body says who answered (`niche.routed_to`, its
+    confidence, the runner-up and the reason), as the X-Niche-Listing header does."""
+    chat = messages is not None
+    stream = bool(body.get("stream"))
+    answer = await gateway_async.auto_generate(
+        caller=caller, prompt=prompt, messages=messages, parameters=parameters, stream=stream
+    )
+    if stream:
+        maker = openai_api.chat_chunk_maker if chat else openai_api.completion_chunk_maker
+        return _streaming(answer, maker(answer, created))
+    payload = (openai_api.chat_body if chat else openai_api.completion_body)(answer, created)
+    payload["niche"] = answer.target.route.as_dict()
+    return JsonResponse(payload, headers=answer.headers)
 
 
 def _streaming(stream: gateway_async.AsyncGatewayStream, chunk) -> StreamingHttpResponse:

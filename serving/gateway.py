@@ -37,7 +37,13 @@ from django.conf import settings
 from accounts.models import ApiKey, User
 from billing.models import UsageStatus
 from billing.selectors import LicenceCheck, licence_for_call
-from billing.services import usage_record, usage_settle, usage_settle_served
+from billing.services import (
+    platform_usage_record,
+    platform_usage_settle,
+    usage_record,
+    usage_settle,
+    usage_settle_served,
+)
 from marketplace.errors import ApplicationError
 from marketplace.metrics import (
     observe_inference,
@@ -104,19 +110,37 @@ class Target:
     check: LicenceCheck
     task: str
     base_model: str
-    adapter: AdapterRef
+    adapter: AdapterRef | None  # None: the router's generalist fallback (the bare base)
+    # The router's generalist: who is metered (billing.PlatformUsage), and the zero-shot
+    # labels of a classification fallback.
+    buyer_id: int | None = None
+    labels: tuple[str, ...] = ()
+    route: Any = None  # serving.router.Route when niche/auto chose this target
+
+    @property
+    def fallback(self) -> bool:
+        return self.adapter is None
 
     @property
     def headers(self) -> dict[str, str]:
-        return {
-            "X-Niche-Listing": self.check.listing_slug,
-            "X-Niche-Version": str(self.check.version_number),
-            "X-Niche-Adapter-SHA256": self.adapter.sha256,
-        }
+        headers = {"X-Niche-Listing": self.check.listing_slug}
+        if self.adapter is not None:
+            headers["X-Niche-Version"] = str(self.check.version_number)
+            headers["X-Niche-Adapter-SHA256"] = self.adapter.sha256
+        if self.route is not None:
+            headers["X-Niche-Routed-Confidence"] = f"{self.route.confidence:.4f}"
+        return headers
 
     @property
     def model_name(self) -> str:
+        if self.adapter is None:
+            return self.check.listing_slug
         return f"{self.check.listing_slug}@{self.check.version_number}"
+
+    @property
+    def metered(self) -> bool:
+        """Whether a call writes a ledger row: a licence's, or the platform's fallback."""
+        return self.fallback or self.check.licence_id is not None
 
 
 @dataclass(frozen=True)
@@ -316,6 +340,12 @@ def _admit(*, user: User, api_key: ApiKey | None, target: Target, units: int) ->
 def _record(*, target: Target, api_key: ApiKey | None, request_id: str, units: int) -> None:
     """The ledger row, before the engine runs: takes the quota atomically (QuotaExceeded
     429 with nothing written when a concurrent call took the last one)."""
+    if target.fallback:
+        platform_usage_record(
+            buyer_id=target.buyer_id, idempotency_key=request_id, task=target.task,
+            units=units, api_key_id=api_key.pk if api_key is not None else None,
+        )  # fmt: skip
+        return
     if target.check.licence_id is None:
         return  # the owner's own calls are not billed
     usage_record(
@@ -330,6 +360,9 @@ def _record(*, target: Target, api_key: ApiKey | None, request_id: str, units: i
 
 def _settle(target: Target, request_id: str, status: str, started: float) -> int:
     latency_ms = int((time.monotonic() - started) * 1000)
+    if target.fallback:
+        platform_usage_settle(idempotency_key=request_id, status=status, latency_ms=latency_ms)
+        return latency_ms
     if target.check.licence_id is None:
         return latency_ms
     if status != UsageStatus.OK or not usage_settle_served(
@@ -436,8 +469,21 @@ def _new_request(target: Target, request_id: str, **fields) -> InferenceRequest:
         base_model=target.base_model,
         adapter=target.adapter,
         deadline=time.time() + settings.SERVING_TIMEOUT_SECONDS,
+        labels=list(target.labels),
         **fields,
     )
+
+
+def adapter_integrity(target: Target, result: InferenceResult) -> None:
+    """The engine answered with the adapter the call named (none for the generalist)."""
+    expected = target.adapter.sha256 if target.adapter is not None else None
+    if result.adapter_sha256 not in (None, expected) or (
+        expected is None and result.adapter_sha256 is not None
+    ):
+        raise EngineFailed(
+            "The engine answered with another adapter than the live version's.",
+            code=ErrorCode.ADAPTER_INTEGRITY,
+        )
 
 
 def _run(*, user, api_key, target: Target, request: InferenceRequest, units: int):
@@ -447,11 +493,7 @@ def _run(*, user, api_key, target: Target, request: InferenceRequest, units: int
     _record(target=target, api_key=api_key, request_id=request.request_id, units=units)
     try:
         result = _engine_call(request, deadline)
-        if result.adapter_sha256 not in (None, target.adapter.sha256):
-            raise EngineFailed(
-                "The engine answered with another adapter than the live version's.",
-                code=ErrorCode.ADAPTER_INTEGRITY,
-            )
+        adapter_integrity(target, result)
     except BaseException:
         cancel_request(request.request_id)  # a timeout must not leave the worker generating
         _settle(target, request.request_id, UsageStatus.ERROR, started)

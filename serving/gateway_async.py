@@ -31,8 +31,8 @@ from accounts.models import User
 from billing.models import UsageStatus
 from billing.selectors import licence_for_call
 from marketplace.metrics import observe_inference, observe_stream_done, observe_stream_first_token
-from serving import access_cache, dispatch, gateway, protocol
-from serving.errors import EngineFailed, EngineUnavailable, InvalidInferenceInput
+from serving import access_cache, dispatch, gateway, protocol, router
+from serving.errors import EngineUnavailable, InvalidInferenceInput
 from serving.gateway import (
     LIVENESS_CHECK_EVERY_SECONDS,
     GatewayAnswer,
@@ -43,7 +43,7 @@ from serving.gateway import (
     _served_version,
     answer_of,
 )
-from serving.protocol import ErrorCode, InferenceRequest
+from serving.protocol import InferenceRequest
 from serving.ratelimit import (
     InFlight,
     RateWindow,
@@ -147,14 +147,14 @@ class _KeyRef:
 
 
 async def _record(target: Target, caller: Caller, request_id: str, units: int) -> None:
-    if target.check.licence_id is None:
+    if not target.metered:
         return  # the owner's own calls are not billed
     await sync_to_async(_record_sync)(target, caller.key_id, request_id, units)
 
 
 async def _settle(target: Target, request_id: str, status: str, started: float) -> int:
     latency_ms = int((time.monotonic() - started) * 1000)
-    if target.check.licence_id is not None:
+    if target.metered:
         await sync_to_async(gateway._settle)(target, request_id, status, started)
     return latency_ms
 
@@ -242,11 +242,7 @@ async def _run(caller: Caller, target: Target, request: InferenceRequest, units:
         await _record(target, caller, request.request_id, units)
         try:
             result = await _engine_call(request, deadline)
-            if result.adapter_sha256 not in (None, target.adapter.sha256):
-                raise EngineFailed(
-                    "The engine answered with another adapter than the live version's.",
-                    code=ErrorCode.ADAPTER_INTEGRITY,
-                )
+            gateway.adapter_integrity(target, result)
         except BaseException:
             await cancel_request(request.request_id)
             await _settle(target, request.request_id, UsageStatus.ERROR, started)
@@ -402,6 +398,11 @@ async def generate_stream(*, caller: Caller, model: str, prompt=None, messages=N
     target, request = await _generation(
         caller, model, True, prompt=prompt, messages=list(messages or []), parameters=parameters
     )
+    return await _open_stream(caller, target, request)
+
+
+async def _open_stream(caller: Caller, target: Target, request) -> AsyncGatewayStream:
+    """Admit, record, send, and wait for the first event of a streamed generation."""
     started = time.monotonic()
     slots = await _admit(caller, target, 1)
     stream = AsyncGatewayStream(
@@ -415,3 +416,116 @@ async def generate_stream(*, caller: Caller, model: str, prompt=None, messages=N
         await asyncio.shield(stream.close())  # nothing delivered: cancelled, not billed
         raise
     return stream
+
+
+# --- the specialist router: model "niche/auto" (serving.router) -----------------------------
+
+
+async def _candidates(caller: Caller, task: str, labels: list[str] | None) -> router.CandidateSet:
+    return await sync_to_async(router.candidate_set)(user=caller.user, task=task, labels=labels)
+
+
+async def _routes(texts: list[str], found: router.CandidateSet) -> list[router.Route]:
+    # The embedding is a torch forward: off the event loop, not on Django's one DB thread.
+    return await sync_to_async(router.decide, thread_sensitive=False)(texts, found)
+
+
+async def routed_target(caller: Caller, found: router.CandidateSet, route: router.Route) -> Target:
+    """What answers a routed input: the chosen specialist's live version, or the generalist."""
+    candidate = router.candidate_for(found, route)
+    if candidate is None:
+        if found.task == protocol.TEXT_CLASSIFICATION and len(found.labels) < 2:
+            raise InvalidInferenceInput(
+                "No specialist you may call fits this request, and the generalist needs the "
+                'labels to choose from: send "labels".',
+                code="labels_required",
+                fields={"labels": ["2 or more label names."]},
+            )
+        return Target(
+            check=router.fallback_check(),
+            task=found.task,
+            base_model=router.fallback_base(found.task),
+            adapter=None,
+            buyer_id=caller.user_id,
+            labels=tuple(found.labels),
+            route=route,
+        )
+    task, base_model, adapter = await _version(candidate.check.model_version_id)
+    return Target(
+        check=candidate.check, task=task, base_model=base_model, adapter=adapter, route=route
+    )
+
+
+async def route_only(caller: Caller, *, task: str, inputs: list[str], labels) -> dict:
+    """POST /api/v1/route: the decision for each input, nothing run, nothing billed."""
+    found = await _candidates(caller, task, labels)
+    routes = await _routes(inputs, found)
+    return {
+        "task": task,
+        "threshold": settings.ROUTER_THRESHOLD,
+        "goal": settings.ROUTER_GOAL,
+        "candidates": [c.slug for c in found.candidates],
+        "skipped": found.skipped,
+        "routes": [route.as_dict() for route in routes],
+    }
+
+
+async def auto_generation_target(caller: Caller, text: str) -> Target:
+    found = await _candidates(caller, protocol.TEXT_GENERATION, None)
+    (route,) = await _routes([text], found)
+    return await routed_target(caller, found, route)
+
+
+async def auto_generate(*, caller: Caller, prompt=None, messages=None, parameters, stream=False):
+    """A /v1 generation (or predict with a prompt) for "niche/auto": routed on the prompt or
+    the last user message, then served and metered as a call to whoever answers."""
+    target = await auto_generation_target(caller, router.routing_text(prompt, messages or []))
+    request = _new_request(
+        target, str(uuid.uuid4()), stream=stream, prompt=prompt,
+        messages=list(messages or []), parameters=parameters,
+    )  # fmt: skip
+    if not stream:
+        return await _run(caller, target, request, 1)
+    return await _open_stream(caller, target, request)
+
+
+@dataclass
+class AutoPrediction:
+    """A classification call to "niche/auto": each input routed on its own; the inputs
+    that go to one destination are one call to it (one ledger row)."""
+
+    request_id: str
+    answers: list[tuple[list[int], GatewayAnswer]]
+    routes: list[Any]
+
+    @property
+    def headers(self) -> dict[str, str]:
+        names = sorted({answer.target.check.listing_slug for _, answer in self.answers})
+        return {"X-Niche-Listing": ",".join(names), "X-Niche-Request-Id": self.request_id}
+
+
+async def auto_predict(*, caller: Caller, payload: Any):
+    """POST /api/v1/models/niche/auto/predict. Classification: {"inputs": [...],
+    "labels"?: [...]}; generation: {"inputs": "prompt", "parameters"?: {...}} (a prompt is
+    a string: a list of inputs is classification)."""
+    if not isinstance(payload, dict) or "inputs" not in payload:
+        raise InvalidInferenceInput(
+            'The body needs an "inputs" member.', fields={"inputs": ["Required."]}
+        )
+    if isinstance(payload["inputs"], str) and payload.get("task") != protocol.TEXT_CLASSIFICATION:
+        prompt = gateway.check_text(payload["inputs"], "inputs")
+        parameters = gateway.generation_parameters(payload.get("parameters"))
+        return await auto_generate(caller=caller, prompt=prompt, parameters=parameters)
+    inputs = gateway.classification_inputs(payload["inputs"])
+    labels = router.request_labels(payload.get("labels"))
+    found = await _candidates(caller, protocol.TEXT_CLASSIFICATION, labels)
+    routes = await _routes(inputs, found)
+    groups: dict[str, list[int]] = {}
+    for index, route in enumerate(routes):
+        groups.setdefault(route.name, []).append(index)
+    answers = []
+    for indices in groups.values():
+        target = await routed_target(caller, found, routes[indices[0]])
+        request = _new_request(target, str(uuid.uuid4()), inputs=[inputs[i] for i in indices])
+        answers.append((indices, await _run(caller, target, request, len(indices))))
+    return AutoPrediction(request_id=str(uuid.uuid4()), answers=answers, routes=routes)

@@ -166,6 +166,21 @@ def chat_chunk_maker(stream, created: int):
     return chunk
 
 
+AUTO_MODEL = "niche/auto"  # serving.router.AUTO_MODEL
+
+
+def _auto_sync(request, cls):
+    """niche/auto for a synchronous (WSGI) caller: the event loop's handler, run to its end
+    (a stream is read whole, then sent)."""
+    from asgiref.sync import async_to_sync
+
+    from serving import async_apis
+    from serving.apis import _caller
+
+    handler = async_apis.chat_completions if cls is ChatCompletionsApi else async_apis.completions
+    return async_to_sync(handler)(_caller(request), request.data)
+
+
 def chat_body(answer, created: int) -> dict:
     output = answer.result.outputs
     choice = {
@@ -196,6 +211,8 @@ class ChatCompletionsApi(OpenAiApi):
         model, parameters = _model(body), _parameters(body)
         messages = gateway.chat_messages(body.get("messages"))
         created = int(time.time())
+        if model == AUTO_MODEL:
+            return _auto_sync(request, self.__class__)
         if body.get("stream"):
             stream = gateway.generate_stream(
                 user=request.user, api_key=self.api_key, model=model, messages=messages,
@@ -268,6 +285,8 @@ class CompletionsApi(OpenAiApi):
         body = _body(request)
         model, parameters, prompt = _model(body), _parameters(body), _prompt(body)
         created = int(time.time())
+        if model == AUTO_MODEL:
+            return _auto_sync(request, self.__class__)
         if body.get("stream"):
             stream = gateway.generate_stream(
                 user=request.user, api_key=self.api_key, model=model, prompt=prompt,

@@ -71,6 +71,8 @@ BODIES = {
     "POST api/v1/billing/checkout": lambda w: {"offer_id": w.offer_id},
     # Invalid inputs: the gateway checks the licence first, and nothing reaches an engine.
     "POST api/v1/models/<str:listing>/predict": {"inputs": 5},
+    "POST api/v1/models/niche/auto/predict": {"inputs": 5},
+    "POST api/v1/route": {"task": "text-classification", "inputs": 5},
     # Valid bodies for a classification listing: the licence is checked, then the task.
     "POST v1/chat/completions": lambda w: {
         "model": w.listing.slug,
@@ -153,6 +155,10 @@ MATRIX: dict[str, tuple[int, ...]] = {
     # Export: a stranger gets what GET api/v1/models/<id> answers (404); a licensee of its listing, 403.
     "GET api/v1/models/<uuid:version_id>/export":                    (401, 409, 404, 403, 404, 404, 404, 401, 409, 403, 403, 403),
     "POST api/v1/models/<str:listing>/predict":                      (401, 422, 403, 422, 403, 403, 403, 401, 403, 403, 422, 403),
+    # The router: anyone with the infer scope may call niche/auto (the generalist answers
+    # when no specialist they may call fits); invalid inputs are refused before any routing.
+    "POST api/v1/models/niche/auto/predict":                         (401, 422, 422, 422, 422, 422, 422, 401, 403, 403, 422, 403),
+    "POST api/v1/route":                                             (401, 422, 422, 422, 422, 422, 422, 401, 403, 403, 422, 403),
     # --- OpenAI-compatible API (/v1/)
     "POST v1/chat/completions":                                      (401, 422, 403, 422, 403, 403, 403, 401, 403, 403, 422, 403),
     "POST v1/completions":                                           (401, 422, 403, 422, 403, 403, 403, 401, 403, 403, 422, 403),
