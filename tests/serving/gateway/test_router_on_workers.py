@@ -213,3 +213,23 @@ def test_classification_with_no_candidate_and_no_labels_asks_for_labels(live_ser
     assert response.status_code == 422
     assert response.json()["error"]["code"] == "labels_required"
     assert PlatformUsage.objects.count() == 0
+
+
+def test_a_streamed_auto_call_names_who_answers_in_its_headers_and_is_billed_once(
+    live_server, market
+):
+    response = requests.post(
+        f"{live_server.url}/v1/completions",
+        json={"model": "niche/auto", "prompt": IN_DOMAIN_CLAUSE, "max_tokens": 4, "stream": True},
+        headers={"Authorization": f"Bearer {market.bob_key}"},
+        stream=True,
+        timeout=120,
+    )
+
+    assert response.status_code == 200, response.text
+    assert response.headers["X-Niche-Listing"] == market.clauses.slug
+    lines = [line for line in response.iter_lines() if line]
+    assert lines[-1] == b"data: [DONE]"
+    record = UsageRecord.objects.get()
+    assert (record.listing_id, record.status) == (market.clauses.pk, UsageStatus.OK)
+    assert PlatformUsage.objects.count() == 0
