@@ -900,20 +900,15 @@ def billing_health() -> BillingHealth:
 def callable_listings(*, user: User, task: str, at: datetime | None = None) -> list[dict]:
     """The published listings of ``task`` with a live version that ``user`` may call now: a
     live calling licence (a trial included), or their own. The specialist router's
-    candidates, each ``{"slug", "title", "lift_low"}`` (the lower bound of the listing's
-    verified lift over its strongest baseline), by slug."""
+    candidates, each ``{"slug", "title"}``, by slug."""
     now = at or timezone.now()
     licensed = Licence.objects.filter(
         licence_grants_access_q(now), buyer=user, kind__in=CALL_KINDS
     ).values("listing_id")
-    rows = (
+    return list(
         Listing.objects.filter(Q(pk__in=licensed) | Q(owner=user))
         .filter(status=ListingStatus.PUBLISHED, task=task, owner__is_active=True)
         .exclude(live_version__isnull=True)
         .order_by("slug")
-        .values("slug", "title", "lift_over_generalist_low")
+        .values("slug", "title")
     )
-    return [
-        {"slug": r["slug"], "title": r["title"], "lift_low": r["lift_over_generalist_low"]}
-        for r in rows
-    ]

@@ -1,20 +1,23 @@
 """The specialist router: `model: "niche/auto"` and `POST /api/v1/route`.
 
-For each input it picks who answers: the verified specialist, among the listings of the
-request's task that the caller may call (licensed, trials included, or their own), that is
-likeliest to beat the generalist on this input, when that likelihood clears
-ROUTER_THRESHOLD; else the **generalist fallback** (the un-adapted base prompted, for
-generation; zero-shot on the embedding base over the labels, for classification), which the
-same engine serves and the platform meters at the operator's price (billing.PlatformUsage).
+For each input it picks who answers: among the verified specialists of the request's task
+that the caller may call (licensed, trials included, or their own), the one whose domain the
+input is in (the nearest prototype), when its calibrated probability of beating the
+generalist on this input clears ROUTER_THRESHOLD; else the **generalist fallback** (the
+un-adapted base prompted, for generation; zero-shot on the embedding base over the labels,
+for classification), which the same engine serves and the platform meters at the
+operator's price (billing.PlatformUsage).
 
 What it reads of each candidate (training_worker/ml/router_signals.py, computed when the
 version was trained, from its training rows only):
 - its prototypes: the input's similarity is the cosine of its all-MiniLM-L6-v2 embedding to
   the nearest one;
-- its calibration: P(the specialist beats the generalist | similarity), a Platt fit on its
-  validation rows' outcomes and a fixed background of out-of-domain requests;
-- the lower bound of its listing's verified lift: a listing whose lift's lower bound is not
-  above zero is not a candidate (the router sends traffic to verified specialists only).
+- its calibration: P(the specialist beats the generalist | similarity) where the two answer
+  differently well, a Platt fit on its validation rows' outcomes and a fixed background of
+  out-of-domain requests;
+- the lower bound of its verified lift over the generalist it would fall back to (its sealed
+  evaluation's zero-shot baseline): a version whose bound is not above zero is not a
+  candidate (the router sends traffic to verified specialists only).
 
 A candidate is skipped, with the reason in /api/v1/route's answer, when its version has no
 signals (trained before the router) or no calibration (no validation rows), when it has no
@@ -42,6 +45,10 @@ from training_worker.models import ModelVersion
 
 AUTO_MODEL = "niche/auto"
 FALLBACK_NAME = "niche/generalist"
+NO_VERIFIED_LIFT = (
+    "no verified lift over the generalist: the lower bound of its lift over it on its sealed "
+    "rows is not above zero"
+)
 
 
 @dataclass(frozen=True)
@@ -50,13 +57,19 @@ class VersionSignals:
     a: float
     b: float
     labels: tuple[str, ...]
+    # the lower bound of the verified lift over the generalist the router falls back to
+    lift_low: float | None = None
 
 
 @functools.lru_cache(maxsize=1024)
 def version_signals(model_version_id) -> VersionSignals | str:
     """A version's routing signals, or why it cannot be routed to (read once per process:
     a version never changes once written)."""
-    row = ModelVersion.objects.filter(pk=model_version_id).values("labels", "router_signals").get()
+    row = (
+        ModelVersion.objects.filter(pk=model_version_id)
+        .values("task", "labels", "router_signals", "evaluation")
+        .get()
+    )
     signals = row["router_signals"] or {}
     if signals.get("error"):
         return "its routing signals failed to compute when it was trained"
@@ -70,6 +83,7 @@ def version_signals(model_version_id) -> VersionSignals | str:
         a=float(calibration["a"]),
         b=float(calibration["b"]),
         labels=tuple(row["labels"] or ()),
+        lift_low=router_signals.fallback_lift_low(row["evaluation"], row["task"]),
     )
 
 
@@ -129,8 +143,8 @@ def candidate_set(*, user: User, task: str, labels: list[str] | None = None) -> 
             continue
         signals = version_signals(check.model_version_id)
         reason = signals if isinstance(signals, str) else None
-        if reason is None and (row["lift_low"] is None or row["lift_low"] <= 0):
-            reason = "no verified lift: its lift's lower bound over the strongest baseline is ≤ 0"
+        if reason is None and (signals.lift_low is None or signals.lift_low <= 0):
+            reason = NO_VERIFIED_LIFT
         if reason is None and labels is not None and not set(signals.labels) <= set(labels):
             reason = "its labels are not all among the labels the request names"
         if reason is None and check.calls_left == 0:
@@ -138,9 +152,7 @@ def candidate_set(*, user: User, task: str, labels: list[str] | None = None) -> 
         if reason is not None:
             found.skipped.append({"listing": slug, "reason": reason})
             continue
-        found.candidates.append(
-            Candidate(slug, row["title"], check, signals, float(row["lift_low"]))
-        )
+        found.candidates.append(Candidate(slug, row["title"], check, signals, signals.lift_low))
     if task == protocol.TEXT_CLASSIFICATION:
         found.labels = labels or sorted({x for c in found.candidates for x in c.signals.labels})
     return found
@@ -198,7 +210,11 @@ def decide(
     )
     routes = []
     for j in range(len(texts)):
-        order = np.argsort(-probabilities[:, j], kind="stable")
+        # Whose domain the input is in: the candidate with the nearest prototype (each
+        # candidate's calibration knows its own domain and the background, not the other
+        # candidates', so their probabilities do not tell two specialists apart); then
+        # that candidate's calibrated P decides between it and the generalist.
+        order = np.argsort(-sims[:, j], kind="stable")
         best = order[0]
         p_best = float(probabilities[best, j])
         best_slug = found.candidates[best].slug
@@ -212,14 +228,16 @@ def decide(
             else:
                 runner_up = {"listing": FALLBACK_NAME, "confidence": round(1 - p_best, 4)}
             reason = (
-                f"P({best_slug} beats the generalist on this input) = {p_best:.2f}, at least "
-                f"the threshold {threshold:.2f}"
+                f"nearest {best_slug}'s training inputs (similarity {sims[best, j]:.2f}), and "
+                f"P(it beats the generalist on this input) = {p_best:.2f}, at least the "
+                f"threshold {threshold:.2f}"
             )
             routes.append(Route(best_slug, p_best, runner_up, reason, float(sims[best, j])))
         else:
             reason = (
-                f"no specialist clears the threshold {threshold:.2f} (the likeliest, "
-                f"{best_slug}, beats the generalist with P = {p_best:.2f}); the generalist answers"
+                f"nearest {best_slug}'s training inputs (similarity {sims[best, j]:.2f}), but "
+                f"P(it beats the generalist on this input) = {p_best:.2f}, below the threshold "
+                f"{threshold:.2f}: the generalist answers"
             )
             runner_up = {"listing": best_slug, "confidence": round(p_best, 4)}
             routes.append(Route(None, 1 - p_best, runner_up, reason, float(sims[best, j])))

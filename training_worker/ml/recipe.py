@@ -617,31 +617,45 @@ class _Run:
         except Exception as exc:  # the router skips the version; the expert's job stands
             self.callbacks.on_event("warning", f"Routing signals not computed: {exc}")
             return {"version": router_signals.SIGNALS_VERSION, "error": str(exc)[:500]}
+        outcome = signals["validation"]
         self.callbacks.on_event(
             "info",
-            f"Routing signals: {len(signals['prototypes'])} prototypes; the specialist beat "
-            f"the generalist on {signals['validation']['wins']} of "
-            f"{signals['validation']['rows']} validation rows.",
+            f"Routing signals: {len(signals['prototypes'])} prototypes; on "
+            f"{outcome['rows']} validation rows the specialist beat the generalist on "
+            f"{outcome['wins']}, lost on {outcome['losses']} and tied on {outcome['ties']}.",
         )
         return signals
 
-    def _classification_wins(self, rows: list[dict]) -> list[bool]:
-        """Whether the adapter (alone: the lexical head served beside it saw these rows)
-        labels each validation row right."""
+    def _classification_wins(self, rows: list[dict]) -> list[bool | None]:
+        """Per validation row: True when the adapter (alone: the lexical head served beside
+        it saw these rows) labels it right and the generalist zero-shot wrong, False for the
+        reverse, None when they agree on being right or wrong (a tie: routing either way
+        gives the same answer quality)."""
         if not rows:
             return []
         label_to_id = {label: i for i, label in enumerate(self.spec.labels)}
+        texts = [row["text"] for row in rows]
+        max_length = self.resolved.max_seq_length
         probabilities = evaluation.predict_class_probabilities(
-            self.model, self.tokenizer, [row["text"] for row in rows],
-            self.resolved.max_seq_length, self.device,
-        )  # fmt: skip
-        predicted = probabilities.argmax(axis=1).tolist()
-        return [p == label_to_id[row["label"]] for p, row in zip(predicted, rows, strict=True)]
+            self.model, self.tokenizer, texts, max_length, self.device
+        )
+        if evaluation.is_causal_architecture(self.model.get_base_model().config):
+            generalist, _ = self._zero_shot_by_likelihood(texts, max_length)
+        else:
+            with self.model.disable_adapter():
+                generalist = evaluation.zero_shot_by_embedding(
+                    self.model.get_base_model().base_model, self.tokenizer, texts,
+                    self.spec.labels, max_length, self.device,
+                )  # fmt: skip
+        truth = [label_to_id[row["label"]] for row in rows]
+        return router_signals.classification_outcomes(
+            probabilities.argmax(axis=1).tolist(), list(generalist), truth
+        )
 
-    def _generation_wins(self, rows: list[dict]) -> list[bool]:
-        """Whether the specialist's greedy answer beats the un-adapted base's (the
-        generalist the router falls back to) on each validation row, by the graded metric
-        the evaluation uses for these completions."""
+    def _generation_wins(self, rows: list[dict]) -> list[bool | None]:
+        """Per validation row: whether the specialist's greedy answer beats the un-adapted
+        base's (the generalist the router falls back to) by the graded metric the
+        evaluation uses for these completions; None for a tie."""
         if not rows:
             return []
         prompts = [row["prompt"] for row in rows]

@@ -9,15 +9,17 @@ per version, all written here when the job finishes and stored with the version
   embeddings of the version's training inputs (a sample of ``MAX_EMBEDDED_ROWS``): where its
   domain lies. An input's *similarity* to a version is its cosine to the nearest centroid.
 - **Validation outcomes**: on the held-out validation rows (carved from the training rows,
-  never trained on), did the specialist beat the generalist? Classification: the
-  specialist's label is right. Generation: its graded score (the metric the job's
-  evaluation uses) is above the un-adapted base's, or both answers are perfect. A tie on a
-  right answer counts as a win: routing to the specialist there costs no quality.
-- **Calibration**: P(the specialist beats the generalist | similarity), a Platt (logistic)
-  fit on the validation rows' similarities and outcomes, plus ``background_texts()``: a
-  fixed, committed set of out-of-domain requests, each counted as a loss (a specialist is
-  not expected to beat a generalist outside its domain). So the probability is high only
-  where the input is like the version's training rows AND the version wins there.
+  never trained on), who was better, the specialist or the generalist the router falls
+  back to? Classification: only one of them labels the row right. Generation: one's graded
+  score (the metric the job's evaluation uses) is above the other's. A tie (both right,
+  both wrong, equal scores) says nothing about whom to route to, and is left out.
+- **Calibration**: P(the specialist beats the generalist | similarity), on the inputs where
+  they differ: a Platt (logistic) fit on the decided validation rows' similarities and
+  outcomes, plus ``background_texts()``: a fixed, committed set of out-of-domain requests,
+  each counted as a loss (a specialist is not expected to beat a generalist outside its
+  domain). So the probability is high only where the input is like the version's training
+  rows AND the version beats the generalist there. Routing to the specialist when it is at
+  least 0.5 is the choice that maximises the expected answer quality.
 
 The fourth signal, the lower bound of the verified lift, is the listing's (its sealed
 evaluation); the router reads it from the listing.
@@ -42,8 +44,9 @@ MAX_EMBEDDED_ROWS = 512
 MAX_GENERATION_OUTCOME_ROWS = 64  # each costs two greedy generations at training time
 BACKGROUND_PATH = Path(__file__).with_name("router_background.txt")
 OUTCOME_DEFINITION = (
-    "the specialist beats the generalist on the row (classification: its label is right; "
-    "generation: a higher graded score, or both perfect)"
+    "on a row where the specialist and the generalist answer differently well, the "
+    "specialist is the better (classification: only it is right; generation: its graded "
+    "score is higher); ties are left out"
 )
 
 
@@ -136,31 +139,42 @@ def win_probability(sim: np.ndarray, a: float, b: float) -> np.ndarray:
 
 def generation_outcomes(
     specialist_scores: Sequence[float], generalist_scores: Sequence[float], higher_is_better: bool
-) -> list[bool]:
-    """Per row: the specialist's graded score beats the generalist's, or both are perfect."""
-    wins = []
+) -> list[bool | None]:
+    """Per row: True when the specialist's graded score is better, False when the
+    generalist's is, None for a tie (both perfect, say)."""
+    outcomes: list[bool | None] = []
     for s, g in zip(specialist_scores, generalist_scores, strict=True):
-        if not higher_is_better:  # error rates: lower is better, 0 is perfect
+        if not higher_is_better:  # error rates: lower is better
             s, g = -s, -g
-            perfect = s == 0
-        else:
-            perfect = s >= 1.0
-        wins.append(bool(s > g or (perfect and s == g)))
-    return wins
+        outcomes.append(None if s == g else bool(s > g))
+    return outcomes
+
+
+def classification_outcomes(
+    specialist: Sequence[int], generalist: Sequence[int], truth: Sequence[int]
+) -> list[bool | None]:
+    """Per row: True when only the specialist is right, False when only the generalist is,
+    None when both are right or both wrong."""
+    outcomes: list[bool | None] = []
+    for s, g, t in zip(specialist, generalist, truth, strict=True):
+        outcomes.append(None if (s == t) == (g == t) else s == t)
+    return outcomes
 
 
 def compute_signals(
     *,
     train_inputs: Sequence[str],
     validation_inputs: Sequence[str],
-    validation_wins: Sequence[bool],
+    validation_wins: Sequence[bool | None],
     seed: int,
     embed: Any = None,
 ) -> dict[str, Any]:
     """The version's routing signals (JSON-ready): prototypes of the training inputs, and
-    the Platt calibration fitted on the validation rows' outcomes plus the background set.
-    ``validation_inputs`` and ``validation_wins`` align; with no validation rows the
-    signals carry prototypes only and ``calibration`` None (the router skips the version)."""
+    the Platt calibration fitted on the validation rows the specialist and the generalist
+    disagree on (ties tell nothing about whom to route to) plus the background set.
+    ``validation_inputs`` and ``validation_wins`` align (None: a tie); with no validation
+    rows the signals carry prototypes only and ``calibration`` None (the router skips the
+    version)."""
     embed = embed or embedder().embed
     rng = np.random.default_rng(seed)
     inputs = list(train_inputs)
@@ -173,15 +187,22 @@ def compute_signals(
         "prototypes": np.round(centroids, 5).tolist(),
         "prototype_rows": len(inputs),
         "calibration": None,
-        "validation": {"rows": len(validation_inputs), "wins": int(sum(validation_wins))},
+        "validation": {
+            "rows": len(validation_inputs),
+            "wins": sum(1 for w in validation_wins if w is True),
+            "losses": sum(1 for w in validation_wins if w is False),
+            "ties": sum(1 for w in validation_wins if w is None),
+        },
     }
     if not validation_inputs:
         return signals
     background = background_texts()
     in_sim = similarity(embed(list(validation_inputs)), centroids)
+    decided = np.asarray([w is not None for w in validation_wins])
     out_sim = similarity(embed(background), centroids)
-    features = np.concatenate([in_sim, out_sim])
-    outcomes = np.concatenate([np.asarray(validation_wins, dtype=int), np.zeros(len(out_sim))])
+    features = np.concatenate([in_sim[decided], out_sim])
+    won = np.asarray([bool(w) for w in validation_wins], dtype=int)[decided]
+    outcomes = np.concatenate([won, np.zeros(len(out_sim))])
     a, b = platt_fit(features, outcomes)
     signals["calibration"] = {
         "method": "platt",
@@ -194,3 +215,31 @@ def compute_signals(
         "background_similarity_median": round(float(np.median(out_sim)), 4),
     }
     return signals
+
+
+# The evaluation's baseline that is what the router falls back to, per task, newest name
+# first: the embedding zero-shot on the base (classification), the base prompted (generation).
+FALLBACK_BASELINES = {
+    "text-classification": (
+        "generalist_embedding_zero_shot", "generalist_zero_shot", "generalist_llm_zero_shot",
+    ),
+    "text-generation": ("base_zero_shot",),
+}  # fmt: skip
+
+
+def fallback_lift_low(evaluation: dict | None, task: str) -> float | None:
+    """The lower 95 % bound of the version's verified lift over the generalist the router
+    falls back to (from its sealed evaluation), or None when the report has none. The
+    router routes only to a version whose bound is above zero: on its sealed rows it beat
+    what would otherwise answer. (The listing quotes the lift over the STRONGEST baseline,
+    for buyers; a classic baseline is not what the router falls back to.)"""
+    from training_worker.ml.evaluation_report import read_evaluation
+
+    report = read_evaluation(evaluation)
+    if report is None:
+        return None
+    for name in FALLBACK_BASELINES.get(task, ()):
+        baseline = report.baseline(name)
+        if baseline is not None and baseline.lift is not None:
+            return baseline.lift.ci_low
+    return None

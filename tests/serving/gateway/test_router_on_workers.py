@@ -17,8 +17,10 @@ import requests
 
 from billing.models import OfferKind, PlatformUsage, UsageRecord, UsageStatus
 from listings.models import Listing
+from serving import router
 from serving.protocol import TEXT_CLASSIFICATION, TEXT_GENERATION, AdapterRef
 from tests.billing.conftest import make_active_licence, make_offer
+from tests.listings.conftest import classification_evaluation, generation_evaluation
 from tests.serving.gateway.conftest import key_for, make_served_listing
 from tests.serving.gateway.test_gateway_on_workers import (  # noqa: F401  (fixtures)
     LABELS,
@@ -49,6 +51,16 @@ IN_DOMAIN_CLAUSE = "Draft a non-compete clause for an employment contract."
 OUT_OF_DOMAIN = "What is the capital of Peru?"
 
 
+def generation_report() -> dict:
+    """A generation report whose base-prompted baseline (what the router falls back to)
+    the specialist beats: +0.18 exact match [+0.12, +0.24]."""
+    report = generation_evaluation()
+    report["baselines"]["base_zero_shot"] = dict(
+        report["baselines"]["classic_nearest_neighbour"], label="Generalist: base model, prompted"
+    )
+    return report
+
+
 def _signals(texts: list[str]) -> dict:
     return router_signals.compute_signals(
         train_inputs=texts[:18], validation_inputs=texts[18:], validation_wins=[True] * 7, seed=0
@@ -65,24 +77,32 @@ class Market:
 
 
 @pytest.fixture
-def market(alice, bob, mallory, carol, shipped_base_models, served_adapters, inference_worker):
+def market(alice, bob, mallory, carol, shipped_base_models, served_adapters, inference_worker):  # noqa: F811
     @dataclasses.dataclass
     class _Built:
         ref: AdapterRef
 
-    def listing(title, task, texts, lift_low):
+    def listing(title, task, texts, evaluation):
         made = make_served_listing(
             alice, moderator=carol, title=title, task=task, adapter=_Built(served_adapters[task])
         )
-        ModelVersion.objects.filter(pk=made.live_version_id).update(router_signals=_signals(texts))
-        Listing.objects.filter(pk=made.pk).update(lift_over_generalist_low=lift_low)
+        ModelVersion.objects.filter(pk=made.live_version_id).update(
+            router_signals=_signals(texts), evaluation=evaluation
+        )
         make_active_licence(bob, make_offer(made, OfferKind.SUBSCRIPTION), sandbox=True)
         return made
 
     return Market(
-        tickets=listing("Ticket triage", TEXT_CLASSIFICATION, TICKETS, 0.12),
-        clauses=listing("Clause writer", TEXT_GENERATION, CLAUSES, 0.2),
-        weak=listing("Unproven triage", TEXT_CLASSIFICATION, TICKETS, -0.01),
+        # lift over the zero-shot generalist: 0.9 - 0.6 = +0.30 [+0.26, +0.34]
+        tickets=listing(
+            "Ticket triage", TEXT_CLASSIFICATION, TICKETS, classification_evaluation(0.9, 0.6)
+        ),
+        # lift over the base prompted: +0.18 exact match [+0.12, +0.24]
+        clauses=listing("Clause writer", TEXT_GENERATION, CLAUSES, generation_report()),
+        # +0.02 [-0.02, +0.06]: no verified lift over the generalist
+        weak=listing(
+            "Unproven triage", TEXT_CLASSIFICATION, TICKETS, classification_evaluation(0.62, 0.6)
+        ),
         bob_key=key_for(bob),
         mallory_key=key_for(mallory),
     )
@@ -109,7 +129,7 @@ def test_route_decides_each_input_with_its_reason_and_bills_nothing(live_server,
     assert body["skipped"] == [
         {
             "listing": market.weak.slug,
-            "reason": "no verified lift: its lift's lower bound over the strongest baseline is ≤ 0",
+            "reason": router.NO_VERIFIED_LIFT,
         }
     ]
     assert body["threshold"] == 0.5 and body["goal"] == "best quality"
@@ -122,7 +142,7 @@ def test_route_decides_each_input_with_its_reason_and_bills_nothing(live_server,
     }
     assert other["routed_to"] == "niche/generalist" and other["fallback"]
     assert other["runner_up"]["listing"] == market.tickets.slug
-    assert "no specialist clears the threshold 0.50" in other["reason"]
+    assert "below the threshold 0.50: the generalist answers" in other["reason"]
     assert UsageRecord.objects.count() == 0 and PlatformUsage.objects.count() == 0
 
 
@@ -189,9 +209,7 @@ def test_the_openai_client_names_the_specialist_in_domain_and_the_generalist_out
     assert PlatformUsage.objects.filter(task=TEXT_GENERATION, status=UsageStatus.OK).count() == 1
 
 
-def test_a_caller_with_no_licence_gets_the_generalist_metered_to_them(
-    live_server, market, mallory
-):
+def test_a_caller_with_no_licence_gets_the_generalist_metered_to_them(live_server, market, mallory):
     response = post(
         live_server, "/v1/completions", market.mallory_key,
         {"model": "niche/auto", "prompt": IN_DOMAIN_CLAUSE, "max_tokens": 3},

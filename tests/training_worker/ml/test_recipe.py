@@ -508,7 +508,7 @@ def test_routing_signals_without_validation_rows_carry_prototypes_and_no_calibra
     assert 1 <= len(prototypes) <= 8 and prototypes.shape[1] == 384
     assert np.allclose(np.linalg.norm(prototypes, axis=1), 1.0, atol=1e-3)
     assert signals["calibration"] is None
-    assert signals["validation"] == {"rows": 0, "wins": 0}
+    assert signals["validation"] == {"rows": 0, "wins": 0, "losses": 0, "ties": 0}
     assert any(message.startswith("Routing signals:") for _, message, _ in callbacks.events)
 
 
@@ -521,13 +521,16 @@ def test_routing_signals_are_calibrated_on_the_validation_rows_outcomes(blended_
     assert signals["validation"]["rows"] == 20  # the rows the blend was chosen on
     assert calibration["validation_rows"] == 20
     assert calibration["background_rows"] == len(router_signals.background_texts())
-    # The barely trained adapter (lr 1e-6) rarely labels a row right: its wins are counted
-    # as they are, and the calibration says so (a low probability even in its domain).
+    # The barely trained adapter (lr 1e-6) against the zero-shot generalist on the rows they
+    # disagree on: the calibration in its domain follows that record, whatever it is.
     prototypes = np.asarray(signals["prototypes"], dtype=np.float32)
     embed = router_signals.embedder().embed
     in_domain = router_signals.similarity(embed([r["text"] for r in spec.sealed_rows]), prototypes)
     outside = router_signals.similarity(embed(["Write a haiku about the moon."]), prototypes)
     assert in_domain.mean() > outside.mean()
     p_in = router_signals.win_probability(in_domain, calibration["a"], calibration["b"]).mean()
-    win_rate = signals["validation"]["wins"] / signals["validation"]["rows"]
-    assert abs(p_in - win_rate) < 0.25
+    outcome = signals["validation"]
+    assert outcome["wins"] + outcome["losses"] + outcome["ties"] == 20
+    decided = outcome["wins"] + outcome["losses"]
+    if decided:
+        assert abs(p_in - outcome["wins"] / decided) < 0.35

@@ -52,7 +52,8 @@ def test_calibrated_probability_is_high_in_domain_and_low_outside(verbs_signals)
     assert calibration["a"] > 0  # nearer the prototypes, likelier to win
     assert in_domain.mean() > 0.6 and abs(in_domain.mean() - np.mean(wins)) < 0.3
     assert outside.max() < 0.2
-    assert signals["validation"] == {"rows": 60, "wins": sum(wins)}
+    losses = 60 - sum(wins)
+    assert signals["validation"] == {"rows": 60, "wins": sum(wins), "losses": losses, "ties": 0}
 
 
 def test_without_validation_rows_there_is_no_calibration():
@@ -68,15 +69,35 @@ def test_a_version_that_never_wins_gets_a_low_constant_probability():
     assert router_signals.win_probability(np.array([0.95]), a, b)[0] < 0.15
 
 
-def test_generation_outcomes_count_a_win_or_a_tie_on_a_perfect_answer():
-    # chrF (higher is better): better wins; a tie wins only when both are perfect.
+def test_outcomes_say_who_was_better_and_leave_ties_out():
+    # chrF (higher is better)
     assert router_signals.generation_outcomes([0.9, 0.5, 1.0, 0.4], [0.5, 0.5, 1.0, 0.6], True) == [
-        True, False, True, False,
+        True, None, None, False,
     ]  # fmt: skip
-    # character error rate (lower is better): 0 is perfect.
-    assert router_signals.generation_outcomes([0.1, 0.0, 0.3], [0.5, 0.0, 0.3], False) == [
-        True, True, False,
+    # character error rate (lower is better)
+    assert router_signals.generation_outcomes([0.1, 0.0, 0.3], [0.5, 0.0, 0.2], False) == [
+        True, None, False,
     ]  # fmt: skip
+    # classification: only the specialist right, both right, only the generalist, both wrong
+    assert router_signals.classification_outcomes([1, 0, 0, 2], [0, 0, 1, 1], [1, 0, 1, 0]) == [
+        True, None, False, None,
+    ]  # fmt: skip
+
+
+def test_ties_are_left_out_of_the_calibration():
+    verbs = past_tense_prompts()
+    with_ties = router_signals.compute_signals(
+        train_inputs=verbs[:100], validation_inputs=verbs[100:130],
+        validation_wins=[True] * 10 + [None] * 20, seed=0,
+    )  # fmt: skip
+    without = router_signals.compute_signals(
+        train_inputs=verbs[:100], validation_inputs=verbs[100:110],
+        validation_wins=[True] * 10, seed=0,
+    )  # fmt: skip
+    assert with_ties["validation"] == {"rows": 30, "wins": 10, "losses": 0, "ties": 20}
+    # (equal up to float noise: the rows are embedded in batches of other sizes)
+    assert with_ties["calibration"]["a"] == pytest.approx(without["calibration"]["a"], rel=1e-3)
+    assert with_ties["calibration"]["b"] == pytest.approx(without["calibration"]["b"], rel=1e-3)
 
 
 def test_the_background_set_is_committed_and_never_empty():
