@@ -15,7 +15,8 @@ answer: "What is the capital of <state>?" for the 50 US states (@stdlib's
 us-states-names/us-states-capitals, PDDL-1.0 AND CC0-1.0).
 
 Every request is answered by every specialist and by the generalist (classification:
-zero-shot cosine of MiniLM embeddings to the union of the candidates' label names;
+zero-shot cosine of MiniLM embeddings to the label names: the union of the candidates'
+labels for always-generalist, the nearest specialist's labels where the router falls back;
 generation: SmolLM2 un-adapted), and scored: classification 1 if the label is right;
 generation, in domain, the corpus's graded metric as a quality in [0, 1] (chrF, or
 1 - error rate), out of domain 1 if the capital is in the answer. A policy's quality is the
@@ -204,11 +205,17 @@ def answers(task: str, specialists: list[dict], requests: list[dict]) -> dict[st
                 head = LexicalHead.from_bytes((s["folder"] / s["lexical_head"]).read_bytes())
                 probabilities = head.blend(probabilities, texts)
             out[s["name"]] = [s["labels"][i] for i in probabilities.argmax(axis=1)]
+        # The generalist zero-shot over the union of the labels (a caller who names none and
+        # has no router) and over each specialist's labels (the router's fallback for an
+        # input in that specialist's domain).
         embedder = router_signals.embedder()
-        picked = evaluation.zero_shot_by_embedding(
-            embedder.model, embedder.tokenizer, texts, union, 256, "cpu"
-        )
-        out["generalist"] = [union[i] for i in picked]
+        for key, labels in [("generalist", union)] + [
+            (f"generalist@{s['name']}", s["labels"]) for s in specialists
+        ]:
+            picked = evaluation.zero_shot_by_embedding(
+                embedder.model, embedder.tokenizer, texts, labels, 256, "cpu"
+            )
+            out[key] = [labels[i] for i in picked]
         return out
     references = [r["reference"] for r in requests]
     new_tokens = 48
@@ -271,7 +278,7 @@ def policies(task, specialists, requests, quality) -> dict[str, Any]:
                 slug=s["name"], title=s["name"], check=router.fallback_check(),
                 signals=router.VersionSignals(
                     prototypes=np.asarray(signals["prototypes"], dtype=np.float32),
-                    a=signals["calibration"]["a"], b=signals["calibration"]["b"],
+                    calibration=signals["calibration"],
                     labels=tuple(s["labels"]),
                 ),
                 lift_low=s["lift_low"],
@@ -281,33 +288,41 @@ def policies(task, specialists, requests, quality) -> dict[str, Any]:
     texts = [r["input"] for r in requests]
     embeddings = router_signals.embedder().embed(texts)
     routes = router.decide(texts, found, threshold=0.5, embeddings=embeddings)
-    chosen = {"router": [r.listing or "generalist" for r in routes]}
     sims = np.stack(
         [router_signals.similarity(embeddings, c.signals.prototypes) for c in candidates]
     )
     probs = np.stack(
-        [router_signals.win_probability(sims[i], c.signals.a, c.signals.b)
+        [router_signals.win_probability(sims[i], c.signals.calibration)
          for i, c in enumerate(candidates)]
     )  # fmt: skip
     names = [c.slug for c in candidates]
     nearest = sims.argmax(axis=0)
+
+    def fallback(name: str) -> str:
+        """The generalist the router falls back to for an input in `name`'s domain."""
+        return f"generalist@{name}" if task == "text-classification" else "generalist"
+
+    chosen = {"router": [r.listing or fallback(names[nearest[j]]) for j, r in enumerate(routes)]}
     chosen["always_generalist"] = ["generalist"] * len(requests)
     chosen["nearest_prototype"] = [names[i] for i in nearest]
     chosen["semantic_threshold"] = [
-        names[i] if sims[i, j] >= SEMANTIC_ROUTER_THRESHOLD else "generalist"
+        names[i] if sims[i, j] >= SEMANTIC_ROUTER_THRESHOLD else fallback(names[i])
         for j, i in enumerate(nearest)
     ]
     rng = random.Random(SEED)
-    chosen["random"] = [rng.choice([*names, "generalist"]) for _ in requests]
-    every = [*names, "generalist"]
-    stacked = np.stack([quality[w] for w in every])
-    chosen["oracle"] = [every[i] for i in stacked.argmax(axis=0)]
-    # Calibration: each candidate's P against whether it beat the generalist, on the
-    # requests where the two answered differently well (serving.router's outcome).
+    chosen["random"] = [
+        rng.choice([*names, fallback(names[nearest[j]])]) for j in range(len(requests))
+    ]
+    chosen["oracle"] = [
+        max([*names, fallback(names[nearest[j]])], key=lambda who, j=j: quality[who][j])
+        for j in range(len(requests))
+    ]
+    # Calibration: each candidate's P against whether it beat the generalist it falls back
+    # to, on the requests where the two answered differently well (the router's outcome).
     outcomes = []
     for i, name in enumerate(names):
         for j in range(len(requests)):
-            s, g = quality[name][j], quality["generalist"][j]
+            s, g = quality[name][j], quality[fallback(name)][j]
             if s != g:
                 outcomes.append((probs[i, j], float(s > g)))
     # The decision's cost: one request at a time, as a call pays it.

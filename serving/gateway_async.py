@@ -434,7 +434,7 @@ async def routed_target(caller: Caller, found: router.CandidateSet, route: route
     """What answers a routed input: the chosen specialist's live version, or the generalist."""
     candidate = router.candidate_for(found, route)
     if candidate is None:
-        if found.task == protocol.TEXT_CLASSIFICATION and len(found.labels) < 2:
+        if found.task == protocol.TEXT_CLASSIFICATION and len(route.labels) < 2:
             raise InvalidInferenceInput(
                 "No specialist you may call fits this request, and the generalist needs the "
                 'labels to choose from: send "labels".',
@@ -447,7 +447,7 @@ async def routed_target(caller: Caller, found: router.CandidateSet, route: route
             base_model=router.fallback_base(found.task),
             adapter=None,
             buyer_id=caller.user_id,
-            labels=tuple(found.labels),
+            labels=route.labels,
             route=route,
         )
     task, base_model, adapter = await _version(candidate.check.model_version_id)
@@ -520,9 +520,9 @@ async def auto_predict(*, caller: Caller, payload: Any):
     labels = router.request_labels(payload.get("labels"))
     found = await _candidates(caller, protocol.TEXT_CLASSIFICATION, labels)
     routes = await _routes(inputs, found)
-    groups: dict[str, list[int]] = {}
+    groups: dict[tuple, list[int]] = {}
     for index, route in enumerate(routes):
-        groups.setdefault(route.name, []).append(index)
+        groups.setdefault((route.name, route.labels), []).append(index)
     answers = []
     for indices in groups.values():
         target = await routed_target(caller, found, routes[indices[0]])

@@ -13,8 +13,8 @@ version was trained, from its training rows only):
 - its prototypes: the input's similarity is the cosine of its all-MiniLM-L6-v2 embedding to
   the nearest one;
 - its calibration: P(the specialist beats the generalist | similarity) where the two answer
-  differently well, a Platt fit on its validation rows' outcomes and a fixed background of
-  out-of-domain requests;
+  differently well, an isotonic fit on its validation rows' outcomes and a fixed background
+  of out-of-domain requests;
 - the lower bound of its verified lift over the generalist it would fall back to (its sealed
   evaluation's zero-shot baseline): a version whose bound is not above zero is not a
   candidate (the router sends traffic to verified specialists only).
@@ -54,8 +54,7 @@ NO_VERIFIED_LIFT = (
 @dataclass(frozen=True)
 class VersionSignals:
     prototypes: np.ndarray
-    a: float
-    b: float
+    calibration: dict  # router_signals.calibration_fit's breakpoints
     labels: tuple[str, ...]
     # the lower bound of the verified lift over the generalist the router falls back to
     lift_low: float | None = None
@@ -80,8 +79,7 @@ def version_signals(model_version_id) -> VersionSignals | str:
         return "its version had no validation rows to calibrate on"
     return VersionSignals(
         prototypes=np.asarray(signals["prototypes"], dtype=np.float32),
-        a=float(calibration["a"]),
-        b=float(calibration["b"]),
+        calibration={"x": list(calibration["x"]), "y": list(calibration["y"])},
         labels=tuple(row["labels"] or ()),
         lift_low=router_signals.fallback_lift_low(row["evaluation"], row["task"]),
     )
@@ -101,7 +99,7 @@ class CandidateSet:
     task: str
     candidates: list[Candidate]
     skipped: list[dict[str, str]] = field(default_factory=list)
-    labels: list[str] = field(default_factory=list)  # the classification fallback's labels
+    labels: list[str] = field(default_factory=list)  # the labels the request named, if any
 
 
 def request_labels(raw: Any) -> list[str] | None:
@@ -153,8 +151,7 @@ def candidate_set(*, user: User, task: str, labels: list[str] | None = None) -> 
             found.skipped.append({"listing": slug, "reason": reason})
             continue
         found.candidates.append(Candidate(slug, row["title"], check, signals, signals.lift_low))
-    if task == protocol.TEXT_CLASSIFICATION:
-        found.labels = labels or sorted({x for c in found.candidates for x in c.signals.labels})
+    found.labels = list(labels or [])
     return found
 
 
@@ -167,19 +164,25 @@ class Route:
     runner_up: dict[str, Any] | None
     reason: str
     similarity: float | None = None
+    # A classification answered by the generalist: the labels it chooses from (the
+    # request's, else those of the specialist whose domain the input is nearest).
+    labels: tuple[str, ...] = ()
 
     @property
     def name(self) -> str:
         return self.listing or FALLBACK_NAME
 
     def as_dict(self) -> dict[str, Any]:
-        return {
+        answer = {
             "routed_to": self.name,
             "fallback": self.listing is None,
             "confidence": round(self.confidence, 4),
             "runner_up": self.runner_up,
             "reason": self.reason,
         }
+        if self.labels:
+            answer["labels"] = list(self.labels)
+        return answer
 
 
 def embed(texts: list[str]) -> np.ndarray:
@@ -195,16 +198,18 @@ def decide(
 ) -> list[Route]:
     """One Route per text (see the module docstring)."""
     threshold = settings.ROUTER_THRESHOLD if threshold is None else threshold
+    classification = found.task == protocol.TEXT_CLASSIFICATION
     if not found.candidates:
         reason = "no specialist you may call fits this request; the generalist answers"
-        return [Route(None, 1.0, None, reason) for _ in texts]
+        labels = tuple(found.labels) if classification else ()
+        return [Route(None, 1.0, None, reason, labels=labels) for _ in texts]
     embeddings = embed(texts) if embeddings is None else embeddings
     sims = np.stack(
         [router_signals.similarity(embeddings, c.signals.prototypes) for c in found.candidates]
     )  # candidates by texts
     probabilities = np.stack(
         [
-            router_signals.win_probability(sims[i], c.signals.a, c.signals.b)
+            router_signals.win_probability(sims[i], c.signals.calibration)
             for i, c in enumerate(found.candidates)
         ]
     )
@@ -240,7 +245,10 @@ def decide(
                 f"{threshold:.2f}: the generalist answers"
             )
             runner_up = {"listing": best_slug, "confidence": round(p_best, 4)}
-            routes.append(Route(None, 1 - p_best, runner_up, reason, float(sims[best, j])))
+            labels = ()
+            if classification:
+                labels = tuple(found.labels or found.candidates[best].signals.labels)
+            routes.append(Route(None, 1 - p_best, runner_up, reason, float(sims[best, j]), labels))
     return routes
 
 

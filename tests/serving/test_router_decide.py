@@ -34,8 +34,7 @@ def candidate(slug: str, texts: list[str]) -> router.Candidate:
         check=router.fallback_check(),
         signals=router.VersionSignals(
             prototypes=router_signals.np.asarray(signals["prototypes"], dtype="float32"),
-            a=calibration["a"],
-            b=calibration["b"],
+            calibration=calibration,
             labels=(),
         ),
         lift_low=0.1,

@@ -14,21 +14,20 @@ per version, all written here when the job finishes and stored with the version
   score (the metric the job's evaluation uses) is above the other's. A tie (both right,
   both wrong, equal scores) says nothing about whom to route to, and is left out.
 - **Calibration**: P(the specialist beats the generalist | similarity), on the inputs where
-  they differ: a Platt (logistic) fit on the decided validation rows' similarities and
-  outcomes, plus ``background_texts()``: a fixed, committed set of out-of-domain requests,
-  each counted as a loss (a specialist is not expected to beat a generalist outside its
-  domain). So the probability is high only where the input is like the version's training
-  rows AND the version beats the generalist there. Routing to the specialist when it is at
-  least 0.5 is the choice that maximises the expected answer quality.
+  they differ: an isotonic fit (``calibration_fit``) on the decided validation rows'
+  similarities and outcomes, plus ``background_texts()``: a fixed, committed set of
+  out-of-domain requests, each counted as a loss (a specialist is not expected to beat a
+  generalist outside its domain). So the probability is high only where the input is like
+  the version's training rows AND the version beats the generalist there. Routing to the
+  specialist when it is at least 0.5 is the choice that maximises the expected quality.
 
-The fourth signal, the lower bound of the verified lift, is the listing's (its sealed
-evaluation); the router reads it from the listing.
+The fourth signal, the lower bound of the verified lift over the generalist the router
+falls back to, comes from the version's sealed evaluation (``fallback_lift_low``).
 """
 
 from __future__ import annotations
 
 import functools
-import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -120,21 +119,35 @@ def similarity(embeddings: np.ndarray, centroids: np.ndarray) -> np.ndarray:
     return (embeddings @ centroids.T).max(axis=1)
 
 
-def platt_fit(features: np.ndarray, outcomes: np.ndarray) -> tuple[float, float]:
-    """(a, b) of P(win) = sigmoid(a * similarity + b), by logistic regression (weak L2).
-    With one class only (a version that never wins, say), a constant at its smoothed rate."""
-    from sklearn.linear_model import LogisticRegression
+def calibration_fit(features: np.ndarray, outcomes: np.ndarray) -> dict[str, Any]:
+    """P(win | similarity) by isotonic regression (non-decreasing in similarity), as the
+    breakpoints ``x`` (similarities) and ``y`` (probabilities) a lookup interpolates.
 
-    outcomes = outcomes.astype(int)
-    if outcomes.min() == outcomes.max():
-        rate = (outcomes.sum() + 0.5) / (len(outcomes) + 1.0)
-        return 0.0, float(math.log(rate / (1 - rate)))
-    fit = LogisticRegression(C=100.0).fit(features.reshape(-1, 1), outcomes)
-    return float(fit.coef_[0][0]), float(fit.intercept_[0])
+    Isotonic rather than Platt's logistic: a sigmoid must rise to 1 and cannot both sit at 0
+    over the background and level off at the specialist's in-domain rate (0.7, say), so it
+    crosses 0.5 inside the domain and sends in-domain inputs to the generalist; isotonic
+    levels off where the data does. Probabilities are kept within [1/(n+2), (n+1)/(n+2)]
+    (n rows): a few rows never say "certainly"."""
+    from sklearn.isotonic import IsotonicRegression
+
+    n = len(outcomes)
+    floor = 1.0 / (n + 2)
+    fit = IsotonicRegression(y_min=floor, y_max=1 - floor, increasing=True, out_of_bounds="clip")
+    fit.fit(features.astype(float), outcomes.astype(float))
+    xs, ys = fit.X_thresholds_, fit.y_thresholds_
+    keep = np.ones(len(xs), dtype=bool)  # only the ends of each flat step matter
+    if len(xs) > 2:
+        keep[1:-1] = (ys[1:-1] != ys[:-2]) | (ys[1:-1] != ys[2:])
+    return {
+        "method": "isotonic",
+        "x": [round(float(x), 5) for x in xs[keep]],
+        "y": [round(float(y), 5) for y in ys[keep]],
+    }
 
 
-def win_probability(sim: np.ndarray, a: float, b: float) -> np.ndarray:
-    return 1.0 / (1.0 + np.exp(-(a * np.asarray(sim, dtype=float) + b)))
+def win_probability(sim: np.ndarray, calibration: dict[str, Any]) -> np.ndarray:
+    """The calibrated P(the specialist beats the generalist) at these similarities."""
+    return np.interp(np.asarray(sim, dtype=float), calibration["x"], calibration["y"])
 
 
 def generation_outcomes(
@@ -170,7 +183,7 @@ def compute_signals(
     embed: Any = None,
 ) -> dict[str, Any]:
     """The version's routing signals (JSON-ready): prototypes of the training inputs, and
-    the Platt calibration fitted on the validation rows the specialist and the generalist
+    the isotonic calibration fitted on the validation rows the specialist and the generalist
     disagree on (ties tell nothing about whom to route to) plus the background set.
     ``validation_inputs`` and ``validation_wins`` align (None: a tie); with no validation
     rows the signals carry prototypes only and ``calibration`` None (the router skips the
@@ -203,11 +216,8 @@ def compute_signals(
     features = np.concatenate([in_sim[decided], out_sim])
     won = np.asarray([bool(w) for w in validation_wins], dtype=int)[decided]
     outcomes = np.concatenate([won, np.zeros(len(out_sim))])
-    a, b = platt_fit(features, outcomes)
     signals["calibration"] = {
-        "method": "platt",
-        "a": round(a, 6),
-        "b": round(b, 6),
+        **calibration_fit(features, outcomes),
         "outcome": OUTCOME_DEFINITION,
         "validation_rows": len(validation_inputs),
         "background_rows": len(background),

@@ -142,6 +142,8 @@ def test_route_decides_each_input_with_its_reason_and_bills_nothing(live_server,
     }
     assert other["routed_to"] == "niche/generalist" and other["fallback"]
     assert other["runner_up"]["listing"] == market.tickets.slug
+    # no labels named: the generalist would choose among the nearest specialist's labels
+    assert other["labels"] == LABELS and "labels" not in ticket
     assert "below the threshold 0.50: the generalist answers" in other["reason"]
     assert UsageRecord.objects.count() == 0 and PlatformUsage.objects.count() == 0
 

@@ -528,7 +528,7 @@ def test_routing_signals_are_calibrated_on_the_validation_rows_outcomes(blended_
     in_domain = router_signals.similarity(embed([r["text"] for r in spec.sealed_rows]), prototypes)
     outside = router_signals.similarity(embed(["Write a haiku about the moon."]), prototypes)
     assert in_domain.mean() > outside.mean()
-    p_in = router_signals.win_probability(in_domain, calibration["a"], calibration["b"]).mean()
+    p_in = router_signals.win_probability(in_domain, calibration).mean()
     outcome = signals["validation"]
     assert outcome["wins"] + outcome["losses"] + outcome["ties"] == 20
     decided = outcome["wins"] + outcome["losses"]

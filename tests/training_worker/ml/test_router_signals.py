@@ -45,11 +45,12 @@ def test_calibrated_probability_is_high_in_domain_and_low_outside(verbs_signals)
 
     def p(texts):
         sims = router_signals.similarity(embed(texts), prototypes)
-        return router_signals.win_probability(sims, calibration["a"], calibration["b"])
+        return router_signals.win_probability(sims, calibration)
 
     in_domain = p(unseen_verbs[:80])
     outside = p(["What is the capital of Peru?", "Summarise this contract in one line."])
-    assert calibration["a"] > 0  # nearer the prototypes, likelier to win
+    assert calibration["method"] == "isotonic"
+    assert calibration["y"] == sorted(calibration["y"])  # nearer the prototypes, likelier to win
     assert in_domain.mean() > 0.6 and abs(in_domain.mean() - np.mean(wins)) < 0.3
     assert outside.max() < 0.2
     losses = 60 - sum(wins)
@@ -63,10 +64,22 @@ def test_without_validation_rows_there_is_no_calibration():
     assert signals["calibration"] is None and len(signals["prototypes"]) == 8
 
 
-def test_a_version_that_never_wins_gets_a_low_constant_probability():
-    a, b = router_signals.platt_fit(np.array([0.9, 0.8, 0.2, 0.1]), np.zeros(4))
-    assert a == 0.0
-    assert router_signals.win_probability(np.array([0.95]), a, b)[0] < 0.15
+def test_a_version_that_never_wins_gets_a_low_probability_everywhere():
+    calibration = router_signals.calibration_fit(np.array([0.9, 0.8, 0.2, 0.1]), np.zeros(4))
+    assert router_signals.win_probability(np.array([0.05, 0.95]), calibration).max() < 0.2
+
+
+def test_the_calibration_levels_off_at_the_in_domain_rate_rather_than_rising_to_one():
+    rng = np.random.default_rng(0)
+    in_sim = rng.uniform(0.4, 0.8, 200)
+    won = rng.random(200) < 0.7  # the specialist beats the generalist 70 % of the time
+    background = rng.uniform(0.0, 0.3, 200)
+    calibration = router_signals.calibration_fit(
+        np.concatenate([in_sim, background]), np.concatenate([won, np.zeros(200)])
+    )
+    p = router_signals.win_probability(np.array([0.1, 0.45, 0.6, 0.75]), calibration)
+    assert p[0] < 0.05
+    assert all(0.5 < value < 0.9 for value in p[1:])  # in domain: about 0.7, not 1
 
 
 def test_outcomes_say_who_was_better_and_leave_ties_out():
@@ -96,8 +109,7 @@ def test_ties_are_left_out_of_the_calibration():
     )  # fmt: skip
     assert with_ties["validation"] == {"rows": 30, "wins": 10, "losses": 0, "ties": 20}
     # (equal up to float noise: the rows are embedded in batches of other sizes)
-    assert with_ties["calibration"]["a"] == pytest.approx(without["calibration"]["a"], rel=1e-3)
-    assert with_ties["calibration"]["b"] == pytest.approx(without["calibration"]["b"], rel=1e-3)
+    assert with_ties["calibration"]["y"] == pytest.approx(without["calibration"]["y"], abs=1e-3)
 
 
 def test_the_background_set_is_committed_and_never_empty():
