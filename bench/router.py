@@ -334,16 +334,24 @@ def policies(task, specialists, requests, quality) -> dict[str, Any]:
     return {"chosen": chosen, "outcomes": outcomes, "decide_ms": timings}
 
 
-def expected_calibration_error(pairs: list[tuple[float, float]], bins: int = 10) -> float:
+def reliability(pairs: list[tuple[float, float]], bins: int = 10) -> tuple[float, list[dict]]:
+    """The expected calibration error over equal-width bins, and the bins themselves
+    (mean predicted P, observed rate, count): the reliability diagram's numbers."""
     p = np.asarray([x for x, _ in pairs])
     y = np.asarray([y for _, y in pairs])
     edges = np.linspace(0, 1, bins + 1)
-    ece = 0.0
+    ece, table = 0.0, []
     for low, high in itertools.pairwise(edges):
         inside = (p >= low) & ((p < high) if high < 1 else (p <= high))
         if inside.any():
             ece += inside.mean() * abs(p[inside].mean() - y[inside].mean())
-    return float(ece)
+            table.append({
+                "bin": [round(float(low), 1), round(float(high), 1)],
+                "predicted": round(float(p[inside].mean()), 3),
+                "observed": round(float(y[inside].mean()), 3),
+                "pairs": int(inside.sum()),
+            })  # fmt: skip
+    return float(ece), table
 
 
 def paired_lift_interval(a: np.ndarray, b: np.ndarray, seed: int) -> list[float]:
@@ -391,6 +399,7 @@ def summarise(task, requests, quality, decided) -> dict[str, Any]:
             },
         }
     worst = min(d["lift_interval"][0] for d in domains.values())
+    ece, table = reliability(decided["outcomes"])
     baselines = [p for p in figures if p not in ("router", "oracle")]
     router_quality = figures["router"]["quality"]
     return {
@@ -398,7 +407,8 @@ def summarise(task, requests, quality, decided) -> dict[str, Any]:
         "requests": len(requests),
         "oracle_fraction": figures["router"]["oracle_fraction"],
         "worst_domain_lift_low": worst,
-        "ece": round(expected_calibration_error(decided["outcomes"]), 4),
+        "ece": round(ece, 4),
+        "reliability": table,
         "added_ms_p50": round(float(np.median(decided["decide_ms"])), 2),
         "added_ms_p90": round(float(np.percentile(decided["decide_ms"], 90)), 2),
         "ahead_of_every_baseline": all(router_quality > figures[b]["quality"] for b in baselines),
@@ -461,6 +471,11 @@ def format_summary(summary: dict[str, Any]) -> str:
         lines.append(
             f"  {policy:<20}{f['quality']:>9.3f}{f['lift_over_generalist']:>+9.3f}"
             f"{(f['oracle_fraction'] if f['oracle_fraction'] is not None else float('nan')):>11.3f}"
+        )
+    for row in summary["reliability"]:
+        lines.append(
+            f"  P in {row['bin']}: predicted {row['predicted']:.3f}, observed "
+            f"{row['observed']:.3f} over {row['pairs']} pairs"
         )
     for domain, d in summary["domains"].items():
         lines.append(

@@ -40,6 +40,7 @@ EMBEDDER_NAME = "sentence-transformers/all-MiniLM-L6-v2"
 EMBED_MAX_TOKENS = 128
 MAX_PROTOTYPES = 8
 MAX_EMBEDDED_ROWS = 512
+SHRINK_ROWS = 4  # pseudo-rows at 1/2 added to each isotonic step
 MAX_GENERATION_OUTCOME_ROWS = 64  # each costs two greedy generations at training time
 BACKGROUND_PATH = Path(__file__).with_name("router_background.txt")
 OUTCOME_DEFINITION = (
@@ -126,15 +127,21 @@ def calibration_fit(features: np.ndarray, outcomes: np.ndarray) -> dict[str, Any
     Isotonic rather than Platt's logistic: a sigmoid must rise to 1 and cannot both sit at 0
     over the background and level off at the specialist's in-domain rate (0.7, say), so it
     crosses 0.5 inside the domain and sends in-domain inputs to the generalist; isotonic
-    levels off where the data does. Probabilities are kept within [1/(n+2), (n+1)/(n+2)]
-    (n rows): a few rows never say "certainly"."""
+    levels off where the data does. Each step is shrunk toward 1/2 by ``SHRINK_ROWS``
+    pseudo-rows, so a few rows never say "certainly"."""
     from sklearn.isotonic import IsotonicRegression
 
-    n = len(outcomes)
-    floor = 1.0 / (n + 2)
-    fit = IsotonicRegression(y_min=floor, y_max=1 - floor, increasing=True, out_of_bounds="clip")
+    fit = IsotonicRegression(increasing=True, out_of_bounds="clip")
     fit.fit(features.astype(float), outcomes.astype(float))
     xs, ys = fit.X_thresholds_, fit.y_thresholds_
+    # Each step's rate shrunk toward 1/2 by SHRINK_ROWS pseudo-rows: a step of 14 rows that
+    # all won says 0.89, not 1.0 (isotonic steps over few rows are overconfident).
+    fitted = fit.predict(features.astype(float))
+    counts = {value: int((fitted == value).sum()) for value in np.unique(fitted)}
+    shrunk = np.asarray(
+        [(y * counts.get(y, 0) + 0.5 * SHRINK_ROWS) / (counts.get(y, 0) + SHRINK_ROWS) for y in ys]
+    )
+    ys = np.maximum.accumulate(shrunk)
     keep = np.ones(len(xs), dtype=bool)  # only the ends of each flat step matter
     if len(xs) > 2:
         keep[1:-1] = (ys[1:-1] != ys[:-2]) | (ys[1:-1] != ys[2:])

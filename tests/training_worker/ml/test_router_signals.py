@@ -65,8 +65,10 @@ def test_without_validation_rows_there_is_no_calibration():
 
 
 def test_a_version_that_never_wins_gets_a_low_probability_everywhere():
-    calibration = router_signals.calibration_fit(np.array([0.9, 0.8, 0.2, 0.1]), np.zeros(4))
-    assert router_signals.win_probability(np.array([0.05, 0.95]), calibration).max() < 0.2
+    few = router_signals.calibration_fit(np.array([0.9, 0.8, 0.2, 0.1]), np.zeros(4))
+    many = router_signals.calibration_fit(np.linspace(0, 1, 40), np.zeros(40))
+    assert router_signals.win_probability(np.array([0.05, 0.95]), few).max() < 0.5
+    assert router_signals.win_probability(np.array([0.05, 0.95]), many).max() < 0.1
 
 
 def test_the_calibration_levels_off_at_the_in_domain_rate_rather_than_rising_to_one():
