@@ -82,6 +82,21 @@ INFERENCE_FIRST_TOKEN = Histogram(
     registry=LIVE_REGISTRY,
 )
 
+ROUTER_DECISIONS = Counter(
+    "niche_router_decisions_total",
+    "Inputs the specialist router decided (niche/auto, /api/v1/route), by task and by who "
+    "answers: a specialist or the generalist.",
+    ["task", "answered_by"],
+    registry=LIVE_REGISTRY,
+)
+ROUTER_DECIDE_TIME = Histogram(
+    "niche_router_decide_seconds",
+    "The router's own time per request (embedding the inputs, scoring every candidate).",
+    ["task"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0),
+    registry=LIVE_REGISTRY,
+)
+
 _KNOWN_METHODS = {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"}
 # kombu's Redis transport keeps priorities 3, 6 and 9 of a queue in sibling lists.
 _PRIORITY_SEPARATOR = "\x06\x16"
@@ -101,6 +116,14 @@ def observe_inference(*, task: str, latency_s: float, engine_s: float, batch_siz
     INFERENCE_LATENCY.labels(task=task).observe(latency_s)
     INFERENCE_ENGINE_TIME.labels(task=task).observe(engine_s)
     INFERENCE_BATCH_SIZE.labels(task=task).observe(batch_size)
+
+
+def observe_routing(*, task: str, seconds: float, specialist: int, generalist: int) -> None:
+    ROUTER_DECIDE_TIME.labels(task=task).observe(seconds)
+    if specialist:
+        ROUTER_DECISIONS.labels(task=task, answered_by="specialist").inc(specialist)
+    if generalist:
+        ROUTER_DECISIONS.labels(task=task, answered_by="generalist").inc(generalist)
 
 
 def observe_stream_first_token(*, task: str, seconds: float) -> None:

@@ -30,7 +30,12 @@ from django.conf import settings
 from accounts.models import User
 from billing.models import UsageStatus
 from billing.selectors import licence_for_call
-from marketplace.metrics import observe_inference, observe_stream_done, observe_stream_first_token
+from marketplace.metrics import (
+    observe_inference,
+    observe_routing,
+    observe_stream_done,
+    observe_stream_first_token,
+)
 from serving import access_cache, dispatch, gateway, protocol, router
 from serving.errors import EngineUnavailable, InvalidInferenceInput
 from serving.gateway import (
@@ -427,7 +432,14 @@ async def _candidates(caller: Caller, task: str, labels: list[str] | None) -> ro
 
 async def _routes(texts: list[str], found: router.CandidateSet) -> list[router.Route]:
     # The embedding is a torch forward: off the event loop, not on Django's one DB thread.
-    return await sync_to_async(router.decide, thread_sensitive=False)(texts, found)
+    started = time.monotonic()
+    routes = await sync_to_async(router.decide, thread_sensitive=False)(texts, found)
+    generalist = sum(1 for route in routes if route.listing is None)
+    observe_routing(
+        task=found.task, seconds=time.monotonic() - started,
+        specialist=len(routes) - generalist, generalist=generalist,
+    )  # fmt: skip
+    return routes
 
 
 async def routed_target(caller: Caller, found: router.CandidateSet, route: router.Route) -> Target:

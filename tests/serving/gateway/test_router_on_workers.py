@@ -17,6 +17,7 @@ import requests
 
 from billing.models import OfferKind, PlatformUsage, UsageRecord, UsageStatus
 from listings.models import Listing
+from marketplace.metrics import LIVE_REGISTRY
 from serving import router
 from serving.protocol import TEXT_CLASSIFICATION, TEXT_GENERATION, AdapterRef
 from tests.billing.conftest import make_active_licence, make_offer
@@ -118,6 +119,7 @@ def post(live_server, path: str, key: str, body: dict) -> requests.Response:
 
 
 def test_route_decides_each_input_with_its_reason_and_bills_nothing(live_server, market):
+    before = {who: routed(who) for who in ("specialist", "generalist")}
     response = post(
         live_server, "/api/v1/route", market.bob_key,
         {"task": TEXT_CLASSIFICATION, "inputs": [IN_DOMAIN_TICKET, OUT_OF_DOMAIN]},
@@ -146,6 +148,20 @@ def test_route_decides_each_input_with_its_reason_and_bills_nothing(live_server,
     assert other["labels"] == LABELS and "labels" not in ticket
     assert "below the threshold 0.50: the generalist answers" in other["reason"]
     assert UsageRecord.objects.count() == 0 and PlatformUsage.objects.count() == 0
+    # /metrics: one decision to a specialist, one to the generalist, and the time it took
+    assert routed("specialist") == before["specialist"] + 1
+    assert routed("generalist") == before["generalist"] + 1
+    assert (
+        LIVE_REGISTRY.get_sample_value(
+            "niche_router_decide_seconds_count", {"task": TEXT_CLASSIFICATION}
+        )
+        >= 1
+    )
+
+
+def routed(answered_by: str) -> float:
+    labels = {"task": TEXT_CLASSIFICATION, "answered_by": answered_by}
+    return LIVE_REGISTRY.get_sample_value("niche_router_decisions_total", labels) or 0.0
 
 
 def test_auto_classification_routes_each_input_and_bills_whoever_answered(live_server, market):
