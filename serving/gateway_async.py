@@ -427,7 +427,17 @@ async def _open_stream(caller: Caller, target: Target, request) -> AsyncGatewayS
 
 
 async def _candidates(caller: Caller, task: str, labels: list[str] | None) -> router.CandidateSet:
-    return await sync_to_async(router.candidate_set)(user=caller.user, task=task, labels=labels)
+    def check_for(slug: str):
+        """The licence check from the access cache while the caller's epochs hold."""
+        check = access_cache.licence_check_cached(caller.user_id, slug, None, caller.epochs)
+        if check is None:
+            check = licence_for_call(user=caller.user, listing_slug=slug)
+            access_cache.licence_check_store(caller.user_id, slug, None, caller.epochs, check)
+        return check
+
+    return await sync_to_async(router.candidate_set)(
+        user=caller.user, task=task, labels=labels, check_for=check_for
+    )
 
 
 async def _routes(texts: list[str], found: router.CandidateSet) -> list[router.Route]:
@@ -535,9 +545,20 @@ async def auto_predict(*, caller: Caller, payload: Any):
     groups: dict[tuple, list[int]] = {}
     for index, route in enumerate(routes):
         groups.setdefault((route.name, route.labels), []).append(index)
-    answers = []
+    planned = []
     for indices in groups.values():
         target = await routed_target(caller, found, routes[indices[0]])
+        target.check.require_calls(len(indices))  # every destination's quota, before any runs
         request = _new_request(target, str(uuid.uuid4()), inputs=[inputs[i] for i in indices])
-        answers.append((indices, await _run(caller, target, request, len(indices))))
+        planned.append((indices, target, request))
+    # The destinations answer side by side; each is its own call (its own ledger row), so a
+    # destination that fails leaves the others answered and billed, and the error is raised.
+    results = await asyncio.gather(
+        *(_run(caller, target, request, len(indices)) for indices, target, request in planned),
+        return_exceptions=True,
+    )
+    failed = next((r for r in results if isinstance(r, BaseException)), None)
+    if failed is not None:
+        raise failed
+    answers = [(indices, answer) for (indices, _, _), answer in zip(planned, results, strict=True)]
     return AutoPrediction(request_id=str(uuid.uuid4()), answers=answers, routes=routes)

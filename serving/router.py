@@ -128,14 +128,18 @@ def request_task(raw: Any) -> str:
     return raw
 
 
-def candidate_set(*, user: User, task: str, labels: list[str] | None = None) -> CandidateSet:
+def candidate_set(
+    *, user: User, task: str, labels: list[str] | None = None, check_for=None
+) -> CandidateSet:
     """The listings of `task` the user may call now that the router may send a call to,
-    and those it may not, each with the reason."""
+    and those it may not, each with the reason. `check_for(slug)` is the licence check
+    (billing's licence_for_call; the async gateway passes its cached one)."""
+    check_for = check_for or (lambda slug: licence_for_call(user=user, listing_slug=slug))
     found = CandidateSet(task=task, candidates=[])
     for row in callable_listings(user=user, task=task):
         slug = row["slug"]
         try:
-            check = licence_for_call(user=user, listing_slug=slug)
+            check = check_for(slug)
         except ApplicationError as exc:
             found.skipped.append({"listing": slug, "reason": exc.message})
             continue
