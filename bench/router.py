@@ -510,7 +510,7 @@ def main() -> None:
                   "ece": "<= 0.05", "added_ms_p50": "<= 10"},
     }  # fmt: skip
     out.write_text(json.dumps({"meta": meta, "tasks": results}, indent=2) + "\n")
-    print(f"wrote {out.relative_to(ROOT)}")
+    print(f"wrote {out.resolve().relative_to(ROOT)}")
 
 
 if __name__ == "__main__":
