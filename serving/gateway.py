@@ -477,9 +477,7 @@ def _new_request(target: Target, request_id: str, **fields) -> InferenceRequest:
 def adapter_integrity(target: Target, result: InferenceResult) -> None:
     """The engine answered with the adapter the call named (none for the generalist)."""
     expected = target.adapter.sha256 if target.adapter is not None else None
-    if result.adapter_sha256 not in (None, expected) or (
-        expected is None and result.adapter_sha256 is not None
-    ):
+    if result.adapter_sha256 not in (None, expected):
         raise EngineFailed(
             "The engine answered with another adapter than the live version's.",
             code=ErrorCode.ADAPTER_INTEGRITY,

@@ -31,6 +31,7 @@ from serving.engine.registry import (
 )
 from serving.protocol import AdapterRef, ErrorCode, GenerationParameters
 from training_worker.ml import data, prompts
+from training_worker.ml.evaluation import label_phrase
 
 CLASSIFICATION_MAX_TOKENS = 256
 
@@ -124,11 +125,6 @@ def classify(base: LoadedBase, rows: Sequence[ClassificationRow]) -> ClassifiedR
 # The generalist fallback's zero-shot scores: softmax over the cosines times this scale (the
 # evaluation's zero-shot baseline takes the argmax of the same cosines).
 ZERO_SHOT_SCALE = 20.0
-
-
-def label_phrase(label: str) -> str:
-    """A label name as words (the evaluation's zero-shot reads it so)."""
-    return label.replace("_", " ").replace("-", " ").strip()
 
 
 def zero_shot(base: LoadedBase, texts: Sequence[str], labels: Sequence[str]) -> ClassifiedRows:

@@ -426,7 +426,8 @@ def is_causal_architecture(config: Any) -> bool:
     }
 
 
-def _label_phrase(label: str) -> str:
+def label_phrase(label: str) -> str:
+    """A label name as words, as the zero-shot baselines (and serving's) read it."""
     return label.replace("_", " ").replace("-", " ").strip()
 
 
@@ -458,7 +459,7 @@ def zero_shot_by_embedding(
                 chunks.append(torch.nn.functional.normalize(pooled, dim=-1))
         return torch.cat(chunks)
 
-    similarities = embed(texts) @ embed([_label_phrase(label) for label in labels]).T
+    similarities = embed(texts) @ embed([label_phrase(label) for label in labels]).T
     return similarities.argmax(dim=-1).cpu().tolist()
 
 
@@ -476,7 +477,7 @@ def zero_shot_by_likelihood(
 
     Each label is scored by its LENGTH-NORMALISED log-likelihood (mean log-prob per label
     token): a summed score penalises labels that take more tokens."""
-    options = ", ".join(_label_phrase(label) for label in labels)
+    options = ", ".join(label_phrase(label) for label in labels)
     prompts, completions = [], []
     for text in texts:
         prompt = (
@@ -485,7 +486,7 @@ def zero_shot_by_likelihood(
         )
         for label in labels:
             prompts.append(prompt)
-            completions.append(_label_phrase(label))
+            completions.append(label_phrase(label))
     examples = encode_generation(tokenizer, prompts, completions)
     for example in examples:  # score the label only, not the appended eos
         example.input_ids, example.labels = example.input_ids[:-1], example.labels[:-1]
