@@ -3,6 +3,7 @@
 Checkout, Connect and the Stripe webhook are in billing/stripe_apis.py.
 """
 
+from dataclasses import asdict
 from datetime import date, timedelta
 
 from django.utils import timezone
@@ -427,5 +428,6 @@ class EarningsApi(BaseApi):
                 "sandbox": statement.sandbox,
                 "listings": ListingStatementOutput(statement.listings, many=True).data,
                 "totals": statement.totals,
+                "gardens": [asdict(line) for line in statement.gardens],
             }
         )

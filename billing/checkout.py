@@ -42,7 +42,7 @@ from billing.models import (
     PaymentKind,
     StripeIntent,
 )
-from billing.selectors import expert_can_be_paid, month_start
+from billing.selectors import expert_can_be_paid, month_start, platform_fee
 from billing.services import (
     licence_activate,
     licence_cancel,
@@ -52,6 +52,8 @@ from billing.services import (
 )
 from billing.stripe_outbox import intent_record
 from billing.stripe_sync import intent_run
+from listings.gardens import garden_plan
+from listings.models import ListingKind
 from marketplace.errors import PermissionDeniedError
 
 # A pending licence's Checkout Session is offered again for this long (Stripe keeps a
@@ -64,12 +66,6 @@ FAMILIES = {
     OfferKind.SUBSCRIPTION: (OfferKind.PER_CALL, OfferKind.SUBSCRIPTION),
     OfferKind.DOWNLOAD: (OfferKind.DOWNLOAD,),
 }
-
-
-def platform_fee(amount: int) -> int:
-    """The platform's share of `amount` minor units, rounded half up (what we ask
-    Stripe to take; what it took is read back from Stripe)."""
-    return (amount * settings.PLATFORM_FEE_PERCENT + 50) // 100
 
 
 @dataclass(frozen=True)
@@ -184,6 +180,7 @@ def _pending_licence(
 def _session_params(
     licence: Licence, offer: Offer, buyer: User, success_url: str, cancel_url: str
 ) -> dict:
+    garden = offer.listing.kind == ListingKind.GARDEN
     account = ConnectAccount.objects.get(expert_id=offer.listing.owner_id)
     if offer.kind == OfferKind.DOWNLOAD:
         line_items = [{"price": offer.stripe_price_id, "quantity": 1}]
@@ -201,14 +198,23 @@ def _session_params(
         "customer_email": buyer.email,
         "success_url": success_url,
         "cancel_url": cancel_url,
-        "destination_account_id": account.stripe_account_id,
+        # A garden is charged on the platform's account, then paid out to its curator
+        # and members by separate transfers (billing.gardens); a listing, a destination
+        # charge to its expert.
+        "destination_account_id": None if garden else account.stripe_account_id,
         "application_fee_amount": platform_fee(offer.unit_amount) if one_time else None,
         "application_fee_percent": None if one_time else settings.PLATFORM_FEE_PERCENT,
     }
 
 
 def _refuse_unless_payable(offer: Offer) -> None:
-    if not expert_can_be_paid(expert_id=offer.listing.owner_id):
+    payees = {offer.listing.owner_id}
+    if offer.listing.kind == ListingKind.GARDEN:
+        plan = garden_plan(listing_id=offer.listing_id)
+        payees |= {m.owner_id for m in (plan.members if plan else ())}
+        if plan and plan.classifier:
+            payees.add(plan.classifier.owner_id)
+    if not all(expert_can_be_paid(expert_id=payee) for payee in payees):
         raise ExpertPayoutsNotEnabled(
             "The expert has not finished setting up payouts; this offer cannot be bought yet."
         )

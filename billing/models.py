@@ -396,6 +396,98 @@ class PlatformUsage(models.Model):
         return f"{self.units} {self.kind} call(s) by {self.buyer_id} at {self.created_at:%Y-%m-%d}"
 
 
+class ShareRole(models.TextChoices):
+    MEMBER = "member", "The member that answered"
+    STEP = "step", "A pipeline step"
+    CURATOR = "curator", "The garden's curator"
+    PLATFORM = "platform", "The platform's generalist answered"
+
+
+class GardenShare(models.Model):
+    """The revenue split of one call to a garden: one row per party that worked on it
+    (the member that answered, or each pipeline step; the curator; the platform when its
+    generalist answered), written with the call's ledger row. `percent` is the party's
+    part of the call's price after the platform fee; `amount_micros` that part in
+    millionths of a minor unit at the licence's per-call price (0 for a trial). A share
+    counts once its call is settled as served (UsageRecord.status ok)."""
+
+    id = models.BigAutoField(primary_key=True)
+    usage = models.ForeignKey(UsageRecord, on_delete=models.PROTECT, related_name="garden_shares")
+    licence = models.ForeignKey(Licence, on_delete=models.PROTECT, related_name="+")
+    garden = models.ForeignKey(Listing, on_delete=models.PROTECT, related_name="+")
+    listing = models.ForeignKey(
+        Listing,
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="+",
+        help_text="The member listing that worked (the garden itself for the curator's "
+        "share; null for the platform's).",
+    )
+    payee = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="+",
+        help_text="Null: the platform.",
+    )
+    role = models.CharField(max_length=10, choices=ShareRole.choices)
+    percent = models.DecimalField(max_digits=6, decimal_places=3)
+    amount_micros = models.BigIntegerField(default=0)
+    currency = models.CharField(max_length=3)
+    sandbox = models.BooleanField(default=False)
+    created_at = models.DateTimeField(default=timezone.now)
+    paid_by = models.ForeignKey(
+        "Payment",
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="garden_shares",
+        help_text="The garden licence's payment whose transfers paid this share out.",
+    )
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        indexes = [
+            models.Index(fields=["payee", "created_at"]),
+            models.Index(fields=["licence", "paid_by"]),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.role} {self.percent}% of call {self.usage_id}"
+
+
+class GardenPayout(models.Model):
+    """What one party received from one payment of a garden licence: a Stripe transfer
+    from the platform's balance to the payee's Connect account (separate charges and
+    transfers), sized by the party's served shares that the payment covers."""
+
+    payment = models.ForeignKey("Payment", on_delete=models.PROTECT, related_name="garden_payouts")
+    garden = models.ForeignKey(Listing, on_delete=models.PROTECT, related_name="+")
+    listing = models.ForeignKey(Listing, on_delete=models.PROTECT, related_name="+")
+    payee = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")
+    role = models.CharField(max_length=10, choices=ShareRole.choices)
+    amount = models.BigIntegerField(help_text="Minor units transferred.")
+    currency = models.CharField(max_length=3)
+    period = models.DateField(help_text="The payment's statement month.")
+    sandbox = models.BooleanField(default=False)
+    stripe_transfer_id = models.CharField(max_length=64, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["payment", "payee", "listing", "role"], name="garden_payout_once"
+            ),
+            models.CheckConstraint(condition=models.Q(amount__gte=0), name="payout_not_negative"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.amount} {self.currency} to {self.payee_id} for {self.listing_id}"
+
+
 class LicenceUsagePeriod(models.Model):
     """A licence's call counter for one period, incremented atomically by usage_record."""
 
@@ -630,6 +722,7 @@ class IntentKind(models.TextChoices):
     SUBSCRIPTION_CANCEL = "subscription_cancel"  # now (access ended)
     SUBSCRIPTION_CANCEL_AT_PERIOD_END = "subscription_cancel_at_period_end"
     SUBSCRIPTION_RESUME = "subscription_resume"
+    TRANSFER_CREATE = "transfer_create"  # a garden payout (separate charges and transfers)
 
 
 class IntentStatus(models.TextChoices):

@@ -8,6 +8,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 
+from django.conf import settings
 from django.db import connection
 from django.db.models import (
     Avg,
@@ -50,7 +51,13 @@ from billing.models import (
     UsageStatus,
 )
 from listings.errors import ListingNotFound
-from listings.models import Listing, ListingStatus, ListingVersion, ListingVersionStatus
+from listings.models import (
+    Listing,
+    ListingKind,
+    ListingStatus,
+    ListingVersion,
+    ListingVersionStatus,
+)
 
 # --- periods ------------------------------------------------------------------------
 
@@ -184,6 +191,9 @@ class LicenceCheck:
     calls_used: int
     call_quota: int | None
     spend_cap_calls: int | None = None
+    # A garden (listings.gardens): no version of its own (the version fields are None);
+    # its members answer, and calls are metered on this licence.
+    garden: bool = False
 
     @property
     def is_owner(self) -> bool:
@@ -239,7 +249,7 @@ _LICENCE_FOR_CALL_SQL = f"""
 SELECT lic.id, lic.listing_id, lic.kind, lic.status, lic.sandbox, lic.call_quota,
        lic.current_period_start, lic.current_period_end, lic.activated_at, lic.created_at,
        period.period_start, period.calls, version.id, version.number, version.model_version_id,
-       lic.spend_cap_calls
+       lic.spend_cap_calls, listing.kind
 FROM {Licence._meta.db_table} lic
 JOIN {Listing._meta.db_table} listing ON listing.id = lic.listing_id
 JOIN {User._meta.db_table} owner ON owner.id = listing.owner_id
@@ -299,6 +309,7 @@ def _licence_row_orm(user: User, slug: str, number: int | None, now: datetime) -
             "id", "listing_id", "kind", "status", "sandbox", "call_quota",
             "current_period_start", "current_period_end", "activated_at", "created_at",
             "p_start", "p_calls", "v_id", "v_number", "v_model", "spend_cap_calls",
+            "listing__kind",
         )[:1]
     )  # fmt: skip
     return rows[0] if rows else None
@@ -329,8 +340,9 @@ def licence_for_call(
         row = _licence_row_orm(user, listing_slug, version_number, at)
     if row is not None:
         (licence_id, listing_id, kind, status, sandbox, quota, cp_start, cp_end, activated,
-         created, p_start, p_calls, v_id, v_number, v_model, cap_calls) = row  # fmt: skip
-        if v_id is None:
+         created, p_start, p_calls, v_id, v_number, v_model, cap_calls, kind_of) = row  # fmt: skip
+        garden = kind_of == ListingKind.GARDEN
+        if (v_id is None and not garden) or (garden and version_number is not None):
             raise _version_not_found(listing_slug, version_number)
         period = _PeriodFields(kind, cp_start, cp_end, activated, created, sandbox)
         start, _ = licence_period_at(period, at)
@@ -348,6 +360,7 @@ def licence_for_call(
             calls_used=p_calls if p_start == start else 0,
             call_quota=quota,
             spend_cap_calls=cap_calls,
+            garden=garden,
         )
     return _refusal_or_owner(user=user, listing_slug=listing_slug, version_number=version_number)
 
@@ -384,6 +397,15 @@ def _refusal_or_owner(*, user: User, listing_slug: str, version_number: int | No
         ).exists()
         hint = " A download licence grants the bundle, not API calls." if holds_download else ""
         raise LicenceRequired(f"You need a licence to call {listing_slug}.{hint}")
+    if listing.kind == ListingKind.GARDEN:  # its curator calls it unbilled
+        if version_number is not None:
+            raise _version_not_found(listing_slug, version_number)
+        return LicenceCheck(
+            listing_id=listing.id, listing_slug=listing_slug, listing_version_id=None,
+            version_number=None, model_version_id=None, licence_id=None, kind="owner",
+            status="owner", sandbox=False, period_start=None, calls_used=0, call_quota=None,
+            garden=True,
+        )  # fmt: skip
     versions = ListingVersion.objects.filter(listing=listing)
     if version_number is None:
         version = versions.filter(model_version_id=listing.live_version_id).first()
@@ -617,6 +639,15 @@ class Statement:
     sandbox: bool
     listings: list[ListingStatement]
     totals: dict[str, dict[str, int]] = field(default_factory=dict)
+    # Garden income (billing.gardens): per garden, member listing and role, what the
+    # month's served calls earned (accrued, to the cent) and the transfers that paid it.
+    gardens: list = field(default_factory=list)
+
+
+def platform_fee(amount: int) -> int:
+    """The platform's share of `amount` minor units, rounded half up (what we ask
+    Stripe to take; what it took is read back from Stripe)."""
+    return (amount * settings.PLATFORM_FEE_PERCENT + 50) // 100
 
 
 def month_start(value: date | datetime) -> date:
@@ -659,8 +690,14 @@ def statement_for(
     """The expert's statement for `month` (a date in it), from Payment rows whose
     `period` is that month. Sandbox payments make a statement of their own
     (`sandbox=True`), never mixed with real money. One aggregate query."""
+    from billing.gardens import garden_income
+
     month = month_start(month)
-    payments = Payment.objects.filter(licence__listing__owner=expert, period=month, sandbox=sandbox)
+    # A garden's payments are paid out by transfers to its curator and members: they
+    # appear as garden lines (below), never as the curator's own sales.
+    payments = Payment.objects.filter(
+        licence__listing__owner=expert, period=month, sandbox=sandbox
+    ).exclude(licence__listing__kind=ListingKind.GARDEN)
     if listing is not None:
         payments = payments.filter(licence__listing=listing)
     rows = (
@@ -730,9 +767,13 @@ def statement_for(
         )
         for name in total:
             total[name] += sums[name]
+    gardens = garden_income(payee=expert, month=month, sandbox=sandbox)
+    if listing is not None:
+        gardens = [g for g in gardens if listing.slug in (g.garden_slug, g.listing_slug)]
     return Statement(
-        expert_id=expert.pk, month=month, sandbox=sandbox, listings=listings, totals=totals
-    )
+        expert_id=expert.pk, month=month, sandbox=sandbox, listings=listings, totals=totals,
+        gardens=gardens,
+    )  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -753,6 +794,7 @@ def earnings_by_month(*, expert: User, months: int = 12, sandbox: bool = False) 
     first = date(index // 12, index % 12 + 1, 1)
     rows = (
         Payment.objects.filter(licence__listing__owner=expert, period__gte=first, sandbox=sandbox)
+        .exclude(licence__listing__kind=ListingKind.GARDEN)
         .values("period", "currency")
         .annotate(
             s_gross=Sum("amount", filter=~Q(kind=PaymentKind.REFUND), default=0),

@@ -41,6 +41,7 @@ from billing.errors import (
     QuotaExceeded,
     ReasonRequired,
 )
+from billing.gardens import shares_write as garden_shares_write
 from billing.models import (
     CALL_KINDS,
     LIVE_LICENCE_STATUSES,
@@ -69,7 +70,7 @@ from billing.selectors import (
 from billing.stripe_outbox import intent_record
 from billing.terms import LicenceTerms
 from listings.errors import NotAModerator
-from listings.models import Listing, ListingStatus
+from listings.models import Listing, ListingKind, ListingStatus
 from listings.services import entitlement_grant, listing_set_price_summary
 from marketplace import access_epochs
 
@@ -80,6 +81,8 @@ MAX_UNITS_PER_RECORD = 10_000
 MAX_REASON_CHARS = 2000
 # A download licence of a delisted listing may still fetch the bundle it paid for this long.
 DOWNLOAD_WIND_DOWN = timedelta(days=30)
+# A garden's revenue is split per answered call: it is priced per call (or tried free).
+GARDEN_OFFER_KINDS = (OfferKind.PER_CALL, OfferKind.FREE_TRIAL)
 
 # --- offers --------------------------------------------------------------------------
 
@@ -106,6 +109,9 @@ class OfferSpec:
         errors: dict[str, list[str]] = {}
         if self.kind not in OfferKind.values:
             return {"kind": [f"One of {', '.join(OfferKind.values)}."]}
+        if listing.kind == ListingKind.GARDEN and self.kind not in GARDEN_OFFER_KINDS:
+            # Its revenue is split per answered call, so its price is per call.
+            return {"kind": ["A garden is sold per call (per_call) or as a free trial."]}
         if self.currency not in ISO_4217:
             errors["currency"] = ["An ISO-4217 currency code, e.g. usd."]
         if len(self.name) > 60:
@@ -878,6 +884,7 @@ def usage_record(
     latency_ms: int | None = None,
     status: str = UsageStatus.OK,
     at: datetime | None = None,
+    shares: list | None = None,
 ) -> UsageOutcome:
     """Write a call to the ledger and count it in its period: exactly once per
     idempotency key (a replay returns the first row, counted once), atomically (no
@@ -930,6 +937,8 @@ def usage_record(
                 calls = _count(licence.pk, start, counted, quota)
             if calls is None:
                 raise quota_error(licence.call_quota, licence.spend_cap_calls, left=0)
+            if shares:  # a garden call: who worked on it, and their parts of the price
+                garden_shares_write(record, licence, shares)
     except IntegrityError:
         # This idempotency key is in the ledger already (a replay; everything above
         # rolled back), or a concurrent first call created the counter: read which.

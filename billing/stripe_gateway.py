@@ -278,14 +278,16 @@ def checkout_session_create(
     customer_email: str,
     success_url: str,
     cancel_url: str,
-    destination_account_id: str,
+    destination_account_id: str | None,
     application_fee_amount: int | None = None,
     application_fee_percent: int | None = None,
 ) -> CheckoutSessionView:
     """A Checkout Session for one pending licence: a destination charge to the expert.
 
     `payment` mode takes `application_fee_amount`, `subscription` mode takes
-    `application_fee_percent`; both name the expert's account in `transfer_data`.
+    `application_fee_percent`; both name the expert's account in `transfer_data`. A
+    garden's (no destination) is charged on the platform's account, and its payouts
+    are separate transfers (transfer_create).
     `key` is the outbox intent's: asking twice for the same licence gets one session.
     """
     metadata = {"niche_licence_id": str(licence_id)}
@@ -298,20 +300,18 @@ def checkout_session_create(
         "cancel_url": cancel_url,
         "metadata": metadata,
     }
-    transfer_data = {"destination": destination_account_id}
+    destination: dict[str, Any] = {}
+    if destination_account_id is not None:
+        destination = {"transfer_data": {"destination": destination_account_id}}
     if mode == "payment":
         params["customer_creation"] = "always"
-        params["payment_intent_data"] = {
-            "application_fee_amount": application_fee_amount,
-            "transfer_data": transfer_data,
-            "metadata": metadata,
-        }
+        params["payment_intent_data"] = {"metadata": metadata} | destination
+        if destination:
+            params["payment_intent_data"]["application_fee_amount"] = application_fee_amount
     else:
-        params["subscription_data"] = {
-            "application_fee_percent": application_fee_percent,
-            "transfer_data": transfer_data,
-            "metadata": metadata,
-        }
+        params["subscription_data"] = {"metadata": metadata} | destination
+        if destination:
+            params["subscription_data"]["application_fee_percent"] = application_fee_percent
     return CheckoutSessionView.parse(_post(_client().v1.checkout.sessions.create, params, key=key))
 
 
@@ -480,6 +480,31 @@ def application_fee_retrieve(fee_id: str) -> ApplicationFeeView:
 
 def transfer_retrieve(transfer_id: str) -> TransferView:
     return TransferView.parse(_get(_client().v1.transfers.retrieve, transfer_id))
+
+
+def transfer_create(
+    *,
+    amount: int,
+    currency: str,
+    destination: str,
+    source_transaction: str,
+    transfer_group: str,
+    key: str,
+    metadata: dict,
+) -> TransferView:
+    """A garden payout: `amount` from the platform's balance to a Connect account, tied
+    to the charge that funded it (`source_transaction`, so it waits for those funds).
+    `key` is the outbox intent's."""
+    params: dict[str, Any] = {
+        "amount": amount,
+        "currency": currency,
+        "destination": destination,
+        "transfer_group": transfer_group,
+        "metadata": metadata,
+    }
+    if source_transaction:
+        params["source_transaction"] = source_transaction
+    return TransferView.parse(_post(_client().v1.transfers.create, params, key=key))
 
 
 def transfer_reversal_retrieve(*, transfer_id: str, reversal_id: str) -> TransferReversalView:

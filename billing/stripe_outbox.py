@@ -102,6 +102,13 @@ def _call(intent: StripeIntent) -> tuple[str, dict]:
             key=key,
         )
         return sub.id, {"status": sub.status, "cancel_at_period_end": sub.cancel_at_period_end}
+    if intent.kind == IntentKind.TRANSFER_CREATE:
+        transfer = gateway.transfer_create(
+            amount=p["amount"], currency=p["currency"], destination=p["destination"],
+            source_transaction=p["source_transaction"], transfer_group=p["transfer_group"],
+            key=key, metadata={"niche_garden_payout_id": str(p["payout_id"])},
+        )  # fmt: skip
+        return transfer.id, {"amount": transfer.amount, "destination": transfer.destination}
     raise ValueError(f"unknown intent kind {intent.kind}")
 
 

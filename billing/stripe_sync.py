@@ -33,6 +33,7 @@ from django.utils import timezone
 from billing import stripe_gateway as gateway
 from billing import stripe_outbox as outbox
 from billing.errors import LicenceAlreadyHeld, PaymentProviderError
+from billing.gardens import garden_payouts_make, payout_transfer_recorded
 from billing.metering import usage_report_licence
 from billing.models import (
     ENDED_LICENCE_STATUSES,
@@ -48,7 +49,7 @@ from billing.models import (
     StripeIntent,
 )
 from billing.notices import buyer_notice_send
-from billing.selectors import month_start
+from billing.selectors import month_start, platform_fee
 from billing.services import (
     billing_audit,
     licence_activate,
@@ -63,6 +64,7 @@ from billing.stripe_objects import (
     InvoiceView,
     SubscriptionView,
 )
+from listings.models import ListingKind
 
 logger = logging.getLogger(__name__)
 
@@ -175,13 +177,16 @@ def _record_payment(
             existing.refresh_from_db()
         return existing
     created = paid_at or charge.created or timezone.now()
+    garden = licence.listing.kind == ListingKind.GARDEN
     payment = _insert_once(
         licence=licence,
         kind=kind,
         amount=charge.amount,
         currency=charge.currency,
         stripe_fee=charge.stripe_fee,
-        platform_fee=facts.platform_fee,
+        # A garden's charge stays on the platform's account (no application fee): the
+        # fee is ours to keep, and the rest is paid out by transfers (billing.gardens).
+        platform_fee=platform_fee(charge.amount) if garden else facts.platform_fee,
         expert_amount=facts.expert_amount,
         period=month_start(created),
         stripe_charge_id=charge.id,
@@ -191,6 +196,8 @@ def _record_payment(
         stripe_transfer_id=charge.transfer_id or "",
         created_at=created,
     )
+    if payment is not None and garden:
+        garden_payouts_make(payment=payment)
     return payment or Payment.objects.get(kind=kind, **once)
 
 
@@ -725,6 +732,8 @@ def _apply_intent(intent: StripeIntent) -> None:
     elif intent.kind == IntentKind.CHECKOUT_SESSION_EXPIRE:
         if intent.result.get("status") == "complete":  # paid just before: apply it
             checkout_session_sync(session_id=intent.result_id)
+    elif intent.kind == IntentKind.TRANSFER_CREATE:
+        payout_transfer_recorded(payout_id=intent.params["payout_id"], transfer_id=intent.result_id)
     elif intent.kind == IntentKind.REFUND_CREATE and intent.payment_id:
         charge_sync(charge_id=intent.params["charge_id"])
     elif intent.kind in (

@@ -8,8 +8,8 @@ from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import serializers
 from rest_framework.response import Response
 
-from listings import selectors, services
-from listings.models import Domain, ReportReason
+from listings import gardens, selectors, services
+from listings.models import Domain, GardenKind, ListingKind, ReportReason
 from marketplace.api import PUBLIC, BaseApi, ObjectTypeField
 from marketplace.pagination import list_body, list_schema
 
@@ -153,6 +153,11 @@ def listing_card(row: dict, zone: tzinfo) -> dict:
 
 
 class ListingDetailOutput(ListingCardOutput):
+    kind = serializers.CharField(help_text="model, or garden (a composition of listings).")
+    composable = serializers.BooleanField(
+        help_text="Its expert lets curators compose it into gardens (paid per answered call)."
+    )
+    garden = serializers.SerializerMethodField()
     description = serializers.CharField()
     description_html = serializers.CharField()
     intended_use = serializers.CharField()
@@ -164,6 +169,10 @@ class ListingDetailOutput(ListingCardOutput):
 
     def get_evaluation(self, listing) -> dict | None:
         return selectors.evaluation_summary(listing.live_version)
+
+    def get_garden(self, listing) -> dict | None:
+        """A garden's kind, its revenue split and its members (None for a model)."""
+        return gardens.garden_public(listing) if listing.kind == ListingKind.GARDEN else None
 
     def get_versions(self, listing) -> list[dict]:
         return [
@@ -437,3 +446,61 @@ class ReportCreateApi(BaseApi):
             reporter=request.user, listing=listing, **data.validated_data
         )
         return Response({"id": report.id, "object": "report", "status": report.status}, status=201)
+
+
+# --- gardens (listings.gardens) -------------------------------------------------------------
+
+
+class GardenCreateApi(BaseApi):
+    """POST: an expert curates a garden, a draft listing over other experts' composable
+    listings: `kind` "router" with `members` (slugs of one task), or "pipeline" with a
+    classification `classifier` and `routes` ({its label: a generation listing}). The
+    licence terms are the members' intersection; submit it for review, then price it
+    (per call or a free trial)."""
+
+    class Input(ListingContentInput):
+        class Meta:
+            ref_name = "GardenCreateInput"
+
+        slug = serializers.SlugField(max_length=80, required=False, allow_blank=True)
+        kind = serializers.ChoiceField(choices=GardenKind.values)
+        members = serializers.ListField(child=serializers.CharField(), required=False)
+        classifier = serializers.CharField(required=False)
+        routes = serializers.DictField(child=serializers.CharField(), required=False)
+        member_share_percent = serializers.IntegerField(
+            required=False, min_value=0, max_value=100,
+            help_text="Of each call's price after the platform fee, the members' part "
+            "(default 70); the curator gets the rest.",
+        )  # fmt: skip
+
+    required_scopes = {"POST": "train"}
+
+    @extend_schema(request=Input, responses={201: OwnerListingOutput})
+    def post(self, request):
+        data = self.Input(data=request.data)
+        data.is_valid(raise_exception=True)
+        values = dict(data.validated_data)
+        listing = gardens.garden_create(curator=request.user, **values)
+        return Response(_owner_view(listing), status=201)
+
+
+class ListingComposableApi(_OwnerActionApi):
+    """POST {"composable": true|false}: allow curators to compose this listing into
+    gardens, or stop (it leaves every garden at once, and their curators are told)."""
+
+    class Input(serializers.Serializer):
+        class Meta:
+            ref_name = "ListingComposableInput"
+
+        composable = serializers.BooleanField()
+
+    @extend_schema(request=Input, responses=OwnerListingOutput)
+    def post(self, request, slug):
+        data = self.Input(data=request.data)
+        data.is_valid(raise_exception=True)
+        listing = gardens.listing_set_composable(
+            owner=request.user,
+            listing_id=self._listing(request, slug).pk,
+            composable=data.validated_data["composable"],
+        )
+        return Response(_owner_view(listing))

@@ -14,3 +14,13 @@ class ListingsConfig(AppConfig):
         "view_moderationaction",
         "view_entitlement",
     )
+
+    def ready(self) -> None:
+        from listings import gardens
+        from marketplace.events import consumer_register
+
+        consumer_register(
+            name="garden_curator_notice",
+            types=[gardens.MEMBER_LEFT_EVENT],
+            handler=gardens.on_member_left,
+        )

@@ -36,6 +36,11 @@ class ListingStatus(models.TextChoices):
     DELISTED = "delisted"
 
 
+class ListingKind(models.TextChoices):
+    MODEL = "model", "A specialist model"
+    GARDEN = "garden", "A garden of specialists"
+
+
 # The licence terms a buyer filters on; each is a boolean column of Listing.
 LICENCE_FLAGS = (
     "commercial_use",
@@ -75,6 +80,18 @@ class Listing(models.Model):
     attribution_required = models.BooleanField(default=True)
     max_calls_per_month = models.PositiveIntegerField(null=True, blank=True)
     licence_summary = models.TextField(blank=True)
+    composable = models.BooleanField(
+        default=False,
+        help_text="The expert lets curators compose this listing into gardens (and be paid "
+        "a share of each garden call it answers). Off until the expert turns it on.",
+    )
+    kind = models.CharField(
+        max_length=10,
+        choices=ListingKind.choices,
+        default=ListingKind.MODEL,
+        help_text="garden: a composition of other listings (listings.Garden), with no "
+        "version of its own.",
+    )
 
     status = models.CharField(
         max_length=20, choices=ListingStatus.choices, default=ListingStatus.DRAFT
@@ -286,3 +303,89 @@ class ModerationAction(AppendOnlyModel):
 
     def __str__(self) -> str:
         return f"{self.actor} {self.action} {self.target_type}:{self.target_id}"
+
+
+class GardenKind(models.TextChoices):
+    ROUTER = "router", "Router: the best member for each request"
+    PIPELINE = "pipeline", "Pipeline: a classifier's label picks the member that answers"
+
+
+class Garden(models.Model):
+    """A curated composition of other experts' listings, sold as one listing (its own
+    offers, terms and moderation). Each answered call pays the members that worked on it
+    and the curator their shares of the price after the platform fee
+    (billing.GardenShare)."""
+
+    listing = models.OneToOneField(
+        Listing, on_delete=models.CASCADE, primary_key=True, related_name="garden"
+    )
+    kind = models.CharField(max_length=10, choices=GardenKind.choices)
+    member_share_percent = models.PositiveSmallIntegerField(
+        default=70,
+        help_text="Percent of a call's price after the platform fee that goes to the members "
+        "that answered it (split equally between a pipeline's steps); the rest goes to the "
+        "curator.",
+    )
+    classifier = models.ForeignKey(
+        Listing,
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="+",
+        help_text="pipeline: the classification listing whose label picks the answering member.",
+    )
+    classifier_removed_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        constraints = [
+            models.CheckConstraint(
+                condition=models.Q(member_share_percent__lte=100), name="garden_share_at_most_all"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.get_kind_display()} garden {self.listing_id}"
+
+    @property
+    def curator_share_percent(self) -> int:
+        return 100 - self.member_share_percent
+
+
+class GardenMember(models.Model):
+    """A listing composed into a garden. A member leaves (removed_at) when it is
+    suspended or delisted, or its expert stops allowing composition; a removed member
+    never answers again, and the curator adds it back by hand."""
+
+    garden = models.ForeignKey(Garden, on_delete=models.CASCADE, related_name="members")
+    listing = models.ForeignKey(
+        Listing, on_delete=models.PROTECT, related_name="garden_memberships"
+    )
+    label = models.CharField(
+        max_length=100,
+        blank=True,
+        help_text="pipeline: the classifier's label this member answers; blank in a router garden.",
+    )
+    position = models.PositiveSmallIntegerField(default=0)
+    added_at = models.DateTimeField(default=timezone.now)
+    removed_at = models.DateTimeField(null=True, blank=True)
+    removed_reason = models.TextField(blank=True)
+
+    class Meta:
+        ordering = ["position", "id"]
+        constraints = [
+            # A router garden names a member once; a pipeline may map several labels to one.
+            models.UniqueConstraint(
+                fields=["garden", "listing"],
+                condition=models.Q(removed_at__isnull=True, label=""),
+                name="garden_member_once",
+            ),
+            models.UniqueConstraint(
+                fields=["garden", "label"],
+                condition=models.Q(removed_at__isnull=True) & ~models.Q(label=""),
+                name="garden_label_once",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.listing_id} in {self.garden_id}"

@@ -15,6 +15,7 @@ from django.utils.text import slugify
 
 from accounts.models import ExpertProfile, User
 from accounts.services import expert_profile_verify
+from listings import gardens
 from listings.errors import (
     InvalidListing,
     InvalidListingTransition,
@@ -34,6 +35,7 @@ from listings.models import (
     Domain,
     Entitlement,
     Listing,
+    ListingKind,
     ListingStatus,
     ListingVersion,
     ListingVersionStatus,
@@ -203,6 +205,14 @@ def listing_update(*, owner: User, listing_id, model_version_id=None, **content)
             raise ListingNotEditable(
                 f"A {listing.status} listing cannot be edited; propose a new version instead."
             )
+        if listing.kind == ListingKind.GARDEN:
+            if model_version_id is not None:
+                raise InvalidListing(
+                    "A garden has no version of its own; its members answer.",
+                    fields={"model_version": ["Not for a garden."]},
+                )
+            for name in (*LICENCE_FLAGS, "max_calls_per_month"):
+                content.pop(name, None)  # the members' intersection, never typed
         if model_version_id is not None:
             listing.proposed_version = _owned_version(owner, model_version_id)
             listing.task = listing.proposed_version.task
@@ -225,7 +235,9 @@ def listing_submit(*, owner: User, listing_id) -> Listing:
     with transaction.atomic():
         listing = _owned_locked(owner, listing_id)
         _transition(listing, EDITABLE_STATES, ListingStatus.IN_REVIEW, "submit")
-        if listing.proposed_version is None:
+        if listing.kind == ListingKind.GARDEN:
+            gardens.garden_require_members(listing)
+        elif listing.proposed_version is None:
             raise InvalidListing("Choose a model version first.", code="no_version")
         listing.submitted_at = timezone.now()
         listing.save()
@@ -280,6 +292,7 @@ def listing_delist(*, owner: User, listing_id) -> Listing:
         event_record(
             type="listing.delisted", subject_type="listing", subject_id=listing.pk, actor=owner
         )
+        gardens.garden_members_remove(listing=listing, reason="Its expert delisted it.")
     return listing
 
 
@@ -392,7 +405,10 @@ def listing_approve(*, moderator: User, listing_id, reason: str = "") -> Listing
     """in_review → published; its proposed version goes live."""
 
     def publish(listing: Listing) -> None:
-        _go_live(listing, listing.proposed_version)
+        if listing.kind == ListingKind.GARDEN:
+            gardens.garden_require_members(listing)  # a garden has no version of its own
+        else:
+            _go_live(listing, listing.proposed_version)
         listing.published_at = listing.published_at or timezone.now()
 
     return _moderate_listing(
@@ -421,6 +437,7 @@ def listing_suspend(*, moderator: User, listing_id, reason: str) -> Listing:
             type="listing.suspended", subject_type="listing", subject_id=listing.pk,
             actor=moderator, data={"reason": reason},
         )  # fmt: skip
+        gardens.garden_members_remove(listing=listing, reason=f"Suspended: {reason}")
 
     return _moderate_listing(
         moderator=moderator, listing_id=listing_id, allowed=(ListingStatus.PUBLISHED,),
@@ -532,6 +549,8 @@ def user_suspend(*, moderator: User, user: User, reason: str) -> User:
             type="user.suspended", subject_type="user", subject_id=user.pk, actor=moderator,
             data={"reason": reason},
         )  # fmt: skip
+        for listing in Listing.objects.filter(owner=user, kind=ListingKind.MODEL):
+            gardens.garden_members_remove(listing=listing, reason="Its expert was suspended.")
     return user
 
 

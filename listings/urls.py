@@ -8,6 +8,8 @@ urlpatterns = [
     path("listings/<slug:slug>", apis.ListingDetailApi.as_view(), name="api-listing"),
     path("listings/<slug:slug>/submit", apis.ListingSubmitApi.as_view()),
     path("listings/<slug:slug>/delist", apis.ListingDelistApi.as_view()),
+    path("listings/<slug:slug>/composable", apis.ListingComposableApi.as_view()),
+    path("gardens", apis.GardenCreateApi.as_view(), name="api-gardens"),
     path("listings/<slug:slug>/versions", apis.ListingVersionProposeApi.as_view()),
     path("listings/<slug:slug>/reviews", apis.ReviewListCreateApi.as_view()),
     path("listings/<slug:slug>/reviews/<int:review_id>/reply", apis.ReviewReplyApi.as_view()),

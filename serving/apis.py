@@ -22,9 +22,17 @@ def predict_body(answer: gateway.GatewayAnswer) -> dict:
         body["finish_reason"] = result.outputs.finish_reason
     body["usage"] = asdict(result.usage)  # prompt_tokens, completion_tokens, total_tokens
     body["latency_ms"] = answer.latency_ms
-    if answer.target.route is not None:  # niche/auto: who answered, and why
-        body["niche"] = answer.target.route.as_dict()
+    if answer.target.route is not None:  # niche/auto or a garden: who answered, and why
+        body["niche"] = niche_block(answer.target)
     return body
+
+
+def niche_block(target: gateway.Target) -> dict:
+    """Who answered a routed call and why; for a garden, also the garden."""
+    block = target.route.as_dict()
+    if target.garden is not None:
+        block["garden"] = target.garden.plan.slug
+    return block
 
 
 class PredictApi(BaseApi):
@@ -41,12 +49,15 @@ class PredictApi(BaseApi):
         summary="Call a licensed listing (headers X-Niche-Listing, -Version, -Adapter-SHA256).",
     )
     def post(self, request, listing: str):
-        answer = gateway.predict(
-            user=request.user,
-            api_key=calling_api_key(request),
-            listing_ref=listing,
-            payload=request.data,
-        )
+        try:
+            answer = gateway.predict(
+                user=request.user,
+                api_key=calling_api_key(request),
+                listing_ref=listing,
+                payload=request.data,
+            )
+        except gateway.GardenOnTheEventLoop:
+            return _on_the_event_loop("predict", request, listing=listing)
         return Response(predict_body(answer), headers=answer.headers)
 
 
@@ -62,13 +73,13 @@ def _caller(request):
     )
 
 
-def _on_the_event_loop(handler: str, request) -> Response:
+def _on_the_event_loop(handler: str, request, **kwargs) -> Response:
     """A synchronous (WSGI) request served by serving.async_apis' handler, run to its end."""
     from asgiref.sync import async_to_sync
 
     from serving import async_apis
 
-    response = async_to_sync(getattr(async_apis, handler))(_caller(request), request.data)
+    response = async_to_sync(getattr(async_apis, handler))(_caller(request), request.data, **kwargs)
     headers = {k: v for k, v in response.items() if k.startswith("X-Niche-")}
     return Response(json.loads(response.content), headers=headers)
 

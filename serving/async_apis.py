@@ -24,7 +24,7 @@ from django.middleware.csrf import CsrfViewMiddleware
 
 from marketplace.errors import ApplicationError, error_body
 from serving import access_cache, gateway, gateway_async, openai_api, protocol, router
-from serving.apis import predict_body
+from serving.apis import niche_block, predict_body
 from serving.errors import InvalidInferenceInput
 from serving.ratelimit import serving_aredis
 
@@ -157,6 +157,8 @@ def async_view(cls, handler: Handler, *, openai: bool):
 
 async def predict(caller, body, *, listing: str):
     answer = await gateway_async.predict(caller=caller, listing_ref=listing, payload=body)
+    if isinstance(answer, gateway_async.AutoPrediction):  # a classification garden
+        return JsonResponse(auto_predictions_body(answer), headers=answer.headers)
     return JsonResponse(predict_body(answer), headers=answer.headers)
 
 
@@ -176,13 +178,14 @@ def auto_predictions_body(auto: gateway_async.AutoPrediction) -> dict:
             predictions[index] = {
                 "label": output.label,
                 "scores": output.scores,
-                "routed_to": answer.target.model_name,
+                "routed_to": answer.target.headers["X-Niche-Listing"],
             }
         for name, value in asdict(answer.result.usage).items():
             usage[name] += value
+    garden = auto.answers[0][1].target.garden if auto.answers else None
     return {
         "id": auto.request_id,
-        "model": router.AUTO_MODEL,
+        "model": garden.plan.slug if garden is not None else router.AUTO_MODEL,
         "predictions": predictions,
         "niche": {"routes": [route.as_dict() for route in auto.routes]},
         "usage": usage,
@@ -226,7 +229,9 @@ async def chat_completions(caller, body):
     answer = await gateway_async.generate(
         caller=caller, model=model, messages=messages, parameters=parameters
     )
-    return JsonResponse(openai_api.chat_body(answer, created), headers=answer.headers)
+    return JsonResponse(
+        _with_niche(openai_api.chat_body(answer, created), answer), headers=answer.headers
+    )
 
 
 async def completions(caller, body):
@@ -244,7 +249,16 @@ async def completions(caller, body):
     answer = await gateway_async.generate(
         caller=caller, model=model, prompt=prompt, parameters=parameters
     )
-    return JsonResponse(openai_api.completion_body(answer, created), headers=answer.headers)
+    return JsonResponse(
+        _with_niche(openai_api.completion_body(answer, created), answer), headers=answer.headers
+    )
+
+
+def _with_niche(payload: dict, answer) -> dict:
+    """A garden's answer says who answered in its body too (`niche`), as niche/auto's does."""
+    if answer.target.garden is not None:
+        payload["niche"] = niche_block(answer.target)
+    return payload
 
 
 async def _auto(caller, body, created: int, parameters, *, prompt=None, messages=None):

@@ -518,6 +518,12 @@ class BatchSlice:
                 self._targets[key] = gateway.target_resolve(user=self.batch.owner, model=model)
             except ApplicationError as exc:
                 self._targets[key] = exc
+            except gateway.GardenOnTheEventLoop:
+                self._targets[key] = InvalidInferenceInput(
+                    f"{model.listing_slug} is a garden; gardens answer interactive calls "
+                    "only, not batches.",
+                    code="garden_not_batchable",
+                )
         found = self._targets[key]
         if isinstance(found, ApplicationError):
             raise copy.copy(found).with_traceback(None)

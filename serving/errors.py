@@ -24,6 +24,14 @@ class EngineUnavailable(ApplicationError):
     default_code = "engine_unavailable"
 
 
+class GardenEmpty(ApplicationError):
+    """None of a garden's members may answer now (all left: suspended, delisted or no
+    longer composable), so the garden cannot serve (503 until its curator adds one)."""
+
+    status = 503
+    default_code = "garden_empty"
+
+
 class EngineOverloaded(ApplicationError):
     """The engine's queue for this task is full (503 with Retry-After: the queue's depth
     over its recent drain rate, whole seconds, at least 1)."""

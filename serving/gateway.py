@@ -116,31 +116,47 @@ class Target:
     buyer_id: int | None = None
     labels: tuple[str, ...] = ()
     route: Any = None  # serving.router.Route when niche/auto chose this target
+    # A call to a garden (serving.garden_calls.GardenCall): `check` is the garden
+    # licence's (metered there), the adapter its answering member's (None: the generalist).
+    garden: Any = None
 
     @property
     def fallback(self) -> bool:
         return self.adapter is None
 
     @property
+    def platform_metered(self) -> bool:
+        """The router's generalist outside a garden: billed by the platform itself."""
+        return self.fallback and self.garden is None
+
+    @property
     def headers(self) -> dict[str, str]:
-        headers = {"X-Niche-Listing": self.check.listing_slug}
-        if self.adapter is not None:
-            headers["X-Niche-Version"] = str(self.check.version_number)
-            headers["X-Niche-Adapter-SHA256"] = self.adapter.sha256
+        if self.garden is not None:
+            headers = {
+                "X-Niche-Garden": self.check.listing_slug,
+                "X-Niche-Listing": self.garden.answered_by,
+            }
+            if self.adapter is not None:
+                headers["X-Niche-Adapter-SHA256"] = self.adapter.sha256
+        else:
+            headers = {"X-Niche-Listing": self.check.listing_slug}
+            if self.adapter is not None:
+                headers["X-Niche-Version"] = str(self.check.version_number)
+                headers["X-Niche-Adapter-SHA256"] = self.adapter.sha256
         if self.route is not None:
             headers["X-Niche-Routed-Confidence"] = f"{self.route.confidence:.4f}"
         return headers
 
     @property
     def model_name(self) -> str:
-        if self.adapter is None:
+        if self.adapter is None or self.garden is not None:
             return self.check.listing_slug
         return f"{self.check.listing_slug}@{self.check.version_number}"
 
     @property
     def metered(self) -> bool:
         """Whether a call writes a ledger row: a licence's, or the platform's fallback."""
-        return self.fallback or self.check.licence_id is not None
+        return self.platform_metered or self.check.licence_id is not None
 
 
 @dataclass(frozen=True)
@@ -311,12 +327,19 @@ def _served_version(model_version_id) -> tuple[str, str, AdapterRef]:
     return version["task"], version["base_model__slug"], adapter
 
 
+class GardenOnTheEventLoop(Exception):
+    """The call names a garden: the synchronous views hand it to serving.async_apis,
+    whose garden path (serving.garden_calls) is written once, as coroutines."""
+
+
 def target_resolve(*, user: User, model: ModelRef) -> Target:
     """The licence check (404 listing/version, 403 licence; one query) and what answers
     the call."""
     check = licence_for_call(
         user=user, listing_slug=model.listing_slug, version_number=model.version_number
     )
+    if check.garden:
+        raise GardenOnTheEventLoop
     task, base_model, adapter = _served_version(check.model_version_id)
     return Target(check=check, task=task, base_model=base_model, adapter=adapter)
 
@@ -340,7 +363,7 @@ def _admit(*, user: User, api_key: ApiKey | None, target: Target, units: int) ->
 def _record(*, target: Target, api_key: ApiKey | None, request_id: str, units: int) -> None:
     """The ledger row, before the engine runs: takes the quota atomically (QuotaExceeded
     429 with nothing written when a concurrent call took the last one)."""
-    if target.fallback:
+    if target.platform_metered:
         platform_usage_record(
             buyer_id=target.buyer_id, idempotency_key=request_id, task=target.task,
             units=units, api_key_id=api_key.pk if api_key is not None else None,
@@ -355,12 +378,13 @@ def _record(*, target: Target, api_key: ApiKey | None, request_id: str, units: i
         api_key_id=api_key.pk if api_key is not None else None,
         listing_version_id=target.check.listing_version_id,
         status=UsageStatus.OK,
+        shares=target.garden.shares if target.garden is not None else None,
     )
 
 
 def _settle(target: Target, request_id: str, status: str, started: float) -> int:
     latency_ms = int((time.monotonic() - started) * 1000)
-    if target.fallback:
+    if target.platform_metered:
         platform_usage_settle(idempotency_key=request_id, status=status, latency_ms=latency_ms)
         return latency_ms
     if target.check.licence_id is None:

@@ -36,7 +36,7 @@ from marketplace.metrics import (
     observe_stream_done,
     observe_stream_first_token,
 )
-from serving import access_cache, dispatch, gateway, protocol, router
+from serving import access_cache, dispatch, garden_calls, gateway, protocol, router
 from serving.errors import EngineUnavailable, InvalidInferenceInput
 from serving.gateway import (
     LIVENESS_CHECK_EVERY_SECONDS,
@@ -78,6 +78,12 @@ class Caller:
 async def target_resolve(caller: Caller, model: ModelRef) -> Target:
     """The licence check from the cache while the caller's epochs hold, else the database
     (one statement; 404 listing/version, 403 licence), then the version's adapter."""
+    check = await licence_check(caller, model)
+    task, base_model, adapter = await _version(check.model_version_id)
+    return Target(check=check, task=task, base_model=base_model, adapter=adapter)
+
+
+async def licence_check(caller: Caller, model: ModelRef):
     check = access_cache.licence_check_cached(
         caller.user_id, model.listing_slug, model.version_number, caller.epochs
     )
@@ -88,8 +94,7 @@ async def target_resolve(caller: Caller, model: ModelRef) -> Target:
         access_cache.licence_check_store(
             caller.user_id, model.listing_slug, model.version_number, caller.epochs, check
         )
-    task, base_model, adapter = await _version(check.model_version_id)
-    return Target(check=check, task=task, base_model=base_model, adapter=adapter)
+    return check
 
 
 _versions: dict = {}
@@ -273,11 +278,15 @@ async def predict(*, caller: Caller, listing_ref: str, payload: Any) -> GatewayA
     """gateway.predict, on the event loop."""
     request_id = str(uuid.uuid4())
     model = ModelRef.parse(listing_ref, field_name="listing")
-    target = await target_resolve(caller, model)
+    check = await licence_check(caller, model)
     if not isinstance(payload, dict) or "inputs" not in payload:
         raise InvalidInferenceInput(
             'The body needs an "inputs" member.', fields={"inputs": ["Required."]}
         )
+    if check.garden:
+        return await garden_predict(caller, check, payload)
+    task, base_model, adapter = await _version(check.model_version_id)
+    target = Target(check=check, task=task, base_model=base_model, adapter=adapter)
     if target.task == protocol.TEXT_CLASSIFICATION:
         inputs = gateway.classification_inputs(payload["inputs"])
         request = _new_request(target, request_id, inputs=inputs)
@@ -291,7 +300,13 @@ async def predict(*, caller: Caller, listing_ref: str, payload: Any) -> GatewayA
 
 
 async def _generation(caller: Caller, model: str, stream: bool, **fields):
-    target = await target_resolve(caller, ModelRef.parse(model))
+    check = await licence_check(caller, ModelRef.parse(model))
+    if check.garden:
+        text = router.routing_text(fields.get("prompt"), fields.get("messages") or [])
+        target = await garden_calls.generation_target(caller, check, text)
+    else:
+        task, base_model, adapter = await _version(check.model_version_id)
+        target = Target(check=check, task=task, base_model=base_model, adapter=adapter)
     gateway._require_task(target, protocol.TEXT_GENERATION)
     request = _new_request(target, str(uuid.uuid4()), stream=stream, **fields)
     return target, request
@@ -522,8 +537,12 @@ class AutoPrediction:
 
     @property
     def headers(self) -> dict[str, str]:
-        names = sorted({answer.target.check.listing_slug for _, answer in self.answers})
-        return {"X-Niche-Listing": ",".join(names), "X-Niche-Request-Id": self.request_id}
+        names = sorted({answer.target.headers["X-Niche-Listing"] for _, answer in self.answers})
+        headers = {"X-Niche-Listing": ",".join(names), "X-Niche-Request-Id": self.request_id}
+        garden = self.answers[0][1].target.garden if self.answers else None
+        if garden is not None:
+            headers["X-Niche-Garden"] = garden.plan.slug
+        return headers
 
 
 async def auto_predict(*, caller: Caller, payload: Any):
@@ -561,4 +580,43 @@ async def auto_predict(*, caller: Caller, payload: Any):
     if failed is not None:
         raise failed
     answers = [(indices, answer) for (indices, _, _), answer in zip(planned, results, strict=True)]
+    return AutoPrediction(request_id=str(uuid.uuid4()), answers=answers, routes=routes)
+
+
+# --- gardens (serving.garden_calls) ---------------------------------------------------------
+
+
+async def garden_predict(caller: Caller, check, payload: dict):
+    """POST /api/v1/models/{garden}/predict: a generation garden takes a prompt; a
+    classification router garden a list of inputs (optional labels), each input routed
+    among its members, each destination one call on the garden licence."""
+    if isinstance(payload["inputs"], str):
+        prompt = gateway.check_text(payload["inputs"], "inputs")
+        parameters = gateway.generation_parameters(payload.get("parameters"))
+        target = await garden_calls.generation_target(caller, check, prompt)
+        request = _new_request(target, str(uuid.uuid4()), prompt=prompt, parameters=parameters)
+        return await _run(caller, target, request, 1)
+    inputs = gateway.classification_inputs(payload["inputs"])
+    labels = router.request_labels(payload.get("labels"))
+    planned = await garden_calls.classification_targets(caller, check, inputs, labels)
+    requests = [
+        (
+            indices,
+            target,
+            _new_request(target, str(uuid.uuid4()), inputs=[inputs[i] for i in indices]),
+        )
+        for indices, target in planned
+    ]
+    results = await asyncio.gather(
+        *(_run(caller, target, request, len(indices)) for indices, target, request in requests),
+        return_exceptions=True,
+    )
+    failed = next((r for r in results if isinstance(r, BaseException)), None)
+    if failed is not None:
+        raise failed
+    answers = [(indices, answer) for (indices, _, _), answer in zip(requests, results, strict=True)]
+    routes = [None] * len(inputs)
+    for indices, answer in answers:
+        for i in indices:
+            routes[i] = answer.target.route
     return AutoPrediction(request_id=str(uuid.uuid4()), answers=answers, routes=routes)

@@ -213,6 +213,12 @@ class ChatCompletionsApi(OpenAiApi):
         created = int(time.time())
         if model == AUTO_MODEL:
             return _auto_sync(request, self.__class__)
+        try:
+            return self._generate(request, body, model, parameters, created, messages=messages)
+        except gateway.GardenOnTheEventLoop:
+            return _auto_sync(request, self.__class__)
+
+    def _generate(self, request, body, model, parameters, created, messages):
         if body.get("stream"):
             stream = gateway.generate_stream(
                 user=request.user, api_key=self.api_key, model=model, messages=messages,
@@ -287,6 +293,12 @@ class CompletionsApi(OpenAiApi):
         created = int(time.time())
         if model == AUTO_MODEL:
             return _auto_sync(request, self.__class__)
+        try:
+            return self._generate(request, body, model, parameters, created, prompt=prompt)
+        except gateway.GardenOnTheEventLoop:
+            return _auto_sync(request, self.__class__)
+
+    def _generate(self, request, body, model, parameters, created, prompt):
         if body.get("stream"):
             stream = gateway.generate_stream(
                 user=request.user, api_key=self.api_key, model=model, prompt=prompt,

@@ -129,14 +129,20 @@ def request_task(raw: Any) -> str:
 
 
 def candidate_set(
-    *, user: User, task: str, labels: list[str] | None = None, check_for=None
+    *,
+    user: User | None,
+    task: str,
+    labels: list[str] | None = None,
+    check_for=None,
+    rows: list[dict] | None = None,
 ) -> CandidateSet:
     """The listings of `task` the user may call now that the router may send a call to,
     and those it may not, each with the reason. `check_for(slug)` is the licence check
-    (billing's licence_for_call; the async gateway passes its cached one)."""
+    (billing's licence_for_call; the async gateway passes its cached one). A garden
+    passes its members as `rows` ({"slug", "title"}) and their stand-in checks."""
     check_for = check_for or (lambda slug: licence_for_call(user=user, listing_slug=slug))
     found = CandidateSet(task=task, candidates=[])
-    for row in callable_listings(user=user, task=task):
+    for row in callable_listings(user=user, task=task) if rows is None else rows:
         slug = row["slug"]
         try:
             check = check_for(slug)
