@@ -34,7 +34,8 @@ each in proportion to the refund and rounded on its own (half up), as Stripe doe
 partial refund can leave a cent between them that only reading them reveals.
 
 Subscriptions have periods of their own here (`advance_subscription` moves one to its
-next period: renewed, or ended when it was set to cancel at the period's end), and
+next period: renewed, or ended when it was set to cancel at the period's end; the
+renewal invoice bills the metered usage reported since the last one), and
 events Stripe would send when we cancel, update or refund are sent too: to the webhook
 endpoint when one is set, otherwise kept for the test to deliver
 (`undelivered_events`), in any order, duplicated or not at all.
@@ -162,6 +163,7 @@ class FakeState:
     reversals: dict[str, dict] = field(default_factory=dict)  # transfer reversal id -> object
     refund_reversal: dict[str, str] = field(default_factory=dict)  # refund id -> reversal id
     periods: dict[str, tuple[int, int]] = field(default_factory=dict)  # sub -> (anchor, index)
+    metered_billed: dict[str, int] = field(default_factory=dict)  # customer -> units invoiced
     undelivered: list[dict] = field(default_factory=list)  # events kept for the test
     shape_errors: list[str] = field(default_factory=list)
     requests: list[RecordedRequest] = field(default_factory=list)
@@ -453,6 +455,16 @@ class LocalStripe:
                 plan_id = plan.get("id") if isinstance(plan, dict) else plan
                 if plan_id in self.state.prices:
                     item["price"] = dict(self.state.prices[plan_id])
+        elif kind == "line_item" and "invoice_item" in obj:
+            # An invoice item's line (the metered usage billed at renewal): the pinned
+            # version names it under `parent`.
+            obj["parent"] = {
+                "type": "invoice_item_details",
+                "invoice_item_details": {
+                    "invoice_item": obj.pop("invoice_item"), "proration": False,
+                    "proration_details": None, "subscription": obj.get("subscription"),
+                },
+            }  # fmt: skip
         elif kind == "charge":
             obj["application_fee"] = self.state.charge_fee.get(obj["id"])
         elif kind == "refund":
@@ -1078,6 +1090,7 @@ class LocalStripe:
             customer.invoice_settings["default_payment_method"] = declining.id
         anchor, index = self.state.periods.setdefault(sub.id, (sub.created, 0))
         self.state.periods[sub.id] = (anchor, index + 1)
+        self._bill_metered_usage(sub)
         invoice = R.Invoice(customer=sub.customer, subscription=sub.id,
                             items=list(sub.items._list))  # fmt: skip
         invoice._finalize()
@@ -1093,6 +1106,26 @@ class LocalStripe:
             sub.status = "past_due"
         sub.latest_invoice = invoice.id
         return invoice
+
+    def _bill_metered_usage(self, sub) -> None:
+        """The period's metered usage on the renewal invoice, as Stripe bills it: the
+        customer's meter events not invoiced yet, times each metered price's
+        unit_amount_decimal, rounded half up to the minor unit (one invoice item)."""
+        used = self.metered_total(sub.customer) - self.state.metered_billed.get(sub.customer, 0)
+        for item in sub.items._list:
+            price = self.state.prices.get(item.plan.id) or {}
+            if (price.get("recurring") or {}).get("usage_type") != "metered" or used <= 0:
+                continue
+            amount = int(
+                (Decimal(price["unit_amount_decimal"]) * used).quantize(
+                    Decimal(1), rounding=ROUND_HALF_UP
+                )
+            )
+            self.resources.InvoiceItem(
+                customer=sub.customer, amount=amount, currency=price["currency"],
+                description=f"{used} metered units",
+            )  # fmt: skip
+            self.state.metered_billed[sub.customer] = self.metered_total(sub.customer)
 
     async def _subscription_advance(self, request):
         """The period ends (see advance_subscription); events are sent as Stripe would."""

@@ -57,6 +57,7 @@ BODIES = {
     "PATCH api/v1/billing/licenses/<uuid:licence_id>": {"monthly_spend_cap": 5000},
     "POST api/v1/me/verify-email": lambda w: {"token": verification_token(w)},
     "PATCH api/v1/listings/<slug:slug>": {"summary": "A new summary."},
+    "POST api/v1/listings/<slug:slug>/composable": {"composable": True},
     "POST api/v1/listings/<slug:slug>/versions": lambda w: {"model_version": w.draft_version_id},
     "POST api/v1/listings/<slug:slug>/reviews": {"rating": 4, "text": "Fine."},
     "POST api/v1/listings/<slug:slug>/reviews/<int:review_id>/reply": {"text": "Thanks."},
@@ -130,6 +131,10 @@ MATRIX: dict[str, tuple[int, ...]] = {
     "PATCH api/v1/listings/<slug:slug>":                             (401, 409, 404, 404, 404, 404, 404, 401, 403, 409, 403, 403),
     "POST api/v1/listings/<slug:slug>/submit":                       (401, 409, 404, 404, 404, 404, 404, 401, 403, 409, 403, 403),
     "POST api/v1/listings/<slug:slug>/delist":                       (401, 200, 404, 404, 404, 404, 404, 401, 403, 200, 403, 403),
+    # Gardens: any expert curates (an empty body is 422 after the scope); only a listing's
+    # own expert makes it composable.
+    "POST api/v1/gardens":                                           (401, 422, 422, 422, 422, 422, 422, 401, 403, 422, 403, 403),
+    "POST api/v1/listings/<slug:slug>/composable":                   (401, 200, 404, 404, 404, 404, 404, 401, 403, 200, 403, 403),
     "POST api/v1/listings/<slug:slug>/versions":                     (401, 200, 404, 404, 404, 404, 404, 401, 403, 200, 403, 403),
     "GET api/v1/listings/<slug:slug>/reviews":                       (200, 200, 200, 200, 200, 200, 200, 401, 200, 200, 200, 200),
     "POST api/v1/listings/<slug:slug>/reviews":                      (401, 403, 403, 200, 403, 403, 403, 401, 403, 403, 403, 403),
