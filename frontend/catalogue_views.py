@@ -10,6 +10,7 @@ from frontend.billing_views import listing_commerce
 from frontend.charts import comparison_chart, confusion_heatmap
 from frontend.serving_views import try_it_context
 from frontend.views import not_found
+from listings import gardens
 from listings import selectors as catalogue
 from listings import services as catalogue_services
 from listings.models import LICENCE_FLAGS, Domain, ReportReason
@@ -70,6 +71,7 @@ def listing_page(request, slug):
             "history": catalogue.moderation_history(listing=listing),
             "report_reasons": ReportReason.choices,
             "try_it": try_it_context(request, listing, is_owner=is_owner),
+            "garden": gardens.garden_public(listing) if listing.kind == "garden" else None,
         },
     )
 
@@ -149,6 +151,25 @@ def listing_new(request, version_id):
     return render(
         request, "frontend/listing_new.html", {"version": version, "domains": Domain.choices}
     )
+
+
+@login_required
+@require_POST
+def listing_composable(request, slug):
+    """The expert allows curators to compose the listing into gardens, or stops."""
+    try:
+        listing = catalogue.listing_get_public(slug=slug, viewer=request.user)
+        allow = request.POST.get("composable") == "on"
+        gardens.listing_set_composable(owner=request.user, listing_id=listing.id, composable=allow)
+        messages.success(
+            request,
+            "Curators may now compose it into gardens."
+            if allow
+            else "It is no longer composable, and it left every garden it was in.",
+        )
+    except ApplicationError as exc:
+        messages.error(request, exc.message)
+    return redirect("catalogue-listing", slug=slug)
 
 
 @login_required

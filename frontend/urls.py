@@ -53,6 +53,11 @@ urlpatterns = [
         name="catalogue-listing-submit",
     ),
     path(
+        "catalogue/<slug:slug>/composable/",
+        catalogue_views.listing_composable,
+        name="catalogue-listing-composable",
+    ),
+    path(
         "catalogue/<slug:slug>/review/",
         catalogue_views.listing_review,
         name="catalogue-listing-review",

@@ -217,6 +217,7 @@ MATRIX: dict[str, tuple[int, ...]] = {
     "GET catalogue/":                                                (200, 200, 200, 200, 200, 200, 200, 200, 200, 200, 200, 200),
     "GET catalogue/<slug:slug>/":                                    (200, 200, 200, 200, 200, 200, 200, 200, 200, 200, 200, 200),
     "POST catalogue/<slug:slug>/submit/":                            (302, 302, 302, 302, 302, 302, 302, 302, 302, 302, 302, 302),
+    "POST catalogue/<slug:slug>/composable/":                        (302, 302, 302, 302, 302, 302, 302, 302, 302, 302, 302, 302),
     "POST catalogue/<slug:slug>/review/":                            (302, 302, 302, 302, 302, 302, 302, 302, 302, 302, 302, 302),
     "POST catalogue/<slug:slug>/report/":                            (302, 302, 302, 302, 302, 302, 302, 302, 302, 302, 302, 302),
     "POST catalogue/<slug:slug>/offers/":                            (302, 302, 302, 302, 302, 302, 302, 302, 302, 302, 302, 302),
