@@ -20,6 +20,7 @@ from django.db.models import QuerySet
 from accounts.models import User
 from billing import selectors as billing_selectors
 from billing import services as billing_services
+from listings import gardens as listing_gardens
 from listings import selectors as listing_selectors
 from listings import services as listing_services
 from listings.errors import InvalidListingTransition, SlugTaken
@@ -31,6 +32,7 @@ from training_worker.models import Dataset, FineTuningJob, JobStatus
 
 DEMO_DATA = Path(__file__).resolve().parent / "demo_data"
 DEMO_EXPERT_EMAIL = "expert@demo.niche"
+DEMO_CURATOR_EMAIL = "curator@demo.niche"
 DEMO_MODERATOR_EMAIL = "moderator@demo.niche"
 DEMO_PUBLISH_TASK = "frontend.tasks.demo_publish_when_trained"
 DEMO_APPROVAL_REASON = (
@@ -142,6 +144,33 @@ DEMO_SPECIALISTS = (
 )
 
 
+# The demo garden: the curator composes the expert's generation specialist with the
+# generalist as fallback, and sells it per call; each call pays both experts their share.
+DEMO_GARDEN = {
+    "slug": "demo-grammar-garden",
+    "title": "Grammar helper garden (demo)",
+    "summary": "Asks the past-tense specialist when a request is an English verb, and a "
+    "general model otherwise; every answer says who answered.",
+    "description": "A router garden curated by `make run`'s demo curator over the demo "
+    "expert's past-tense specialist. A request near the specialist's training inputs "
+    "goes to it when its calibrated chance of beating the general model clears the "
+    "threshold; anything else is answered by SmolLM2 itself. Of each call's price "
+    "after the platform fee, 70% goes to the expert whose model answered and 30% to "
+    "the curator.",
+    "domain": "education",
+    "tags": ["demo", "garden", "grammar"],
+    "languages": ["en"],
+    "example_input": DEMO_GENERATION_EXAMPLE,
+    "intended_use": "Trying gardens: buy it in the sandbox, call it with the openai "
+    "client, and read both experts' statements.",
+}
+DEMO_GARDEN_MEMBERS = ("demo-past-tense",)
+DEMO_GARDEN_OFFERS = (
+    {"kind": "free_trial", "currency": "usd", "included_calls": 50},
+    {"kind": "per_call", "currency": "usd", "unit_amount": 2_00},
+)
+
+
 class DemoOutcome(enum.StrEnum):
     WAITING = "waiting"  # the fine-tune has not finished
     PUBLISHED = "published"
@@ -170,6 +199,7 @@ def _demo_pending(expert: User) -> list[tuple[DemoSpecialist, Dataset, QuerySet]
         listing = _demo_listing(expert, spec)
         if listing is not None and listing.status == ListingStatus.PUBLISHED:
             _demo_offers_ensure(expert=expert, listing=listing, spec=spec)  # listed before
+            demo_garden_ensure()
         if listing is not None and listing.status not in (
             ListingStatus.DRAFT,
             ListingStatus.IN_REVIEW,
@@ -278,6 +308,7 @@ def demo_listing_publish(*, job_id) -> DemoOutcome:
             listing = _demo_listing(expert, spec)
     if listing.status == ListingStatus.PUBLISHED:
         _demo_offers_ensure(expert=expert, listing=listing, spec=spec)
+        demo_garden_ensure()
         return DemoOutcome.PUBLISHED
     return DemoOutcome.LEFT_TO_MODERATORS
 
@@ -295,3 +326,46 @@ def _demo_offers_ensure(*, expert: User, listing: Listing, spec: DemoSpecialist)
             return
         for offer in spec.offers:
             billing_services.offer_create(owner=expert, listing=listing, **offer)
+
+
+def demo_garden_ensure() -> Listing | None:
+    """List the demo garden once its members are published: the expert allows
+    composition, the curator creates and submits it, the demo moderator approves it
+    (audited), and it is priced. Only ever once: the garden's slug is the key, and a
+    garden that exists (in any state, whoever changed it) is left alone."""
+    curator = User.objects.filter(email=DEMO_CURATOR_EMAIL).first()
+    expert = User.objects.filter(email=DEMO_EXPERT_EMAIL).first()
+    if (
+        curator is None
+        or expert is None
+        or Listing.objects.filter(slug=DEMO_GARDEN["slug"]).exists()
+    ):
+        return None
+    members = list(
+        Listing.objects.filter(
+            slug__in=DEMO_GARDEN_MEMBERS, owner=expert, status=ListingStatus.PUBLISHED
+        )
+    )
+    if len(members) != len(DEMO_GARDEN_MEMBERS):
+        return None
+    with transaction.atomic():
+        for member in members:
+            if not member.composable:
+                listing_gardens.listing_set_composable(
+                    owner=expert, listing_id=member.pk, composable=True
+                )
+        try:
+            garden = listing_gardens.garden_create(
+                curator=curator, kind="router", members=list(DEMO_GARDEN_MEMBERS), **DEMO_GARDEN
+            )
+        except SlugTaken:
+            return None
+        listing_services.listing_submit(owner=curator, listing_id=garden.pk)
+        garden = listing_services.listing_approve(
+            moderator=User.objects.get(email=DEMO_MODERATOR_EMAIL),
+            listing_id=garden.pk,
+            reason="Demo garden seeded by make run over the demo expert's specialist.",
+        )
+        for offer in DEMO_GARDEN_OFFERS:
+            billing_services.offer_create(owner=curator, listing=garden, **offer)
+    return garden

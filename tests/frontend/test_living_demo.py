@@ -6,6 +6,8 @@ from django.core.management import call_command
 
 from accounts.models import User
 from frontend.services import (
+    DEMO_CURATOR_EMAIL,
+    DEMO_GARDEN,
     DEMO_PUBLISH_TASK,
     DEMO_SPECIALISTS,
     MAX_DEMO_JOBS_PER_DATASET,
@@ -14,6 +16,7 @@ from frontend.services import (
     demo_training_start,
     demo_watch,
 )
+from listings import gardens
 from listings import services as listing_services
 from listings.models import Listing, ListingStatus, ModerationAction, ModerationActionType
 from tests.listings.conftest import classification_evaluation
@@ -195,3 +198,33 @@ def test_each_demo_dataset_is_a_real_corpus_whose_licence_is_recorded_and_whose_
         assert len(inputs) == len(rows) >= 500
         example = spec.listing["example_input"]
         assert example and example not in inputs
+
+
+def test_the_demo_garden_is_listed_once_its_member_is_and_only_once(
+    demo, django_capture_on_commit_callbacks
+):
+    expert = demo["expert"]
+    jobs, _ = start(expert, django_capture_on_commit_callbacks)
+    first = finish(next(j for j in jobs if j.suffix == SUPPORT.job_suffix))
+    assert demo_listing_publish(job_id=first.pk) == DemoOutcome.PUBLISHED
+    assert not Listing.objects.filter(slug=DEMO_GARDEN["slug"]).exists()  # member not yet
+
+    jobs, _ = start(expert, django_capture_on_commit_callbacks)
+    second = finish(next(j for j in jobs if j.suffix == ARITHMETIC.job_suffix))
+    assert demo_listing_publish(job_id=second.pk) == DemoOutcome.PUBLISHED
+
+    garden = Listing.objects.get(slug=DEMO_GARDEN["slug"])
+    assert garden.kind == "garden" and garden.status == ListingStatus.PUBLISHED
+    assert garden.owner.email == DEMO_CURATOR_EMAIL
+    assert Listing.objects.get(slug=ARITHMETIC.listing["slug"]).composable
+    plan = gardens.garden_plan(listing_id=garden.pk)
+    assert [m.slug for m in plan.members] == [ARITHMETIC.listing["slug"]]
+    assert sorted(garden.offers.values_list("kind", flat=True)) == ["free_trial", "per_call"]
+    approval = ModerationAction.objects.get(listing=garden)
+    assert approval.actor == demo["moderator"] and approval.reason
+
+    # later starts and watchers change nothing
+    assert demo_listing_publish(job_id=second.pk) == DemoOutcome.PUBLISHED
+    start(expert, django_capture_on_commit_callbacks)
+    assert Listing.objects.filter(kind="garden").count() == 1
+    assert ModerationAction.objects.filter(listing=garden).count() == 1

@@ -11,6 +11,7 @@ from django.db import transaction
 from accounts.models import MODERATORS_GROUP, ExpertProfile, User
 from accounts.services import user_mark_email_verified
 from frontend.services import (
+    DEMO_CURATOR_EMAIL,
     DEMO_DATA,
     DEMO_EXPERT_EMAIL,
     DEMO_MODERATOR_EMAIL,
@@ -23,8 +24,23 @@ from training_worker.models import Dataset
 DEMO_PASSWORD = "niche-demo-2026"  # noqa: S105  public demo accounts, printed on start
 DEMO_ACCOUNTS = {
     DEMO_EXPERT_EMAIL: {"display_name": "Dr. Ada Expert", "is_expert": True},
+    DEMO_CURATOR_EMAIL: {"display_name": "Cy Curator", "is_expert": True},
     "buyer@demo.niche": {"display_name": "Bea Buyer", "is_expert": False},
     DEMO_MODERATOR_EMAIL: {"display_name": "Mo Moderator", "is_staff": True},
+}
+
+
+DEMO_PROFILES = {
+    DEMO_EXPERT_EMAIL: {
+        "headline": "Clinical NLP researcher",
+        "bio": "Builds small models from curated clinical notes.",
+        "domains": ["healthcare"],
+    },
+    DEMO_CURATOR_EMAIL: {
+        "headline": "Curates gardens of language specialists",
+        "bio": "Composes other experts' models into products, and shares every call.",
+        "domains": ["education"],
+    },
 }
 
 
@@ -61,14 +77,7 @@ class Command(BaseCommand):
             # Demo accounts have no mailbox: their addresses count as verified.
             user_mark_email_verified(user=user)
             if user.is_expert:
-                ExpertProfile.objects.get_or_create(
-                    user=user,
-                    defaults={
-                        "headline": "Clinical NLP researcher",
-                        "bio": "Builds small models from curated clinical notes.",
-                        "domains": ["healthcare"],
-                    },
-                )
+                ExpertProfile.objects.get_or_create(user=user, defaults=DEMO_PROFILES[email])
             if user.is_staff:
                 user.groups.add(moderators)
         expert = User.objects.get(email=DEMO_EXPERT_EMAIL)
