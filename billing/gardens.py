@@ -221,6 +221,106 @@ def payout_transfer_recorded(*, payout_id, transfer_id: str) -> None:
     )
 
 
+def payout_reversal_recorded(*, payout_id, reversal_id: str) -> None:
+    GardenPayout.objects.filter(pk=payout_id, stripe_reversal_id="").update(
+        stripe_reversal_id=reversal_id
+    )
+
+
+def _half_up(numerator: int, denominator: int) -> int:
+    return (2 * numerator + denominator) // (2 * denominator)
+
+
+def garden_payouts_reverse(*, refund: Payment) -> list[GardenPayout]:
+    """A refund of a garden payment takes the payouts back in proportion: of what the
+    payment paid out, the refunded fraction (rounded half up), split over its payouts by
+    largest remainder and never more than a payout has left; one Stripe transfer
+    reversal each, through the outbox. The refund row records what came back from the
+    payees (expert_amount) and the platform fee given up (platform_fee). Idempotent."""
+    from billing.stripe_outbox import intent_record
+
+    if refund.kind != PaymentKind.REFUND or refund.refunds_id is None:
+        return []
+    with transaction.atomic():
+        refund = Payment.objects.select_for_update().get(pk=refund.pk)
+        if refund.garden_payouts.exists():
+            return list(refund.garden_payouts.all())
+        paid = refund.refunds
+        payouts = list(paid.garden_payouts.filter(reverses__isnull=True))
+        left = {
+            p.pk: p.amount + (p.reversals.aggregate(s=Sum("amount"))["s"] or 0) for p in payouts
+        }
+        fraction = (-refund.amount, paid.amount)
+        back_total = min(
+            _half_up(sum(p.amount for p in payouts) * fraction[0], fraction[1]), sum(left.values())
+        )
+        parts = _largest_remainder(back_total, {p.pk: p.amount for p in payouts})
+        rows = []
+        for payout in payouts:
+            back = min(parts[payout.pk], left[payout.pk])
+            if back <= 0:
+                continue
+            row = GardenPayout.objects.create(
+                payment=refund, garden_id=payout.garden_id, listing_id=payout.listing_id,
+                payee_id=payout.payee_id, role=payout.role, amount=-back,
+                currency=payout.currency, period=refund.period, sandbox=refund.sandbox,
+                reverses=payout, created_at=refund.created_at,
+            )  # fmt: skip
+            rows.append(row)
+            if not refund.sandbox:
+                intent_record(
+                    kind=IntentKind.TRANSFER_REVERSAL_CREATE,
+                    key_parts=("garden-reversal", row.pk),
+                    params={"payout_id": row.pk, "reverses": payout.pk, "amount": back},
+                    licence=refund.licence,
+                    payment=refund,
+                )
+        Payment.objects.filter(pk=refund.pk).update(
+            expert_amount=-sum(-r.amount for r in rows),
+            platform_fee=-_half_up(paid.platform_fee * fraction[0], fraction[1]),
+        )
+    return rows
+
+
+def garden_stripe_side(payment: Payment, ours: dict) -> dict:
+    """What Stripe holds of a garden payment's payouts, for the reconciler: the
+    transfers (made, or still pending in the outbox) and their reversals. Its platform
+    fee and fee refunds live on the platform's own balance: nothing at Stripe to compare."""
+    from billing import stripe_gateway as gateway
+    from billing.models import IntentStatus, StripeIntent
+
+    def in_flight(kind, payment_row) -> set:
+        return {
+            i.params.get("payout_id")
+            for i in StripeIntent.objects.filter(
+                kind=kind, payment=payment_row, status=IntentStatus.PENDING
+            )
+        }
+
+    transferred = 0
+    sent_ids = []
+    pending = in_flight(IntentKind.TRANSFER_CREATE, payment)
+    for payout in payment.garden_payouts.all():
+        if payout.stripe_transfer_id:
+            sent_ids.append(payout.stripe_transfer_id)
+        elif payout.pk in pending:
+            transferred += payout.amount
+    reversed_ = 0
+    for transfer_id in sent_ids:
+        transfer = gateway.transfer_retrieve(transfer_id)
+        transferred += transfer.amount
+        reversed_ += transfer.amount_reversed
+    for refund in Payment.objects.filter(refunds=payment, kind=PaymentKind.REFUND):
+        waiting = in_flight(IntentKind.TRANSFER_REVERSAL_CREATE, refund)
+        reversed_ += sum(-r.amount for r in refund.garden_payouts.all() if r.pk in waiting)
+    return {
+        "platform_fee": ours["platform_fee"],
+        "fee_refunded": ours["fee_refunded"],
+        "expert_amount": transferred,
+        "reversed": reversed_,
+    }
+
+
 # --- the statement's garden lines -----------------------------------------------------------
 
 
@@ -242,6 +342,7 @@ class GardenIncomeLine:
     accrued: int
     paid: int
     transfers: int
+    accrued_exact: str = "0"  # minor units, to the millionth: what sub-cent calls add up to
 
 
 def _cents(micros: int) -> int:
@@ -291,6 +392,7 @@ def garden_income(*, payee: User, month: date, sandbox: bool = False) -> list[Ga
                 accrued=_cents(v["micros"]),
                 paid=v["paid"],
                 transfers=v["n"],
+                accrued_exact=str((Decimal(v["micros"]) / 1_000_000).normalize()),
             )
             for (garden, listing, role, currency), v in lines.items()
         ),

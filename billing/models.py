@@ -468,11 +468,22 @@ class GardenPayout(models.Model):
     listing = models.ForeignKey(Listing, on_delete=models.PROTECT, related_name="+")
     payee = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")
     role = models.CharField(max_length=10, choices=ShareRole.choices)
-    amount = models.BigIntegerField(help_text="Minor units transferred.")
+    amount = models.BigIntegerField(
+        help_text="Minor units transferred; negative for a reversal (a refund took it back)."
+    )
     currency = models.CharField(max_length=3)
     period = models.DateField(help_text="The payment's statement month.")
     sandbox = models.BooleanField(default=False)
     stripe_transfer_id = models.CharField(max_length=64, blank=True)
+    stripe_reversal_id = models.CharField(max_length=64, blank=True)
+    reverses = models.ForeignKey(
+        "self",
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="reversals",
+        help_text="For a reversal: the payout it takes back from (its payment is the refund).",
+    )
     created_at = models.DateTimeField(default=timezone.now)
 
     class Meta:
@@ -481,7 +492,11 @@ class GardenPayout(models.Model):
             models.UniqueConstraint(
                 fields=["payment", "payee", "listing", "role"], name="garden_payout_once"
             ),
-            models.CheckConstraint(condition=models.Q(amount__gte=0), name="payout_not_negative"),
+            models.CheckConstraint(
+                condition=models.Q(reverses__isnull=True, amount__gte=0)
+                | models.Q(reverses__isnull=False, amount__lte=0),
+                name="payout_sign_follows_kind",
+            ),
         ]
 
     def __str__(self) -> str:
@@ -723,6 +738,7 @@ class IntentKind(models.TextChoices):
     SUBSCRIPTION_CANCEL_AT_PERIOD_END = "subscription_cancel_at_period_end"
     SUBSCRIPTION_RESUME = "subscription_resume"
     TRANSFER_CREATE = "transfer_create"  # a garden payout (separate charges and transfers)
+    TRANSFER_REVERSAL_CREATE = "transfer_reversal_create"  # a garden payout refunded
 
 
 class IntentStatus(models.TextChoices):

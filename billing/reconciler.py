@@ -33,6 +33,7 @@ from django.utils import timezone
 from billing import stripe_gateway as gateway
 from billing import stripe_sync
 from billing.errors import PaymentProviderError, PaymentProviderUnavailable
+from billing.gardens import garden_stripe_side
 from billing.models import (
     LIVE_LICENCE_STATUSES,
     IntentStatus,
@@ -53,6 +54,7 @@ from billing.stripe_webhooks import (
     stripe_event_process,
     stripe_event_receive,
 )
+from listings.models import ListingKind
 
 logger = logging.getLogger(__name__)
 
@@ -281,6 +283,8 @@ def _money(findings: Findings, *, now: datetime, window: timedelta) -> None:
             "fee_refunded": facts.fee_refunded,
             "reversed": sum(facts.reversals.values()),
         }
+        if payment.licence.listing.kind == ListingKind.GARDEN:
+            theirs |= garden_stripe_side(payment, ours)  # separate charges and transfers
         if ours != theirs:
             findings.flag(
                 "payment_mismatch",

@@ -514,20 +514,28 @@ def transfer_reversal_retrieve(*, transfer_id: str, reversal_id: str) -> Transfe
         )
 
 
-def refund_create(*, charge_id: str, amount: int, key: str, metadata: dict) -> RefundView:
+def refund_create(
+    *, charge_id: str, amount: int, key: str, metadata: dict, destination_charge: bool = True
+) -> RefundView:
     """Refunds `amount` of a destination charge, taking it back from the expert's transfer
     (`reverse_transfer`) and returning the platform fee in proportion
-    (`refund_application_fee`). `key` is the outbox intent's."""
-    return RefundView.parse(
+    (`refund_application_fee`). A garden's charge (`destination_charge=False`) is the
+    platform's own: its payouts are reversed one by one (transfer_reversal_create).
+    `key` is the outbox intent's."""
+    params: dict[str, Any] = {"charge": charge_id, "amount": amount, "metadata": metadata}
+    if destination_charge:
+        params |= {"reverse_transfer": True, "refund_application_fee": True}
+    return RefundView.parse(_post(_client().v1.refunds.create, params, key=key))
+
+
+def transfer_reversal_create(
+    *, transfer_id: str, amount: int, key: str, metadata: dict
+) -> TransferReversalView:
+    """Takes `amount` of a garden payout back from the payee's account (a refund)."""
+    return TransferReversalView.parse(
         _post(
-            _client().v1.refunds.create,
-            {
-                "charge": charge_id,
-                "amount": amount,
-                "reverse_transfer": True,
-                "refund_application_fee": True,
-                "metadata": metadata,
-            },
+            functools.partial(_client().v1.transfers.reversals.create, transfer_id),
+            {"amount": amount, "metadata": metadata},
             key=key,
         )
     )

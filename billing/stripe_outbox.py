@@ -25,7 +25,14 @@ from django.utils import timezone
 
 from billing import stripe_gateway as gateway
 from billing.errors import PaymentProviderError, PaymentProviderUnavailable
-from billing.models import IntentKind, IntentStatus, Licence, Payment, StripeIntent
+from billing.models import (
+    GardenPayout,
+    IntentKind,
+    IntentStatus,
+    Licence,
+    Payment,
+    StripeIntent,
+)
 from marketplace.celery import send_after_commit
 from marketplace.db import in_transaction
 
@@ -84,8 +91,9 @@ def _call(intent: StripeIntent) -> tuple[str, dict]:
         return session.id, {"status": session.status}
     if intent.kind == IntentKind.REFUND_CREATE:
         refund = gateway.refund_create(
-            charge_id=p["charge_id"], amount=p["amount"], key=key, metadata=p["metadata"]
-        )
+            charge_id=p["charge_id"], amount=p["amount"], key=key, metadata=p["metadata"],
+            destination_charge=p.get("destination_charge", True),
+        )  # fmt: skip
         return refund.id, {"status": refund.status, "amount": refund.amount}
     if intent.kind == IntentKind.SUBSCRIPTION_CANCEL:
         sub = gateway.subscription_cancel(
@@ -109,6 +117,20 @@ def _call(intent: StripeIntent) -> tuple[str, dict]:
             key=key, metadata={"niche_garden_payout_id": str(p["payout_id"])},
         )  # fmt: skip
         return transfer.id, {"amount": transfer.amount, "destination": transfer.destination}
+    if intent.kind == IntentKind.TRANSFER_REVERSAL_CREATE:
+        # The payout's transfer may still be in this outbox: until it is made, retry.
+        transfer_id = (
+            GardenPayout.objects.filter(pk=p["reverses"])
+            .values_list("stripe_transfer_id", flat=True)
+            .first()
+        )
+        if not transfer_id:
+            raise PaymentProviderUnavailable("The payout to reverse is not transferred yet.")
+        reversal = gateway.transfer_reversal_create(
+            transfer_id=transfer_id, amount=p["amount"], key=key,
+            metadata={"niche_garden_payout_id": str(p["payout_id"])},
+        )  # fmt: skip
+        return reversal.id, {"amount": reversal.amount, "transfer": reversal.transfer_id}
     raise ValueError(f"unknown intent kind {intent.kind}")
 
 

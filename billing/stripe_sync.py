@@ -33,7 +33,12 @@ from django.utils import timezone
 from billing import stripe_gateway as gateway
 from billing import stripe_outbox as outbox
 from billing.errors import LicenceAlreadyHeld, PaymentProviderError
-from billing.gardens import garden_payouts_make, payout_transfer_recorded
+from billing.gardens import (
+    garden_payouts_make,
+    garden_payouts_reverse,
+    payout_reversal_recorded,
+    payout_transfer_recorded,
+)
 from billing.metering import usage_report_licence
 from billing.models import (
     ENDED_LICENCE_STATUSES,
@@ -262,6 +267,8 @@ def _record_refunds(payment: Payment, facts: ChargeFacts) -> list[Payment]:
         )
         if row is not None:
             rows.append(row)
+            if payment.licence.listing.kind == ListingKind.GARDEN:
+                garden_payouts_reverse(refund=row)  # the payees give their parts back
     return rows
 
 
@@ -320,6 +327,8 @@ def refund_record_intent(
             "charge_id": payment.stripe_charge_id,
             "amount": amount,
             "metadata": {"niche_payment_id": str(payment.pk), "reason": reason[:500]},
+            # a garden's charge is the platform's own: its payouts are reversed one by one
+            "destination_charge": payment.licence.listing.kind != ListingKind.GARDEN,
         },
         licence=payment.licence,
         payment=payment,
@@ -734,6 +743,8 @@ def _apply_intent(intent: StripeIntent) -> None:
             checkout_session_sync(session_id=intent.result_id)
     elif intent.kind == IntentKind.TRANSFER_CREATE:
         payout_transfer_recorded(payout_id=intent.params["payout_id"], transfer_id=intent.result_id)
+    elif intent.kind == IntentKind.TRANSFER_REVERSAL_CREATE:
+        payout_reversal_recorded(payout_id=intent.params["payout_id"], reversal_id=intent.result_id)
     elif intent.kind == IntentKind.REFUND_CREATE and intent.payment_id:
         charge_sync(charge_id=intent.params["charge_id"])
     elif intent.kind in (

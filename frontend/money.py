@@ -26,6 +26,14 @@ def format_money(amount: int | None, currency: str) -> str:
     return f"{sign}{value:,.{places}f} {currency.upper()}"
 
 
+def format_money_exact(minor_units: str, currency: str) -> str:
+    """`"11.2", "usd"` → "0.112 USD": an amount of fractions of a minor unit (a garden's
+    accrual before it is rounded to the cent), with the decimals it needs."""
+    value = Decimal(minor_units).scaleb(-decimals_of(currency))
+    places = max(decimals_of(currency), -value.normalize().as_tuple().exponent)
+    return f"{value:,.{places}f} {currency.upper()}"
+
+
 def format_major_units(amount: int, currency: str) -> str:
     """`1250, "usd"` → "12.50": what the offers editor puts back in its price field."""
     places = decimals_of(currency)

@@ -167,7 +167,8 @@ DEMO_GARDEN = {
 DEMO_GARDEN_MEMBERS = ("demo-past-tense",)
 DEMO_GARDEN_OFFERS = (
     {"kind": "free_trial", "currency": "usd", "included_calls": 50},
-    {"kind": "per_call", "currency": "usd", "unit_amount": 2_00},
+    # 2 cents a call: a few demo calls already show on both experts' statements.
+    {"kind": "per_call", "currency": "usd", "unit_amount": 20_00},
 )
 
 

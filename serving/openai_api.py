@@ -334,7 +334,11 @@ class ModelListApi(OpenAiApi):
     )
     def get(self, request):
         models = selectors.callable_models(user=request.user)
-        return Response({"object": "list", "data": [_model_object(m) for m in models]})
+        # The router is callable by every key with `infer` (the generalist answers when no
+        # specialist it may call fits): listed first, owned by the platform.
+        auto = {"id": AUTO_MODEL, "object": "model", "created": 0, "owned_by": "niche",
+                "task": "router"}  # fmt: skip
+        return Response({"object": "list", "data": [auto, *(_model_object(m) for m in models)]})
 
 
 class ModelDetailApi(OpenAiApi):

@@ -9,7 +9,7 @@ from django.db.models import Q
 
 from accounts.models import User
 from billing.models import CALL_KINDS, LIVE_LICENCE_STATUSES, Licence
-from listings.models import Listing, ListingStatus
+from listings.models import Listing, ListingKind, ListingStatus
 
 
 @dataclass(frozen=True)
@@ -22,16 +22,19 @@ class CallableModel:
 
 def callable_models(*, user: User) -> list[CallableModel]:
     """Published listings this user may call: those with a live calling licence (free
-    trials included) and the user's own; by slug."""
+    trials included) and the user's own, gardens included; by slug."""
     licensed = Licence.objects.filter(
         buyer=user, status__in=LIVE_LICENCE_STATUSES, kind__in=CALL_KINDS
     ).values("listing_id")
-    listings = Listing.objects.filter(
-        Q(pk__in=licensed) | Q(owner=user),
-        status=ListingStatus.PUBLISHED,
-        owner__is_active=True,
-        live_version__isnull=False,
-    ).select_related("owner")
+    listings = (
+        Listing.objects.filter(
+            Q(pk__in=licensed) | Q(owner=user),
+            status=ListingStatus.PUBLISHED,
+            owner__is_active=True,
+        )
+        .filter(Q(live_version__isnull=False) | Q(kind=ListingKind.GARDEN))
+        .select_related("owner")
+    )
     return [
         CallableModel(
             slug=listing.slug,

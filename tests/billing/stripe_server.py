@@ -610,6 +610,7 @@ class LocalStripe:
         r.add_get("/v1/invoice_payments", self._invoice_payments_list)
         r.add_get("/v1/application_fees/{id}", self._application_fee_get)
         r.add_get("/v1/transfers/{id}/reversals/{reversal}", self._reversal_get)
+        r.add_post("/v1/transfers/{id}/reversals", self._reversal_create)
         # localstripe refuses the destination-charge refund options: the fake takes them
         # (innermost, so localstripe's authentication and error handling still apply).
         self.app.middlewares.append(self._refund_options)
@@ -888,6 +889,29 @@ class LocalStripe:
         }
         self.state.transfers[transfer["id"]] = transfer
         return transfer
+
+    async def _reversal_create(self, request):
+        """Take part of a transfer back (a garden payout refunded): never more than is left."""
+        transfer = self.state.transfers.get(request.match_info["id"])
+        if transfer is None:
+            raise StripeError(404, "No such transfer", code="resource_missing")
+        data = await self._data(request)
+        left = transfer["amount"] - sum(
+            r["amount"] for r in self.state.reversals.values() if r["transfer"] == transfer["id"]
+        )
+        amount = _int(data.get("amount"), left)
+        if not 0 < amount <= left:
+            raise StripeError(400, "The reversal is more than the transfer has left.",
+                              param="amount")  # fmt: skip
+        reversal_id = _new_id("trr_")
+        self.state.reversals[reversal_id] = {
+            "id": reversal_id, "object": "transfer_reversal", "amount": amount,
+            "balance_transaction": None, "created": int(time.time()),
+            "currency": transfer["currency"], "destination_payment_refund": None,
+            "metadata": data.get("metadata") or {}, "source_refund": None,
+            "transfer": transfer["id"],
+        }  # fmt: skip
+        return self._json(self.state.reversals[reversal_id])
 
     async def _transfer_create(self, request):
         data = await self._data(request)

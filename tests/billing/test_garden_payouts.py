@@ -19,8 +19,11 @@ from billing.models import (
     OfferKind,
     Payment,
     PaymentKind,
+    ReconciliationIssue,
     StripeIntent,
 )
+from billing.reconciler import reconcile
+from billing.refunds import payment_refund
 from billing.selectors import month_start, statement_for
 from billing.services import usage_record, usage_settle_served
 from billing.stripe_sync import intent_run
@@ -111,6 +114,43 @@ def test_a_garden_invoice_is_paid_out_by_transfers_that_match_every_statement(
     # delivered again, the invoice is paid out once
     committed(deliver_all, client, stripe_server)
     assert GardenPayout.objects.filter(payment=payment).count() == 2
+    # the reconciler reads the payouts' transfers: nothing disagrees
+    reconcile()
+    assert not ReconciliationIssue.objects.filter(kind="payment_mismatch").exists()
+
+    # A moderator refunds 10 of the 15 cents: the platform's charge is refunded (no
+    # destination to reverse), and each payout is taken back in proportion: 2/3 of the
+    # 10 paid out is 6.67, so 7, split 6:4 by largest remainder: alice 4.2 -> 4 of her 6,
+    # cy 2.8 -> 3 of his 4.
+    committed(payment_refund, payment=payment, actor=carol, reason="Wrong model.", amount=10)
+    committed(deliver_all, client, stripe_server)
+    for intent in StripeIntent.objects.filter(
+        kind=IntentKind.TRANSFER_REVERSAL_CREATE, status=IntentStatus.PENDING
+    ):
+        intent_run(intent_id=intent.pk)
+    refund = Payment.objects.get(refunds=payment, kind=PaymentKind.REFUND)
+    assert "reverse_transfer" not in stripe_server.state.refund_options.get(
+        refund.stripe_refund_id, {}
+    )
+    back = {r.payee_id: r.amount for r in GardenPayout.objects.filter(payment=refund)}
+    assert back == {alice.pk: -4, cy.pk: -3}
+    assert (refund.amount, refund_expert_amount(refund)) == (-10, -7)
+    for who, account in ((alice, alice_paid_out), (cy, cy_account)):
+        transfer = stripe_gateway.transfer_retrieve(transfers[account.stripe_account_id]["id"])
+        assert transfer.amount_reversed == -back[who.pk]
+        lines = statement_for(expert=who, month=refund.period).gardens
+        paid = sum(line.paid for line in lines)
+        if refund.period == payment.period:
+            assert paid == transfer.amount - transfer.amount_reversed
+        else:
+            assert paid == -transfer.amount_reversed
+    reconcile()
+    assert not ReconciliationIssue.objects.filter(kind="payment_mismatch").exists()
+
+
+def refund_expert_amount(refund: Payment) -> int:
+    refund.refresh_from_db()
+    return refund.expert_amount
 
 
 def payment_expert_amount(payment: Payment) -> int:

@@ -11,7 +11,7 @@ from billing.gardens import split
 from billing.models import Licence, OfferKind
 from billing.selectors import month_start, statement_for
 from billing.services import usage_record, usage_settle_served
-from frontend.money import format_money
+from frontend.money import format_money, format_money_exact
 from listings import gardens, services
 from listings.models import Listing
 from tests.conftest import make_user
@@ -79,8 +79,9 @@ def test_a_garden_from_composing_to_both_experts_statements(
         log_in(page, live_server, who.email)
         page.goto(f"{live_server.url}/earnings/")
         cells = page.locator("#garden-income + p + table tbody tr td").all_inner_texts()
+        exact = format_money_exact(line.accrued_exact, "usd")
         assert cells == [
-            "Radiology garden", listing_title, role, "4", format_money(line.accrued, "usd"),
-            format_money(0, "usd"),
+            "Radiology garden", listing_title, role, "4",
+            f"{format_money(line.accrued, 'usd')} (exactly {exact})", format_money(0, "usd"),
         ]  # fmt: skip
         page.context.clear_cookies()

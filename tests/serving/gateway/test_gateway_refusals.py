@@ -274,10 +274,12 @@ def test_v1_models_lists_only_what_this_key_may_call(
 
     assert bobs.status_code == 200
     assert bobs.json()["object"] == "list"
-    assert [m["id"] for m in bobs.json()["data"]] == [triage.slug]
-    assert bobs.json()["data"][0]["object"] == "model"
-    assert mallorys.json()["data"] == []
-    assert len(alices.json()["data"]) == 2  # the owner calls her own listings
+    # the router first (any key with infer may call it), then what this key may call
+    assert [m["id"] for m in bobs.json()["data"]] == ["niche/auto", triage.slug]
+    assert bobs.json()["data"][1]["object"] == "model"
+    assert bobs.json()["data"][0]["owned_by"] == "niche"
+    assert [m["id"] for m in mallorys.json()["data"]] == ["niche/auto"]
+    assert len(alices.json()["data"]) == 3  # the owner calls her own listings
 
 
 def test_v1_models_retrieve_answers_only_for_a_callable_model(
