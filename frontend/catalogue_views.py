@@ -153,6 +153,71 @@ def listing_new(request, version_id):
     )
 
 
+def _routes_from(text: str) -> dict[str, str]:
+    """The pipeline form's lines "label: listing-slug" → {label: slug}."""
+    routes = {}
+    for line in text.splitlines():
+        label, _, slug = line.partition(":")
+        if label.strip() and slug.strip():
+            routes[label.strip()] = slug.strip()
+    return routes
+
+
+@login_required
+def garden_new(request):
+    """An expert curates a garden from composable listings: saved as a draft listing."""
+    if not request.user.is_expert:
+        return render(
+            request,
+            "errors/error.html",
+            {"status": 403, "message": "Only experts curate gardens: become one in your profile."},
+            status=403,
+        )
+    composable = catalogue.composable_listings()
+    values = {"kind": "router", "member_share_percent": "70"}
+    if request.method == "POST":
+        post = request.POST
+        values = post.dict()
+        kind = post.get("kind", "")
+        try:
+            share = int(post.get("member_share_percent") or 70)
+        except ValueError:
+            share = -1
+        try:
+            garden = gardens.garden_create(
+                curator=request.user,
+                kind=kind,
+                members=post.getlist("members") if kind == "router" else None,
+                classifier=post.get("classifier") or None if kind == "pipeline" else None,
+                routes=_routes_from(post.get("routes", "")) if kind == "pipeline" else None,
+                member_share_percent=share,
+                title=post.get("title", ""),
+                slug=post.get("slug", ""),
+                summary=post.get("summary", ""),
+                description=post.get("description", ""),
+                domain=post.get("domain", ""),
+                example_input=post.get("example_input", ""),
+            )
+        except ApplicationError as exc:
+            messages.error(request, exc.message)
+        else:
+            messages.success(
+                request, "Saved as a draft. Submit it for review, then price it (per call)."
+            )
+            return redirect("catalogue-listing", slug=garden.slug)
+    return render(
+        request,
+        "frontend/garden_new.html",
+        {
+            "composable": composable,
+            "classifiers": [x for x in composable if x.task == "text-classification"],
+            "domains": Domain.choices,
+            "values": values,
+            "chosen": request.POST.getlist("members") if request.method == "POST" else [],
+        },
+    )
+
+
 @login_required
 @require_POST
 def listing_composable(request, slug):

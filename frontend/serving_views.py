@@ -15,7 +15,7 @@ from django.views.decorators.http import require_POST
 from billing import selectors as billing
 from frontend.views import not_found
 from listings import selectors as catalogue
-from listings.models import Listing, ListingStatus
+from listings.models import Listing, ListingKind, ListingStatus
 from marketplace.errors import ApplicationError
 from serving import gateway
 from serving.protocol import TEXT_CLASSIFICATION
@@ -27,7 +27,9 @@ def try_it_context(request, listing: Listing, *, is_owner: bool) -> dict | None:
     """What the try-it box shows: None (no box) for a listing with nothing live to call;
     the form for the owner and for a holder of a live calling licence (a free trial
     included); otherwise a pointer to the offers."""
-    if listing.status != ListingStatus.PUBLISHED or listing.live_version_id is None:
+    if listing.status != ListingStatus.PUBLISHED or (
+        listing.live_version_id is None and listing.kind != ListingKind.GARDEN
+    ):
         return None
     context = {
         "allowed": False,
@@ -70,7 +72,12 @@ def try_call(*, user, listing: Listing, payload: dict) -> tuple[dict, int]:
     """One call through the gateway as `user`, without an API key (the rate limit counts
     per user): (what the box shows, HTTP status)."""
     try:
-        answer = gateway.predict(user=user, api_key=None, listing_ref=listing.slug, payload=payload)
+        try:
+            answer = gateway.predict(
+                user=user, api_key=None, listing_ref=listing.slug, payload=payload
+            )
+        except gateway.GardenOnTheEventLoop:
+            return _garden_try(user, listing, payload)
     except ApplicationError as exc:
         return {"error": {"code": exc.code, "message": exc.message}}, exc.status
     result = answer.result
@@ -93,6 +100,39 @@ def try_call(*, user, listing: Listing, payload: dict) -> tuple[dict, int]:
         shown["text"] = result.outputs.text
         shown["finish_reason"] = result.outputs.finish_reason
     return shown, 200
+
+
+def _garden_try(user, listing: Listing, payload: dict) -> tuple[dict, int]:
+    """A garden's try: its call path is the event loop's (serving.garden_calls); the box
+    shows who answered each input."""
+    from asgiref.sync import async_to_sync
+
+    from serving import gateway_async
+
+    answer = async_to_sync(gateway_async.predict)(
+        caller=gateway_async.Caller(user_id=user.pk), listing_ref=listing.slug, payload=payload
+    )
+    if isinstance(answer, gateway_async.AutoPrediction):  # classification, routed per input
+        predictions: list = [None] * len(payload["inputs"])
+        for indices, part in answer.answers:
+            for index, output in zip(indices, part.result.outputs, strict=True):
+                predictions[index] = {
+                    "input": payload["inputs"][index],
+                    "label": output.label,
+                    "scores": sorted(output.scores.items(), key=lambda item: -item[1]),
+                    "answered_by": part.target.garden.answered_by,
+                }
+        latency = max(part.latency_ms for _, part in answer.answers)
+        return {"latency_ms": latency, "engine_ms": None, "predictions": predictions}, 200
+    result = answer.result
+    return {
+        "latency_ms": answer.latency_ms,
+        "engine_ms": round(result.engine_ms),
+        "answered_by": answer.target.garden.answered_by,
+        "reason": answer.target.route.reason,
+        "text": result.outputs.text,
+        "finish_reason": result.outputs.finish_reason,
+    }, 200
 
 
 @never_cache

@@ -46,6 +46,7 @@ urlpatterns = [
     ),
     path("studio/models/<uuid:version_id>/list/", catalogue_views.listing_new, name="listing-new"),
     path("catalogue/", catalogue_views.catalogue_home, name="catalogue"),
+    path("gardens/new/", catalogue_views.garden_new, name="garden-new"),
     path("catalogue/<slug:slug>/", catalogue_views.listing_page, name="catalogue-listing"),
     path(
         "catalogue/<slug:slug>/submit/",

@@ -20,6 +20,7 @@ from listings.models import (
     LICENCE_FLAGS,
     Entitlement,
     Listing,
+    ListingKind,
     ListingStatus,
     ModerationAction,
     Review,
@@ -356,6 +357,19 @@ def _catalogue_page(
              "id": str(read(last, "id"))}
         )  # fmt: skip
     return CataloguePage(rows, has_more, next_cursor)
+
+
+def composable_listings() -> list[Listing]:
+    """What a curator may compose into a garden: published models whose experts allow it,
+    with a live version, by title."""
+    return list(
+        Listing.objects.filter(
+            status=ListingStatus.PUBLISHED, composable=True, kind=ListingKind.MODEL,
+            live_version__isnull=False, owner__is_active=True,
+        )
+        .select_related("owner", "live_version")
+        .order_by("title")
+    )  # fmt: skip
 
 
 def listing_get_public(*, slug: str, viewer: User | None = None) -> Listing:

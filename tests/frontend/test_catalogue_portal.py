@@ -127,3 +127,47 @@ def test_text_postgres_would_refuse_comes_back_as_a_message_not_a_500(
     assert "No NUL characters." in nul_report.content.decode()
     assert Listing.objects.filter(owner=alice).count() == 1
     assert not Review.objects.exists() and not Report.objects.exists()
+
+
+def test_an_expert_curates_a_garden_from_the_portal_and_a_buyer_cannot(alice, bob, carol, db):
+    from listings import gardens
+    from tests.conftest import make_user
+
+    member = make_listing(alice, moderator=carol, title="Radiology triage")
+    hidden = make_listing(alice, moderator=carol, title="Not composable")
+    gardens.listing_set_composable(owner=alice, listing_id=member.pk, composable=True)
+    cy = portal(make_user("cy@example.com", display_name="Cy", is_expert=True))
+
+    form = cy.get("/gardens/new/").content.decode()
+    assert "Radiology triage" in form and "Not composable" not in form
+    assert hidden.slug not in form
+    refused = cy.post(
+        "/gardens/new/",
+        {
+            "kind": "router",
+            "members": [hidden.slug],
+            "title": "G",
+            "summary": "s",
+            "domain": "healthcare",
+        },
+    )
+    assert refused.status_code == 200 and "cannot be composed" in refused.content.decode()
+    response = cy.post(
+        "/gardens/new/",
+        {"kind": "router", "members": [member.slug], "title": "Radiology garden",
+         "summary": "The best triage.", "domain": "healthcare", "member_share_percent": "60"},
+    )  # fmt: skip
+    garden = Listing.objects.get(kind="garden")
+    assert response.status_code == 302 and response.url == f"/catalogue/{garden.slug}/"
+    assert garden.garden.member_share_percent == 60 and garden.status == "draft"
+    page = cy.get(response.url).content.decode()
+    assert 'id="garden"' in page and "60% goes to the member that answered" in page
+
+    pipeline = cy.post(
+        "/gardens/new/",
+        {"kind": "pipeline", "classifier": member.slug, "routes": "a: nowhere",
+         "title": "Pipe", "summary": "s", "domain": "healthcare"},
+    )  # fmt: skip
+    assert "cannot be composed" in pipeline.content.decode()  # "nowhere" is no listing
+
+    assert portal(bob).get("/gardens/new/").status_code == 403

@@ -215,6 +215,9 @@ MATRIX: dict[str, tuple[int, ...]] = {
     "GET studio/models/<uuid:version_id>/list/":                     (302, 200, 404, 404, 404, 404, 404, 302, 302, 302, 302, 302),
     "POST studio/models/<uuid:version_id>/list/":                    (302, 200, 404, 404, 404, 404, 404, 302, 302, 302, 302, 302),
     "GET catalogue/":                                                (200, 200, 200, 200, 200, 200, 200, 200, 200, 200, 200, 200),
+    # Curating a garden: experts only (an empty form is shown again with its error).
+    "GET gardens/new/":                                              (302, 200, 200, 403, 403, 403, 403, 302, 302, 302, 302, 302),
+    "POST gardens/new/":                                             (302, 200, 200, 403, 403, 403, 403, 302, 302, 302, 302, 302),
     "GET catalogue/<slug:slug>/":                                    (200, 200, 200, 200, 200, 200, 200, 200, 200, 200, 200, 200),
     "POST catalogue/<slug:slug>/submit/":                            (302, 302, 302, 302, 302, 302, 302, 302, 302, 302, 302, 302),
     "POST catalogue/<slug:slug>/composable/":                        (302, 302, 302, 302, 302, 302, 302, 302, 302, 302, 302, 302),

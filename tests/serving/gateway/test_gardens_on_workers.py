@@ -189,3 +189,24 @@ def test_a_garden_whose_members_all_left_answers_503_and_others_are_refused(
         {"inputs": [IN_DOMAIN_TICKET], "labels": LABELS},
     )  # fmt: skip
     assert still.status_code == 200, still.text
+
+
+def test_the_try_it_box_calls_a_garden_and_says_who_answered(market, garden_world, bob):
+    from django.test import Client
+
+    portal = Client()
+    portal.force_login(bob)
+    garden = garden_world.drafting
+    page = portal.get(f"/catalogue/{garden.slug}/").content.decode()
+    assert 'id="garden"' in page and "Try it" in page
+
+    response = portal.post(
+        f"/catalogue/{garden.slug}/try/",
+        {"text": IN_DOMAIN_CLAUSE, "max_new_tokens": "3"},
+        HTTP_X_REQUESTED_WITH="fetch",
+    )
+
+    assert response.status_code == 200, response.content
+    shown = response.content.decode()
+    assert 'id="try-answered-by"' in shown and market.clauses.slug in shown
+    assert UsageRecord.objects.filter(listing=garden).count() == 1
