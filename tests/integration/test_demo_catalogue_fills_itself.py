@@ -11,12 +11,14 @@ from django.core.management import call_command
 from rest_framework.test import APIClient
 
 from accounts.models import User
-from frontend.services import DEMO_SPECIALISTS
+from frontend.services import DEMO_CURATOR_EMAIL, DEMO_GARDEN, DEMO_SPECIALISTS
 from listings.models import Listing, ListingStatus, ModerationAction, ModerationActionType
 from training_worker.models import FineTuningJob, JobStatus
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 DEMO_SLUGS = {spec.listing["slug"] for spec in DEMO_SPECIALISTS}
+# and the demo garden over the generation specialist, listed once that one is
+LISTED = DEMO_SLUGS | {DEMO_GARDEN["slug"]}
 
 
 def wait_for(predicate, timeout: float, what: str):
@@ -56,7 +58,7 @@ def test_first_start_lists_real_demo_specialists_and_later_starts_add_nothing(
     # then within minutes the catalogue shows the demo specialists, live, with the
     # platform's own evaluation
     started = time.monotonic()
-    wait_for(lambda: catalogue_slugs(api) == DEMO_SLUGS, 840, "the demo listings")
+    wait_for(lambda: catalogue_slugs(api) == LISTED, 840, "the demo listings")
     print(f"demo specialists listed {time.monotonic() - started:.0f}s after seed_demo")
     for slug in DEMO_SLUGS:
         detail = api.get(f"/api/v1/listings/{slug}").json()
@@ -75,6 +77,10 @@ def test_first_start_lists_real_demo_specialists_and_later_starts_add_nothing(
         listing__in=listings, action=ModerationActionType.APPROVE
     )
     assert sorted(a.actor_id for a in approvals) == [moderator.pk, moderator.pk]
+    garden = api.get(f"/api/v1/listings/{DEMO_GARDEN['slug']}").json()
+    assert garden["kind"] == "garden" and garden["status"] == "published"
+    assert [m["listing"] for m in garden["garden"]["members"]] == ["demo-past-tense"]
+    assert Listing.objects.get(slug=DEMO_GARDEN["slug"]).owner.email == DEMO_CURATOR_EMAIL
     jobs = FineTuningJob.objects.filter(owner=expert)
     assert sorted(j.status for j in jobs) == [JobStatus.SUCCEEDED, JobStatus.SUCCEEDED]
 
@@ -85,5 +91,6 @@ def test_first_start_lists_real_demo_specialists_and_later_starts_add_nothing(
     # then nothing is queued or listed twice
     assert FineTuningJob.objects.filter(owner=expert).count() == 2
     assert Listing.objects.filter(owner=expert).count() == 2
-    assert ModerationAction.objects.filter(action=ModerationActionType.APPROVE).count() == 2
-    assert catalogue_slugs(api) == DEMO_SLUGS
+    # (two specialists and the garden)
+    assert ModerationAction.objects.filter(action=ModerationActionType.APPROVE).count() == 3
+    assert catalogue_slugs(api) == LISTED
