@@ -20,6 +20,8 @@ from django.db.models import Model
 from billing.models import (
     BillingAuditEntry,
     ConnectAccount,
+    GardenPayout,
+    GardenShare,
     Licence,
     LicenceUsagePeriod,
     MeterReport,
@@ -175,6 +177,29 @@ class UsageRecordAdmin(ReadOnlyAdmin):
     list_select_related = ["licence", "licence__buyer", "licence__listing"]
     search_fields = ["=idempotency_key", "=licence__id", "buyer__email"]
     show_full_result_count = False  # the ledger is large; no COUNT(*) per page
+
+
+@admin.register(GardenShare)
+class GardenShareAdmin(ReadOnlyAdmin):
+    """A garden call's split: who worked on it and their part (billing.gardens)."""
+
+    list_display = ["id", "garden", "listing", "payee", "role", "percent", "amount_micros",
+                    "paid_by", "created_at"]  # fmt: skip
+    list_filter = ["role", "sandbox"]
+    list_select_related = ["garden", "listing", "payee"]
+    search_fields = ["garden__slug", "listing__slug", "payee__email", "=usage__idempotency_key"]
+    show_full_result_count = False
+
+
+@admin.register(GardenPayout)
+class GardenPayoutAdmin(ReadOnlyAdmin):
+    """The transfers (and reversals) that paid a garden's payments out."""
+
+    list_display = ["id", "payment", "garden", "listing", "payee", "role", "amount", "currency",
+                    "stripe_transfer_id", "stripe_reversal_id", "created_at"]  # fmt: skip
+    list_filter = ["role", "sandbox"]
+    list_select_related = ["garden", "listing", "payee", "payment"]
+    search_fields = ["garden__slug", "payee__email", "=stripe_transfer_id"]
 
 
 @admin.register(ReconciliationIssue)

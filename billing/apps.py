@@ -16,6 +16,8 @@ class BillingConfig(AppConfig):
         "view_offer",
         "view_connectaccount",
         "view_usagerecord",
+        "view_gardenshare",
+        "view_gardenpayout",
         "view_stripeintent",
         "view_reconciliationissue",
         "change_reconciliationissue",

@@ -23,6 +23,7 @@ from listings import selectors, services
 from listings.models import (
     LICENCE_FLAGS,
     Entitlement,
+    GardenMember,
     Listing,
     ListingVersion,
     ModerationAction,
@@ -473,6 +474,15 @@ class ModerationActionAdmin(ReadOnlyAdmin):
         actions = super().get_actions(request)
         actions.pop("delete_selected", None)
         return actions
+
+
+@admin.register(GardenMember)
+class GardenMemberAdmin(ReadOnlyAdmin):
+    """Who a garden composes, and who left it and why (listings.gardens)."""
+
+    list_display = ["garden", "listing", "label", "added_at", "removed_at", "removed_reason"]
+    list_select_related = ["garden__listing", "listing"]
+    search_fields = ["garden__listing__slug", "listing__slug"]
 
 
 @admin.register(ListingVersion)

@@ -13,6 +13,8 @@ class ListingsConfig(AppConfig):
         "change_report",
         "view_moderationaction",
         "view_entitlement",
+        "view_garden",
+        "view_gardenmember",
     )
 
     def ready(self) -> None:

@@ -253,6 +253,11 @@ def listing_propose_version(*, owner: User, listing_id, model_version_id) -> Lis
     """
     with transaction.atomic():
         listing = _owned_locked(owner, listing_id)
+        if listing.kind == ListingKind.GARDEN:
+            raise InvalidListing(
+                "A garden has no version of its own; its members answer.",
+                fields={"model_version": ["Not for a garden."]},
+            )
         if listing.status != ListingStatus.PUBLISHED:
             raise InvalidListingTransition(
                 "New versions go on published listings; edit a draft instead."

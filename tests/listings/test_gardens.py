@@ -138,6 +138,11 @@ def test_a_garden_is_reviewed_published_and_priced_per_call(cy, carol, members):
     with pytest.raises(InvalidOffer):
         make_offer(garden, OfferKind.DOWNLOAD)
     make_offer(garden, OfferKind.PER_CALL)
+    # it never gets a version of its own, by any door
+    with pytest.raises(InvalidListing):
+        services.listing_propose_version(
+            owner=cy, listing_id=garden.pk, model_version_id=members[0].live_version_id
+        )
     shown = gardens.garden_public(garden)
     assert shown["kind"] == "router"
     assert shown["split"]["member_share_percent"] == 70
