@@ -19,6 +19,7 @@ payee and member listing through the outbox, linked to the charge
 
 from __future__ import annotations
 
+import logging
 from collections import defaultdict
 from dataclasses import dataclass
 from datetime import date
@@ -46,6 +47,7 @@ from billing.models import (
 from listings.models import Listing
 
 THOUSANDTH = Decimal("0.001")
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -194,8 +196,15 @@ def garden_payouts_make(*, payment: Payment) -> list[GardenPayout]:
                 period=payment.period, sandbox=payment.sandbox, created_at=payment.created_at,
             )  # fmt: skip
             payouts.append(payout)
-            if not payment.sandbox:
-                account = ConnectAccount.objects.get(expert_id=payee_id)
+            account = ConnectAccount.objects.filter(expert_id=payee_id, sandbox=False).first()
+            if not payment.sandbox and account is None:
+                # Checkout required every payee to be payable; an account gone since is a
+                # payout owed and not sent: the reconciler flags it (no transfer, none
+                # in flight) for a moderator.
+                logger.warning(
+                    "garden payout %s: payee %s has no Connect account", payout.pk, payee_id
+                )
+            elif not payment.sandbox:
                 intent_record(
                     kind=IntentKind.TRANSFER_CREATE,
                     key_parts=("garden-payout", payout.pk),
