@@ -178,7 +178,12 @@ def auto_predictions_body(auto: gateway_async.AutoPrediction) -> dict:
             predictions[index] = {
                 "label": output.label,
                 "scores": output.scores,
-                "routed_to": answer.target.headers["X-Niche-Listing"],
+                # the version that answered (a garden's member, or the generalist)
+                "routed_to": (
+                    answer.target.garden.answered_by
+                    if answer.target.garden is not None
+                    else answer.target.model_name
+                ),
             }
         for name, value in asdict(answer.result.usage).items():
             usage[name] += value
