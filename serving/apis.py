@@ -103,10 +103,11 @@ class AutoPredictApi(BaseApi):
 
 
 class RouteApi(BaseApi):
-    """Only decides: `{"task", "inputs": [...], "labels"?: [...]}` → for each input the
-    listing that would answer (or "niche/generalist"), its calibrated confidence, the
-    runner-up and the reason; plus the candidates and those skipped, with why. Nothing is
-    run or billed."""
+    """Only decides: `{"task", "inputs": [...], "labels"?: [...], "garden"?: slug}` → for
+    each input the listing that would answer (or "niche/generalist"), its calibrated
+    confidence, the runner-up and the reason; plus the candidates and those skipped, with
+    why. With `garden` (a router garden you may call), among its members. Nothing is run
+    or billed."""
 
     required_scopes = {"POST": "infer"}
 

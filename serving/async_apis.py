@@ -199,7 +199,8 @@ def auto_predictions_body(auto: gateway_async.AutoPrediction) -> dict:
 
 
 async def route(caller, body):
-    """POST /api/v1/route: {"task", "inputs": [...], "labels"?} -> each input's route."""
+    """POST /api/v1/route: {"task", "inputs": [...], "labels"?, "garden"?} -> each input's
+    route (among a router garden's members when `garden` names one)."""
     body = _object(body)
     task = router.request_task(body.get("task"))
     inputs = gateway.classification_inputs(body.get("inputs"))
@@ -208,8 +209,13 @@ async def route(caller, body):
         raise InvalidInferenceInput(
             "labels apply to text-classification only.", fields={"labels": ["Leave it out."]}
         )
+    garden = body.get("garden")
+    if garden is not None and not isinstance(garden, str):
+        raise InvalidInferenceInput("garden is a garden's slug.", fields={"garden": ["A slug."]})
     return JsonResponse(
-        await gateway_async.route_only(caller, task=task, inputs=inputs, labels=labels)
+        await gateway_async.route_only(
+            caller, task=task, inputs=inputs, labels=labels, garden=garden
+        )
     )
 
 

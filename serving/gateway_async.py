@@ -493,12 +493,30 @@ async def routed_target(caller: Caller, found: router.CandidateSet, route: route
     )
 
 
-async def route_only(caller: Caller, *, task: str, inputs: list[str], labels) -> dict:
-    """POST /api/v1/route: the decision for each input, nothing run, nothing billed."""
-    found = await _candidates(caller, task, labels)
+async def route_only(
+    caller: Caller, *, task: str, inputs: list[str], labels, garden: str | None = None
+) -> dict:
+    """POST /api/v1/route: the decision for each input, nothing run, nothing billed; with
+    `garden`, among that garden's members (the caller must be able to call the garden)."""
+    if garden is not None:
+        check = await licence_check(caller, ModelRef.parse(garden, field_name="garden"))
+        if not check.garden:
+            raise InvalidInferenceInput(
+                f"{garden} is not a garden.", fields={"garden": ["A garden's slug."]}
+            )
+        plan = await garden_calls.plan_of(check, task)
+        if plan.kind != "router":
+            raise InvalidInferenceInput(
+                f"{garden} is a pipeline: its classifier decides, not the router.",
+                fields={"garden": ["A router garden."]},
+            )
+        found = await sync_to_async(garden_calls.candidates)(plan, labels)
+    else:
+        found = await _candidates(caller, task, labels)
     routes = await _routes(inputs, found)
     return {
         "task": task,
+        **({"garden": garden} if garden is not None else {}),
         "threshold": settings.ROUTER_THRESHOLD,
         "goal": settings.ROUTER_GOAL,
         "candidates": [c.slug for c in found.candidates],

@@ -210,3 +210,31 @@ def test_the_try_it_box_calls_a_garden_and_says_who_answered(market, garden_worl
     shown = response.content.decode()
     assert 'id="try-answered-by"' in shown and market.clauses.slug in shown
     assert UsageRecord.objects.filter(listing=garden).count() == 1
+
+
+def test_route_previews_a_router_garden_and_refuses_what_it_cannot(
+    live_server, market, garden_world, mallory
+):
+    garden = garden_world.triage
+    body = {"task": "text-classification", "inputs": [IN_DOMAIN_TICKET, OUT_OF_DOMAIN]}
+    response = post(live_server, "/api/v1/route", garden_world.bob_key, body | {
+        "garden": garden.slug,
+    })  # fmt: skip
+
+    assert response.status_code == 200, response.text
+    preview = response.json()
+    assert preview["garden"] == garden.slug
+    assert preview["candidates"] == [market.tickets.slug]
+    assert [r["routed_to"] for r in preview["routes"]] == [
+        market.tickets.slug, "niche/generalist",
+    ]  # fmt: skip
+    assert not UsageRecord.objects.exists()  # decided only
+    # mallory holds no licence to the garden; a pipeline is decided by its classifier
+    assert post(live_server, "/api/v1/route", key_for(mallory), body | {
+        "garden": garden.slug,
+    }).status_code == 403  # fmt: skip
+    pipeline = post(live_server, "/api/v1/route", garden_world.bob_key, {
+        "task": "text-generation", "inputs": [IN_DOMAIN_TICKET],
+        "garden": garden_world.pipeline.slug,
+    })  # fmt: skip
+    assert pipeline.status_code == 422 and "pipeline" in pipeline.json()["error"]["message"]
