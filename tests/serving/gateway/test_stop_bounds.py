@@ -112,6 +112,7 @@ def test_a_multi_megabyte_stop_string_never_reaches_redis(api, bob_drafts, draft
 
     # And nothing was written to Redis: no request, no stream, no rate-limit count
     after = redis_footprint(real_redis)
-    assert set(after) == set(before)
+    # nothing new (a key an earlier test left, such as a 60 s throttle, may expire meanwhile)
+    assert set(after) <= set(before)
     assert all(after[key] - before[key] < 64 * 1024 for key in after)
     assert UsageRecord.objects.count() == 0
