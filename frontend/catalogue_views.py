@@ -220,6 +220,21 @@ def garden_new(request):
 
 @login_required
 @require_POST
+def garden_restore(request, slug):
+    """The curator brings back a member that left (published and composable again)."""
+    try:
+        garden = catalogue.listing_get_public(slug=slug, viewer=request.user)
+        gardens.garden_member_restore(
+            curator=request.user, garden_id=garden.pk, member_slug=request.POST.get("listing", "")
+        )
+        messages.success(request, "The member is back in the garden.")
+    except ApplicationError as exc:
+        messages.error(request, exc.message)
+    return redirect("catalogue-listing", slug=slug)
+
+
+@login_required
+@require_POST
 def listing_composable(request, slug):
     """The expert allows curators to compose the listing into gardens, or stops."""
     try:

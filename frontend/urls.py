@@ -54,6 +54,11 @@ urlpatterns = [
         name="catalogue-listing-submit",
     ),
     path(
+        "catalogue/<slug:slug>/members/restore/",
+        catalogue_views.garden_restore,
+        name="catalogue-garden-restore",
+    ),
+    path(
         "catalogue/<slug:slug>/composable/",
         catalogue_views.listing_composable,
         name="catalogue-listing-composable",

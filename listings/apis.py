@@ -504,3 +504,25 @@ class ListingComposableApi(_OwnerActionApi):
             composable=data.validated_data["composable"],
         )
         return Response(_owner_view(listing))
+
+
+class GardenMemberRestoreApi(_OwnerActionApi):
+    """POST {"listing": slug}: the curator brings back a member that left this garden, once
+    it is published and composable again (its former place and label)."""
+
+    class Input(serializers.Serializer):
+        class Meta:
+            ref_name = "GardenMemberRestoreInput"
+
+        listing = serializers.CharField(max_length=80)
+
+    @extend_schema(request=Input, responses=OwnerListingOutput)
+    def post(self, request, slug):
+        data = self.Input(data=request.data)
+        data.is_valid(raise_exception=True)
+        listing = gardens.garden_member_restore(
+            curator=request.user,
+            garden_id=self._listing(request, slug).pk,
+            member_slug=data.validated_data["listing"],
+        )
+        return Response(_owner_view(listing))

@@ -259,6 +259,46 @@ def garden_members_remove(*, listing: Listing, reason: str) -> int:
     return left
 
 
+def garden_member_restore(*, curator: User, garden_id, member_slug: str) -> Listing:
+    """Bring back a member that left this garden (suspended, delisted or no longer
+    composable, and now published and composable again): the same place, label and
+    terms it had when the garden was reviewed. Only a former member: a new one would
+    change what moderators approved (curate a new garden for that)."""
+    with transaction.atomic():
+        garden = (
+            Garden.objects.select_for_update(of=("self",))
+            .filter(listing_id=garden_id, listing__owner=curator)
+            .select_related("listing")
+            .first()
+        )
+        if garden is None:
+            raise ListingNotFound("No garden here.")
+        member = _composable(member_slug, field_name="listing")
+        restored = False
+        if garden.classifier_id == member.pk and garden.classifier_removed_at is not None:
+            garden.classifier_removed_at = None
+            garden.save(update_fields=["classifier_removed_at"])
+            restored = True
+        left = GardenMember.objects.filter(garden=garden, listing=member, removed_at__isnull=False)
+        present = GardenMember.objects.filter(garden=garden, removed_at__isnull=True)
+        for label, position in sorted(set(left.values_list("label", "position"))):
+            if present.filter(listing=member, label=label).exists():
+                continue
+            if label and present.filter(label=label).exists():
+                continue  # the label is answered by another member now
+            GardenMember.objects.create(
+                garden=garden, listing=member, label=label, position=position
+            )
+            restored = True
+        if not restored:
+            raise InvalidListing(
+                f"{member_slug} is not a former member of this garden (or is in it already).",
+                code="not_a_former_member",
+                fields={"listing": ["A member that left this garden."]},
+            )
+    return garden.listing
+
+
 def on_member_left(event: DomainEvent) -> None:
     """Tell the curator, by email, once per event."""
     garden = Listing.objects.select_related("owner").filter(pk=event.subject_id).first()
@@ -267,7 +307,8 @@ def on_member_left(event: DomainEvent) -> None:
     member, reason = event.data.get("member", ""), event.data.get("reason", "")
     plan = garden_plan(listing_id=garden.pk)
     after = (
-        "No member is left to answer: calls to the garden are refused (503) until you add one."
+        "No member is left to answer: calls to the garden are refused (503) until you "
+        "restore one (on the garden's page, once it is published and composable again)."
         if plan is None or plan.empty
         else "The garden goes on with its other members (or the generalist) for now."
     )

@@ -10,6 +10,7 @@ urlpatterns = [
     path("listings/<slug:slug>/delist", apis.ListingDelistApi.as_view()),
     path("listings/<slug:slug>/composable", apis.ListingComposableApi.as_view()),
     path("gardens", apis.GardenCreateApi.as_view(), name="api-gardens"),
+    path("gardens/<slug:slug>/members/restore", apis.GardenMemberRestoreApi.as_view()),
     path("listings/<slug:slug>/versions", apis.ListingVersionProposeApi.as_view()),
     path("listings/<slug:slug>/reviews", apis.ReviewListCreateApi.as_view()),
     path("listings/<slug:slug>/reviews/<int:review_id>/reply", apis.ReviewReplyApi.as_view()),

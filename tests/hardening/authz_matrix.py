@@ -58,6 +58,7 @@ BODIES = {
     "POST api/v1/me/verify-email": lambda w: {"token": verification_token(w)},
     "PATCH api/v1/listings/<slug:slug>": {"summary": "A new summary."},
     "POST api/v1/listings/<slug:slug>/composable": {"composable": True},
+    "POST api/v1/gardens/<slug:slug>/members/restore": lambda w: {"listing": w.listing.slug},
     "POST api/v1/listings/<slug:slug>/versions": lambda w: {"model_version": w.draft_version_id},
     "POST api/v1/listings/<slug:slug>/reviews": {"rating": 4, "text": "Fine."},
     "POST api/v1/listings/<slug:slug>/reviews/<int:review_id>/reply": {"text": "Thanks."},
@@ -135,6 +136,8 @@ MATRIX: dict[str, tuple[int, ...]] = {
     # own expert makes it composable.
     "POST api/v1/gardens":                                           (401, 422, 422, 422, 422, 422, 422, 401, 403, 422, 403, 403),
     "POST api/v1/listings/<slug:slug>/composable":                   (401, 200, 404, 404, 404, 404, 404, 401, 403, 200, 403, 403),
+    # alice's listing is no garden: the curator's own is checked, others see nothing (404)
+    "POST api/v1/gardens/<slug:slug>/members/restore":               (401, 404, 404, 404, 404, 404, 404, 401, 403, 404, 403, 403),
     "POST api/v1/listings/<slug:slug>/versions":                     (401, 200, 404, 404, 404, 404, 404, 401, 403, 200, 403, 403),
     "GET api/v1/listings/<slug:slug>/reviews":                       (200, 200, 200, 200, 200, 200, 200, 401, 200, 200, 200, 200),
     "POST api/v1/listings/<slug:slug>/reviews":                      (401, 403, 403, 200, 403, 403, 403, 401, 403, 403, 403, 403),
@@ -221,6 +224,7 @@ MATRIX: dict[str, tuple[int, ...]] = {
     "GET catalogue/<slug:slug>/":                                    (200, 200, 200, 200, 200, 200, 200, 200, 200, 200, 200, 200),
     "POST catalogue/<slug:slug>/submit/":                            (302, 302, 302, 302, 302, 302, 302, 302, 302, 302, 302, 302),
     "POST catalogue/<slug:slug>/composable/":                        (302, 302, 302, 302, 302, 302, 302, 302, 302, 302, 302, 302),
+    "POST catalogue/<slug:slug>/members/restore/":                   (302, 302, 302, 302, 302, 302, 302, 302, 302, 302, 302, 302),
     "POST catalogue/<slug:slug>/review/":                            (302, 302, 302, 302, 302, 302, 302, 302, 302, 302, 302, 302),
     "POST catalogue/<slug:slug>/report/":                            (302, 302, 302, 302, 302, 302, 302, 302, 302, 302, 302, 302),
     "POST catalogue/<slug:slug>/offers/":                            (302, 302, 302, 302, 302, 302, 302, 302, 302, 302, 302, 302),

@@ -269,3 +269,42 @@ def test_served_calls_show_on_the_member_and_the_curator_statements(
     assert micros == 4_800_000  # every served micro-cent is someone's
     # the curator's own sales never include the garden's licence
     assert statement_for(expert=cy, month=month, sandbox=True).listings == []
+
+
+def test_the_curator_restores_a_former_member_once_it_may_answer_again(
+    cy, carol, alice, members, api
+):
+    garden = router_garden(cy, members)
+    services.listing_suspend(moderator=carol, listing_id=members[0].pk, reason="Checking.")
+    gardens.listing_set_composable(owner=alice, listing_id=members[1].pk, composable=False)
+    assert gardens.garden_plan(listing_id=garden.pk).empty
+
+    # not while it is suspended
+    with pytest.raises(InvalidListing) as refused:
+        gardens.garden_member_restore(curator=cy, garden_id=garden.pk, member_slug=members[0].slug)
+    assert refused.value.code == "member_not_composable"
+    services.listing_reinstate(moderator=carol, listing_id=members[0].pk)
+    # only its curator, and only a former member
+    with pytest.raises(ListingNotFound):
+        gardens.garden_member_restore(
+            curator=alice, garden_id=garden.pk, member_slug=members[0].slug
+        )
+    outsider = composable(make_listing(alice, moderator=carol, title="Never a member"))
+    with pytest.raises(InvalidListing) as stranger:
+        gardens.garden_member_restore(curator=cy, garden_id=garden.pk, member_slug=outsider.slug)
+    assert stranger.value.code == "not_a_former_member"
+
+    response = api(cy).post(
+        f"/api/v1/gardens/{garden.slug}/members/restore",
+        {"listing": members[0].slug},
+        format="json",
+    )
+
+    assert response.status_code == 200, response.content
+    assert [m["listing"] for m in response.json()["garden"]["members"]] == [members[0].slug]
+    plan = gardens.garden_plan(listing_id=garden.pk)
+    assert [m.slug for m in plan.members] == [members[0].slug]
+    # restoring twice changes nothing
+    with pytest.raises(InvalidListing):
+        gardens.garden_member_restore(curator=cy, garden_id=garden.pk, member_slug=members[0].slug)
+    assert GardenMember.objects.filter(garden_id=garden.pk, removed_at=None).count() == 1
