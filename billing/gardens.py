@@ -382,12 +382,11 @@ def garden_income(*, payee: User, month: date, sandbox: bool = False) -> list[Ga
         key = (r["garden_id"], r["listing_id"], r["role"], r["currency"])
         lines[key]["paid"] += r["total"] or 0
         lines[key]["n"] += r["n"]
-    names = dict(
-        (row[0], (row[1], row[2]))
-        for row in Listing.objects.filter(
-            pk__in={k[0] for k in lines} | {k[1] for k in lines}
-        ).values_list("pk", "slug", "title")
-    )
+    ids = {k[0] for k in lines} | {k[1] for k in lines}
+    names = {
+        pk: (slug, title)
+        for pk, slug, title in Listing.objects.filter(pk__in=ids).values_list("pk", "slug", "title")
+    }
     return sorted(
         (
             GardenIncomeLine(

@@ -36,7 +36,7 @@ from billing.terms import LicenceTerms
 from frontend.charts import daily_bars, monthly_bars
 from frontend.money import parse_major_units
 from frontend.snippets import KEY_VARIABLE, call_snippets
-from frontend.views import not_found
+from frontend.views import not_found, refused_unless_expert
 from listings import selectors as catalogue
 from listings.models import Listing
 from marketplace.errors import ApplicationError, error_body
@@ -401,14 +401,7 @@ def licence_spend_cap(request, licence_id):
 
 
 def _require_expert(request):
-    if not request.user.is_expert:
-        return render(
-            request,
-            "errors/error.html",
-            {"status": 403, "message": "Only experts are paid: become one in your profile."},
-            status=403,
-        )
-    return None
+    return refused_unless_expert(request, "Only experts are paid: become one in your profile.")
 
 
 @login_required

@@ -9,7 +9,7 @@ from django.views.decorators.http import require_POST
 from frontend.billing_views import listing_commerce
 from frontend.charts import comparison_chart, confusion_heatmap
 from frontend.serving_views import try_it_context
-from frontend.views import not_found
+from frontend.views import not_found, refused_unless_expert
 from listings import gardens
 from listings import selectors as catalogue
 from listings import services as catalogue_services
@@ -166,13 +166,11 @@ def _routes_from(text: str) -> dict[str, str]:
 @login_required
 def garden_new(request):
     """An expert curates a garden from composable listings: saved as a draft listing."""
-    if not request.user.is_expert:
-        return render(
-            request,
-            "errors/error.html",
-            {"status": 403, "message": "Only experts curate gardens: become one in your profile."},
-            status=403,
-        )
+    refused = refused_unless_expert(
+        request, "Only experts curate gardens: become one in your profile."
+    )
+    if refused is not None:
+        return refused
     composable = catalogue.composable_listings()
     values = {"kind": "router", "member_share_percent": "70"}
     if request.method == "POST":

@@ -21,6 +21,13 @@ def not_found(request, exc: ApplicationError):
     return render(request, "errors/error.html", {"status": 404, "message": exc.message}, status=404)
 
 
+def refused_unless_expert(request, message: str):
+    """The portal's 403 for an expert-only page, or None when the user is an expert."""
+    if request.user.is_expert:
+        return None
+    return render(request, "errors/error.html", {"status": 403, "message": message}, status=403)
+
+
 def locked_out(request, response=None, credentials=None):
     """django-axes' lockout page (AXES_LOCKOUT_CALLABLE): 429 and when to try again."""
     from django.conf import settings

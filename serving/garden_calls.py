@@ -122,7 +122,7 @@ async def target_for(
     )
 
 
-async def generation_target(caller, check: LicenceCheck, text: str) -> Target:
+async def generation_target(check: LicenceCheck, text: str) -> Target:
     """Who answers a generation call to a garden (router or pipeline)."""
     from serving.gateway_async import _routes
 
@@ -133,10 +133,10 @@ async def generation_target(caller, check: LicenceCheck, text: str) -> Target:
         (route,) = await _routes([text], found)
         member = next((m for m in plan.members if m.slug == route.listing), None)
         return await target_for(check, plan, member, route)
-    return await _pipeline_target(caller, check, plan, text)
+    return await _pipeline_target(check, plan, text)
 
 
-async def _pipeline_target(caller, check: LicenceCheck, plan: GardenPlan, text: str) -> Target:
+async def _pipeline_target(check: LicenceCheck, plan: GardenPlan, text: str) -> Target:
     """Label the text with the classifier member, then the member for that label."""
     from serving.gateway_async import _engine_call, _new_request, _version
 
@@ -163,30 +163,23 @@ async def _pipeline_target(caller, check: LicenceCheck, plan: GardenPlan, text: 
 
 
 async def classification_targets(
-    caller, check: LicenceCheck, inputs: list[str], labels: list[str] | None
-) -> list[tuple[list[int], Target]]:
+    check: LicenceCheck, inputs: list[str], labels: list[str] | None
+) -> tuple[list[tuple[list[int], Target]], list[router.Route]]:
     """A classification call to a router garden: each input routed among the members;
-    the inputs that go to one destination are one call (one ledger row, its shares)."""
+    the inputs that go to one destination are one call (one ledger row, its shares).
+    Returns the destinations and each input's route."""
     from serving.gateway_async import _routes
 
     plan = await plan_of(check, protocol.TEXT_CLASSIFICATION)
     found = await sync_to_async(candidates)(plan, labels)
     routes = await _routes(inputs, found)
-    groups: dict[tuple, list[int]] = {}
-    for index, route in enumerate(routes):
-        groups.setdefault((route.name, route.labels), []).append(index)
     check.require_calls(len(inputs))
     planned = []
-    for indices in groups.values():
+    for indices in router.by_destination(routes):
         route = routes[indices[0]]
         member = next((m for m in plan.members if m.slug == route.listing), None)
         if member is None and len(route.labels) < 2:
-            raise InvalidInferenceInput(
-                "No member of this garden fits this request, and the generalist needs the "
-                'labels to choose from: send "labels".',
-                code="labels_required",
-                fields={"labels": ["2 or more label names."]},
-            )
+            raise router.labels_required("member of this garden")
         target = await target_for(check, plan, member, route, labels=route.labels)
         planned.append((indices, target))
-    return planned
+    return planned, routes

@@ -303,7 +303,7 @@ async def _generation(caller: Caller, model: str, stream: bool, **fields):
     check = await licence_check(caller, ModelRef.parse(model))
     if check.garden:
         text = router.routing_text(fields.get("prompt"), fields.get("messages") or [])
-        target = await garden_calls.generation_target(caller, check, text)
+        target = await garden_calls.generation_target(check, text)
     else:
         task, base_model, adapter = await _version(check.model_version_id)
         target = Target(check=check, task=task, base_model=base_model, adapter=adapter)
@@ -472,12 +472,7 @@ async def routed_target(caller: Caller, found: router.CandidateSet, route: route
     candidate = router.candidate_for(found, route)
     if candidate is None:
         if found.task == protocol.TEXT_CLASSIFICATION and len(route.labels) < 2:
-            raise InvalidInferenceInput(
-                "No specialist you may call fits this request, and the generalist needs the "
-                'labels to choose from: send "labels".',
-                code="labels_required",
-                fields={"labels": ["2 or more label names."]},
-            )
+            raise router.labels_required("specialist you may call")
         return Target(
             check=router.fallback_check(),
             task=found.task,
@@ -579,25 +574,30 @@ async def auto_predict(*, caller: Caller, payload: Any):
     labels = router.request_labels(payload.get("labels"))
     found = await _candidates(caller, protocol.TEXT_CLASSIFICATION, labels)
     routes = await _routes(inputs, found)
-    groups: dict[tuple, list[int]] = {}
-    for index, route in enumerate(routes):
-        groups.setdefault((route.name, route.labels), []).append(index)
     planned = []
-    for indices in groups.values():
+    for indices in router.by_destination(routes):
         target = await routed_target(caller, found, routes[indices[0]])
         target.check.require_calls(len(indices))  # every destination's quota, before any runs
-        request = _new_request(target, str(uuid.uuid4()), inputs=[inputs[i] for i in indices])
-        planned.append((indices, target, request))
-    # The destinations answer side by side; each is its own call (its own ledger row), so a
-    # destination that fails leaves the others answered and billed, and the error is raised.
+        planned.append((indices, target))
+    return await _answer_each_destination(caller, inputs, planned, routes)
+
+
+async def _answer_each_destination(caller: Caller, inputs: list[str], planned, routes):
+    """A routed classification: the destinations answer side by side. Each is its own call
+    (its own ledger row), so a destination that fails leaves the others answered and
+    billed, and the error is raised."""
+    requests = []
+    for indices, target in planned:
+        rows = [inputs[i] for i in indices]
+        requests.append((indices, target, _new_request(target, str(uuid.uuid4()), inputs=rows)))
     results = await asyncio.gather(
-        *(_run(caller, target, request, len(indices)) for indices, target, request in planned),
+        *(_run(caller, target, request, len(indices)) for indices, target, request in requests),
         return_exceptions=True,
     )
     failed = next((r for r in results if isinstance(r, BaseException)), None)
     if failed is not None:
         raise failed
-    answers = [(indices, answer) for (indices, _, _), answer in zip(planned, results, strict=True)]
+    answers = [(indices, answer) for (indices, _, _), answer in zip(requests, results, strict=True)]
     return AutoPrediction(request_id=str(uuid.uuid4()), answers=answers, routes=routes)
 
 
@@ -611,30 +611,10 @@ async def garden_predict(caller: Caller, check, payload: dict):
     if isinstance(payload["inputs"], str):
         prompt = gateway.check_text(payload["inputs"], "inputs")
         parameters = gateway.generation_parameters(payload.get("parameters"))
-        target = await garden_calls.generation_target(caller, check, prompt)
+        target = await garden_calls.generation_target(check, prompt)
         request = _new_request(target, str(uuid.uuid4()), prompt=prompt, parameters=parameters)
         return await _run(caller, target, request, 1)
     inputs = gateway.classification_inputs(payload["inputs"])
     labels = router.request_labels(payload.get("labels"))
-    planned = await garden_calls.classification_targets(caller, check, inputs, labels)
-    requests = [
-        (
-            indices,
-            target,
-            _new_request(target, str(uuid.uuid4()), inputs=[inputs[i] for i in indices]),
-        )
-        for indices, target in planned
-    ]
-    results = await asyncio.gather(
-        *(_run(caller, target, request, len(indices)) for indices, target, request in requests),
-        return_exceptions=True,
-    )
-    failed = next((r for r in results if isinstance(r, BaseException)), None)
-    if failed is not None:
-        raise failed
-    answers = [(indices, answer) for (indices, _, _), answer in zip(requests, results, strict=True)]
-    routes = [None] * len(inputs)
-    for indices, answer in answers:
-        for i in indices:
-            routes[i] = answer.target.route
-    return AutoPrediction(request_id=str(uuid.uuid4()), answers=answers, routes=routes)
+    planned, routes = await garden_calls.classification_targets(check, inputs, labels)
+    return await _answer_each_destination(caller, inputs, planned, routes)

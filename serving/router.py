@@ -262,6 +262,25 @@ def decide(
     return routes
 
 
+def by_destination(routes: list[Route]) -> list[list[int]]:
+    """The inputs' indices grouped by who answers them (and, for the generalist, the labels
+    it chooses among): each group is one call, one ledger row."""
+    groups: dict[tuple, list[int]] = {}
+    for index, route in enumerate(routes):
+        groups.setdefault((route.name, route.labels), []).append(index)
+    return list(groups.values())
+
+
+def labels_required(whom: str) -> InvalidInferenceInput:
+    """A classification the generalist would answer without labels to choose among."""
+    return InvalidInferenceInput(
+        f"No {whom} fits this request, and the generalist needs the labels to choose "
+        'from: send "labels".',
+        code="labels_required",
+        fields={"labels": ["2 or more label names."]},
+    )
+
+
 def candidate_for(found: CandidateSet, route: Route) -> Candidate | None:
     return next((c for c in found.candidates if c.slug == route.listing), None)
 

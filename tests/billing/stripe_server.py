@@ -891,7 +891,10 @@ class LocalStripe:
         return transfer
 
     async def _reversal_create(self, request):
-        """Take part of a transfer back (a garden payout refunded): never more than is left."""
+        """Take part of a transfer back (a garden payout refunded): never more than is left.
+        NOT MODELLED: Stripe also refuses a reversal the connected account's balance
+        cannot cover (the payee was paid out meanwhile); Niche's outbox then marks the
+        intent failed and the reconciler flags the payment, which no test here exercises."""
         transfer = self.state.transfers.get(request.match_info["id"])
         if transfer is None:
             raise StripeError(404, "No such transfer", code="resource_missing")
