@@ -191,8 +191,8 @@ class ListingAdmin(ModerationActionsMixin, ReadOnlyAdmin):
         "approve", "reject", "suspend", "reinstate", "approve_new_version", "reject_new_version",
     ]  # fmt: skip
     panels = [
-        "evaluation_summary", "dataset_validation", "model_card", "expert_history",
-        "moderation_log",
+        "evaluation_summary", "data_family_attempts", "dataset_validation", "model_card",
+        "expert_history", "moderation_log",
     ]  # fmt: skip
     fieldsets = [
         (
@@ -283,6 +283,44 @@ class ListingAdmin(ModerationActionsMixin, ReadOnlyAdmin):
             "<h4>{}</h4>{}",
             ((heading, _evaluation_table(version)) for heading, version in sections),
         )
+
+    @admin.display(description="Attempts on this data family")
+    def data_family_attempts(self, listing: Listing) -> str:
+        """How many sealed evaluations the expert ran on the data behind each version, with
+        a link to the family's full attempt history."""
+        sections = [
+            (heading, version)
+            for heading, version in (
+                ("Proposed version", listing.proposed_version),
+                ("Live version", listing.live_version),
+            )
+            if version is not None
+        ]
+        if not sections:
+            return "No model version."
+        parts = []
+        for heading, version in sections:
+            report = studio_selectors.model_version_evaluation(version=version)
+            family = studio_selectors.data_family_of_version(version=version)
+            before = report.prior_sealed_evaluations if report else 0
+            recorded = report is not None and report.sealed_evaluations is not None
+            if family is None:
+                parts.append(format_html("<p>{}: {}</p>", heading, "no data family recorded."))
+                continue
+            history = studio_selectors.data_family_history(family=family)
+            total = sum(1 for entry in history if entry.evaluation_number)
+            parts.append(
+                format_html(
+                    "<p>{}: {} sealed evaluation(s) on this data before this one{}; {} on the "
+                    'family in all. <a href="{}">Attempt history of the data family</a></p>',
+                    heading,
+                    before,
+                    "" if recorded else " (evaluated before attempts were recorded)",
+                    total,
+                    reverse("admin:training_worker_datafamily_change", args=[family.pk]),
+                )
+            )
+        return format_html_join("", "{}", ((part,) for part in parts))
 
     @admin.display(description="Dataset validation")
     def dataset_validation(self, listing: Listing) -> str:

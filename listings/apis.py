@@ -165,7 +165,16 @@ class ListingDetailOutput(ListingCardOutput):
     out_of_scope_use = serializers.CharField()
     risk_notes = serializers.CharField()
     evaluation = serializers.SerializerMethodField()
+    evaluation_attempts = serializers.SerializerMethodField()
     versions = serializers.SerializerMethodField()
+
+    def get_evaluation_attempts(self, listing) -> dict | None:
+        """The sealed evaluations its expert ran on the same data before the live version's
+        (``sealed_evaluations_before``), and the name of the lift's interval
+        (``interval_label``), which is Bonferroni-corrected for all of them."""
+        if listing.live_version_id is None:
+            return None
+        return selectors.evaluation_attempts(listing.live_version)
 
     def get_evaluation(self, listing) -> dict | None:
         return selectors.evaluation_summary(listing.live_version)

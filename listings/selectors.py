@@ -65,6 +65,11 @@ def _published() -> QuerySet[Listing]:
     return Listing.objects.filter(status=ListingStatus.PUBLISHED, owner__is_active=True)
 
 
+def listing_list_published() -> QuerySet[Listing]:
+    """Published listings of active owners (read each time; see _published)."""
+    return _published()
+
+
 @functools.cache
 def _card_rows_template() -> QuerySet:
     # The query's structure only, never its rows: resolving 32 columns through two joins
@@ -433,4 +438,15 @@ def evaluation_summary(version) -> dict | None:
         "task": version.task,
         "adapter_sha256": version.adapter_sha256,
         "lexical_head_sha256": version.lexical_head_sha256 or None,
+    }
+
+
+def evaluation_attempts(version) -> dict:
+    """How many sealed evaluations the expert ran on the version's data family before its
+    own, and how its lift's interval is named (Bonferroni-corrected for all of them). A
+    report from before attempts were counted reads as the first."""
+    report = studio_selectors.model_version_evaluation(version=version)
+    return {
+        "sealed_evaluations_before": report.prior_sealed_evaluations if report else 0,
+        "interval_label": report.lift_interval_label if report else "95% interval",
     }

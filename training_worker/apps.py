@@ -9,6 +9,7 @@ class TrainingWorkerConfig(AppConfig):
         "view_dataset",
         "view_finetuningjob",
         "view_modelversion",
+        "view_datafamily",  # the attempt history of a data family
     )
 
     def ready(self) -> None:

@@ -80,6 +80,13 @@ def _baseline_lines(evaluation: dict) -> list[str]:
         lines += ["", f"{graded['label']}: {graded['why']}. Positive lifts mean better."]
     if report.is_legacy:
         lines += ["", "This evaluation predates the classic and LLM baselines."]
+    if report.prior_sealed_evaluations:
+        lines += [
+            "",
+            f"{report.prior_sealed_evaluations} sealed evaluation(s) on this data before this "
+            f"one: the lift intervals are 95% intervals Bonferroni-corrected for "
+            f"{report.sealed_evaluation_number} sealed evaluations on this data.",
+        ]
     return lines
 
 

@@ -88,12 +88,46 @@ class Dataset(models.Model):
     validated_at = models.DateTimeField(null=True, blank=True)
     # Set when the owner deletes a dataset that a job used: files go, the record stays.
     deleted_at = models.DateTimeField(null=True, blank=True)
+    # The data family whose sealed split this dataset shares (set when it is ready).
+    family = models.ForeignKey(
+        "DataFamily", null=True, blank=True, on_delete=models.SET_NULL, related_name="datasets"
+    )
 
     class Meta:
         ordering = ["-created_at"]
 
     def __str__(self) -> str:
         return f"{self.name} ({self.status})"
+
+
+class DataFamily(models.Model):
+    """Near-duplicate datasets of one owner and task, sharing one sealed split
+    (training_worker/ml/data_families.py). Founded by its first dataset and never deleted
+    with it, so deleting and uploading again does not draw a new split or reset the count
+    of sealed evaluations on the data. The keys are keyed digests of the near-duplicate
+    keys of the inputs, never the text; they are not shown anywhere."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    owner = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="data_families"
+    )
+    task = models.CharField(max_length=40, choices=TaskType.choices)
+    root_dataset = models.ForeignKey(
+        "Dataset", null=True, blank=True, on_delete=models.SET_NULL, related_name="+",
+        help_text="The dataset that founded the family (null once its row is deleted).",
+    )  # fmt: skip
+    # ml.data_families.pack_digests: every distinct input of the first dataset, and the
+    # sealed ones among them.
+    input_keys = models.BinaryField()
+    sealed_keys = models.BinaryField()
+    created_at = models.DateTimeField(default=timezone.now, db_index=True)
+
+    class Meta:
+        ordering = ["created_at", "id"]
+        verbose_name_plural = "data families"
+
+    def __str__(self) -> str:
+        return f"data family {str(self.id)[:8]} ({self.task})"
 
 
 class JobStatus(models.TextChoices):

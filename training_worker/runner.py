@@ -18,7 +18,7 @@ from django.db import DatabaseError, connection, transaction
 from django.db.models import F
 from django.utils import timezone
 
-from training_worker import artifacts, services
+from training_worker import artifacts, selectors, services
 from training_worker.ml.base_models import resolve_base_model_source
 from training_worker.ml.baselines import EvaluationOptions
 from training_worker.ml.config import LoraHyperparameters
@@ -261,19 +261,26 @@ def _spec_for(job: FineTuningJob, work_dir: Path) -> TrainingSpec:
         seed=job.seed,
         output_dir=work_dir,
         precision=settings.TRAINING_PRECISION,
-        evaluation_options=evaluation_options(task=job.task),
+        evaluation_options=evaluation_options(
+            task=job.task,
+            # This evaluation's number on its data family: its lift intervals are
+            # Bonferroni-corrected for it (ml/evaluation.py lift_percentiles).
+            sealed_evaluations=1 + selectors.job_sealed_evaluations_before(job=job),
+        ),
     )
 
 
-def evaluation_options(*, task: str) -> EvaluationOptions:
+def evaluation_options(*, task: str, sealed_evaluations: int = 1) -> EvaluationOptions:
     """The evaluation's generalists from settings. A generalist LLM that cannot be resolved
     is skipped (the report says why) rather than failing the expert's job. Only
     classification scores the LLM generalist (generation's baselines prompt the job's own
-    base), so a generation job never resolves, or converts, it."""
+    base), so a generation job never resolves, or converts, it. ``sealed_evaluations`` is
+    this evaluation's number on its data family, this one included."""
     source = settings.EVALUATION_GENERALIST_LLM
     common = {
         "generalist_llm_max_rows": settings.EVALUATION_GENERALIST_MAX_ROWS,
         "few_shot_k": settings.EVALUATION_FEW_SHOT_K,
+        "sealed_evaluations": sealed_evaluations,
     }
     if task != "text-classification":
         return EvaluationOptions(**common)

@@ -1,9 +1,10 @@
 """Reads of the studio. Every read is scoped to its owner: others get nothing (404)."""
 
+from dataclasses import dataclass
 from datetime import timedelta
 
 from django.conf import settings
-from django.db.models import Count, QuerySet, Sum
+from django.db.models import Count, Q, QuerySet, Sum
 from django.utils import timezone
 
 from accounts.models import User
@@ -13,6 +14,7 @@ from training_worker.ml.evaluation_report import EvaluationReport, read_evaluati
 from training_worker.models import (
     BaseModel,
     Checkpoint,
+    DataFamily,
     Dataset,
     FineTuningJob,
     JobEvent,
@@ -96,3 +98,64 @@ def training_throughput() -> tuple[int, float]:
     live = FineTuningJob.objects.filter(status=JobStatus.RUNNING, heartbeat_at__gte=fresh)
     totals = live.aggregate(n=Count("id"), rate=Sum("examples_per_s"))
     return totals["n"], float(totals["rate"] or 0.0)
+
+
+# --- data families: how often an owner ran a sealed evaluation on the same data -----
+
+
+def job_sealed_evaluations_before(*, job: FineTuningJob) -> int:
+    """Sealed evaluations its owner ran on the job's data BEFORE this job's: the jobs on the
+    datasets of its data family (of its dataset alone, for one validated before families)
+    created earlier, in (created_at, id) order, that produced an evaluation (succeeded) or
+    still may (not finished). Creation order is fixed when a job is made, so jobs run side
+    by side cannot share a number or come out lower by finishing first; an earlier job that
+    later fails or is cancelled was still counted, which errs towards more attempts."""
+    family_id = job.dataset.family_id
+    on_data = Q(dataset__family_id=family_id) if family_id else Q(dataset_id=job.dataset_id)
+    earlier = Q(created_at__lt=job.created_at) | Q(created_at=job.created_at, pk__lt=job.pk)
+    return (
+        FineTuningJob.objects.filter(on_data, earlier, owner_id=job.owner_id)
+        .exclude(status__in=[JobStatus.FAILED, JobStatus.CANCELLED])
+        .count()
+    )
+
+
+def data_family_datasets(*, family: DataFamily) -> QuerySet[Dataset]:
+    """The family's datasets, oldest first (deleted ones too: their counts stay)."""
+    return family.datasets.order_by("created_at", "id")
+
+
+def data_family_jobs(*, family: DataFamily) -> QuerySet[FineTuningJob]:
+    """Every job on the family's datasets in the order attempts are counted."""
+    return (
+        FineTuningJob.objects.filter(dataset__family=family, owner_id=family.owner_id)
+        .select_related("dataset", "fine_tuned_model")
+        .order_by("created_at", "id")
+    )
+
+
+def data_family_of_version(*, version: ModelVersion) -> DataFamily | None:
+    return DataFamily.objects.filter(datasets__jobs__model_version=version).first()
+
+
+@dataclass(frozen=True)
+class FamilyJob:
+    """A job on a data family, for moderators: ``evaluation_number`` counts the family's
+    jobs that produced an evaluation, in creation order (None: this one produced none);
+    ``report`` is its version's evaluation, which records the number it was corrected for."""
+
+    job: FineTuningJob
+    evaluation_number: int | None
+    report: EvaluationReport | None
+
+
+def data_family_history(*, family: DataFamily) -> list[FamilyJob]:
+    """Every job on the family's datasets, oldest first, with its evaluation."""
+    history, evaluated = [], 0
+    for job in data_family_jobs(family=family):
+        version = job.fine_tuned_model
+        report = model_version_evaluation(version=version)
+        if report is not None:
+            evaluated += 1
+        history.append(FamilyJob(job, evaluated if report is not None else None, report))
+    return history

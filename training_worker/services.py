@@ -36,8 +36,17 @@ from training_worker.errors import (
     UnknownBaseModel,
 )
 from training_worker.ml.config import LoraHyperparameters
+from training_worker.ml.data_families import (
+    FamilySplitRefused,
+    family_split,
+    matching_family,
+    pack_digests,
+    row_digests,
+    unpack_digests,
+)
 from training_worker.ml.dataset_validation import ValidationLimits, validate_dataset
 from training_worker.ml.sealed_split import (
+    SealedSplit,
     draw_sealed_split,
     sealed_split_seed,
     split_fingerprint,
@@ -46,6 +55,7 @@ from training_worker.ml.sealed_split import (
 from training_worker.models import (
     TERMINAL_JOB_STATUSES,
     BaseModel,
+    DataFamily,
     Dataset,
     DatasetStatus,
     FineTuningJob,
@@ -250,14 +260,18 @@ def _validation_outcome(dataset: Dataset) -> dict:
     }
     if not result.ok:
         return outcome
-    # Seeded by an HMAC of the content under a server secret: re-uploads agree, and the
-    # expert can neither compute the split offline nor pad the file until it suits them.
     secret = split_secret(configured=settings.SEALED_SPLIT_SECRET, secret_key=settings.SECRET_KEY)
-    seed = sealed_split_seed(secret=secret, file_sha256=dataset.sha256)
     rows = [{k: v for k, v in row.items() if k != "row"} for row in result.rows]
     try:
-        split = draw_sealed_split(
-            rows, task=result.task, seed=seed, fraction=SEALED_FRACTION, cap=SEALED_CAP
+        placed = _family_split(dataset, rows, task=result.task, secret=secret)
+    except FamilySplitRefused as exc:
+        return outcome | _invalid_outcome(
+            exc.code,
+            "This file shares at least half of its rows with a dataset you uploaded before, "
+            "so it belongs to that data family and is scored on the family's held-out rows "
+            f"(one sealed split per family); but {exc.message}. Keep those rows in the file, "
+            "or train on the dataset you uploaded first.",
+            report=result.report,
         )
     except ValueError as exc:  # e.g. more labels than the sealed split can hold
         return outcome | _invalid_outcome(
@@ -265,6 +279,9 @@ def _validation_outcome(dataset: Dataset) -> dict:
             f"The held-out split cannot be drawn from this file: {exc}.",
             report=result.report,
         )
+    if placed is None:  # deleted or handed to another validation: nothing will be stored
+        return outcome
+    family, split, seed, founded = placed
     fingerprint = split_fingerprint(rows, split, secret=secret)
     outcome["train_path"] = artifacts.write_jsonl(
         f"datasets/{dataset.id}/train.jsonl", [rows[i] for i in split.train_indices]
@@ -278,6 +295,7 @@ def _validation_outcome(dataset: Dataset) -> dict:
         "split_fingerprint": fingerprint,
         "train_rows": len(split.train_indices),
         "sealed_rows": len(split.sealed_indices),
+        "family": family,
         "status": DatasetStatus.READY,
     }
     if result.task == TaskType.TEXT_CLASSIFICATION:
@@ -290,8 +308,64 @@ def _validation_outcome(dataset: Dataset) -> dict:
         "fingerprint": fingerprint,
         "near_duplicate_groups": split.near_duplicate_groups,
         "near_duplicate_rows": split.near_duplicate_rows,
+        # Which of the owner's datasets it shares held-out rows with; never the keys.
+        "data_family": {
+            "id": str(family.pk),
+            "founded_by_this_dataset": founded,
+            "first_dataset": str(family.root_dataset_id) if family.root_dataset_id else None,
+        },
     }
     return outcome
+
+
+def _family_split(
+    dataset: Dataset, rows: list[dict], *, task: str, secret: bytes
+) -> tuple[DataFamily, SealedSplit, int | None, bool] | None:
+    """The dataset's data family and its split: ``(family, split, seed, founded)``.
+
+    Under the owner's row lock, so that two variants validated at once cannot both found a
+    family: the dataset joins the owner's family of this task that shares at least half of
+    the smaller side's inputs (``ml.data_families.matching_family``) and is sealed on the
+    family's sealed inputs (seed None), or else draws a split as before, seeded by an HMAC
+    of the file's hash under the server secret, and founds a family with it. None when
+    the dataset left this validation meanwhile (deleted, or taken over by the sweep).
+    Raises ``FamilySplitRefused`` and, from the draw, ``ValueError``.
+    """
+    digests = row_digests(rows, task=task, secret=secret)
+    keys = frozenset(digests)
+    with transaction.atomic():
+        User.objects.select_for_update().only("pk").get(pk=dataset.owner_id)
+        claimed = Dataset.objects.select_for_update().filter(
+            pk=dataset.pk,
+            status=DatasetStatus.VALIDATING,
+            validation_started_at=dataset.validation_started_at,
+            deleted_at__isnull=True,
+        )
+        if not claimed.exists():
+            return None
+        families = DataFamily.objects.filter(owner_id=dataset.owner_id, task=task)
+        family = matching_family(
+            keys, ((f, unpack_digests(f.input_keys)) for f in families.order_by("created_at"))
+        )
+        if family is not None:
+            split = family_split(
+                rows, task=task, digests=digests, sealed_keys=unpack_digests(family.sealed_keys)
+            )
+            return family, split, None, False
+        # Seeded by an HMAC of the content under a server secret: the expert can neither
+        # compute the split offline nor pad the file until it suits them.
+        seed = sealed_split_seed(secret=secret, file_sha256=dataset.sha256)
+        split = draw_sealed_split(
+            rows, task=task, seed=seed, fraction=SEALED_FRACTION, cap=SEALED_CAP
+        )
+        family = DataFamily.objects.create(
+            owner_id=dataset.owner_id,
+            task=task,
+            root_dataset=dataset,
+            input_keys=pack_digests(keys),
+            sealed_keys=pack_digests(digests[i] for i in split.sealed_indices),
+        )
+        return family, split, seed, True
 
 
 def _invalid_outcome(code: str, message: str, *, report: dict | None = None) -> dict:

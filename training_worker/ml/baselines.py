@@ -32,7 +32,9 @@ class EvaluationOptions:
     production default is SmolLM2, set by the caller from ``EVALUATION_GENERALIST_LLM``);
     None skips the LLM generalist. ``generalist_llm_max_rows`` caps the sealed rows it
     scores (its lift is paired on those rows). ``few_shot_k`` training examples go in the
-    few-shot generation prompt.
+    few-shot generation prompt. ``sealed_evaluations``: this evaluation's number among its
+    owner's sealed evaluations on the same data family (1 for the first); every paired lift
+    interval is Bonferroni-corrected for that many (``evaluation.lift_percentiles``).
     """
 
     generalist_llm_path: str | None = None
@@ -40,10 +42,13 @@ class EvaluationOptions:
     generalist_llm_max_rows: int = 100
     few_shot_k: int = 3
     generalist_llm_skip_reason: str = ""  # said in the report when the path is None
+    sealed_evaluations: int = 1
 
     def __post_init__(self) -> None:
         if self.generalist_llm_max_rows < 1:
             raise ValueError("generalist_llm_max_rows must be at least 1")
+        if self.sealed_evaluations < 1:
+            raise ValueError("sealed_evaluations must be at least 1 (this evaluation)")
         if self.few_shot_k < 0:
             raise ValueError("few_shot_k must not be negative")
 

@@ -55,6 +55,9 @@ from training_worker.ml.prompts import (
 
 BOOTSTRAP_RESAMPLES = 1000
 EVAL_BATCH_SIZE = 64
+# The lifts' intervals are family-wise 95 %: 5 % is shared out over the sealed
+# evaluations an owner ran on one data family (Bonferroni).
+FAMILY_WISE_ALPHA_PERCENT = 5.0
 
 
 # ---------------------------------------------------------------- pure metrics
@@ -153,6 +156,35 @@ def bootstrap_interval(
     return float(low), float(high)
 
 
+def lift_percentiles(sealed_evaluations: int = 1) -> tuple[float, float]:
+    """The percentiles (0-100) of the paired bootstrap differences that bound a lift's
+    interval when its owner has run ``sealed_evaluations`` sealed evaluations on the same
+    data family, this one included: Bonferroni, alpha / (2m) and 1 - alpha / (2m) with
+    alpha 5 %, so that all m intervals hold together with 95 % probability. (2.5, 97.5)
+    for the first evaluation; each further one widens the interval."""
+    if sealed_evaluations < 1:
+        raise ValueError(f"sealed_evaluations must be at least 1, got {sealed_evaluations}")
+    tail = FAMILY_WISE_ALPHA_PERCENT / (2 * sealed_evaluations)
+    return tail, 100.0 - tail
+
+
+def _lift_interval(differences: np.ndarray, sealed_evaluations: int) -> dict[str, float]:
+    """``ci_low``/``ci_high``: the corrected interval (``lift_percentiles``), and, when the
+    correction widened it, the plain 95 % one as ``ci_low_uncorrected``/``ci_high_uncorrected``."""
+    low, high = np.percentile(differences, [2.5, 97.5])
+    if sealed_evaluations == 1:
+        return {"ci_low": float(low), "ci_high": float(high)}
+    corrected_low, corrected_high = np.percentile(
+        differences, list(lift_percentiles(sealed_evaluations))
+    )
+    return {
+        "ci_low": float(corrected_low),
+        "ci_high": float(corrected_high),
+        "ci_low_uncorrected": float(low),
+        "ci_high_uncorrected": float(high),
+    }
+
+
 def paired_bootstrap_lift(
     metric: str,
     y_true: np.ndarray,
@@ -161,11 +193,14 @@ def paired_bootstrap_lift(
     n_labels: int,
     resamples: int = BOOTSTRAP_RESAMPLES,
     seed: int = 0,
+    sealed_evaluations: int = 1,
 ) -> dict[str, Any]:
     """Specialist minus baseline on the same resampled rows: ``{metric, delta, ci_low, ci_high}``.
 
     ``delta`` is the difference on the full sealed split; the interval is the 2.5/97.5
-    percentile of the paired differences.
+    percentile of the paired differences for a first sealed evaluation, and the
+    Bonferroni-corrected one (``lift_percentiles``) for a later one on the same data family,
+    which then also keeps the plain one (``ci_low_uncorrected``, ``ci_high_uncorrected``).
     """
     y_true = np.asarray(y_true, dtype=np.int64)
     specialist_pred = np.asarray(specialist_pred, dtype=np.int64)
@@ -179,8 +214,11 @@ def paired_bootstrap_lift(
     differences = _metric_samples(
         metric, y_true, specialist_pred, n_labels, indices
     ) - _metric_samples(metric, y_true, baseline_pred, n_labels, indices)
-    low, high = np.percentile(differences, [2.5, 97.5])
-    return {"metric": metric, "delta": float(delta), "ci_low": float(low), "ci_high": float(high)}
+    return {
+        "metric": metric,
+        "delta": float(delta),
+        **_lift_interval(differences, sealed_evaluations),
+    }
 
 
 def exact_match(prediction: str, reference: str, strict: bool = False) -> float:
@@ -237,6 +275,7 @@ def _baseline_result(
     resamples: int,
     seed: int,
     extra: dict[str, Any] | None = None,
+    sealed_evaluations: int = 1,
 ) -> BaselineResult:
     rows = len(baseline.predictions)
     if rows > len(y_true):
@@ -245,7 +284,7 @@ def _baseline_result(
     predicted = np.asarray(baseline.predictions, dtype=np.int64)
     low, high = bootstrap_interval("accuracy", truth, predicted, n_labels, resamples, seed)
     lift = paired_bootstrap_lift(
-        "accuracy", truth, specialist, predicted, n_labels, resamples, seed
+        "accuracy", truth, specialist, predicted, n_labels, resamples, seed, sealed_evaluations
     )
     return BaselineResult(
         name=baseline.name,
@@ -275,6 +314,7 @@ def classification_report(
     skipped_baselines: Sequence[dict[str, str]] = (),
     blend: Blend | None = None,
     adapter_pred: list[int] | None = None,
+    sealed_evaluations: int = 1,
 ) -> dict[str, Any]:
     """The classification report (``EvaluationReport.as_dict()``, version 2).
 
@@ -288,6 +328,10 @@ def classification_report(
     (the adapter alone on the same rows) it also gets the adapter alone's accuracy, its
     interval and the served model's paired lift over it, so a reader sees what the blend
     added.
+
+    ``sealed_evaluations`` is this evaluation's number on its data family: every paired
+    lift's interval is Bonferroni-corrected for it (``lift_percentiles``), and the report
+    records it.
     """
     n_labels = len(labels)
     y_true_array = np.asarray(y_true, dtype=np.int64)
@@ -302,6 +346,7 @@ def classification_report(
         _baseline_result(
             majority, y_true_array, specialist, n_labels, resamples, seed,
             extra={"label_predicted": labels[majority_label_id]},
+            sealed_evaluations=sealed_evaluations,
         )
     ]  # fmt: skip
     everything = list(baselines)
@@ -316,18 +361,21 @@ def classification_report(
             ),
         )
     results += [
-        _baseline_result(b, y_true_array, specialist, n_labels, resamples, seed) for b in everything
-    ]
+        _baseline_result(
+            b, y_true_array, specialist, n_labels, resamples, seed,
+            sealed_evaluations=sealed_evaluations,
+        )
+        for b in everything
+    ]  # fmt: skip
     if blend is not None and adapter_pred is not None:
         adapter_alone = BaselinePredictions(
             "adapter_alone", "the LoRA adapter without the lexical head", adapter_pred
         )
-        blend = dataclasses.replace(
-            blend,
-            adapter_alone=_baseline_result(
-                adapter_alone, y_true_array, specialist, n_labels, resamples, seed
-            ),
-        )
+        alone = _baseline_result(
+            adapter_alone, y_true_array, specialist, n_labels, resamples, seed,
+            sealed_evaluations=sealed_evaluations,
+        )  # fmt: skip
+        blend = dataclasses.replace(blend, adapter_alone=alone)
     report = EvaluationReport(
         task="text-classification",
         sealed_rows=len(y_true),
@@ -365,6 +413,7 @@ def classification_report(
         extra={"bootstrap": {"resamples": resamples, "seed": seed}},
         version=REPORT_VERSION,
         blend=blend,
+        sealed_evaluations=sealed_evaluations,
     )
     return report.as_dict()
 
@@ -665,10 +714,12 @@ def paired_graded_lift(
     baseline_scores: np.ndarray,
     resamples: int = BOOTSTRAP_RESAMPLES,
     seed: int = 0,
+    sealed_evaluations: int = 1,
 ) -> dict[str, Any]:
     """How much better the specialist's mean per-row ``metric`` is than the baseline's on
     the same rows (positive = better, whichever the metric's direction), with the paired
-    bootstrap's 95 % interval: ``{metric, delta, ci_low, ci_high}``."""
+    bootstrap's 95 % interval: ``{metric, delta, ci_low, ci_high}``, Bonferroni-corrected
+    for ``sealed_evaluations`` as ``paired_bootstrap_lift`` is."""
     specialist = np.asarray(specialist_scores, dtype=float)
     baseline = np.asarray(baseline_scores, dtype=float)
     sign = 1.0 if metric.higher_is_better else -1.0
@@ -677,8 +728,11 @@ def paired_graded_lift(
     delta = sign * float(specialist.mean() - baseline.mean())
     indices = _bootstrap_indices(len(specialist), resamples, seed)
     differences = sign * (specialist[indices].mean(axis=1) - baseline[indices].mean(axis=1))
-    low, high = np.percentile(differences, [2.5, 97.5])
-    return {"metric": metric.name, "delta": delta, "ci_low": float(low), "ci_high": float(high)}
+    return {
+        "metric": metric.name,
+        "delta": delta,
+        **_lift_interval(differences, sealed_evaluations),
+    }
 
 
 def _correct(answers: list[str], references: list[str], strict: bool) -> np.ndarray:
@@ -704,6 +758,7 @@ class _GenerationScoring:
     specialist_graded: np.ndarray
     resamples: int
     seed: int
+    sealed_evaluations: int = 1
 
     def correct(self, answers: list[str]) -> np.ndarray:
         return _correct(answers, self.references, self.strict)
@@ -721,14 +776,15 @@ class _GenerationScoring:
         low, high = bootstrap_interval("accuracy", ones, correct, 2, self.resamples, self.seed)
         lift = paired_bootstrap_lift(
             "accuracy", ones, self.specialist_correct[:rows], correct, 2, self.resamples,
-            self.seed,
+            self.seed, self.sealed_evaluations,
         )  # fmt: skip
         lift["metric"] = "exact_match"
         graded = self.graded_scores(answers)
         graded_low, graded_high = bootstrap_mean_interval(graded, self.resamples, self.seed)
         graded_lift = paired_graded_lift(
-            self.graded, self.specialist_graded[:rows], graded, self.resamples, self.seed
-        )
+            self.graded, self.specialist_graded[:rows], graded, self.resamples, self.seed,
+            self.sealed_evaluations,
+        )  # fmt: skip
         token_f1_mean = np.mean(
             [token_f1(a, r) for a, r in zip(answers, self.references, strict=False)]
         )
@@ -824,6 +880,7 @@ def generation_report(
         specialist_graded=specialist_graded,
         resamples=resamples,
         seed=seed,
+        sealed_evaluations=options.sealed_evaluations,
     )
     ones = np.ones(len(references), dtype=np.int64)
     baseline = scoring.baseline
@@ -893,6 +950,7 @@ def generation_report(
             if strict
             else "case and punctuation ignored",
         },
+        sealed_evaluations=options.sealed_evaluations,
     )
     return report.as_dict()
 

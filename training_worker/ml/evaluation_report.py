@@ -56,12 +56,18 @@ def _number(value: Any) -> float | None:
 
 @dataclass(frozen=True)
 class Lift:
-    """Specialist minus baseline on the same sealed rows, with a paired-bootstrap interval."""
+    """Specialist minus baseline on the same sealed rows, with a paired-bootstrap interval.
+
+    ``ci_low``/``ci_high`` is the interval shown: 95 % for a first sealed evaluation on its
+    data family, Bonferroni-corrected for the evaluations on the family after that (then the
+    plain 95 % one is kept as ``ci_low_uncorrected``/``ci_high_uncorrected``)."""
 
     metric: str
     delta: float
     ci_low: float | None = None
     ci_high: float | None = None
+    ci_low_uncorrected: float | None = None
+    ci_high_uncorrected: float | None = None
 
     @classmethod
     def from_dict(cls, raw: Any) -> Lift | None:
@@ -72,15 +78,28 @@ class Lift:
             delta=float(raw["delta"]),
             ci_low=_number(raw.get("ci_low")),
             ci_high=_number(raw.get("ci_high")),
+            ci_low_uncorrected=_number(raw.get("ci_low_uncorrected")),
+            ci_high_uncorrected=_number(raw.get("ci_high_uncorrected")),
         )
 
     def as_dict(self) -> dict[str, Any]:
-        return {
+        record = {
             "metric": self.metric,
             "delta": self.delta,
             "ci_low": self.ci_low,
             "ci_high": self.ci_high,
         }
+        if self.ci_low_uncorrected is not None or self.ci_high_uncorrected is not None:
+            record["ci_low_uncorrected"] = self.ci_low_uncorrected
+            record["ci_high_uncorrected"] = self.ci_high_uncorrected
+        return record
+
+    @property
+    def uncorrected_interval(self) -> tuple[float | None, float | None]:
+        """The plain 95 % interval (the shown one when no correction widened it)."""
+        if self.ci_low_uncorrected is None and self.ci_high_uncorrected is None:
+            return self.ci_low, self.ci_high
+        return self.ci_low_uncorrected, self.ci_high_uncorrected
 
     @property
     def is_significant(self) -> bool:
@@ -235,6 +254,27 @@ class EvaluationReport:
     lift: dict[str, Any] = field(default_factory=dict)  # other lifts, e.g. loss_reduction
     extra: dict[str, Any] = field(default_factory=dict)  # keys this reader does not type
     blend: Blend | None = None  # classification since the lexical head; None before
+    # This evaluation's number among its owner's sealed evaluations on the data family (1:
+    # the first); the lift intervals are Bonferroni-corrected for it. None: written before
+    # attempts were counted, read as the first (uncorrected).
+    sealed_evaluations: int | None = None
+
+    @property
+    def sealed_evaluation_number(self) -> int:
+        return self.sealed_evaluations or 1
+
+    @property
+    def prior_sealed_evaluations(self) -> int:
+        """Sealed evaluations its owner ran on the same data before this one."""
+        return self.sealed_evaluation_number - 1
+
+    @property
+    def lift_interval_label(self) -> str:
+        """How pages name the lifts' intervals."""
+        m = self.sealed_evaluation_number
+        if m == 1:
+            return "95% interval"
+        return f"95% interval, Bonferroni-corrected for {m} sealed evaluations on this data"
 
     @property
     def primary_metric(self) -> str:
@@ -343,6 +383,13 @@ class EvaluationReport:
             "blend": self.blend.as_public_dict() if self.blend else None,
             "graded_metric": self.graded_metric,
             "exact_match_mode": self.extra.get("exact_match_mode"),
+            "sealed_evaluations": self.sealed_evaluation_number,
+            "prior_sealed_evaluations": self.prior_sealed_evaluations,
+            "sealed_evaluations_recorded": self.sealed_evaluations is not None,
+            "lift_interval_correction": "bonferroni"
+            if self.sealed_evaluation_number > 1
+            else "none",
+            "lift_interval_label": self.lift_interval_label,
         }
 
     def as_dict(self) -> dict[str, Any]:
@@ -375,13 +422,27 @@ class EvaluationReport:
             report["skipped_baselines"] = self.skipped_baselines
         if self.blend is not None:
             report["blend"] = self.blend.as_dict()
+        if self.sealed_evaluations is not None:
+            m = self.sealed_evaluations
+            report["sealed_evaluations"] = {
+                "number": m,
+                "before_this_one": m - 1,
+                "lift_interval": "95% family-wise, Bonferroni: percentiles "
+                f"{2.5 / m:g} and {100 - 2.5 / m:g} of the paired bootstrap differences",
+            }
         return report
 
 
 _TYPED_KEYS = {
     "version", "task", "sealed_rows", "metrics", "intervals", "baselines", "strongest_baseline",
-    "lift", "per_class", "confusion_matrix", "skipped_baselines", "blend",
+    "lift", "per_class", "confusion_matrix", "skipped_baselines", "blend", "sealed_evaluations",
 }  # fmt: skip
+
+
+def _sealed_evaluations(raw: Any) -> int | None:
+    number = raw.get("number") if isinstance(raw, dict) else None
+    valid = isinstance(number, int) and not isinstance(number, bool) and number >= 1
+    return number if valid else None
 
 
 def read_evaluation(raw: dict | None) -> EvaluationReport | None:
@@ -436,4 +497,5 @@ def read_evaluation(raw: dict | None) -> EvaluationReport | None:
         lift=other_lifts,
         extra={key: value for key, value in raw.items() if key not in _TYPED_KEYS},
         blend=Blend.from_dict(raw.get("blend")),
+        sealed_evaluations=_sealed_evaluations(raw.get("sealed_evaluations")),
     )

@@ -730,6 +730,7 @@ class _Run:
             adapter_pred=(
                 adapter_probabilities.argmax(axis=1).tolist() if self.lexical_head else None
             ),
+            sealed_evaluations=spec.evaluation_options.sealed_evaluations,
         )
 
     def _choose_blend(self) -> tuple[lexical_head.LexicalHead | None, Blend]:

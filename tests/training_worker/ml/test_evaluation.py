@@ -90,8 +90,10 @@ def test_classification_report_has_the_documented_shape_and_is_json():
     assert set(report) == {
         "version", "task", "sealed_rows", "metrics", "intervals", "per_class",
         "confusion_matrix", "baselines", "strongest_baseline", "lift", "bootstrap",
+        "sealed_evaluations",
     }  # fmt: skip
     assert report["version"] == 2
+    assert report["sealed_evaluations"]["number"] == 1  # a first evaluation: uncorrected
     assert report["metrics"] == {"accuracy": 0.6667, "macro_f1": 0.6556}
     majority = report["baselines"]["majority_class"]
     assert (majority["accuracy"], majority["macro_f1"]) == (0.3333, 0.1667)
