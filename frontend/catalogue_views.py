@@ -6,6 +6,7 @@ from django.contrib.auth.decorators import login_required
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_POST
 
+from evidence import selectors as evidence_selectors
 from frontend.billing_views import listing_commerce
 from frontend.charts import comparison_chart, confusion_heatmap
 from frontend.serving_views import try_it_context
@@ -72,6 +73,11 @@ def listing_page(request, slug):
             "report_reasons": ReportReason.choices,
             "try_it": try_it_context(request, listing, is_owner=is_owner),
             "garden": gardens.garden_public(listing) if listing.kind == "garden" else None,
+            "private_evaluations": (
+                evidence_selectors.private_evaluation_counts(listing=listing)
+                if is_owner and listing.kind == "model"
+                else None
+            ),
         },
     )
 

@@ -162,3 +162,45 @@ def daily_bars(days: list[date], calls: dict[date, int], *, plot_height: int = 8
             "top": 10 + plot_height - px, "tick": (len(days) - 1 - index) % 7 == 0,
         })  # fmt: skip
     return bars
+
+
+# Geometry of an interval chart (SVG user units): each row's label on a line of its own
+# above its bar, so long names are never clipped, at any width.
+INTERVAL_WIDTH = 600
+INTERVAL_ROW_HEIGHT = 44
+
+
+def interval_chart(rows: list[dict], *, higher_is_better: bool = True) -> dict | None:
+    """Bars with 95 % interval whiskers on a 0-1 scale: ``rows`` of {name, value, low,
+    high, kind}. An error rate (lower is better) is drawn as it is, and the axis says
+    which way is better. None: nothing to draw."""
+    rows = [row for row in rows if row.get("value") is not None]
+    if not rows:
+        return None
+
+    def x(value):
+        if value is None:
+            return None
+        return 5 + round((INTERVAL_WIDTH - 60) * min(max(float(value), 0.0), 1.0))
+
+    bars = []
+    for index, row in enumerate(rows):
+        has_interval = row.get("low") is not None and row.get("high") is not None
+        bars.append(
+            {
+                **row,
+                "y": index * INTERVAL_ROW_HEIGHT,
+                "width": max(x(row["value"]) - 5, 1),
+                "x_low": x(row["low"]) if has_interval else None,
+                "x_high": x(row["high"]) if has_interval else None,
+            }
+        )
+    axis_y = INTERVAL_ROW_HEIGHT * len(bars)
+    return {
+        "bars": bars,
+        "axis_y": axis_y,
+        "height": axis_y + 34,
+        "mid": x(0.5),
+        "end": x(1.0),
+        "better": "higher is better" if higher_is_better else "lower is better",
+    }

@@ -141,6 +141,42 @@ DEMO_SPECIALISTS = (
             {"kind": "per_call", "currency": "usd", "unit_amount": 1_00},
         ),
     ),
+    # A second sentiment specialist on the same 600 words (the same dataset, so the same
+    # sealed rows: its evaluation counts as the data's second attempt), trained for one
+    # epoch without the lexical head: a buyer has two listings of one task to compare on
+    # their own rows and on the leaderboard.
+    DemoSpecialist(
+        filename="word_sentiment.jsonl",
+        dataset_name="AFINN-111 word sentiment (600 words)",
+        base_model="minilm-l6",
+        job_suffix="demo-word-sentiment-quick",
+        hyperparameters={"n_epochs": 1, "lexical_blend": False},
+        listing={
+            "slug": "demo-word-sentiment-quick",
+            "title": "Word sentiment, quick (demo)",
+            "summary": "Positive or negative for an English word, from a one-epoch "
+            "adapter: cheaper per call than the full demo, and its evaluation shows what "
+            "the shorter training gives up.",
+            "description": "A LoRA adapter on MiniLM-L6 trained for one epoch, without the "
+            "lexical head, on the same 600 AFINN-111 words as *Word sentiment* (Finn Årup "
+            "Nielsen, 2011; data ODC-BY-1.0, contents CC-BY-4.0). Same sealed rows, so its "
+            "lift interval is corrected for being the second evaluation on this data.",
+            "domain": "customer-support",
+            "tags": ["demo", "sentiment", "lexicon"],
+            "languages": ["en"],
+            "intended_use": "Comparing two specialists of one task: try both on your own "
+            "words from *Try on my rows*, or read the leaderboard.",
+            "example_input": "delightful",
+            "out_of_scope_use": "Whole reviews or documents: it learnt from single words.",
+            "commercial_use": True,
+            "on_prem_download": False,
+            "attribution_required": True,
+        },
+        offers=(
+            {"kind": "free_trial", "currency": "usd", "included_calls": 100},
+            {"kind": "per_call", "currency": "usd", "unit_amount": 50},
+        ),
+    ),
 )
 
 

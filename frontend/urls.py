@@ -5,6 +5,9 @@ from frontend import (
     batch_views,
     billing_views,
     catalogue_views,
+    evaluation_views,
+    evidence_views,
+    leaderboard_views,
     serving_views,
     studio_views,
     views,
@@ -46,7 +49,31 @@ urlpatterns = [
     ),
     path("studio/models/<uuid:version_id>/list/", catalogue_views.listing_new, name="listing-new"),
     path("catalogue/", catalogue_views.catalogue_home, name="catalogue"),
+    path("leaderboards/", leaderboard_views.leaderboard_index, name="leaderboards"),
+    path(
+        "leaderboards/<str:task>/<slug:benchmark>/",
+        leaderboard_views.leaderboard_page,
+        name="leaderboard",
+    ),
     path("gardens/new/", catalogue_views.garden_new, name="garden-new"),
+    path("compare/", evidence_views.compare_page, name="compare"),
+    path("evaluations/", evaluation_views.evaluation_list, name="evaluations"),
+    path("evaluations/<str:evaluation_id>/", evaluation_views.evaluation_detail, name="evaluation"),
+    path(
+        "evaluations/<str:evaluation_id>/delete/",
+        evaluation_views.evaluation_delete,
+        name="evaluation-delete",
+    ),
+    path(
+        "evaluations/<str:evaluation_id>/rows/delete/",
+        evaluation_views.evaluation_rows_delete,
+        name="evaluation-rows-delete",
+    ),
+    path(
+        "evaluations/<str:evaluation_id>/rerun/",
+        evaluation_views.evaluation_rerun,
+        name="evaluation-rerun",
+    ),
     path("catalogue/<slug:slug>/", catalogue_views.listing_page, name="catalogue-listing"),
     path(
         "catalogue/<slug:slug>/submit/",
@@ -57,6 +84,11 @@ urlpatterns = [
         "catalogue/<slug:slug>/members/restore/",
         catalogue_views.garden_restore,
         name="catalogue-garden-restore",
+    ),
+    path(
+        "catalogue/<slug:slug>/private-evaluations/",
+        evaluation_views.listing_private_evaluation,
+        name="catalogue-listing-private-evaluation",
     ),
     path(
         "catalogue/<slug:slug>/composable/",

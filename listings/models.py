@@ -85,6 +85,12 @@ class Listing(models.Model):
         help_text="The expert lets curators compose this listing into gardens (and be paid "
         "a share of each garden call it answers). Off until the expert turns it on.",
     )
+    free_private_evaluation = models.BooleanField(
+        default=True,
+        help_text="Buyers may score it on their own rows free of charge, within their daily "
+        "allowance. Off: a private evaluation of it is billed per row at the buyer's "
+        "per-call licence, which the expert can never refuse.",
+    )
     kind = models.CharField(
         max_length=10,
         choices=ListingKind.choices,

@@ -230,6 +230,20 @@ def _transition(listing: Listing, allowed: tuple, target: str, verb: str) -> Non
     listing.status = target
 
 
+def listing_set_free_private_evaluation(*, owner: User, listing_id, free: bool) -> Listing:
+    """The expert offers (or stops offering) free private evaluation of this listing on
+    buyers' own rows. Paid evaluation, each row a call on the buyer's licence, stays open
+    whatever this says."""
+    if not isinstance(free, bool):
+        raise InvalidListing("free is true or false.", fields={"free": ["A boolean."]})
+    with transaction.atomic():
+        listing = _owned_locked(owner, listing_id)
+        listing.free_private_evaluation = free
+        listing.updated_at = timezone.now()
+        listing.save(update_fields=["free_private_evaluation", "updated_at"])
+    return listing
+
+
 def listing_submit(*, owner: User, listing_id) -> Listing:
     """draft | rejected → in_review."""
     with transaction.atomic():
@@ -371,11 +385,16 @@ def _go_live(listing: Listing, version: ModelVersion) -> None:
     listing.versions.filter(status=ListingVersionStatus.LIVE).update(
         status=ListingVersionStatus.RETIRED, retired_at=now
     )
-    ListingVersion.objects.create(
+    listed = ListingVersion.objects.create(
         listing=listing, model_version=version, number=listing.versions.count() + 1
     )
     listing.live_version = version
     listing.proposed_version = None
+    # Higher contexts react to a new live version (evidence scores it on its leaderboards).
+    event_record(
+        type="listing.version_live", subject_type="listing", subject_id=listing.pk,
+        data={"model_version_id": str(version.pk), "number": listed.number},
+    )  # fmt: skip
     for name, value in _scores_of(version).items():
         setattr(listing, name, value)
 

@@ -59,6 +59,16 @@ INFERENCE_LATENCY = Histogram(
     buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0),
     registry=LIVE_REGISTRY,
 )
+# By listing (its slug; a garden's own), for the compare page's p50/p95: bounded by the
+# catalogue's size, and never a row's content. The router's generalist, sold by no
+# listing, is not observed here.
+LISTING_INFERENCE_LATENCY = Histogram(
+    "niche_listing_inference_latency_seconds",
+    "Inference calls answered, end to end at the gateway, by the listing called.",
+    ["listing"],
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0),
+    registry=LIVE_REGISTRY,
+)
 INFERENCE_ENGINE_TIME = Histogram(
     "niche_inference_engine_seconds",
     "The engine's own time on a call (pickup to answer, batching wait included), by task.",
@@ -112,8 +122,12 @@ def view_label(request) -> str:
     return match.view_name or match.route or "<unnamed>"
 
 
-def observe_inference(*, task: str, latency_s: float, engine_s: float, batch_size: int) -> None:
+def observe_inference(
+    *, task: str, latency_s: float, engine_s: float, batch_size: int, listing: str = ""
+) -> None:
     INFERENCE_LATENCY.labels(task=task).observe(latency_s)
+    if listing:
+        LISTING_INFERENCE_LATENCY.labels(listing=listing).observe(latency_s)
     INFERENCE_ENGINE_TIME.labels(task=task).observe(engine_s)
     INFERENCE_BATCH_SIZE.labels(task=task).observe(batch_size)
 
@@ -130,10 +144,36 @@ def observe_stream_first_token(*, task: str, seconds: float) -> None:
     INFERENCE_FIRST_TOKEN.labels(task=task).observe(seconds)
 
 
-def observe_stream_done(*, task: str, latency_s: float) -> None:
+def observe_stream_done(*, task: str, latency_s: float, listing: str = "") -> None:
     """A stream that ended with its done event counts as one answered call, end to end (the
     engine's own time and batch are not sent over a stream, so those two stay call-only)."""
     INFERENCE_LATENCY.labels(task=task).observe(latency_s)
+    if listing:
+        LISTING_INFERENCE_LATENCY.labels(listing=listing).observe(latency_s)
+
+
+def listing_latency_buckets(slugs) -> dict[str, list[tuple[float, float]]]:
+    """Each listing's cumulative latency buckets, ``[(upper bound in s, calls at or under
+    it), ..., (inf, all calls)]``, as a scrape of this machine would show them: every web
+    process's samples under PROMETHEUS_MULTIPROC_DIR, else this process's. A listing with
+    no call yet is absent."""
+    wanted = set(slugs)
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        from prometheus_client.multiprocess import MultiProcessCollector
+
+        families = MultiProcessCollector(None).collect()
+    else:
+        families = LISTING_INFERENCE_LATENCY.collect()
+    buckets: dict[str, list[tuple[float, float]]] = {}
+    for family in families:
+        if family.name != "niche_listing_inference_latency_seconds":
+            continue
+        for sample in family.samples:
+            slug = sample.labels.get("listing")
+            if sample.name.endswith("_bucket") and slug in wanted:
+                upper = float(sample.labels["le"])
+                buckets.setdefault(slug, []).append((upper, float(sample.value)))
+    return {slug: sorted(rows) for slug, rows in buckets.items()}
 
 
 class MetricsMiddleware:

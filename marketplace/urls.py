@@ -12,6 +12,7 @@ api_v1 = [
     path("", include("listings.urls")),
     path("", include("billing.urls")),
     path("", include("serving.urls")),
+    path("", include("evidence.urls")),
 ]
 
 urlpatterns = [

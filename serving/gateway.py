@@ -130,6 +130,12 @@ class Target:
         return self.fallback and self.garden is None
 
     @property
+    def metrics_listing(self) -> str:
+        """Whose latency histogram a call joins: the listing called (a garden's own slug);
+        none for the router's generalist, which no listing sells."""
+        return "" if self.platform_metered else self.check.listing_slug
+
+    @property
     def headers(self) -> dict[str, str]:
         if self.garden is not None:
             headers = {
@@ -325,6 +331,11 @@ def _served_version(model_version_id) -> tuple[str, str, AdapterRef]:
         max_seq_length=max_seq_length if isinstance(max_seq_length, int) else 0,
     )
     return version["task"], version["base_model__slug"], adapter
+
+
+def served_version(model_version_id) -> tuple[str, str, AdapterRef]:
+    """(task, base model slug, adapter) of a version, as the engine runs it."""
+    return _served_version(model_version_id)
 
 
 class GardenOnTheEventLoop(Exception):
@@ -526,6 +537,7 @@ def _run(*, user, api_key, target: Target, request: InferenceRequest, units: int
         latency_s=time.monotonic() - started,
         engine_s=result.engine_ms / 1000,
         batch_size=result.batch_size,
+        listing=target.metrics_listing,
     )
     return GatewayAnswer(
         request_id=request.request_id, target=target, result=result, latency_ms=latency_ms
@@ -721,7 +733,11 @@ class GatewayStream:
         status = UsageStatus.OK if self.delivered_tokens or done else UsageStatus.ERROR
         _settle(self.target, self.request_id, status, self.started)
         if done:
-            observe_stream_done(task=self.target.task, latency_s=time.monotonic() - self.started)
+            observe_stream_done(
+                task=self.target.task,
+                latency_s=time.monotonic() - self.started,
+                listing=self.target.metrics_listing,
+            )
 
 
 def generate_stream(

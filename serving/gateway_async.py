@@ -265,6 +265,7 @@ async def _run(caller: Caller, target: Target, request: InferenceRequest, units:
         latency_s=time.monotonic() - started,
         engine_s=result.engine_ms / 1000,
         batch_size=result.batch_size,
+        listing=target.metrics_listing,
     )
     return GatewayAnswer(
         request_id=request.request_id, target=target, result=result, latency_ms=latency_ms
@@ -406,7 +407,9 @@ class AsyncGatewayStream:
             await _settle(self.target, self.request_id, status, self.started)
             if done:
                 observe_stream_done(
-                    task=self.target.task, latency_s=time.monotonic() - self.started
+                    task=self.target.task,
+                    latency_s=time.monotonic() - self.started,
+                    listing=self.target.metrics_listing,
                 )
         finally:
             await ainflight_release(self.slots)

@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-ORDER = ["accounts", "training_worker", "listings", "billing", "serving", "frontend"]
+ORDER = ["accounts", "training_worker", "listings", "billing", "serving", "evidence", "frontend"]
 
 
 def imported_top_level_packages(path: Path) -> set[str]:

@@ -56,6 +56,7 @@ INSTALLED_APPS = [
     "listings",
     "billing",
     "serving",
+    "evidence",
     "frontend",
 ]
 
@@ -274,6 +275,7 @@ CELERY_TASK_QUEUES = (Queue("default"), Queue("training"), Queue("inference"))
 CELERY_TASK_ROUTES = {
     "training_worker.tasks.train_*": {"queue": "training"},
     "serving.tasks.*": {"queue": "inference"},
+    "evidence.tasks.*": {"queue": "inference"},
 }
 # Training tasks run for minutes: take one at a time, so a busy worker does not
 # hold a second job that another worker could start.
@@ -442,8 +444,30 @@ CELERY_BEAT_SCHEDULE["resume-stalled-batches"] = {
     "task": "serving.batches_resume_stalled",
     "schedule": 30.0,
 }
+# Leaderboards: queue every live version not scored yet on an active benchmark set it fits
+# (a new version is queued at once by the listing.version_live event; this catches the rest).
+LEADERBOARD_SWEEP_SECONDS = env_int("LEADERBOARD_SWEEP_SECONDS", 300, minimum=10)
+CELERY_BEAT_SCHEDULE["sweep-leaderboards"] = {
+    "task": "evidence.leaderboards_sweep",
+    "schedule": float(LEADERBOARD_SWEEP_SECONDS),
+}
 
 # --- Product limits
+# --- Private evaluations (evidence/: a buyer's own rows scored by 1-5 listings)
+# Rows of one evaluation, and of its upload (the dataset formats).
+PRIVATE_EVALUATION_MAX_ROWS = env_int("PRIVATE_EVALUATION_MAX_ROWS", 2_000, minimum=10)
+PRIVATE_EVALUATION_MAX_UPLOAD_BYTES = env_int(
+    "PRIVATE_EVALUATION_MAX_UPLOAD_BYTES", 5 * 1024 * 1024, minimum=1
+)
+# Free rows a buyer may have scored per rolling 24 hours, counted per listing scored (100
+# rows against 3 listings use 300). Past it, and on a listing whose expert turned free
+# evaluation off, each row is a call billed at the buyer's per-call licence.
+PRIVATE_EVALUATION_FREE_ROWS_PER_DAY = env_int(
+    "PRIVATE_EVALUATION_FREE_ROWS_PER_DAY", 5_000, minimum=0
+)
+# Days kept rows (the buyer's choice, for a re-run) stay in storage before the sweep.
+PRIVATE_EVALUATION_KEEP_DAYS = env_int("PRIVATE_EVALUATION_KEEP_DAYS", 30, minimum=1)
+
 DATASET_MAX_UPLOAD_BYTES = env_int("DATASET_MAX_UPLOAD_BYTES", 50 * 1024 * 1024, minimum=1)
 # All of one user's live (not deleted) dataset uploads together; over it an upload is 413.
 DATASET_STORAGE_QUOTA_BYTES = env_int("DATASET_STORAGE_QUOTA_BYTES", 1024**3, minimum=1)

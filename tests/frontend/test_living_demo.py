@@ -23,7 +23,7 @@ from tests.listings.conftest import classification_evaluation
 from training_worker.models import FineTuningJob, JobStatus, ModelVersion
 
 # The demo's classifier (word sentiment, MiniLM) and generator (past tense, SmolLM2).
-SUPPORT, ARITHMETIC = DEMO_SPECIALISTS
+SUPPORT, ARITHMETIC, QUICK_SENTIMENT = DEMO_SPECIALISTS
 
 
 @pytest.fixture
@@ -101,9 +101,10 @@ def test_when_a_demo_fine_tune_ends_its_watcher_lists_it_and_queues_the_next(
     generator = FineTuningJob.objects.get(owner=expert, suffix=ARITHMETIC.job_suffix)
     # A real pretrained base, not the randomly initialised tiny LM of the fast tests.
     assert generator.base_model.slug == "smollm2-135m-instruct"
-    # the next one's watcher, and no second watcher for the first (publishing also bumps
+    # the next one's watcher and the delivery of listing.version_live (the leaderboards
+    # score the new version), and no second watcher for the first (publishing also bumps
     # the access epochs on commit: not a task)
-    assert len(tasks_in(sent)) == 1
+    assert len(tasks_in(sent)) == 2
 
 
 def test_a_finished_demo_fine_tune_is_listed_through_audited_moderation_once(

@@ -41,6 +41,9 @@ def ROUTE_VALUES(world) -> dict:
         "review_id": world.review_id,
         "file_id": world.batch_file_id,
         "batch_id": world.batch_id,
+        "evaluation_id": world.evaluation_id,
+        "benchmark": world.benchmark.slug,
+        "task": world.benchmark.task,
         # alice's emailed link (her address is verified: the link has nothing left to do)
         "token": verification_token(world),
     }
@@ -82,6 +85,7 @@ BODIES = {
     },
     "POST v1/completions": lambda w: {"model": w.listing.slug, "prompt": "Hello"},
     # alice's input file: another user's is 404 (it does not reveal that it exists).
+    "POST api/v1/listings/<slug:slug>/private-evaluations": {"free": False},
     "POST v1/batches": lambda w: {
         "input_file_id": w.batch_file_id,
         "endpoint": "/api/v1/models/{listing}/predict",
@@ -167,6 +171,26 @@ MATRIX: dict[str, tuple[int, ...]] = {
     # when no specialist they may call fits); invalid inputs are refused before any routing.
     "POST api/v1/models/niche/auto/predict":                         (401, 422, 422, 422, 422, 422, 422, 401, 403, 403, 422, 403),
     "POST api/v1/route":                                             (401, 422, 422, 422, 422, 422, 422, 401, 403, 403, 422, 403),
+    # Leaderboards: public, as the catalogue is (a suspended account's key still fails
+    # authentication); the world's benchmark set ranks alice's listing. Its rows are in the
+    # world's sealed markers, which no cell may show.
+    "GET api/v1/leaderboards":                                       (200, 200, 200, 200, 200, 200, 200, 401, 200, 200, 200, 200),
+    "GET api/v1/leaderboards/<slug:benchmark>":                      (200, 200, 200, 200, 200, 200, 200, 401, 200, 200, 200, 200),
+    # Compare: public (a suspended account's key still fails authentication); the world has
+    # one published listing, so the call names none: 422 for all. A caller's own private
+    # evaluations (read scope) and never another's: tests/evidence/test_compare.py.
+    "GET api/v1/compare":                                            (422, 422, 422, 422, 422, 422, 422, 401, 422, 422, 422, 422),
+    # Private evaluations (infer scope): bob's is his alone; alice, whose listing it
+    # scored, gets 404 like everyone else. An empty POST is 422 after the scope.
+    "GET api/v1/evaluations":                                        (401, 200, 200, 200, 200, 200, 200, 401, 403, 403, 200, 403),
+    "POST api/v1/evaluations":                                       (401, 422, 422, 422, 422, 422, 422, 401, 403, 403, 422, 403),
+    "GET api/v1/evaluations/<str:evaluation_id>":                    (401, 404, 404, 200, 404, 404, 404, 401, 403, 403, 404, 403),
+    "DELETE api/v1/evaluations/<str:evaluation_id>":                 (401, 404, 404, 204, 404, 404, 404, 401, 403, 403, 404, 403),
+    "POST api/v1/evaluations/<str:evaluation_id>/rerun":             (401, 404, 404, 409, 404, 404, 404, 401, 403, 403, 404, 403),
+    "DELETE api/v1/evaluations/<str:evaluation_id>/rows":            (401, 404, 404, 204, 404, 404, 404, 401, 403, 403, 404, 403),
+    # The listing's expert reads the count only, and turns free evaluation off or on.
+    "GET api/v1/listings/<slug:slug>/private-evaluations":           (401, 200, 404, 404, 404, 404, 404, 401, 200, 403, 403, 403),
+    "POST api/v1/listings/<slug:slug>/private-evaluations":          (401, 200, 404, 404, 404, 404, 404, 401, 403, 200, 403, 403),
     # --- OpenAI-compatible API (/v1/)
     "POST v1/chat/completions":                                      (401, 422, 403, 422, 403, 403, 403, 401, 403, 403, 422, 403),
     "POST v1/completions":                                           (401, 422, 403, 422, 403, 403, 403, 401, 403, 403, 422, 403),
@@ -218,6 +242,16 @@ MATRIX: dict[str, tuple[int, ...]] = {
     "GET studio/models/<uuid:version_id>/list/":                     (302, 200, 404, 404, 404, 404, 404, 302, 302, 302, 302, 302),
     "POST studio/models/<uuid:version_id>/list/":                    (302, 200, 404, 404, 404, 404, 404, 302, 302, 302, 302, 302),
     "GET catalogue/":                                                (200, 200, 200, 200, 200, 200, 200, 200, 200, 200, 200, 200),
+    "GET leaderboards/":                                             (200, 200, 200, 200, 200, 200, 200, 200, 200, 200, 200, 200),
+    "GET leaderboards/<str:task>/<slug:benchmark>/":                 (200, 200, 200, 200, 200, 200, 200, 200, 200, 200, 200, 200),
+    "GET compare/":                                                  (200, 200, 200, 200, 200, 200, 200, 200, 200, 200, 200, 200),
+    "GET evaluations/":                                              (302, 200, 200, 200, 200, 200, 200, 302, 302, 302, 302, 302),
+    "POST evaluations/":                                             (302, 422, 422, 422, 422, 422, 422, 302, 302, 302, 302, 302),
+    "GET evaluations/<str:evaluation_id>/":                          (302, 404, 404, 200, 404, 404, 404, 302, 302, 302, 302, 302),
+    "POST evaluations/<str:evaluation_id>/delete/":                  (302, 404, 404, 302, 404, 404, 404, 302, 302, 302, 302, 302),
+    "POST evaluations/<str:evaluation_id>/rows/delete/":             (302, 404, 404, 302, 404, 404, 404, 302, 302, 302, 302, 302),
+    "POST evaluations/<str:evaluation_id>/rerun/":                   (302, 404, 404, 302, 404, 404, 404, 302, 302, 302, 302, 302),
+    "POST catalogue/<slug:slug>/private-evaluations/":               (302, 302, 404, 404, 404, 404, 404, 302, 302, 302, 302, 302),
     # Curating a garden: experts only (an empty form is shown again with its error).
     "GET gardens/new/":                                              (302, 200, 200, 403, 403, 403, 403, 302, 302, 302, 302, 302),
     "POST gardens/new/":                                             (302, 200, 200, 403, 403, 403, 403, 302, 302, 302, 302, 302),

@@ -73,7 +73,9 @@ class World:
     review_id: int
     batch_file_id: str  # alice's input file of batch requests
     batch_id: str  # alice's batch over it (waiting for a worker)
+    evaluation_id: str = ""  # bob's private evaluation of alice's listing (finished)
     sealed_markers: list[str] = field(default_factory=list)
+    benchmark: object = None  # an evidence.BenchmarkSet; its rows' markers are sealed ones
     private: dict[str, list[str]] = field(default_factory=dict)  # user -> marker strings
 
     def markers_not_of(self, *users: str) -> dict[str, str]:
@@ -134,6 +136,53 @@ def _batch(owner: User, listing: Listing):
     return batch_file, batch
 
 
+def _private_evaluation(bob: User, listing: Listing):
+    """bob's finished private evaluation of alice's listing: its file name and a figure's
+    label are bob's private strings (alice, the expert, may see only a count)."""
+    from evidence.models import (
+        CandidateCharge,
+        EvaluationStatus,
+        PrivateEvaluation,
+        PrivateEvaluationCandidate,
+    )
+
+    figures = {"key": f"listing:{listing.slug}", "label": marker("peval-row", "bob"),
+               "value": 0.5, "ci_low": 0.4, "ci_high": 0.6}  # fmt: skip
+    evaluation = PrivateEvaluation.objects.create(
+        owner=bob, task=listing.task, status=EvaluationStatus.SUCCEEDED,
+        filename=f"{marker('peval-file', 'bob')}.jsonl", row_count=60, labels=["a", "b"],
+        result={"task": listing.task, "rows": 60, "labels": ["a", "b"],
+                "metric": {"name": "accuracy", "label": "Accuracy", "higher_is_better": True},
+                "contenders": [figures], "pairs": [], "warnings": []},
+    )  # fmt: skip
+    PrivateEvaluationCandidate.objects.create(
+        evaluation=evaluation, listing=listing, version=listing.live_version, position=0,
+        charge=CandidateCharge.FREE,
+    )  # fmt: skip
+    return evaluation
+
+
+def _benchmark(moderator: User, listing: Listing):
+    """A sealed benchmark set whose every row carries a marker, and alice's listing ranked on
+    it (the entry written as the scoring task writes it; no engine in this world)."""
+    from evidence.benchmarks import benchmark_set_create
+    from evidence.models import LeaderboardEntry
+
+    rows = [{"text": f"bench {marker('benchrow', n)} words", "label": "ab"[n % 2]}
+            for n in range(30)]  # fmt: skip
+    upload = SimpleUploadedFile("bench.jsonl", "".join(json.dumps(r) + "\n" for r in rows).encode())
+    benchmark = benchmark_set_create(
+        moderator=moderator, title="World benchmark", task="text-classification",
+        rows_file=upload, sources=[{"name": "World rows", "licence": "CC0-1.0"}],
+    )  # fmt: skip
+    LeaderboardEntry.objects.create(
+        benchmark=benchmark, listing=listing, version=listing.live_version, metric="accuracy",
+        value=0.8, ci_low=0.7, ci_high=0.9, rows=30,
+        detail={"version_number": 1, "base_model": "minilm-l6", "rows_scored": 30, "errors": 0},
+    )  # fmt: skip
+    return benchmark, [marker("benchrow", n) for n in range(30)]
+
+
 def build_world() -> World:
     users = {
         "owner": _user("alice", display_name="Alice", is_expert=True),
@@ -190,8 +239,13 @@ def build_world() -> World:
     private["buyer_licensed"].append(str(licence.id))
     review = listing_services.review_upsert(author=bob, listing=listing, rating=5, text="Good")
 
+    benchmark, benchmark_markers = _benchmark(moderator, listing)
+    sealed_markers += benchmark_markers
     batch_file, batch = _batch(alice, listing)
     private["owner"] += [batch_file.filename, marker("request", "alice"), marker("batch", "alice")]
+
+    evaluation = _private_evaluation(bob, listing)
+    private["buyer_licensed"] += [evaluation.id, evaluation.filename, marker("peval-row", "bob")]
 
     job, eve_job = version.job, eve_version.job
     private["owner"].append(str(job.id))
@@ -216,6 +270,8 @@ def build_world() -> World:
         review_id=review.id,
         batch_file_id=batch_file.id,
         batch_id=batch.id,
+        evaluation_id=evaluation.id,
         sealed_markers=sealed_markers,
+        benchmark=benchmark,
         private=private,
     )

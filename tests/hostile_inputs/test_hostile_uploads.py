@@ -401,7 +401,11 @@ def test_no_endpoint_takes_weights_files_as_an_upload(alice, post, name):
 # Files that take uploads, reviewed for this suite: each new one must be added here after
 # its checks (safe_weights for weights, upload_checks for data) have tests. Batch files:
 # tests/serving/batches/test_batch_api.py (hostile files, bad lines, size and count caps).
+# Private evaluations' rows: tests/hostile_inputs/test_hostile_evaluation_uploads.py.
 REVIEWED_UPLOAD_SITES = {
+    "evidence/admin.py",
+    "evidence/apis.py",
+    "frontend/evaluation_views.py",
     "frontend/studio_views.py",
     "serving/batch_apis.py",
     "training_worker/apis.py",

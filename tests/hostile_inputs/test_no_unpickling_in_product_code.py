@@ -10,7 +10,8 @@ from tests.hostile_inputs.unsafe_calls import find_unsafe_calls
 
 ROOT = Path(__file__).resolve().parents[2]
 PRODUCT_PACKAGES = [
-    "marketplace", "accounts", "training_worker", "listings", "billing", "serving", "frontend",
+    "marketplace", "accounts", "training_worker", "listings", "billing", "serving", "evidence",
+    "frontend",
     "bench",
 ]  # fmt: skip
 

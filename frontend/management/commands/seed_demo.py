@@ -10,6 +10,7 @@ from django.db import transaction
 
 from accounts.models import MODERATORS_GROUP, ExpertProfile, User
 from accounts.services import user_mark_email_verified
+from evidence.benchmarks import benchmark_sets_seed_shipped
 from frontend.services import (
     DEMO_CURATOR_EMAIL,
     DEMO_DATA,
@@ -89,6 +90,8 @@ class Command(BaseCommand):
                     file=SimpleUploadedFile(spec.filename, content),
                     name=spec.dataset_name,
                 )
+        # The leaderboards' sealed sets, from public corpora committed with the code.
+        benchmark_sets_seed_shipped(created_by=User.objects.get(email=DEMO_MODERATOR_EMAIL))
         self.stdout.write(f"Demo accounts (password for each: {DEMO_PASSWORD}):")
         for email in DEMO_ACCOUNTS:
             self.stdout.write(f"  {email}")

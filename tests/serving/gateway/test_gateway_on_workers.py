@@ -153,6 +153,9 @@ def inference_observations(task: str) -> dict[str, float]:
 def test_a_licensed_key_gets_predictions_named_by_version_and_adapter(live_server, shop):
     texts = ["I was charged twice", "The app crashes on start", "Lovely support, thanks"]
     metrics_before = inference_observations(TEXT_CLASSIFICATION)
+    listing_calls = "niche_listing_inference_latency_seconds_count"
+    listing_label = {"listing": shop.tickets.slug}
+    listing_calls_before = LIVE_REGISTRY.get_sample_value(listing_calls, listing_label) or 0.0
 
     response = requests.post(
         f"{live_server.url}/api/v1/models/{shop.tickets.slug}/predict",
@@ -190,6 +193,8 @@ def test_a_licensed_key_gets_predictions_named_by_version_and_adapter(live_serve
     )
     engine_seconds = "niche_inference_engine_seconds_sum"
     assert metrics_after[engine_seconds] > metrics_before[engine_seconds]
+    # ... and in the listing's own histogram, which the compare page reads its p50/p95 from.
+    assert LIVE_REGISTRY.get_sample_value(listing_calls, listing_label) == listing_calls_before + 1
 
 
 def test_predict_on_a_generation_listing_returns_text_within_its_parameters(live_server, shop):
