@@ -15,7 +15,7 @@ NO_SIDEWAYS_SCROLL = "document.documentElement.scrollWidth <= window.innerWidth"
 
 
 @pytest.fixture
-def shelf(alice, carol, bob):
+def shelf(alice, carol, bob, shipped_base_models):
     """Two listings whose sealed intervals overlap, priced, and bob's own evaluation."""
     triage = make_listing(
         alice, moderator=carol, title="Radiology report triage with a long name", accuracy=0.9
