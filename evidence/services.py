@@ -47,6 +47,7 @@ from marketplace.errors import ApplicationError, PayloadTooLargeError
 from marketplace.storage import SEALED_PREFIX
 from training_worker import artifacts, upload_checks
 from training_worker.ml.dataset_validation import ValidationLimits, validate_dataset
+from training_worker.models import BaseModel
 from training_worker.services import ALLOWED_EXTENSIONS
 
 logger = logging.getLogger(__name__)
@@ -429,10 +430,12 @@ def private_evaluation_run(*, evaluation_id: str, engine=None) -> str:
             )
             for c in candidates
         ]
+        base = BaseModel.objects.filter(slug=contenders[0].base_model).first()
         contenders.append(
             scoring.generalist_contender(
                 base_model=contenders[0].base_model,
-                label=f"Generalist: {contenders[0].base_model}, no fine-tuning"
+                label=f"Generalist: {base.display_name if base else contenders[0].base_model}, "
+                "no fine-tuning"
                 + (
                     " (zero-shot by label names)"
                     if evaluation.task == "text-classification"

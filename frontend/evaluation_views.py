@@ -146,8 +146,9 @@ def _result_view(evaluation) -> dict | None:
         c.listing.slug: [
             {
                 "offer": cost.offer,
+                # None: the offer cannot serve 1,000 calls; its sentence says why
                 "price": (
-                    "not for calls"
+                    cost.basis
                     if cost.amount is None
                     else "free"
                     if cost.amount == 0
